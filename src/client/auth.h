@@ -1,0 +1,23 @@
+/* Client authentication against auth_file: trust, md5, SCRAM-SHA-256. */
+#ifndef PGSTAY_CLIENT_AUTH_H
+#define PGSTAY_CLIENT_AUTH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct client;
+
+enum auth_step {
+    AUTH_STEP_STARTUP = 0, /* waiting for the startup packet */
+    AUTH_STEP_METHOD,      /* startup read, method being chosen */
+    AUTH_STEP_PASSWORD,    /* md5 or cleartext answer expected */
+    AUTH_STEP_SASL_INIT,   /* SASLInitialResponse expected */
+    AUTH_STEP_SASL_FINAL,  /* SASLResponse expected */
+};
+
+/* Start authenticating a client whose startup packet was accepted. */
+void auth_begin(struct client *c);
+/* A 'p' message body from the client during authentication. */
+void auth_handle(struct client *c, const uint8_t *body, size_t len);
+
+#endif

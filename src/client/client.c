@@ -1,0 +1,910 @@
+/* The client state machine: accept, startup packet, then the query loop and what a lost server means. */
+#include "client/client.h"
+
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/buffer.h>
+#include <openssl/rand.h>
+
+#include "admin/admin.h"
+#include "client/auth.h"
+#include "core/log.h"
+#include "core/transport.h"
+#include "failover/failover.h"
+#include "pool/pool.h"
+#include "proto/proto.h"
+#include "proto/sqlscan.h"
+#include "server/server.h"
+#include "topology/topology.h"
+
+/* Bytes queued towards a peer past which pgstay stops reading from this side. */
+#define FWD_HIGH_WATER (512 * 1024)
+/* A Query or Parse this small is looked at whole (SET tracking, pins, COMMIT). */
+#define INSPECT_MAX (16 * 1024)
+
+/* ---- name/value lists ---- */
+
+void kv_set(struct kvlist *l, const char *name, const char *value)
+{
+    for (int i = 0; i < l->n; i++) {
+        if (strcmp(l->items[i].name, name) == 0) {
+            if (strcmp(l->items[i].value, value) != 0) {
+                char *v = strdup(value);
+                if (!v)
+                    return;
+                free(l->items[i].value);
+                l->items[i].value = v;
+            }
+            return;
+        }
+    }
+    if (l->n == l->cap) {
+        int cap = l->cap ? l->cap * 2 : 8;
+        struct kv *items = realloc(l->items, (size_t)cap * sizeof(*items));
+        if (!items)
+            return;
+        l->items = items;
+        l->cap = cap;
+    }
+    char *n = strdup(name), *v = strdup(value);
+    if (!n || !v) {
+        free(n);
+        free(v);
+        return;
+    }
+    l->items[l->n].name = n;
+    l->items[l->n].value = v;
+    l->n++;
+}
+
+const char *kv_get(const struct kvlist *l, const char *name)
+{
+    for (int i = 0; i < l->n; i++)
+        if (strcmp(l->items[i].name, name) == 0)
+            return l->items[i].value;
+    return NULL;
+}
+
+static void kv_del(struct kvlist *l, const char *name)
+{
+    for (int i = 0; i < l->n; i++) {
+        if (strcmp(l->items[i].name, name) == 0) {
+            free(l->items[i].name);
+            free(l->items[i].value);
+            l->items[i] = l->items[--l->n];
+            return;
+        }
+    }
+}
+
+void kv_clear(struct kvlist *l)
+{
+    for (int i = 0; i < l->n; i++) {
+        free(l->items[i].name);
+        free(l->items[i].value);
+    }
+    free(l->items);
+    memset(l, 0, sizeof(*l));
+}
+
+/* ---- state and teardown ---- */
+
+void client_change_state(struct client *c, enum client_state st)
+{
+    struct worker *w = c->w;
+    list_del(&c->node);
+    w->n_clients[c->state]--;
+    c->state = st;
+    list_append(&w->clients[st], &c->node);
+    w->n_clients[st]++;
+}
+
+void client_send(struct client *c, const void *p, size_t n)
+{
+    if (c->bev && c->state != CL_CLOSING)
+        bufferevent_write(c->bev, p, n);
+}
+
+static void send_pbuf(struct client *c, struct pbuf *b)
+{
+    if (!b->failed)
+        client_send(c, b->data, b->len);
+    pbuf_free(b);
+}
+
+void client_close(struct client *c, const char *sqlstate, const char *reason)
+{
+    if (c->state == CL_CLOSING)
+        return;
+    if (sqlstate) {
+        struct pbuf b;
+        pbuf_init(&b);
+        proto_build_error(&b, "FATAL", sqlstate, reason, NULL);
+        send_pbuf(c, &b);
+    }
+    if (sqlstate || c->state == CL_LOGIN)
+        log_info("C-%llu %s: closing: %s", (unsigned long long)c->id, c->addr, reason);
+    else
+        log_debug("C-%llu: closing: %s", (unsigned long long)c->id, reason);
+    if (c->state == CL_WAITING)
+        pool_cancel_wait(c);
+    if (c->server) {
+        struct server *s = c->server;
+        c->server = NULL;
+        s->client = NULL;
+        /* A server in the middle of something cannot be handed to the next client. */
+        int clean = s->state == SV_ACTIVE && s->txn_status == 'I' && c->pending == 0 &&
+                    c->fwd_left == 0 && s->fwd_left == 0 && !c->in_copy_in;
+        pool_release(s, clean);
+    }
+    if (c->bev)
+        bufferevent_disable(c->bev, EV_READ);
+    client_change_state(c, CL_CLOSING);
+    worker_schedule_reap(c->w);
+}
+
+void client_free(struct client *c)
+{
+    if (c->bev) {
+        /* Push out a final error before the socket goes: one non-blocking write. */
+        struct evbuffer *out = bufferevent_get_output(c->bev);
+        if (evbuffer_get_length(out) > 0)
+            evbuffer_write(out, bufferevent_getfd(c->bev));
+        bufferevent_free(c->bev);
+    }
+    list_del(&c->node);
+    c->w->n_clients[c->state]--;
+    free(c->user);
+    free(c->database);
+    kv_clear(&c->params);
+    kv_clear(&c->sets);
+    kv_clear(&c->reported);
+    free(c->scram);
+    free(c);
+}
+
+struct client *client_find_by_cancel(struct worker *w, uint32_t pid, uint32_t key)
+{
+    static const int states[] = {CL_ACTIVE, CL_WAITING, CL_IDLE};
+    for (size_t i = 0; i < sizeof(states) / sizeof(states[0]); i++) {
+        struct list *pos, *tmp;
+        list_for_each_safe(pos, tmp, &w->clients[states[i]])
+        {
+            struct client *c = container_of(pos, struct client, node);
+            if (c->cancel_pid == pid && c->cancel_key == key)
+                return c;
+        }
+    }
+    return NULL;
+}
+
+/* ---- errors towards the client ---- */
+
+static void send_ready(struct client *c, char status)
+{
+    struct pbuf b;
+    pbuf_init(&b);
+    proto_build_ready(&b, status);
+    send_pbuf(c, &b);
+    c->txn_status = status;
+}
+
+void client_send_error(struct client *c, const char *sqlstate, const char *msg)
+{
+    struct pbuf b;
+    pbuf_init(&b);
+    proto_build_error(&b, "ERROR", sqlstate, msg, NULL);
+    send_pbuf(c, &b);
+}
+
+/* ---- accepting ---- */
+
+static void client_read_cb(struct bufferevent *bev, void *arg)
+{
+    client_process(arg);
+}
+
+static void client_write_cb(struct bufferevent *bev, void *arg)
+{
+    /* The client drained what its server sent: let the server's traffic flow again. */
+    struct client *c = arg;
+    if (c->server && c->state == CL_ACTIVE)
+        server_process(c->server);
+}
+
+static void client_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+    struct client *c = arg;
+    if (what & BEV_EVENT_EOF)
+        client_close(c, NULL, "client disconnected");
+    else if (what & BEV_EVENT_ERROR)
+        client_close(c, NULL, "client connection error");
+}
+
+void client_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen,
+                   void *arg)
+{
+    struct listen_ctx *ctx = arg;
+    struct worker *w = ctx->w;
+    int role = ctx->role;
+    int live = 0;
+    for (int i = 0; i < CL_CLOSING; i++)
+        live += w->n_clients[i];
+    struct client *c = calloc(1, sizeof(*c));
+    if (!c) {
+        evutil_closesocket(fd);
+        return;
+    }
+    evutil_make_socket_nonblocking(fd);
+    net_tune_client(fd);
+    c->w = w;
+    c->id = ++w->next_id;
+    c->role = role;
+    c->txn_status = 'I';
+    c->last_active = now_ms();
+    list_init(&c->pool_node);
+    list_init(&c->node);
+    c->state = CL_LOGIN;
+    list_append(&w->clients[CL_LOGIN], &c->node);
+    w->n_clients[CL_LOGIN]++;
+    if (sa->sa_family == AF_INET) {
+        char ip[INET_ADDRSTRLEN];
+        struct sockaddr_in *sin = (struct sockaddr_in *)sa;
+        inet_ntop(AF_INET, &sin->sin_addr, ip, sizeof(ip));
+        snprintf(c->addr, sizeof(c->addr), "%s:%d", ip, ntohs(sin->sin_port));
+    } else if (sa->sa_family == AF_INET6) {
+        char ip[INET6_ADDRSTRLEN];
+        struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)sa;
+        inet_ntop(AF_INET6, &sin6->sin6_addr, ip, sizeof(ip));
+        snprintf(c->addr, sizeof(c->addr), "[%s]:%d", ip, ntohs(sin6->sin6_port));
+    } else {
+        snprintf(c->addr, sizeof(c->addr), "unix");
+    }
+    c->bev = transport_plain.wrap(w->base, fd);
+    if (!c->bev) {
+        evutil_closesocket(fd);
+        client_change_state(c, CL_CLOSING);
+        worker_schedule_reap(w);
+        return;
+    }
+    bufferevent_setcb(c->bev, client_read_cb, client_write_cb, client_event_cb, c);
+    bufferevent_setwatermark(c->bev, EV_READ, 0, FWD_HIGH_WATER);
+    bufferevent_setwatermark(c->bev, EV_WRITE, FWD_HIGH_WATER / 4, 0);
+    bufferevent_enable(c->bev, EV_READ);
+    w->stats.clients_accepted++;
+    if (live >= w->cfg->max_client_conn) {
+        w->stats.clients_rejected++;
+        client_close(c, SQLSTATE_TOO_MANY_CONNECTIONS, "no more connections allowed (max_client_conn)");
+        return;
+    }
+    log_debug("C-%llu %s: connected to the %s endpoint", (unsigned long long)c->id, c->addr,
+              role == ROLE_WRITER ? "writer" : "reader");
+}
+
+/* ---- startup ---- */
+
+/* "-c name=value" and "--name=value" words of the options startup parameter become SETs. */
+static int parse_options(struct client *c, const char *opts)
+{
+    char buf[1024];
+    snprintf(buf, sizeof(buf), "%s", opts);
+    char *save = NULL;
+    int expect_c = 0;
+    for (char *tok = strtok_r(buf, " \t", &save); tok; tok = strtok_r(NULL, " \t", &save)) {
+        char *kv = NULL;
+        if (expect_c) {
+            kv = tok;
+            expect_c = 0;
+        } else if (strcmp(tok, "-c") == 0) {
+            expect_c = 1;
+            continue;
+        } else if (strncmp(tok, "-c", 2) == 0) {
+            kv = tok + 2;
+        } else if (strncmp(tok, "--", 2) == 0) {
+            kv = tok + 2;
+        } else {
+            return -1;
+        }
+        char *eq = strchr(kv, '=');
+        if (!eq || eq == kv)
+            return -1;
+        *eq = 0;
+        for (char *p = kv; *p; p++)
+            if (*p == '-')
+                *p = '_';
+        kv_set(&c->params, kv, eq + 1);
+    }
+    return expect_c ? -1 : 0;
+}
+
+static void handle_startup(struct client *c, const uint8_t *pkt, uint32_t len)
+{
+    struct startup_pkt sp;
+    const char *err = NULL;
+    if (proto_parse_startup(pkt, len, &sp, &err) != PROTO_OK) {
+        client_close(c, SQLSTATE_PROTOCOL_VIOLATION, err);
+        return;
+    }
+    if (sp.code == PROTO_SSL_CODE || sp.code == PROTO_GSSENC_CODE) {
+        /* No TLS yet: 'N' and the client goes on in plain text (or gives up). */
+        client_send(c, "N", 1);
+        return;
+    }
+    if (sp.code == PROTO_CANCEL_CODE) {
+        cancel_forward(c->w, sp.cancel_pid, sp.cancel_key);
+        client_close(c, NULL, "cancel request handled");
+        return;
+    }
+    uint32_t major = sp.code >> 16, minor = sp.code & 0xffff;
+    if (major != 3) {
+        char msg[128];
+        snprintf(msg, sizeof(msg), "unsupported frontend protocol %u.%u: server supports 3.0 to 3.0",
+                 major, minor);
+        client_close(c, SQLSTATE_FEATURE_NOT_SUPPORTED, msg);
+        return;
+    }
+    if (minor > 0 || sp.n_protocol_options > 0) {
+        /* As PostgreSQL does: offer 3.0 and name the options not understood, then go on. */
+        const char *opts[STARTUP_MAX_PARAMS];
+        int n = 0;
+        struct msg_reader r;
+        mr_init(&r, pkt + 8, len - 8);
+        while (mr_left(&r) > 1 && n < STARTUP_MAX_PARAMS) {
+            const char *name = mr_str(&r);
+            mr_str(&r);
+            if (strncmp(name, "_pq_.", 5) == 0)
+                opts[n++] = name;
+        }
+        struct pbuf b;
+        pbuf_init(&b);
+        proto_build_negotiate_version(&b, 0, n, opts);
+        send_pbuf(c, &b);
+    }
+    const char *user = startup_param(&sp, "user");
+    if (!user || !*user) {
+        client_close(c, SQLSTATE_INVALID_AUTH, "no PostgreSQL user name specified in startup packet");
+        return;
+    }
+    const char *db = startup_param(&sp, "database");
+    if (!db || !*db)
+        db = user;
+    const char *repl = startup_param(&sp, "replication");
+    if (repl && strcmp(repl, "false") && strcmp(repl, "0") && strcmp(repl, "off") && strcmp(repl, "no")) {
+        client_close(c, SQLSTATE_FEATURE_NOT_SUPPORTED, "pgstay does not proxy replication connections");
+        return;
+    }
+    c->user = strdup(user);
+    c->database = strdup(db);
+    for (int i = 0; i < sp.n_params; i++) {
+        const char *n = sp.names[i];
+        if (!strcmp(n, "user") || !strcmp(n, "database") || !strcmp(n, "replication"))
+            continue;
+        if (!strcmp(n, "options")) {
+            if (parse_options(c, sp.values[i]) < 0) {
+                client_close(c, SQLSTATE_FEATURE_NOT_SUPPORTED,
+                             "unsupported startup parameter in options: only -c name=value is supported");
+                return;
+            }
+            continue;
+        }
+        kv_set(&c->params, n, sp.values[i]);
+    }
+    c->is_admin = strcmp(c->database, ADMIN_DBNAME) == 0;
+    if (c->is_admin && !config_list_has(c->w->cfg->admin_users, c->user)) {
+        client_close(c, SQLSTATE_INVALID_AUTH, "not allowed to connect to the pgstay admin database");
+        return;
+    }
+    if (c->w->shutting_down) {
+        client_close(c, SQLSTATE_ADMIN_SHUTDOWN, "pgstay is shutting down");
+        return;
+    }
+    c->auth_step = AUTH_STEP_METHOD;
+    auth_begin(c);
+}
+
+static void login_process(struct client *c)
+{
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    while (c->state == CL_LOGIN) {
+        size_t avail = evbuffer_get_length(in);
+        if (c->auth_step == AUTH_STEP_STARTUP) {
+            uint8_t lenbuf[4];
+            uint32_t len = 0;
+            const char *err = NULL;
+            if (avail < 4)
+                return;
+            evbuffer_copyout(in, lenbuf, 4);
+            int r = proto_startup_len(lenbuf, 4, &len, &err);
+            if (r == PROTO_BAD) {
+                client_close(c, SQLSTATE_PROTOCOL_VIOLATION, err);
+                return;
+            }
+            if (avail < len)
+                return;
+            uint8_t *pkt = evbuffer_pullup(in, len);
+            handle_startup(c, pkt, len);
+            if (c->state != CL_CLOSING)
+                evbuffer_drain(in, len);
+            continue;
+        }
+        /* Authentication answers: 'p' messages, small. */
+        uint8_t hdr[PROTO_HDR_LEN];
+        struct msg_hdr h;
+        if (avail < PROTO_HDR_LEN)
+            return;
+        evbuffer_copyout(in, hdr, PROTO_HDR_LEN);
+        if (proto_parse_header(hdr, PROTO_HDR_LEN, 16 * 1024, &h) != PROTO_OK) {
+            client_close(c, SQLSTATE_PROTOCOL_VIOLATION, "invalid message length");
+            return;
+        }
+        if (h.type != FE_PASSWORD) {
+            char msg[96];
+            snprintf(msg, sizeof(msg), "expected password response, got message type %d", h.type);
+            client_close(c, SQLSTATE_PROTOCOL_VIOLATION, msg);
+            return;
+        }
+        if (avail < 1 + (size_t)h.len)
+            return;
+        uint8_t *m = evbuffer_pullup(in, 1 + h.len);
+        auth_handle(c, m + PROTO_HDR_LEN, h.len - 4);
+        if (c->state != CL_CLOSING)
+            evbuffer_drain(in, 1 + h.len);
+    }
+}
+
+/* Authentication succeeded: AuthenticationOk, then a server (or the admin console). */
+void client_logged_in(struct client *c)
+{
+    struct pbuf b;
+    pbuf_init(&b);
+    proto_build_auth(&b, AUTH_REQ_OK, NULL, 0);
+    send_pbuf(c, &b);
+    c->cancel_pid = c->w->next_cancel_pid++;
+    if (RAND_bytes((unsigned char *)&c->cancel_key, sizeof(c->cancel_key)) != 1)
+        c->cancel_key = (uint32_t)now_us();
+    if (c->is_admin) {
+        client_change_state(c, CL_IDLE);
+        admin_welcome(c);
+        return;
+    }
+    c->pool = pool_get(c->w, c->database, c->user, c->role);
+    if (!c->pool) {
+        client_close(c, SQLSTATE_TOO_MANY_CONNECTIONS, "out of memory");
+        return;
+    }
+    log_debug("C-%llu %s: logged in as %s to %s", (unsigned long long)c->id, c->addr, c->user,
+              c->database);
+    /* Session pooling: the server comes now, before the first query. */
+    client_change_state(c, CL_IDLE);
+    c->wait_since = now_ms();
+    pool_request(c->pool, c);
+}
+
+/* ---- the query loop ---- */
+
+/* Remember what a Query means for the session: SET values to replay, pins, COMMIT. */
+static void inspect_query(struct client *c, const char *q, size_t len)
+{
+    struct sql_info si;
+    sql_scan(q, len, &si);
+    c->last_kind = si.kind;
+    if (si.pin && !c->pin_reason) {
+        c->pin_reason = si.pin;
+        log_debug("C-%llu: session pinned: %s", (unsigned long long)c->id, pin_reason_name(si.pin));
+    }
+    if (si.multi)
+        return;
+    if (si.kind == SQL_SET)
+        kv_set(&c->sets, si.name, si.value);
+    else if (si.kind == SQL_RESET)
+        kv_del(&c->sets, si.name);
+    else if (si.kind == SQL_RESET_ALL)
+        kv_clear(&c->sets);
+}
+
+/* The first request after an idle transaction lost its server is told why; later ones get
+ * PostgreSQL's usual 25P02. */
+static void build_lost_txn_error(struct client *c, struct pbuf *b)
+{
+    if (c->lost_notice_pending) {
+        c->lost_notice_pending = 0;
+        proto_build_error(b, "ERROR", SQLSTATE_CONNECTION_FAILURE,
+                          "the server connection was lost during this transaction block: the "
+                          "transaction was rolled back, ROLLBACK to go on",
+                          NULL);
+        return;
+    }
+    proto_build_error(b, "ERROR", SQLSTATE_IN_FAILED_TXN,
+                      "current transaction is aborted, commands ignored until end of "
+                      "transaction block",
+                      NULL);
+}
+
+/* Answer locally while the client's transaction died with its server (failover contract 3). */
+static int answer_lost_txn(struct client *c, const struct msg_hdr *h, const uint8_t *body)
+{
+    struct pbuf b;
+    pbuf_init(&b);
+    if (h->type == FE_QUERY) {
+        struct sql_info si;
+        sql_scan((const char *)body, h->len - 4, &si);
+        if (si.kind == SQL_ROLLBACK || si.kind == SQL_COMMIT) {
+            proto_build_command_complete(&b, "ROLLBACK");
+            proto_build_ready(&b, 'I');
+            c->txn_lost = 0;
+            c->txn_status = 'I';
+        } else {
+            build_lost_txn_error(c, &b);
+            proto_build_ready(&b, 'E');
+        }
+    } else if (h->type == FE_PARSE) {
+        struct msg_reader r;
+        mr_init(&r, body, h->len - 4);
+        mr_str(&r);
+        const char *q = mr_str(&r);
+        struct sql_info si;
+        sql_scan(q, strlen(q), &si);
+        if (c->batch_error) {
+            /* skip until Sync */
+        } else if (si.kind == SQL_ROLLBACK || si.kind == SQL_COMMIT) {
+            c->batch_rollback = 1;
+            pbuf_put_u8(&b, BE_PARSE_COMPLETE);
+            pbuf_put_u32(&b, 4);
+        } else {
+            c->batch_error = 1;
+        }
+    } else if (h->type == FE_BIND || h->type == FE_DESCRIBE || h->type == FE_EXECUTE ||
+               h->type == FE_CLOSE) {
+        if (c->batch_rollback && !c->batch_error) {
+            if (h->type == FE_BIND) {
+                pbuf_put_u8(&b, BE_BIND_COMPLETE);
+                pbuf_put_u32(&b, 4);
+            } else if (h->type == FE_DESCRIBE) {
+                pbuf_put_u8(&b, BE_NO_DATA);
+                pbuf_put_u32(&b, 4);
+            } else if (h->type == FE_EXECUTE) {
+                proto_build_command_complete(&b, "ROLLBACK");
+            } else {
+                pbuf_put_u8(&b, BE_CLOSE_COMPLETE);
+                pbuf_put_u32(&b, 4);
+            }
+        } else {
+            c->batch_error = 1;
+        }
+    } else if (h->type == FE_SYNC) {
+        if (c->batch_rollback && !c->batch_error) {
+            proto_build_ready(&b, 'I');
+            c->txn_lost = 0;
+            c->txn_status = 'I';
+        } else {
+            build_lost_txn_error(c, &b);
+            proto_build_ready(&b, 'E');
+        }
+        c->batch_rollback = c->batch_error = 0;
+    } else if (h->type == FE_FUNCTION_CALL) {
+        build_lost_txn_error(c, &b);
+        proto_build_ready(&b, 'E');
+    }
+    send_pbuf(c, &b);
+    return 0;
+}
+
+/* A request that cannot be served (hold timeout): error it, drop its messages up to the Sync. */
+void client_fail_request(struct client *c, const char *sqlstate, const char *msg)
+{
+    client_send_error(c, sqlstate, msg);
+    c->fail_current = 1;
+}
+
+void client_process(struct client *c)
+{
+    if (c->state == CL_LOGIN) {
+        login_process(c);
+        return;
+    }
+    if (c->state == CL_CLOSING)
+        return;
+    if (c->is_admin) {
+        admin_process(c);
+        return;
+    }
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    struct worker *w = c->w;
+    for (;;) {
+        if (c->state == CL_CLOSING)
+            return;
+        size_t avail = evbuffer_get_length(in);
+        if (c->skip_left > 0) {
+            /* The rest of a message whose server is gone. */
+            size_t n = avail < c->skip_left ? avail : c->skip_left;
+            if (n == 0)
+                return;
+            evbuffer_drain(in, n);
+            c->skip_left -= (uint32_t)n;
+            continue;
+        }
+        if (c->fwd_left > 0) {
+            if (!c->server || c->state != CL_ACTIVE)
+                return;
+            struct evbuffer *out = bufferevent_get_output(c->server->bev);
+            if (evbuffer_get_length(out) > FWD_HIGH_WATER)
+                return; /* resumed from the server's write callback */
+            size_t n = avail < c->fwd_left ? avail : c->fwd_left;
+            if (n == 0)
+                return;
+            evbuffer_remove_buffer(in, out, n);
+            c->fwd_left -= (uint32_t)n;
+            w->stats.bytes_client_to_server += n;
+            continue;
+        }
+        uint8_t hdr[PROTO_HDR_LEN];
+        struct msg_hdr h;
+        if (avail < PROTO_HDR_LEN)
+            return;
+        evbuffer_copyout(in, hdr, PROTO_HDR_LEN);
+        if (proto_parse_header(hdr, PROTO_HDR_LEN, (uint32_t)w->cfg->max_packet_size, &h) != PROTO_OK) {
+            client_close(c, SQLSTATE_PROTOCOL_VIOLATION, "invalid message length");
+            return;
+        }
+        if (!proto_fe_type_known(h.type)) {
+            char msg[64];
+            snprintf(msg, sizeof(msg), "invalid frontend message type %d", h.type);
+            client_close(c, SQLSTATE_PROTOCOL_VIOLATION, msg);
+            return;
+        }
+        if (h.type == FE_TERMINATE) {
+            client_close(c, NULL, "client sent Terminate");
+            return;
+        }
+        size_t whole = 1 + (size_t)h.len;
+        /* Messages answered or dropped by pgstay itself are needed whole. */
+        int local = c->txn_lost || c->fail_current || c->discard_copy;
+        if (local) {
+            if (h.len > INSPECT_MAX + 4 && h.type != FE_COPY_DATA) {
+                if (avail < whole)
+                    return; /* bounded by max_packet_size */
+            }
+            if (avail < whole)
+                return;
+            uint8_t *m = evbuffer_pullup(in, (ssize_t)whole);
+            if (c->discard_copy) {
+                if (h.type == FE_COPY_DONE || h.type == FE_COPY_FAIL)
+                    c->discard_copy = 0;
+                if (h.type == FE_COPY_DATA || h.type == FE_COPY_DONE || h.type == FE_COPY_FAIL) {
+                    evbuffer_drain(in, whole);
+                    continue;
+                }
+                c->discard_copy = 0;
+            }
+            if (c->fail_current) {
+                /* The request already got its error: drop up to its end, then ReadyForQuery. */
+                if (h.type == FE_SYNC || h.type == FE_QUERY || h.type == FE_FUNCTION_CALL) {
+                    c->fail_current = 0;
+                    send_ready(c, c->txn_lost ? 'E' : c->txn_status);
+                }
+                evbuffer_drain(in, whole);
+                continue;
+            }
+            answer_lost_txn(c, &h, m + PROTO_HDR_LEN);
+            evbuffer_drain(in, whole);
+            continue;
+        }
+        if (!c->server || c->state != CL_ACTIVE) {
+            /* A request and no server: ask the pool (held while there is no writer). */
+            if (c->state == CL_IDLE) {
+                c->wait_since = now_ms();
+                pool_request(c->pool, c);
+            }
+            return;
+        }
+        struct evbuffer *out = bufferevent_get_output(c->server->bev);
+        if (evbuffer_get_length(out) > FWD_HIGH_WATER)
+            return;
+        if (w->fo->paused && c->role == ROLE_WRITER && c->pending == 0 && c->unsynced == 0 &&
+            c->txn_status == 'I') {
+            /* PAUSE: a new transaction waits for RESUME (planned switchover). */
+            c->pause_held = 1;
+            return;
+        }
+        if ((h.type == FE_QUERY || h.type == FE_PARSE) && h.len <= INSPECT_MAX) {
+            if (avail < whole)
+                return;
+            const uint8_t *m = evbuffer_pullup(in, (ssize_t)whole);
+            if (h.type == FE_QUERY) {
+                inspect_query(c, (const char *)m + PROTO_HDR_LEN, h.len - 4);
+            } else {
+                struct msg_reader r;
+                mr_init(&r, m + PROTO_HDR_LEN, h.len - 4);
+                mr_str(&r);
+                const char *q = mr_str(&r);
+                if (!r.bad)
+                    inspect_query(c, q, strlen(q));
+            }
+        } else if (h.type == FE_QUERY) {
+            c->last_kind = SQL_OTHER;
+        }
+        if (h.type == FE_QUERY || h.type == FE_SYNC || h.type == FE_FUNCTION_CALL) {
+            c->pending++;
+            c->unsynced = 0;
+            w->stats.queries++;
+        } else if (h.type != FE_COPY_DATA && h.type != FE_COPY_DONE && h.type != FE_COPY_FAIL &&
+                   h.type != FE_FLUSH) {
+            c->unsynced++;
+        }
+        c->last_active = now_ms();
+        size_t n = avail < whole ? avail : whole;
+        evbuffer_remove_buffer(in, out, n);
+        w->stats.bytes_client_to_server += n;
+        c->fwd_left = (uint32_t)(whole - n);
+    }
+}
+
+/* The pool linked a server (set up with the client's parameters): welcome, then traffic. */
+void client_linked(struct client *c)
+{
+    struct server *s = c->server;
+    struct pbuf b;
+    pbuf_init(&b);
+    for (int i = 0; i < s->params.n; i++) {
+        const char *name = s->params.items[i].name, *value = s->params.items[i].value;
+        const char *seen = kv_get(&c->reported, name);
+        if (seen && strcmp(seen, value) == 0)
+            continue;
+        proto_build_param_status(&b, name, value);
+        kv_set(&c->reported, name, value);
+    }
+    if (!c->got_welcome) {
+        proto_build_key_data(&b, c->cancel_pid, c->cancel_key);
+        proto_build_ready(&b, 'I');
+        c->got_welcome = 1;
+        c->txn_status = 'I';
+    }
+    send_pbuf(c, &b);
+    client_change_state(c, CL_ACTIVE);
+    client_process(c);
+}
+
+void client_server_lost(struct client *c, const char *why)
+{
+    struct server *s = c->server;
+    c->server = NULL;
+    if (s)
+        s->client = NULL;
+    if (c->state == CL_CLOSING)
+        return;
+    int in_flight = c->pending > 0 || c->unsynced > 0 || c->fwd_left > 0 || c->in_copy_in;
+    int in_block = c->txn_status == 'T' || c->txn_status == 'E';
+    client_change_state(c, CL_IDLE);
+    if (!c->got_welcome) {
+        /* Lost during setup: the session never started; try again on the next writer. */
+        c->wait_since = now_ms();
+        pool_request(c->pool, c);
+        return;
+    }
+    if (!in_flight && !in_block) {
+        if (c->pin_reason) {
+            char msg[256];
+            snprintf(msg, sizeof(msg),
+                     "the server connection was lost (%s) and this session cannot be rebuilt on "
+                     "another server: it used a %s",
+                     why, pin_reason_name(c->pin_reason));
+            client_close(c, SQLSTATE_CONNECTION_FAILURE, msg);
+            return;
+        }
+        /* Idle: nothing to tell. The next request gets a new server with the same settings. */
+        log_info("C-%llu: server lost while idle (%s): session will be rebuilt on the next request",
+                 (unsigned long long)c->id, why);
+        client_process(c);
+        return;
+    }
+    if (c->pin_reason && !in_block) {
+        char msg[256];
+        snprintf(msg, sizeof(msg),
+                 "the server connection was lost (%s) and this session cannot be rebuilt on another "
+                 "server: it used a %s",
+                 why, pin_reason_name(c->pin_reason));
+        client_close(c, SQLSTATE_CONNECTION_FAILURE, msg);
+        return;
+    }
+    failover_note_failed_in_flight(c->w);
+    char msg[256];
+    const char *state = SQLSTATE_CONNECTION_FAILURE;
+    if (c->pending > 0 && c->last_kind == SQL_COMMIT) {
+        state = SQLSTATE_TXN_RESOLUTION_UNKNOWN;
+        snprintf(msg, sizeof(msg),
+                 "the server connection was lost during COMMIT (%s): the transaction may or may not "
+                 "have been committed",
+                 why);
+        in_block = 0;
+    } else if (in_flight) {
+        snprintf(msg, sizeof(msg),
+                 "the server connection was lost while the statement was running (%s): it may or "
+                 "may not have run",
+                 why);
+    } else {
+        snprintf(msg, sizeof(msg), "the server connection was lost (%s): the transaction was rolled back", why);
+    }
+    log_info("C-%llu: %s", (unsigned long long)c->id, msg);
+    if (c->fwd_left > 0) {
+        c->skip_left = c->fwd_left;
+        c->fwd_left = 0;
+    }
+    if (c->in_copy_in) {
+        c->discard_copy = 1;
+        c->in_copy_in = 0;
+    }
+    if (in_block)
+        c->txn_lost = 1;
+    if (c->pending > 0) {
+        /* One answer per request the client is waiting on. */
+        client_send_error(c, state, msg);
+        send_ready(c, in_block ? 'E' : 'I');
+        for (int i = 1; i < c->pending; i++) {
+            client_send_error(c, SQLSTATE_CONNECTION_FAILURE, msg);
+            send_ready(c, in_block ? 'E' : 'I');
+        }
+        c->pending = 0;
+        if (c->unsynced > 0)
+            c->fail_current = 1;
+    } else if (c->unsynced > 0 || c->skip_left > 0) {
+        client_send_error(c, state, msg);
+        c->fail_current = 1;
+    } else if (in_block) {
+        /* Idle in a transaction block: the next request learns its transaction is gone. */
+        c->txn_lost = 1;
+        c->lost_notice_pending = 1;
+    }
+    c->unsynced = 0;
+    c->txn_status = in_block ? 'E' : 'I';
+    client_process(c);
+}
+
+void client_check_timeouts(struct worker *w, int64_t now)
+{
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, &w->clients[CL_LOGIN])
+    {
+        struct client *c = container_of(pos, struct client, node);
+        if (now - c->last_active > w->cfg->client_login_timeout)
+            client_close(c, SQLSTATE_PROTOCOL_VIOLATION, "client_login_timeout");
+    }
+    list_for_each_safe(pos, tmp, &w->clients[CL_WAITING])
+    {
+        struct client *c = container_of(pos, struct client, node);
+        int holding = c->held;
+        int limit = holding ? w->cfg->failover_timeout : w->cfg->query_wait_timeout;
+        if (limit <= 0 || now - c->wait_since <= limit)
+            continue;
+        pool_cancel_wait(c);
+        client_change_state(c, CL_IDLE);
+        const char *why = holding ? "no writer is available: failover_timeout reached while waiting "
+                                    "for a new primary"
+                                  : "query_wait_timeout: no server connection became free in time";
+        if (holding)
+            failover_note_timed_out(w);
+        if (!c->got_welcome) {
+            client_close(c, holding ? SQLSTATE_CONNECTION_FAILURE : SQLSTATE_QUERY_WAIT_TIMEOUT, why);
+            continue;
+        }
+        /* The connection stays usable: the held request gets the error. */
+        client_fail_request(c, holding ? SQLSTATE_CONNECTION_FAILURE : SQLSTATE_QUERY_WAIT_TIMEOUT, why);
+        client_process(c);
+    }
+    if (w->cfg->client_idle_timeout > 0) {
+        list_for_each_safe(pos, tmp, &w->clients[CL_ACTIVE])
+        {
+            struct client *c = container_of(pos, struct client, node);
+            if (c->pending == 0 && now - c->last_active > w->cfg->client_idle_timeout)
+                client_close(c, SQLSTATE_IDLE_TIMEOUT, "client_idle_timeout");
+        }
+        list_for_each_safe(pos, tmp, &w->clients[CL_IDLE])
+        {
+            struct client *c = container_of(pos, struct client, node);
+            if (now - c->last_active > w->cfg->client_idle_timeout)
+                client_close(c, SQLSTATE_IDLE_TIMEOUT, "client_idle_timeout");
+        }
+    }
+}

@@ -1,0 +1,113 @@
+/* The client side: accepting, startup, authentication, then the query loop. */
+#ifndef PGSTAY_CLIENT_CLIENT_H
+#define PGSTAY_CLIENT_CLIENT_H
+
+#include <stdint.h>
+
+#include <event2/bufferevent.h>
+
+#include "core/list.h"
+#include "core/worker.h"
+#include "proto/scram.h"
+
+struct pool;
+struct server;
+
+/* Which endpoint the client came in through. */
+enum endpoint_role { ROLE_WRITER = 0, ROLE_READER = 1 };
+
+/* A name=value the client asked for (startup parameter or tracked SET). */
+struct kv {
+    char *name;
+    char *value;
+};
+
+struct kvlist {
+    struct kv *items;
+    int n, cap;
+};
+
+void kv_set(struct kvlist *l, const char *name, const char *value);
+const char *kv_get(const struct kvlist *l, const char *name);
+void kv_clear(struct kvlist *l);
+
+struct client {
+    struct list node;      /* on w->clients[state] */
+    struct list pool_node; /* on pool->waiting while CL_WAITING */
+    enum client_state state;
+    uint64_t id;
+    struct worker *w;
+    struct bufferevent *bev;
+    char addr[64];
+    int role; /* enum endpoint_role */
+    int is_admin;
+    struct pool *pool;
+    struct server *server; /* the linked server, or NULL */
+
+    /* Startup */
+    char *user;
+    char *database;
+    struct kvlist params;   /* startup parameters to apply on every server it gets */
+    struct kvlist reported; /* ParameterStatus values the client has been sent */
+    int got_welcome;        /* ParameterStatus/BackendKeyData/ReadyForQuery sent */
+
+    /* Authentication */
+    int auth_step;                /* which message pgstay expects next */
+    uint8_t md5_salt[4];
+    struct scram_server *scram;   /* only during a SCRAM exchange */
+
+    uint32_t cancel_pid; /* pgstay's own BackendKeyData for this client */
+    uint32_t cancel_key;
+
+    /* Query loop */
+    uint32_t fwd_left;  /* bytes of the current client message still to forward */
+    int pending;        /* requests sent that await ReadyForQuery */
+    char txn_status;    /* as last told to the client: 'I', 'T' or 'E' */
+    int in_copy_in;     /* the server is taking COPY data from this client */
+    int pin_reason;     /* why this session's state cannot be rebuilt elsewhere (0: it can) */
+    int64_t wait_since; /* ms: when it began waiting for a server */
+    int64_t last_active;
+    int held;           /* waiting because there is no writer (counted by failover) */
+    int unsynced;       /* extended-protocol messages sent since the last Sync */
+    int last_kind;      /* enum sql_kind of the last Query/Parse (COMMIT in flight: 08007) */
+    struct kvlist sets; /* SET values to replay on a new server */
+
+    /* Answered by pgstay itself after the server was lost (failover contract 3) */
+    uint32_t skip_left;     /* rest of a message that was half-forwarded: dropped */
+    int txn_lost;           /* the transaction block died with its server: answer until ROLLBACK */
+    int lost_notice_pending;/* the next request learns why */
+    int fail_current;       /* the current request got its error: drop messages up to its end */
+    int discard_copy;       /* drop COPY data of a COPY whose server is gone */
+    int batch_rollback;     /* an extended-protocol ROLLBACK batch answered locally */
+    int batch_error;
+    int pause_held;         /* PAUSE: its next transaction waits for RESUME */
+    int pause_waiting;      /* admin client whose PAUSE awaits in-flight transactions */
+};
+
+
+/* Accept callback for the writer and reader listeners. */
+void client_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen,
+                   void *arg);
+void client_change_state(struct client *c, enum client_state st);
+/* Close with a reason that is logged; if sqlstate is set the client is sent a FATAL first. */
+void client_close(struct client *c, const char *sqlstate, const char *reason);
+/* Send an ErrorResponse (severity ERROR) and, when the client awaits one, ReadyForQuery. */
+void client_send_error(struct client *c, const char *sqlstate, const char *msg);
+/* The pool gives this client a server (already set up with the client's parameters). */
+void client_linked(struct client *c);
+/* Its server is gone: decide what the client sees (see failover contract). */
+void client_server_lost(struct client *c, const char *why);
+/* Consume whatever the client has sent (called again when output drains). */
+void client_process(struct client *c);
+/* Send raw bytes to the client. */
+void client_send(struct client *c, const void *p, size_t n);
+void client_free(struct client *c);
+/* Periodic: wait, hold and idle timeouts. */
+void client_check_timeouts(struct worker *w, int64_t now);
+struct client *client_find_by_cancel(struct worker *w, uint32_t pid, uint32_t key);
+/* Authentication succeeded (client/auth.c calls this). */
+void client_logged_in(struct client *c);
+/* Error the current request (it cannot be served) and drop its messages up to its end. */
+void client_fail_request(struct client *c, const char *sqlstate, const char *msg);
+
+#endif

@@ -1,0 +1,71 @@
+/* Configuration: one INI file parsed from a declarative table of keys; reload on SIGHUP. */
+#ifndef PGSTAY_CONFIG_CONFIG_H
+#define PGSTAY_CONFIG_CONFIG_H
+
+#include <stddef.h>
+
+enum pool_mode { POOL_SESSION = 0, POOL_TRANSACTION = 1 };
+enum auth_type { AUTH_TRUST = 0, AUTH_MD5 = 1, AUTH_SCRAM = 2 };
+enum readonly_fallback { FALLBACK_WRITER = 0, FALLBACK_ERROR = 1 };
+
+#define CONFIG_MAX_NODES 16
+
+/* One entry of [nodes]: "n1 = host=127.0.0.1 port=5432" (libpq conninfo syntax, host and port). */
+struct node_conf {
+    char name[64];
+    char host[256];
+    int port;
+};
+
+/* Every setting; durations are held in milliseconds whatever unit the file used. */
+struct config {
+    char *path;                  /* the file this was read from */
+    char *listen_addr;           /* writer and reader endpoints bind here */
+    int listen_port;             /* the writer endpoint */
+    int readonly_port;           /* the reader endpoint; 0 = none */
+    int listen_backlog;
+    int pool_mode;               /* enum pool_mode */
+    int pool_size;               /* server connections per (database, user) */
+    int max_client_conn;
+    int auth_type;               /* enum auth_type */
+    char *auth_file;             /* absolute, resolved against the config file's folder */
+    char *admin_users;           /* comma-separated */
+    char *server_reset_query;
+    int server_connect_timeout;  /* ms */
+    int query_wait_timeout;      /* ms; 0 = wait forever */
+    int client_idle_timeout;     /* ms; 0 = never */
+    int client_login_timeout;    /* ms */
+    int shutdown_timeout;        /* ms: SIGTERM lets clients finish this long */
+    int max_packet_size;         /* bytes: a longer client message is a protocol violation */
+    int tcp_keepalive;           /* bool */
+    int tcp_user_timeout;        /* ms; TCP_USER_TIMEOUT on server sockets */
+    char *health_check_user;
+    char *health_check_dbname;
+    int health_check_period;     /* ms */
+    int health_check_fast_period;/* ms: probe period while there is no writer */
+    int health_check_timeout;    /* ms */
+    int failover_timeout;        /* ms: longest hold of a request while there is no writer */
+    int pause_timeout;           /* ms: PAUSE waits this long for in-flight transactions */
+    int server_connect_concurrency; /* concurrent server logins per pool (no thundering herd) */
+    long max_replica_lag;        /* bytes of replay lag past which a standby serves no reads */
+    int readonly_fallback;       /* enum readonly_fallback */
+    int verbose;                 /* 0 = LOG, 1+ = DEBUG */
+    struct node_conf nodes[CONFIG_MAX_NODES];
+    int n_nodes;
+};
+
+/* Fill *cfg with defaults, then read path. On error returns -1 and writes
+ * "file:line: message" into err; *cfg is then left freed. */
+int config_load(const char *path, struct config *cfg, char *err, size_t errlen);
+
+/* Free the strings a loaded config owns. */
+void config_free(struct config *cfg);
+
+/* Take from fresh every reloadable key into cur; for each non-reloadable key
+ * whose value changed, log a warning naming it and keep cur's. fresh is freed. */
+void config_apply_reload(struct config *cur, struct config *fresh);
+
+/* Is name (a comma-separated list member) in list? */
+int config_list_has(const char *list, const char *name);
+
+#endif

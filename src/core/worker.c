@@ -1,0 +1,266 @@
+/* Per-loop state: lists by state, deferred frees, housekeeping tick, listeners, reload. */
+#include "core/worker.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#include <event2/dns.h>
+
+#include "admin/admin.h"
+#include "client/client.h"
+#include "core/log.h"
+#include "failover/failover.h"
+#include "pool/pool.h"
+#include "proto/proto.h"
+#include "server/server.h"
+#include "topology/topology.h"
+
+int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static void reap_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct worker *w = arg;
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, &w->clients[CL_CLOSING])
+    {
+        client_free(container_of(pos, struct client, node));
+    }
+    list_for_each_safe(pos, tmp, &w->servers[SV_CLOSING])
+    {
+        server_free(container_of(pos, struct server, node));
+    }
+    if (w->shutting_down) {
+        int live = 0;
+        for (int i = 0; i < CL_CLOSING; i++)
+            live += w->n_clients[i];
+        if (live == 0 || now_ms() >= w->shutdown_deadline) {
+            log_info("shutdown: %d clients left, exiting", live);
+            event_base_loopexit(w->base, NULL);
+        }
+    }
+}
+
+void worker_schedule_reap(struct worker *w)
+{
+    event_active(w->reaper, EV_TIMEOUT, 0);
+}
+
+static void tick_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct worker *w = arg;
+    int64_t now = now_ms();
+    client_check_timeouts(w, now);
+    admin_check_pause(w);
+    /* Servers stuck connecting or logging in past server_connect_timeout. */
+    for (int st = SV_CONNECTING; st <= SV_LOGIN; st++) {
+        struct list *pos, *tmp;
+        list_for_each_safe(pos, tmp, &w->servers[st])
+        {
+            struct server *s = container_of(pos, struct server, node);
+            int limit = s->pool ? w->cfg->server_connect_timeout : w->cfg->health_check_timeout;
+            if (now - s->connected_at > limit)
+                server_close(s, "connect timeout");
+        }
+    }
+    if (w->shutting_down)
+        worker_schedule_reap(w);
+}
+
+int worker_init(struct worker *w, struct config *cfg)
+{
+    memset(w, 0, sizeof(*w));
+    w->cfg = cfg;
+    for (int i = 0; i < CL_NSTATES; i++)
+        list_init(&w->clients[i]);
+    for (int i = 0; i < SV_NSTATES; i++)
+        list_init(&w->servers[i]);
+    list_init(&w->pools);
+    w->base = event_base_new();
+    if (!w->base)
+        return -1;
+    /* Nameservers from resolv.conf; numeric hosts need none and are resolved at once. */
+    w->dns = evdns_base_new(w->base, EVDNS_BASE_INITIALIZE_NAMESERVERS);
+    if (!w->dns)
+        w->dns = evdns_base_new(w->base, 0);
+    w->reaper = event_new(w->base, -1, 0, reap_cb, w);
+    w->tick = event_new(w->base, -1, EV_PERSIST, tick_cb, w);
+    struct timeval tv = {0, 100 * 1000};
+    event_add(w->tick, &tv);
+    w->next_cancel_pid = (uint32_t)(now_ms() & 0x3fffffff) | 1;
+    char err[512];
+    if (userlist_load(cfg->auth_file, &w->users, err, sizeof(err)) < 0) {
+        if (cfg->auth_type != AUTH_TRUST) {
+            log_error("%s", err);
+            return -1;
+        }
+        log_warn("%s (auth_type is trust: continuing without passwords)", err);
+    }
+    if (failover_init(w) < 0 || topology_init(w) < 0)
+        return -1;
+    return 0;
+}
+
+static struct evconnlistener *listen_on(struct worker *w, const char *addr, int port, int role)
+{
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof(ss));
+    socklen_t len;
+    struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
+    struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
+    if (inet_pton(AF_INET, addr, &sin->sin_addr) == 1) {
+        sin->sin_family = AF_INET;
+        sin->sin_port = htons((uint16_t)port);
+        len = sizeof(*sin);
+    } else if (inet_pton(AF_INET6, addr, &sin6->sin6_addr) == 1) {
+        sin6->sin6_family = AF_INET6;
+        sin6->sin6_port = htons((uint16_t)port);
+        len = sizeof(*sin6);
+    } else if (strcmp(addr, "*") == 0) {
+        sin->sin_family = AF_INET;
+        sin->sin_addr.s_addr = htonl(INADDR_ANY);
+        sin->sin_port = htons((uint16_t)port);
+        len = sizeof(*sin);
+    } else {
+        log_error("listen_addr \"%s\" is not a numeric address", addr);
+        return NULL;
+    }
+    w->listen_ctx[role].w = w;
+    w->listen_ctx[role].role = role;
+    struct evconnlistener *l = evconnlistener_new_bind(
+        w->base, client_accept, &w->listen_ctx[role],
+        LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC, w->cfg->listen_backlog,
+        (struct sockaddr *)&ss, (int)len);
+    if (!l) {
+        log_error("cannot listen on %s:%d: %s", addr, port, strerror(errno));
+        return NULL;
+    }
+    log_info("listening on %s:%d (%s endpoint)", addr, port, role == ROLE_WRITER ? "writer" : "reader");
+    return l;
+}
+
+int worker_listen(struct worker *w)
+{
+    w->listeners[0] = listen_on(w, w->cfg->listen_addr, w->cfg->listen_port, ROLE_WRITER);
+    if (!w->listeners[0])
+        return -1;
+    if (w->cfg->readonly_port > 0) {
+        w->listeners[1] = listen_on(w, w->cfg->listen_addr, w->cfg->readonly_port, ROLE_READER);
+        if (!w->listeners[1])
+            return -1;
+    }
+    return 0;
+}
+
+void worker_stop_listening(struct worker *w)
+{
+    for (int i = 0; i < 2; i++) {
+        if (w->listeners[i]) {
+            evconnlistener_free(w->listeners[i]);
+            w->listeners[i] = NULL;
+        }
+    }
+}
+
+void worker_begin_shutdown(struct worker *w)
+{
+    if (w->shutting_down)
+        return;
+    w->shutting_down = 1;
+    w->shutdown_deadline = now_ms() + w->cfg->shutdown_timeout;
+    worker_stop_listening(w);
+    int live = 0;
+    for (int i = 0; i < CL_CLOSING; i++)
+        live += w->n_clients[i];
+    log_info("shutdown requested: no new connections, waiting up to %d ms for %d clients",
+             w->cfg->shutdown_timeout, live);
+    /* Clients still logging in have nothing to finish. */
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, &w->clients[CL_LOGIN])
+    {
+        client_close(container_of(pos, struct client, node), SQLSTATE_ADMIN_SHUTDOWN,
+                     "pgstay is shutting down");
+    }
+    worker_schedule_reap(w);
+}
+
+int worker_reload(struct worker *w)
+{
+    char err[512];
+    struct config *fresh = calloc(1, sizeof(*fresh));
+    if (!fresh)
+        return -1;
+    if (config_load(w->cfg->path, fresh, err, sizeof(err)) < 0) {
+        log_error("reload failed, keeping the running configuration: %s", err);
+        free(fresh);
+        return -1;
+    }
+    struct userlist ul;
+    memset(&ul, 0, sizeof(ul));
+    if (userlist_load(fresh->auth_file, &ul, err, sizeof(err)) < 0 && fresh->auth_type != AUTH_TRUST) {
+        log_error("reload failed, keeping the running configuration: %s", err);
+        config_free(fresh);
+        free(fresh);
+        return -1;
+    }
+    config_apply_reload(w->cfg, fresh);
+    free(fresh);
+    userlist_free(&w->users);
+    w->users = ul;
+    log_verbosity = w->cfg->verbose > 0 ? LOG_DEBUG : LOG_INFO;
+    log_info("configuration reloaded from %s", w->cfg->path);
+    pool_kick_all(w);
+    return 0;
+}
+
+void worker_free(struct worker *w)
+{
+    worker_stop_listening(w);
+    topology_free(w);
+    for (int st = 0; st < CL_NSTATES; st++) {
+        struct list *pos, *tmp;
+        list_for_each_safe(pos, tmp, &w->clients[st])
+        {
+            client_free(container_of(pos, struct client, node));
+        }
+    }
+    for (int st = 0; st < SV_NSTATES; st++) {
+        struct list *pos, *tmp;
+        list_for_each_safe(pos, tmp, &w->servers[st])
+        {
+            server_free(container_of(pos, struct server, node));
+        }
+    }
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, &w->pools)
+    {
+        struct pool *p = container_of(pos, struct pool, node);
+        list_del(&p->node);
+        free(p->database);
+        free(p->user);
+        free(p);
+    }
+    failover_free(w);
+    userlist_free(&w->users);
+    event_free(w->reaper);
+    event_free(w->tick);
+    if (w->dns)
+        evdns_base_free(w->dns, 0);
+    event_base_free(w->base);
+}

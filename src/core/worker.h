@@ -1,0 +1,94 @@
+/* Per-event-loop state: everything a worker owns, so one loop per thread needs no rewrite. */
+#ifndef PGSTAY_CORE_WORKER_H
+#define PGSTAY_CORE_WORKER_H
+
+#include <stdint.h>
+
+#include <event2/event.h>
+#include <event2/listener.h>
+
+#include "config/config.h"
+#include "config/userlist.h"
+#include "core/list.h"
+
+struct topology;
+struct failover;
+
+/* Client states: the list a client is on. */
+enum client_state {
+    CL_LOGIN,   /* startup packet and authentication */
+    CL_WAITING, /* logged in, wants a server: pool full, or held while there is no writer */
+    CL_ACTIVE,  /* linked to a server */
+    CL_IDLE,    /* logged in, no server needed right now (session lost while idle, admin) */
+    CL_CLOSING, /* freed at the end of this loop iteration */
+    CL_NSTATES
+};
+
+/* Server states. */
+enum server_state {
+    SV_CONNECTING, /* TCP connect */
+    SV_LOGIN,      /* startup and authentication */
+    SV_IDLE,       /* in its pool, ready to lend */
+    SV_SETUP,      /* lent; pgstay applies the client's session settings first */
+    SV_ACTIVE,     /* lent to a client, traffic forwarded */
+    SV_RESETTING,  /* server_reset_query running before going back to idle */
+    SV_PROBE,      /* a topology probe connection, outside every pool */
+    SV_CLOSING,
+    SV_NSTATES
+};
+
+struct worker_stats {
+    uint64_t clients_accepted;
+    uint64_t clients_rejected;
+    uint64_t servers_opened;
+    uint64_t bytes_client_to_server;
+    uint64_t bytes_server_to_client;
+    uint64_t queries; /* requests (Query, Sync, FunctionCall) forwarded */
+};
+
+struct worker;
+
+/* A listener's callback argument: whose loop, which endpoint. */
+struct listen_ctx {
+    struct worker *w;
+    int role; /* enum endpoint_role */
+};
+
+struct worker {
+    struct event_base *base;
+    struct evdns_base *dns;
+    struct config *cfg;
+    struct userlist users;
+    struct list clients[CL_NSTATES];
+    int n_clients[CL_NSTATES];
+    struct list servers[SV_NSTATES];
+    int n_servers[SV_NSTATES];
+    struct list pools;
+    struct evconnlistener *listeners[2]; /* writer, reader endpoint */
+    struct listen_ctx listen_ctx[2];
+    struct event *reaper;                /* frees closing objects outside their callbacks */
+    struct event *tick;                  /* 1 s housekeeping: timeouts */
+    struct topology *topo;
+    struct failover *fo;
+    uint64_t next_id;
+    uint32_t next_cancel_pid;
+    int shutting_down;      /* SIGTERM: accept nothing new, exit when clients are gone */
+    int64_t shutdown_deadline;
+    struct worker_stats stats;
+};
+
+int64_t now_ms(void);
+int64_t now_us(void);
+
+int worker_init(struct worker *w, struct config *cfg);
+/* Arrange for closing objects to be freed once the current callbacks return. */
+void worker_schedule_reap(struct worker *w);
+void worker_free(struct worker *w);
+/* Re-read config and auth_file (SIGHUP, RELOAD). */
+int worker_reload(struct worker *w);
+int worker_listen(struct worker *w);
+void worker_stop_listening(struct worker *w);
+/* SIGTERM: stop accepting, let clients finish up to shutdown_timeout. */
+void worker_begin_shutdown(struct worker *w);
+
+#endif

@@ -1,0 +1,172 @@
+/* Failover: the hold/resume state machine, PAUSE/RESUME, and the record of each failover. */
+#include "failover/failover.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "client/client.h"
+#include "core/log.h"
+#include "pool/pool.h"
+#include "server/server.h"
+#include "topology/topology.h"
+
+int failover_init(struct worker *w)
+{
+    w->fo = calloc(1, sizeof(*w->fo));
+    return w->fo ? 0 : -1;
+}
+
+void failover_free(struct worker *w)
+{
+    free(w->fo);
+    w->fo = NULL;
+}
+
+int failover_holding(struct worker *w)
+{
+    return !w->topo->writer || w->fo->paused;
+}
+
+/* Every pool connection to a node that lost the writer role goes: in-flight clients are told,
+ * idle ones get a new server on the next writer without noticing. */
+static void drop_servers_on(struct worker *w, struct node *nd, const char *why)
+{
+    for (int st = SV_CONNECTING; st <= SV_RESETTING; st++) {
+        struct list *pos, *tmp;
+        list_for_each_safe(pos, tmp, &w->servers[st])
+        {
+            struct server *s = container_of(pos, struct server, node);
+            if (s->nd == nd && s->pool && s->pool->role == ROLE_WRITER)
+                server_close(s, why);
+        }
+    }
+}
+
+void failover_writer_lost(struct worker *w, struct node *old, const char *why)
+{
+    struct failover *fo = w->fo;
+    int64_t now = now_ms();
+    topology_set_fast(w, 1);
+    if (!fo->current) {
+        struct failover_event *ev = &fo->events[fo->n_events % FAILOVER_MAX_EVENTS];
+        memset(ev, 0, sizeof(*ev));
+        ev->id = ++fo->n_events;
+        snprintf(ev->old_writer, sizeof(ev->old_writer), "%s", old ? old->name : "");
+        snprintf(ev->reason, sizeof(ev->reason), "%s", why);
+        ev->writer_lost = now;
+        ev->hold_started = now;
+        fo->current = ev;
+        log_warn("failover #%d: started: writer %s lost (%s); holding requests until a new writer "
+                 "is seen",
+                 ev->id, ev->old_writer, why);
+    }
+    if (old)
+        drop_servers_on(w, old, "the writer was lost");
+}
+
+static void release_paused(struct worker *w)
+{
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, &w->clients[CL_ACTIVE])
+    {
+        struct client *c = container_of(pos, struct client, node);
+        if (c->pause_held) {
+            c->pause_held = 0;
+            client_process(c);
+        }
+    }
+}
+
+void failover_writer_found(struct worker *w, struct node *nd)
+{
+    struct failover *fo = w->fo;
+    struct failover_event *ev = fo->current;
+    int64_t now = now_ms();
+    topology_set_fast(w, 0);
+    if (!ev) {
+        log_info("writer is %s (timeline %u)", nd->name, nd->timeline);
+    } else {
+        snprintf(ev->new_writer, sizeof(ev->new_writer), "%s", nd->name);
+        ev->new_writer_seen = now;
+        ev->hold_ended = now;
+        log_warn("failover #%d: new writer %s seen (timeline %u) %lld ms after the writer was lost; "
+                 "resuming %d held clients",
+                 ev->id, nd->name, nd->timeline, (long long)(now - ev->writer_lost), ev->clients_held);
+        fo->current = NULL;
+        fo->last = ev;
+    }
+    if (!fo->paused) {
+        pool_kick_all(w);
+        release_paused(w);
+    }
+    if (ev)
+        log_warn("failover #%d: completed: hold ended, %d clients held, %d requests failed in "
+                 "flight, %d timed out",
+                 ev->id, ev->clients_held, ev->failed_in_flight, ev->timed_out);
+}
+
+void failover_note_held(struct worker *w)
+{
+    if (w->fo->current)
+        w->fo->current->clients_held++;
+}
+
+void failover_note_served(struct worker *w)
+{
+    struct failover_event *ev = w->fo->last;
+    if (ev && !ev->first_served) {
+        ev->first_served = now_ms();
+        log_info("failover #%d: first held request served %lld ms after the new writer was seen",
+                 ev->id, (long long)(ev->first_served - ev->new_writer_seen));
+    }
+}
+
+void failover_note_failed_in_flight(struct worker *w)
+{
+    struct failover_event *ev = w->fo->current ? w->fo->current : w->fo->last;
+    if (ev)
+        ev->failed_in_flight++;
+}
+
+void failover_note_timed_out(struct worker *w)
+{
+    struct failover_event *ev = w->fo->current ? w->fo->current : w->fo->last;
+    if (ev)
+        ev->timed_out++;
+}
+
+void failover_pause(struct worker *w)
+{
+    if (w->fo->paused)
+        return;
+    w->fo->paused = 1;
+    w->fo->pause_started = now_ms();
+    log_info("PAUSE: holding new transactions on the writer endpoint");
+}
+
+void failover_resume(struct worker *w)
+{
+    if (!w->fo->paused)
+        return;
+    w->fo->paused = 0;
+    log_info("RESUME: releasing held requests after %lld ms",
+             (long long)(now_ms() - w->fo->pause_started));
+    pool_kick_all(w);
+    release_paused(w);
+}
+
+int failover_pause_done(struct worker *w)
+{
+    /* Paused when no writer-endpoint client is inside a transaction or a request. */
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, &w->clients[CL_ACTIVE])
+    {
+        struct client *c = container_of(pos, struct client, node);
+        if (c->role != ROLE_WRITER || c->is_admin)
+            continue;
+        if (c->pending > 0 || c->unsynced > 0 || c->fwd_left > 0 || c->txn_status != 'I')
+            return 0;
+    }
+    return 1;
+}

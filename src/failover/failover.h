@@ -1,0 +1,55 @@
+/* Failover: hold requests while there is no writer, resume on the new one, PAUSE/RESUME, events. */
+#ifndef PGSTAY_FAILOVER_FAILOVER_H
+#define PGSTAY_FAILOVER_FAILOVER_H
+
+#include <stdint.h>
+
+#include "core/worker.h"
+
+struct node;
+
+#define FAILOVER_MAX_EVENTS 64
+
+/* One failover, with the time of each phase (ms since the epoch; 0 = not yet). */
+struct failover_event {
+    int id;
+    char old_writer[64];
+    char new_writer[64];
+    char reason[128];
+    int64_t writer_lost;
+    int64_t hold_started;
+    int64_t new_writer_seen;
+    int64_t first_served;
+    int64_t hold_ended;
+    int clients_held;
+    int failed_in_flight;
+    int timed_out;
+};
+
+struct failover {
+    struct failover_event events[FAILOVER_MAX_EVENTS];
+    int n_events;
+    struct failover_event *current; /* the one in progress, or NULL */
+    struct failover_event *last;    /* the last completed one (first_served comes after) */
+    int paused;                     /* PAUSE: hold new transactions */
+    int64_t pause_started;
+};
+
+int failover_init(struct worker *w);
+void failover_free(struct worker *w);
+/* Topology saw the writer go (old may be NULL at start-up). */
+void failover_writer_lost(struct worker *w, struct node *old, const char *why);
+/* Topology found a writer; resume held requests. */
+void failover_writer_found(struct worker *w, struct node *nd);
+/* Is the writer endpoint holding new requests (no writer, or paused)? */
+int failover_holding(struct worker *w);
+void failover_note_held(struct worker *w);
+void failover_note_served(struct worker *w);
+void failover_note_failed_in_flight(struct worker *w);
+void failover_note_timed_out(struct worker *w);
+void failover_pause(struct worker *w);
+void failover_resume(struct worker *w);
+/* PAUSE has taken effect: no writer client is inside a transaction. */
+int failover_pause_done(struct worker *w);
+
+#endif

@@ -1,0 +1,118 @@
+/* pgstay: arguments, signals, configuration, then the event loop. */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/event.h>
+
+#include "config/config.h"
+#include "core/log.h"
+#include "core/worker.h"
+
+#ifndef PGSTAY_VERSION
+#define PGSTAY_VERSION "0.1.0"
+#endif
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: pgstay [-v] CONFIG_FILE\n"
+               "       pgstay --check-config CONFIG_FILE\n"
+               "       pgstay --version\n"
+               "signals: SIGTERM drains clients (shutdown_timeout) and exits, SIGINT exits at once,\n"
+               "         SIGHUP reloads the configuration and auth_file\n");
+}
+
+static void on_signal(evutil_socket_t sig, short what, void *arg)
+{
+    struct worker *w = arg;
+    switch (sig) {
+    case SIGHUP:
+        log_info("SIGHUP: reloading");
+        worker_reload(w);
+        break;
+    case SIGTERM:
+        log_info("SIGTERM: draining");
+        worker_begin_shutdown(w);
+        break;
+    case SIGINT:
+        log_info("SIGINT: exiting now");
+        event_base_loopbreak(w->base);
+        break;
+    }
+}
+
+int main(int argc, char **argv)
+{
+    const char *path = NULL;
+    int check_only = 0, verbose = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--version")) {
+            printf("pgstay %s\n", PGSTAY_VERSION);
+            return 0;
+        } else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            usage(stdout);
+            return 0;
+        } else if (!strcmp(argv[i], "--check-config")) {
+            check_only = 1;
+        } else if (!strcmp(argv[i], "-v")) {
+            verbose++;
+        } else if (argv[i][0] == '-') {
+            fprintf(stderr, "pgstay: unknown option %s\n", argv[i]);
+            usage(stderr);
+            return 2;
+        } else if (!path) {
+            path = argv[i];
+        } else {
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (!path) {
+        usage(stderr);
+        return 2;
+    }
+    static struct config cfg;
+    char err[512];
+    if (config_load(path, &cfg, err, sizeof(err)) < 0) {
+        fprintf(stderr, "pgstay: %s\n", err);
+        return 1;
+    }
+    if (check_only) {
+        struct userlist ul = {0};
+        if (cfg.auth_type != AUTH_TRUST && userlist_load(cfg.auth_file, &ul, err, sizeof(err)) < 0) {
+            fprintf(stderr, "pgstay: %s\n", err);
+            config_free(&cfg);
+            return 1;
+        }
+        userlist_free(&ul);
+        printf("%s: configuration is valid (%d nodes)\n", path, cfg.n_nodes);
+        config_free(&cfg);
+        return 0;
+    }
+    if (verbose || cfg.verbose > 0)
+        log_verbosity = LOG_DEBUG;
+    signal(SIGPIPE, SIG_IGN);
+    static struct worker w;
+    if (worker_init(&w, &cfg) < 0) {
+        log_error("cannot start");
+        return 1;
+    }
+    if (worker_listen(&w) < 0)
+        return 1;
+    struct event *sigs[3];
+    int signums[3] = {SIGHUP, SIGTERM, SIGINT};
+    for (int i = 0; i < 3; i++) {
+        sigs[i] = evsignal_new(w.base, signums[i], on_signal, &w);
+        event_add(sigs[i], NULL);
+    }
+    log_info("pgstay %s started (%d nodes, pool_mode %s)", PGSTAY_VERSION, cfg.n_nodes,
+             cfg.pool_mode == POOL_SESSION ? "session" : "transaction");
+    event_base_dispatch(w.base);
+    for (int i = 0; i < 3; i++)
+        event_free(sigs[i]);
+    worker_free(&w);
+    config_free(&cfg);
+    log_info("pgstay stopped");
+    return 0;
+}

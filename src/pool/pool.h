@@ -1,0 +1,46 @@
+/* Pools: server connections per (database, user, role); lending, waiting, reset, cancel. */
+#ifndef PGSTAY_POOL_POOL_H
+#define PGSTAY_POOL_POOL_H
+
+#include "client/client.h"
+#include "core/list.h"
+#include "server/server.h"
+
+struct pool {
+    struct list node; /* on w->pools */
+    struct worker *w;
+    char *database;
+    char *user;
+    int role;              /* enum endpoint_role */
+    struct list idle;      /* servers ready to lend (SV_IDLE) */
+    struct list waiting;   /* clients waiting for a server, in arrival order */
+    int n_servers;         /* every server of this pool, whatever its state */
+    int n_connecting;      /* in SV_CONNECTING or SV_LOGIN */
+    int n_waiting;
+    int64_t last_login_error_at;
+    /* SCRAM pass-through: the ClientKey learnt from a client's proof, so pgstay can log in
+     * with a SCRAM auth_file secret and no plain password. */
+    unsigned char client_key[32];
+    int have_client_key;
+};
+
+struct pool *pool_get(struct worker *w, const char *database, const char *user, int role);
+/* The client needs a server: lend one now or queue it. */
+void pool_request(struct pool *p, struct client *c);
+/* The client no longer waits (closed or timed out). */
+void pool_cancel_wait(struct client *c);
+/* A client is done with its server: reset it and keep it, or close it. */
+void pool_release(struct server *s, int reusable);
+/* A server of p finished login or reset: lend it or keep it idle. */
+void pool_server_ready(struct server *s);
+/* A server login failed with an error the waiting clients must see (bad db/user/password). */
+void pool_login_failed(struct pool *p, const uint8_t *err_msg, size_t len, const char *why);
+/* Try to serve waiting clients of every pool (after a writer appears, RESUME, a server frees). */
+void pool_kick_all(struct worker *w);
+void pool_kick(struct pool *p);
+/* Close idle servers of every pool on node nd (it lost its role). */
+void pool_drop_node(struct worker *w, struct node *nd);
+/* Handle a CancelRequest packet with pgstay's key. */
+void cancel_forward(struct worker *w, uint32_t pid, uint32_t key);
+
+#endif

@@ -1,0 +1,225 @@
+/* The lexer behind session-state tracking: keywords, quotes and comments, no full SQL grammar. */
+#include "proto/sqlscan.h"
+
+#include <ctype.h>
+#include <stdio.h>
+#include <strings.h>
+#include <string.h>
+
+const char *pin_reason_name(int reason)
+{
+    static const char *const names[PIN_NREASONS] = {
+        "none", "temp table", "advisory lock", "LISTEN", "SQL PREPARE", "WITH HOLD cursor", "LOAD",
+    };
+    return reason >= 0 && reason < PIN_NREASONS ? names[reason] : "?";
+}
+
+struct lexer {
+    const char *p;
+    size_t len;
+    size_t pos;
+};
+
+/* Skip whitespace and comments (-- and nested block comments). */
+static void skip_space(struct lexer *lx)
+{
+    while (lx->pos < lx->len) {
+        char ch = lx->p[lx->pos];
+        if (isspace((unsigned char)ch)) {
+            lx->pos++;
+        } else if (ch == '-' && lx->pos + 1 < lx->len && lx->p[lx->pos + 1] == '-') {
+            while (lx->pos < lx->len && lx->p[lx->pos] != '\n')
+                lx->pos++;
+        } else if (ch == '/' && lx->pos + 1 < lx->len && lx->p[lx->pos + 1] == '*') {
+            int depth = 0;
+            while (lx->pos + 1 < lx->len) {
+                if (lx->p[lx->pos] == '/' && lx->p[lx->pos + 1] == '*') {
+                    depth++;
+                    lx->pos += 2;
+                } else if (lx->p[lx->pos] == '*' && lx->p[lx->pos + 1] == '/') {
+                    lx->pos += 2;
+                    if (--depth == 0)
+                        break;
+                } else {
+                    lx->pos++;
+                }
+            }
+            if (depth > 0)
+                lx->pos = lx->len;
+        } else {
+            break;
+        }
+    }
+}
+
+/* Read one token into out (lower-cased words; quoted strings and identifiers kept whole). */
+static int next_token(struct lexer *lx, char *out, size_t cap)
+{
+    skip_space(lx);
+    size_t n = 0;
+    if (lx->pos >= lx->len)
+        return 0;
+    char ch = lx->p[lx->pos];
+    if (ch == '\'' || ch == '"') {
+        char q = ch;
+        size_t start = lx->pos++;
+        while (lx->pos < lx->len) {
+            if (lx->p[lx->pos] == q) {
+                if (lx->pos + 1 < lx->len && lx->p[lx->pos + 1] == q) {
+                    lx->pos += 2;
+                    continue;
+                }
+                lx->pos++;
+                break;
+            }
+            lx->pos++;
+        }
+        size_t l = lx->pos - start;
+        if (l >= cap)
+            l = cap - 1;
+        memcpy(out, lx->p + start, l);
+        out[l] = 0;
+        return 1;
+    }
+    if (isalnum((unsigned char)ch) || ch == '_' || ch == '.' || ch == '-' || ch == '+') {
+        while (lx->pos < lx->len) {
+            ch = lx->p[lx->pos];
+            if (!(isalnum((unsigned char)ch) || ch == '_' || ch == '.' || ch == '$' ||
+                  (n == 0 && (ch == '-' || ch == '+'))))
+                break;
+            if (n + 1 < cap)
+                out[n++] = (char)tolower((unsigned char)ch);
+            lx->pos++;
+        }
+        out[n] = 0;
+        return 1;
+    }
+    out[0] = ch;
+    out[1] = 0;
+    lx->pos++;
+    return 1;
+}
+
+/* Case-insensitive search for a word in the text. */
+static int contains_word(const char *q, size_t len, const char *word)
+{
+    size_t wl = strlen(word);
+    for (size_t i = 0; i + wl <= len; i++) {
+        if (strncasecmp(q + i, word, wl) != 0)
+            continue;
+        int before = i == 0 || !(isalnum((unsigned char)q[i - 1]) || q[i - 1] == '_');
+        int after = i + wl == len || !(isalnum((unsigned char)q[i + wl]) || q[i + wl] == '_');
+        if (before && after)
+            return 1;
+    }
+    return 0;
+}
+
+static int find_pin(const char *q, size_t len)
+{
+    if (contains_word(q, len, "temp") || contains_word(q, len, "temporary"))
+        return PIN_TEMP_TABLE;
+    if (contains_word(q, len, "pg_advisory_lock") || contains_word(q, len, "pg_try_advisory_lock") ||
+        contains_word(q, len, "pg_advisory_lock_shared") ||
+        contains_word(q, len, "pg_try_advisory_lock_shared"))
+        return PIN_ADVISORY_LOCK;
+    if (contains_word(q, len, "listen"))
+        return PIN_LISTEN;
+    if (contains_word(q, len, "hold") && contains_word(q, len, "declare") &&
+        !contains_word(q, len, "without"))
+        return PIN_HOLD_CURSOR;
+    if (contains_word(q, len, "prepare") && !contains_word(q, len, "transaction"))
+        return PIN_SQL_PREPARE;
+    if (contains_word(q, len, "load"))
+        return PIN_LOAD;
+    return PIN_NONE;
+}
+
+void sql_scan(const char *q, size_t len, struct sql_info *out)
+{
+    memset(out, 0, sizeof(*out));
+    struct lexer lx = {q, len, 0};
+    char t1[64], t2[64];
+    if (!next_token(&lx, t1, sizeof(t1)))
+        return;
+    /* Multi-statement text: anything after a ';' that is not just space. */
+    for (size_t i = 0; i < len; i++) {
+        if (q[i] == ';') {
+            struct lexer rest = {q, len, i + 1};
+            skip_space(&rest);
+            if (rest.pos < len && q[rest.pos] != 0)
+                out->multi = 1;
+            break;
+        }
+    }
+    out->pin = find_pin(q, len);
+    if (!strcmp(t1, "begin") || !strcmp(t1, "start")) {
+        out->kind = SQL_BEGIN;
+    } else if (!strcmp(t1, "commit") || !strcmp(t1, "end")) {
+        size_t save = lx.pos;
+        if (next_token(&lx, t2, sizeof(t2)) && !strcmp(t2, "prepared"))
+            out->kind = SQL_OTHER;
+        else
+            out->kind = SQL_COMMIT;
+        lx.pos = save;
+    } else if (!strcmp(t1, "rollback") || !strcmp(t1, "abort")) {
+        size_t save = lx.pos;
+        out->kind = SQL_ROLLBACK;
+        if (next_token(&lx, t2, sizeof(t2)) && (!strcmp(t2, "to") || !strcmp(t2, "prepared")))
+            out->kind = SQL_OTHER;
+        if (!strcmp(t2, "work") || !strcmp(t2, "transaction")) {
+            if (next_token(&lx, t2, sizeof(t2)) && !strcmp(t2, "to"))
+                out->kind = SQL_OTHER;
+        }
+        lx.pos = save;
+    } else if (!strcmp(t1, "discard")) {
+        if (next_token(&lx, t2, sizeof(t2)) && !strcmp(t2, "all"))
+            out->kind = SQL_RESET_ALL;
+    } else if (!strcmp(t1, "reset")) {
+        if (next_token(&lx, t2, sizeof(t2))) {
+            if (!strcmp(t2, "all")) {
+                out->kind = SQL_RESET_ALL;
+            } else {
+                out->kind = SQL_RESET;
+                snprintf(out->name, sizeof(out->name), "%s", t2);
+            }
+        }
+    } else if (!strcmp(t1, "set")) {
+        if (!next_token(&lx, t2, sizeof(t2)))
+            return;
+        int local = 0;
+        if (!strcmp(t2, "session")) {
+            if (!next_token(&lx, t2, sizeof(t2)))
+                return;
+            if (!strcmp(t2, "characteristics") || !strcmp(t2, "authorization"))
+                return;
+        } else if (!strcmp(t2, "local")) {
+            local = 1;
+            if (!next_token(&lx, t2, sizeof(t2)))
+                return;
+        }
+        if (!strcmp(t2, "transaction") || !strcmp(t2, "constraints") || !strcmp(t2, "role") ||
+            !strcmp(t2, "time") || !strcmp(t2, "names") || t2[0] == '"')
+            return; /* forms whose value is not one name/value pair: left untracked */
+        snprintf(out->name, sizeof(out->name), "%s", t2);
+        char eq[8];
+        if (!next_token(&lx, eq, sizeof(eq)) || (strcmp(eq, "=") && strcmp(eq, "to")))
+            return;
+        skip_space(&lx);
+        /* The value runs to the end of the statement; kept verbatim for replay. */
+        size_t start = lx.pos, end = lx.pos;
+        int inq = 0;
+        while (end < len && q[end] && (inq || q[end] != ';')) {
+            if (q[end] == '\'')
+                inq = !inq;
+            end++;
+        }
+        while (end > start && isspace((unsigned char)q[end - 1]))
+            end--;
+        if (end - start == 0 || end - start >= sizeof(out->value))
+            return;
+        memcpy(out->value, q + start, end - start);
+        out->value[end - start] = 0;
+        out->kind = local ? SQL_SET_LOCAL : SQL_SET;
+    }
+}

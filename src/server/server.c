@@ -1,0 +1,627 @@
+/* The server state machine: connect, log in, run pgstay's own queries, forward to the client. */
+#include "server/server.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/buffer.h>
+#include <event2/dns.h>
+
+#include "core/log.h"
+#include "core/transport.h"
+#include "failover/failover.h"
+#include "pool/pool.h"
+#include "proto/md5.h"
+#include "proto/proto.h"
+#include "topology/topology.h"
+
+#define FWD_HIGH_WATER (512 * 1024)
+/* Messages pgstay reads whole from a server (login, errors, its own queries' rows). */
+#define WHOLE_MAX (1024 * 1024)
+
+#define SLOG(lvl, s, fmt, ...)                                                                     \
+    log_##lvl("S-%llu %s/%s@%s: " fmt, (unsigned long long)(s)->id, (s)->user, (s)->database,     \
+              (s)->nd ? (s)->nd->name : "?", ##__VA_ARGS__)
+
+void server_change_state(struct server *s, enum server_state st)
+{
+    struct worker *w = s->w;
+    list_del(&s->node);
+    w->n_servers[s->state]--;
+    s->state = st;
+    list_append(&w->servers[st], &s->node);
+    w->n_servers[st]++;
+}
+
+void server_send(struct server *s, const void *p, size_t n)
+{
+    if (s->bev && s->state != SV_CLOSING)
+        bufferevent_write(s->bev, p, n);
+}
+
+static void send_pbuf(struct server *s, struct pbuf *b)
+{
+    if (!b->failed)
+        server_send(s, b->data, b->len);
+    pbuf_free(b);
+}
+
+const char *server_param(struct server *s, const char *name)
+{
+    return kv_get(&s->params, name);
+}
+
+void server_close(struct server *s, const char *reason)
+{
+    if (s->state == SV_CLOSING)
+        return;
+    enum server_state was = s->state;
+    SLOG(info, s, "closing: %s", reason);
+    if (s->bev) {
+        bufferevent_disable(s->bev, EV_READ | EV_WRITE);
+        if (was != SV_CONNECTING && was != SV_CLOSING) {
+            struct pbuf b;
+            pbuf_init(&b);
+            proto_build_terminate(&b);
+            if (!b.failed)
+                bufferevent_write(s->bev, b.data, b.len);
+            pbuf_free(&b);
+        }
+    }
+    if (s->state == SV_IDLE)
+        list_del(&s->pool_node);
+    server_change_state(s, SV_CLOSING);
+    if (s->nd && s->pool)
+        s->nd->n_servers--;
+    struct client *c = s->client;
+    if (c) {
+        s->client = NULL;
+        client_server_lost(c, reason);
+    }
+    if (s->pool) {
+        struct pool *p = s->pool;
+        p->n_servers--;
+        if (was == SV_CONNECTING || was == SV_LOGIN)
+            p->n_connecting--;
+        /* A writer connection that dies may mean the writer died: look now, not at the next
+         * probe. */
+        if (p->role == ROLE_WRITER && s->nd && s->nd == s->w->topo->writer &&
+            was != SV_RESETTING && !s->w->shutting_down)
+            topology_probe_now(s->w, reason);
+        s->pool = NULL;
+        pool_kick(p);
+    } else if (was != SV_CLOSING && s->on_fail) {
+        s->on_fail(s, reason);
+    }
+    worker_schedule_reap(s->w);
+}
+
+void server_free(struct server *s)
+{
+    if (s->bev) {
+        struct evbuffer *out = bufferevent_get_output(s->bev);
+        if (evbuffer_get_length(out) > 0 && bufferevent_getfd(s->bev) >= 0)
+            evbuffer_write(out, bufferevent_getfd(s->bev));
+        bufferevent_free(s->bev);
+    }
+    list_del(&s->node);
+    s->w->n_servers[s->state]--;
+    kv_clear(&s->params);
+    kv_clear(&s->startup);
+    free(s->scram);
+    free(s);
+}
+
+void server_run_internal(struct server *s, const char *sql)
+{
+    struct pbuf b;
+    pbuf_init(&b);
+    proto_build_query(&b, sql);
+    send_pbuf(s, &b);
+    s->swallow++;
+}
+
+/* ---- login ---- */
+
+static const struct user_secret *secret_for(struct server *s)
+{
+    return userlist_find(&s->w->users, s->user);
+}
+
+static int answer_auth(struct server *s, const uint8_t *body, size_t len)
+{
+    struct msg_reader r;
+    mr_init(&r, body, len);
+    uint32_t code = mr_u32(&r);
+    const struct user_secret *us = secret_for(s);
+    struct pbuf b;
+    pbuf_init(&b);
+    switch (code) {
+    case AUTH_REQ_OK:
+        return 0;
+    case AUTH_REQ_CLEARTEXT:
+        if (!us || us->kind != SECRET_PLAIN)
+            goto no_password;
+        proto_build_password(&b, us->secret);
+        send_pbuf(s, &b);
+        return 0;
+    case AUTH_REQ_MD5: {
+        const uint8_t *salt = mr_bytes(&r, 4);
+        if (!salt)
+            goto bad;
+        if (!us || us->kind == SECRET_SCRAM)
+            goto no_password;
+        char hash[36], answer[36];
+        if (us->kind == SECRET_MD5)
+            snprintf(hash, sizeof(hash), "%s", us->secret);
+        else
+            pg_md5_hash(us->secret, s->user, hash);
+        pg_md5_salted(hash, salt, answer);
+        proto_build_password(&b, answer);
+        send_pbuf(s, &b);
+        return 0;
+    }
+    case AUTH_REQ_SASL: {
+        int offered = 0;
+        while (mr_left(&r) > 1) {
+            const char *mech = mr_str(&r);
+            if (strcmp(mech, SCRAM_MECHANISM) == 0)
+                offered = 1;
+        }
+        if (!offered || !us)
+            goto no_password;
+        s->scram = calloc(1, sizeof(*s->scram));
+        if (!s->scram)
+            goto bad;
+        if (us->kind == SECRET_PLAIN) {
+            scram_client_init_password(s->scram, us->secret);
+        } else if (us->kind == SECRET_SCRAM && s->pool && s->pool->have_client_key) {
+            struct scram_secret sec;
+            if (scram_parse_secret(us->secret, &sec) < 0)
+                goto no_password;
+            scram_client_init_keys(s->scram, s->pool->client_key, sec.server_key);
+        } else {
+            goto no_password;
+        }
+        char out[512];
+        size_t outlen = 0;
+        if (scram_client_first(s->scram, out, sizeof(out), &outlen) < 0)
+            goto bad;
+        proto_build_sasl_initial(&b, SCRAM_MECHANISM, out, outlen);
+        send_pbuf(s, &b);
+        return 0;
+    }
+    case AUTH_REQ_SASL_CONTINUE: {
+        char out[512];
+        size_t outlen = 0;
+        if (!s->scram ||
+            scram_client_final(s->scram, (const char *)body + 4, len - 4, out, sizeof(out), &outlen) < 0)
+            goto bad;
+        proto_build_sasl_response(&b, out, outlen);
+        send_pbuf(s, &b);
+        return 0;
+    }
+    case AUTH_REQ_SASL_FINAL:
+        if (!s->scram || scram_client_verify_server(s->scram, (const char *)body + 4, len - 4) < 0) {
+            SLOG(error, s, "the server's SCRAM signature does not match: not the server we expect");
+            return -1;
+        }
+        return 0;
+    default:
+        SLOG(error, s, "the server asks for authentication method %u, which pgstay does not support", code);
+        return -1;
+    }
+no_password:
+    SLOG(error, s, "the server asks for a password and auth_file has none usable for \"%s\"", s->user);
+    if (s->pool) {
+        struct pbuf e;
+        pbuf_init(&e);
+        char msg[256];
+        snprintf(msg, sizeof(msg), "pgstay has no usable password for user \"%s\" to log into the server", s->user);
+        proto_build_error(&e, "FATAL", SQLSTATE_INVALID_PASSWORD, msg, NULL);
+        pool_login_failed(s->pool, e.data, e.len, msg);
+        pbuf_free(&e);
+    }
+    pbuf_free(&b);
+    return -1;
+bad:
+    pbuf_free(&b);
+    return -1;
+}
+
+/* The login is complete (ReadyForQuery): a pool server becomes ready, a probe starts probing. */
+static void login_done(struct server *s)
+{
+    free(s->scram);
+    s->scram = NULL;
+    s->txn_status = 'I';
+    s->last_used = now_ms();
+    if (!s->pool) {
+        server_change_state(s, SV_PROBE);
+        if (s->on_ready)
+            s->on_ready(s);
+        return;
+    }
+    s->pool->n_connecting--;
+    SLOG(debug, s, "logged in (backend pid %u)", s->be_pid);
+    pool_server_ready(s);
+}
+
+/* ---- incoming traffic ---- */
+
+static void handle_param_status(struct server *s, const uint8_t *body, size_t len)
+{
+    struct msg_reader r;
+    mr_init(&r, body, len);
+    const char *name = mr_str(&r);
+    const char *value = mr_str(&r);
+    if (!r.bad)
+        kv_set(&s->params, name, value);
+}
+
+/* A whole message while pgstay itself talks to the server (login, setup, reset, probe). */
+static int handle_internal(struct server *s, const struct msg_hdr *h, const uint8_t *body)
+{
+    size_t len = h->len - 4;
+    switch (h->type) {
+    case BE_AUTH:
+        if (s->state != SV_LOGIN)
+            return -1;
+        return answer_auth(s, body, len);
+    case BE_KEY_DATA: {
+        struct msg_reader r;
+        mr_init(&r, body, len);
+        s->be_pid = mr_u32(&r);
+        s->be_key = mr_u32(&r);
+        return 0;
+    }
+    case BE_PARAM_STATUS:
+        handle_param_status(s, body, len);
+        return 0;
+    case BE_ERROR: {
+        struct pg_error e;
+        proto_parse_error(body, len, &e);
+        if (s->state == SV_LOGIN) {
+            SLOG(info, s, "login failed: %s %s: %s", e.severity, e.sqlstate, e.message);
+            /* Bad database, user or password: the waiting clients get the server's words.
+             * Anything else (starting up, shutting down, too many connections) is the
+             * node's state, not the client's fault: they stay waiting. */
+            if (s->pool && (strncmp(e.sqlstate, "28", 2) == 0 || strncmp(e.sqlstate, "3D", 2) == 0 ||
+                            strncmp(e.sqlstate, "42", 2) == 0 || strncmp(e.sqlstate, "22", 2) == 0))
+                pool_login_failed(s->pool, body - PROTO_HDR_LEN, h->len + 1, e.message);
+            return -1;
+        }
+        if (strcmp(e.severity, "FATAL") == 0 || strcmp(e.severity, "PANIC") == 0) {
+            SLOG(info, s, "server error: %s %s: %s", e.severity, e.sqlstate, e.message);
+            return -1;
+        }
+        if (s->state == SV_SETUP && s->client) {
+            /* A startup parameter or replayed SET the server rejects: the client is told. */
+            struct client *c = s->client;
+            if (!c->got_welcome) {
+                s->setup_failed = 1;
+                c->server = NULL;
+                s->client = NULL;
+                client_send(c, body - PROTO_HDR_LEN, h->len + 1);
+                client_close(c, NULL, "session setup failed");
+            }
+        } else if (s->state == SV_PROBE && s->on_fail) {
+            SLOG(info, s, "probe query failed: %s", e.message);
+        }
+        return 0;
+    }
+    case BE_DATA_ROW:
+        if (s->state == SV_PROBE && s->on_row) {
+            struct msg_reader r;
+            mr_init(&r, body, len);
+            int n = mr_u16(&r);
+            const char *vals[16];
+            char bufs[16][128];
+            if (n > 16)
+                n = 16;
+            for (int i = 0; i < n; i++) {
+                uint32_t l = mr_u32(&r);
+                if (l == 0xffffffff) {
+                    vals[i] = NULL;
+                    continue;
+                }
+                const uint8_t *p = mr_bytes(&r, l);
+                if (!p)
+                    return -1;
+                size_t cl = l < sizeof(bufs[i]) - 1 ? l : sizeof(bufs[i]) - 1;
+                memcpy(bufs[i], p, cl);
+                bufs[i][cl] = 0;
+                vals[i] = bufs[i];
+            }
+            s->on_row(s, n, vals);
+        }
+        return 0;
+    case BE_READY: {
+        s->txn_status = len >= 1 ? (char)body[0] : 'I';
+        if (s->state == SV_LOGIN) {
+            login_done(s);
+            return 0;
+        }
+        if (s->swallow > 0)
+            s->swallow--;
+        if (s->swallow > 0)
+            return 0;
+        if (s->state == SV_SETUP) {
+            if (s->setup_failed) {
+                s->setup_failed = 0;
+                pool_release(s, s->txn_status == 'I');
+                return 0;
+            }
+            server_change_state(s, SV_ACTIVE);
+            if (s->client)
+                client_linked(s->client);
+            else
+                pool_release(s, 1);
+        } else if (s->state == SV_RESETTING) {
+            pool_server_ready(s);
+        } else if (s->state == SV_PROBE && s->on_ready) {
+            s->on_ready(s);
+        }
+        return 0;
+    }
+    case BE_NEGOTIATE_VERSION:
+    case BE_NOTICE:
+    case BE_COMMAND_COMPLETE:
+    case BE_ROW_DESC:
+    case BE_EMPTY_QUERY:
+    case BE_NOTIFY:
+        return 0;
+    default:
+        SLOG(info, s, "unexpected message '%c' from the server", h->type);
+        return -1;
+    }
+}
+
+/* What pgstay learns from a message on its way to the client. Returns -1 if the server
+ * must be dropped instead (a FATAL: the client keeps its connection). */
+static int observe_forwarded(struct server *s, struct client *c, const struct msg_hdr *h,
+                             const uint8_t *body)
+{
+    size_t len = h->len - 4;
+    switch (h->type) {
+    case BE_READY:
+        s->txn_status = len >= 1 ? (char)body[0] : 'I';
+        c->txn_status = s->txn_status;
+        if (c->pending > 0)
+            c->pending--;
+        c->in_copy_in = 0;
+        s->last_used = now_ms();
+        return 0;
+    case BE_PARAM_STATUS: {
+        struct msg_reader r;
+        mr_init(&r, body, len);
+        const char *name = mr_str(&r);
+        const char *value = mr_str(&r);
+        if (!r.bad) {
+            kv_set(&s->params, name, value);
+            kv_set(&c->reported, name, value);
+        }
+        return 0;
+    }
+    case BE_COPY_IN:
+    case BE_COPY_BOTH:
+        c->in_copy_in = 1;
+        return 0;
+    case BE_ERROR: {
+        struct pg_error e;
+        if (proto_parse_error(body, len, &e) != PROTO_OK)
+            return 0;
+        if (strcmp(e.severity, "FATAL") == 0 || strcmp(e.severity, "PANIC") == 0) {
+            SLOG(info, s, "server ended the session: %s %s: %s", e.severity, e.sqlstate, e.message);
+            return -1;
+        }
+        if (strcmp(e.sqlstate, "25006") == 0 && s->nd == s->w->topo->writer)
+            topology_probe_now(s->w, "the writer answered 25006 (read-only transaction)");
+        return 0;
+    }
+    default:
+        return 0;
+    }
+}
+
+static int needs_whole(uint8_t type)
+{
+    return type == BE_READY || type == BE_PARAM_STATUS || type == BE_ERROR || type == BE_COPY_IN ||
+           type == BE_COPY_BOTH;
+}
+
+void server_process(struct server *s)
+{
+    struct evbuffer *in = bufferevent_get_input(s->bev);
+    struct worker *w = s->w;
+    for (;;) {
+        if (s->state == SV_CLOSING)
+            return;
+        size_t avail = evbuffer_get_length(in);
+        struct client *c = s->client;
+        int forwarding = s->state == SV_ACTIVE && c && s->swallow == 0;
+        if (s->fwd_left > 0) {
+            if (!forwarding) {
+                /* The client went away mid-message: drop the rest. */
+                size_t n = avail < s->fwd_left ? avail : s->fwd_left;
+                if (n == 0)
+                    return;
+                evbuffer_drain(in, n);
+                s->fwd_left -= (uint32_t)n;
+                continue;
+            }
+            struct evbuffer *out = bufferevent_get_output(c->bev);
+            if (evbuffer_get_length(out) > FWD_HIGH_WATER)
+                return; /* resumed from the client's write callback */
+            size_t n = avail < s->fwd_left ? avail : s->fwd_left;
+            if (n == 0)
+                return;
+            evbuffer_remove_buffer(in, out, n);
+            s->fwd_left -= (uint32_t)n;
+            w->stats.bytes_server_to_client += n;
+            continue;
+        }
+        uint8_t hdr[PROTO_HDR_LEN];
+        struct msg_hdr h;
+        if (avail < PROTO_HDR_LEN)
+            return;
+        evbuffer_copyout(in, hdr, PROTO_HDR_LEN);
+        if (proto_parse_header(hdr, PROTO_HDR_LEN, 0x7fffffff, &h) != PROTO_OK ||
+            !proto_be_type_known(h.type)) {
+            server_close(s, "the server sent bytes that are not the PostgreSQL protocol");
+            return;
+        }
+        size_t whole = 1 + (size_t)h.len;
+        if (!forwarding) {
+            if (s->state == SV_IDLE && h.type != BE_ERROR && h.type != BE_PARAM_STATUS &&
+                h.type != BE_NOTICE) {
+                server_close(s, "the server sent data while idle");
+                return;
+            }
+            if (whole > WHOLE_MAX) {
+                server_close(s, "the server sent an oversized message during login");
+                return;
+            }
+            if (avail < whole)
+                return;
+            uint8_t *m = evbuffer_pullup(in, (ssize_t)whole);
+            int r = handle_internal(s, &h, m + PROTO_HDR_LEN);
+            if (s->state == SV_CLOSING)
+                return;
+            evbuffer_drain(in, whole);
+            if (r < 0) {
+                server_close(s, s->state == SV_LOGIN ? "login failed" : "server error");
+                return;
+            }
+            continue;
+        }
+        struct evbuffer *out = bufferevent_get_output(c->bev);
+        if (evbuffer_get_length(out) > FWD_HIGH_WATER)
+            return;
+        if (needs_whole(h.type) && whole <= WHOLE_MAX) {
+            if (avail < whole)
+                return;
+            uint8_t *m = evbuffer_pullup(in, (ssize_t)whole);
+            if (observe_forwarded(s, c, &h, m + PROTO_HDR_LEN) < 0) {
+                evbuffer_drain(in, whole);
+                server_close(s, "the server ended the session");
+                return;
+            }
+            evbuffer_remove_buffer(in, out, whole);
+            w->stats.bytes_server_to_client += whole;
+            continue;
+        }
+        size_t n = avail < whole ? avail : whole;
+        evbuffer_remove_buffer(in, out, n);
+        w->stats.bytes_server_to_client += n;
+        s->fwd_left = (uint32_t)(whole - n);
+    }
+}
+
+/* ---- connecting ---- */
+
+static void server_read_cb(struct bufferevent *bev, void *arg)
+{
+    server_process(arg);
+}
+
+static void server_write_cb(struct bufferevent *bev, void *arg)
+{
+    /* The server drained what the client sent: let the client's traffic flow again. */
+    struct server *s = arg;
+    if (s->client && s->state == SV_ACTIVE)
+        client_process(s->client);
+}
+
+static void send_startup(struct server *s)
+{
+    const char *names[STARTUP_MAX_PARAMS + 2], *values[STARTUP_MAX_PARAMS + 2];
+    int n = 0;
+    names[n] = "user";
+    values[n++] = s->user;
+    names[n] = "database";
+    values[n++] = s->database;
+    if (!s->pool) {
+        names[n] = "application_name";
+        values[n++] = "pgstay-probe";
+    } else {
+        /* The first client's parameters become the server's defaults: later clients with the
+         * same ones need no SET at all. */
+        const struct kvlist *pl = &s->startup;
+        for (int i = 0; i < pl->n && n < STARTUP_MAX_PARAMS; i++) {
+            names[n] = pl->items[i].name;
+            values[n++] = pl->items[i].value;
+        }
+    }
+    struct pbuf b;
+    pbuf_init(&b);
+    proto_build_startup(&b, n, names, values);
+    send_pbuf(s, &b);
+}
+
+static void server_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+    struct server *s = arg;
+    if (what & BEV_EVENT_CONNECTED) {
+        net_tune_server(bufferevent_getfd(bev), s->w->cfg->tcp_keepalive, s->w->cfg->tcp_user_timeout);
+        server_change_state(s, SV_LOGIN);
+        send_startup(s);
+        return;
+    }
+    if (what & BEV_EVENT_EOF) {
+        server_close(s, s->state == SV_CONNECTING ? "connection refused" : "server closed the connection");
+    } else if (what & BEV_EVENT_ERROR) {
+        int dns = bufferevent_socket_get_dns_error(bev);
+        char why[160];
+        if (dns)
+            snprintf(why, sizeof(why), "cannot resolve %s: %s", s->nd ? s->nd->host : "?",
+                     evutil_gai_strerror(dns));
+        else
+            snprintf(why, sizeof(why), "%s",
+                     evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+        server_close(s, why);
+    }
+}
+
+struct server *server_open(struct worker *w, struct pool *p, struct node *nd, const char *user,
+                           const char *database)
+{
+    struct server *s = calloc(1, sizeof(*s));
+    if (!s)
+        return NULL;
+    s->w = w;
+    s->pool = p;
+    s->nd = nd;
+    s->id = ++w->next_id;
+    s->user = user;
+    s->database = database;
+    s->connected_at = now_ms();
+    s->txn_status = 'I';
+    list_init(&s->node);
+    list_init(&s->pool_node);
+    s->state = SV_CONNECTING;
+    list_append(&w->servers[SV_CONNECTING], &s->node);
+    w->n_servers[SV_CONNECTING]++;
+    if (p) {
+        p->n_servers++;
+        p->n_connecting++;
+        nd->n_servers++;
+    }
+    w->stats.servers_opened++;
+    s->bev = bufferevent_socket_new(w->base, -1, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+    if (!s->bev) {
+        server_close(s, "out of memory");
+        return NULL;
+    }
+    bufferevent_setcb(s->bev, server_read_cb, server_write_cb, server_event_cb, s);
+    bufferevent_setwatermark(s->bev, EV_READ, 0, FWD_HIGH_WATER);
+    bufferevent_setwatermark(s->bev, EV_WRITE, FWD_HIGH_WATER / 4, 0);
+    bufferevent_enable(s->bev, EV_READ);
+    if (bufferevent_socket_connect_hostname(s->bev, w->dns, AF_UNSPEC, nd->host, nd->port) < 0) {
+        server_close(s, "cannot start connecting");
+        return NULL;
+    }
+    SLOG(debug, s, "connecting to %s:%d", nd->host, nd->port);
+    return s;
+}

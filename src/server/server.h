@@ -1,0 +1,64 @@
+/* The server side: connecting, logging in, forwarding, detecting a dead server at once. */
+#ifndef PGSTAY_SERVER_SERVER_H
+#define PGSTAY_SERVER_SERVER_H
+
+#include <stdint.h>
+
+#include <event2/bufferevent.h>
+
+#include "client/client.h"
+#include "core/list.h"
+#include "core/worker.h"
+#include "proto/scram.h"
+
+struct pool;
+struct node;
+
+struct server {
+    struct list node;      /* on w->servers[state] */
+    struct list pool_node; /* on pool->idle while SV_IDLE */
+    enum server_state state;
+    uint64_t id;
+    struct worker *w;
+    struct pool *pool;     /* NULL for probes */
+    struct client *client; /* linked client */
+    struct node *nd;       /* the node it is connected to */
+    struct bufferevent *bev;
+    struct event *timer;   /* connect/login timeout */
+
+    const char *user;      /* login identity (the pool's, or the probe's) */
+    const char *database;
+    uint32_t be_pid, be_key;
+    struct kvlist params; /* ParameterStatus as the server last reported them */
+    struct scram_client *scram;
+    int password_sent;
+
+    uint32_t fwd_left;    /* bytes of the current server message still to forward */
+    int swallow;          /* ReadyForQuery messages to consume before forwarding again */
+    int setup_failed;     /* the client's settings were refused: client told, server to release */
+    struct kvlist startup; /* its startup parameters (the first client's): the session defaults */
+    char txn_status;
+    int64_t connected_at;
+    int64_t last_used;
+    /* Probe state (SV_PROBE) */
+    void (*on_row)(struct server *s, int ncols, const char **vals);
+    void (*on_ready)(struct server *s);
+    void (*on_fail)(struct server *s, const char *why);
+    void *probe_arg;
+};
+
+/* Open a server connection for pool p on node nd (pool NULL with probe callbacks for a probe). */
+struct server *server_open(struct worker *w, struct pool *p, struct node *nd, const char *user,
+                           const char *database);
+void server_change_state(struct server *s, enum server_state st);
+/* Close with a reason that is logged. */
+void server_close(struct server *s, const char *reason);
+void server_send(struct server *s, const void *p, size_t n);
+/* Run sql on the server, consuming its results (setup, reset, probes). */
+void server_run_internal(struct server *s, const char *sql);
+/* Forward whatever the server has sent (called again when the client drains). */
+void server_process(struct server *s);
+void server_free(struct server *s);
+const char *server_param(struct server *s, const char *name);
+
+#endif

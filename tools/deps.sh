@@ -1,0 +1,23 @@
+#!/bin/sh
+# Install from Debian's packages whatever pgstay's build, tests, demo and bench need; quick when all is present.
+set -e
+PKGS="build-essential pkg-config libevent-dev libssl-dev libpq-dev postgresql postgresql-15 postgresql-client-15 \
+libcmocka-dev python3-pytest python3-psycopg python3-asyncpg pgbouncer iptables iproute2 procps util-linux"
+missing=""
+for p in $PKGS; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed"; then
+        missing="$missing $p"
+    fi
+done
+[ -z "$missing" ] && exit 0
+echo "deps: installing$missing"
+SUDO=""
+[ "$(id -u)" -ne 0 ] && SUDO="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends $missing
+# Debian starts a default cluster and pgbouncer on install; pgstay's lab runs its own.
+for svc in postgresql pgbouncer; do
+    $SUDO systemctl stop "$svc" >/dev/null 2>&1 || $SUDO service "$svc" stop >/dev/null 2>&1 || true
+done
+exit 0
