@@ -24,6 +24,8 @@
 #define FWD_HIGH_WATER (512 * 1024)
 /* A Query or Parse this small is looked at whole (SET tracking, pins, COMMIT). */
 #define INSPECT_MAX (16 * 1024)
+/* Longest authentication message a client may send (SCRAM messages are a few hundred bytes). */
+#define AUTH_MSG_MAX 8192
 
 /* ---- name/value lists ---- */
 
@@ -424,10 +426,11 @@ static void login_process(struct client *c)
             }
             if (avail < len)
                 return;
-            uint8_t *pkt = evbuffer_pullup(in, len);
+            /* Taken out of the buffer before handling: a trusted client may be linked to a
+             * server, and start forwarding what follows, before handle_startup returns. */
+            uint8_t pkt[PROTO_STARTUP_MAX];
+            evbuffer_remove(in, pkt, len);
             handle_startup(c, pkt, len);
-            if (c->state != CL_CLOSING)
-                evbuffer_drain(in, len);
             continue;
         }
         /* Authentication answers: 'p' messages, small. */
@@ -436,7 +439,7 @@ static void login_process(struct client *c)
         if (avail < PROTO_HDR_LEN)
             return;
         evbuffer_copyout(in, hdr, PROTO_HDR_LEN);
-        if (proto_parse_header(hdr, PROTO_HDR_LEN, 16 * 1024, &h) != PROTO_OK) {
+        if (proto_parse_header(hdr, PROTO_HDR_LEN, AUTH_MSG_MAX, &h) != PROTO_OK) {
             client_close(c, SQLSTATE_PROTOCOL_VIOLATION, "invalid message length");
             return;
         }
@@ -448,10 +451,9 @@ static void login_process(struct client *c)
         }
         if (avail < 1 + (size_t)h.len)
             return;
-        uint8_t *m = evbuffer_pullup(in, 1 + h.len);
+        uint8_t m[PROTO_HDR_LEN + AUTH_MSG_MAX];
+        evbuffer_remove(in, m, 1 + h.len);
         auth_handle(c, m + PROTO_HDR_LEN, h.len - 4);
-        if (c->state != CL_CLOSING)
-            evbuffer_drain(in, 1 + h.len);
     }
 }
 

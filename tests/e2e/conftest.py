@@ -1,0 +1,177 @@
+"""Fixtures for end-to-end tests: real PostgreSQL clusters from pgstay-lab and a real pgstay in front."""
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+import psycopg
+import pytest
+
+from lab import REPO, Lab, free_port_base
+
+
+def build_dir():
+    b = os.environ.get("PGSTAY_BUILD", "build")
+    return b if os.path.isabs(b) else os.path.join(REPO, b)
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def rss_kb(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def hwm_kb(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
+
+
+class Pgstay:
+    """One pgstay process with its own config file, log and ports."""
+
+    def __init__(self, lab, tmpdir, **settings):
+        self.lab = lab
+        self.dir = tmpdir
+        self.port = free_port()
+        self.readonly_port = free_port()
+        self.settings = {
+            "listen_addr": "127.0.0.1",
+            "listen_port": self.port,
+            "readonly_port": self.readonly_port,
+            "pool_mode": "session",
+            "pool_size": 10,
+            "auth_type": "trust",
+            "auth_file": "userlist.txt",
+            "admin_users": "postgres",
+            "health_check_user": "postgres",
+            "health_check_dbname": "postgres",
+            "shutdown_timeout": "10s",
+        }
+        self.settings.update(settings)
+        self.userlist = {"postgres": "postgres", "app": "app"}
+        self.proc = None
+        self.log_path = os.path.join(tmpdir, "pgstay.log")
+        self.conf_path = os.path.join(tmpdir, "pgstay.ini")
+
+    def write_config(self):
+        with open(self.conf_path, "w") as f:
+            f.write("[pgstay]\n")
+            for k, v in self.settings.items():
+                f.write("%s = %s\n" % (k, v))
+            f.write("[nodes]\n")
+            for i in range(1, self.lab.nodes + 1):
+                f.write("n%d = host=127.0.0.1 port=%d\n" % (i, self.lab.node_port(i)))
+        with open(os.path.join(self.dir, "userlist.txt"), "w") as f:
+            for u, p in self.userlist.items():
+                f.write('"%s" "%s"\n' % (u, p))
+
+    def start(self, wait_writer=True):
+        self.write_config()
+        self.logf = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([os.path.join(build_dir(), "pgstay"), self.conf_path],
+                                     stdout=self.logf, stderr=subprocess.STDOUT)
+        deadline = time.time() + 15
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("pgstay exited: %s" % self.log())
+            try:
+                if not wait_writer:
+                    socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                    return self
+                rows = self.admin("SHOW NODES")
+                if any(r[4] == "yes" for r in rows):
+                    return self
+            except Exception:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("pgstay did not find a writer: %s" % self.log())
+
+    def log(self):
+        with open(self.log_path, errors="replace") as f:
+            return f.read()
+
+    def dsn(self, dbname="postgres", user="postgres", password=None, port=None, **extra):
+        d = "host=127.0.0.1 port=%d dbname=%s user=%s" % (port or self.port, dbname, user)
+        if password is None:
+            password = self.userlist.get(user)
+        if password:
+            d += " password=%s" % password
+        for k, v in extra.items():
+            d += " %s=%s" % (k, v)
+        return d
+
+    def connect(self, **kw):
+        dsnkw = {k: kw.pop(k) for k in list(kw) if k in ("dbname", "user", "password", "port")}
+        return psycopg.connect(self.dsn(**dsnkw), autocommit=kw.pop("autocommit", True), **kw)
+
+    def admin(self, sql):
+        with psycopg.connect(self.dsn(dbname="pgstay"), autocommit=True,
+                             prepare_threshold=None) as c:
+            cur = c.execute(sql)
+            return cur.fetchall() if cur.description else cur.statusmessage
+
+    def signal(self, sig):
+        self.proc.send_signal(sig)
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc:
+            self.logf.close()
+            # A sanitizer report in the log is a failure of the test that ran this pgstay.
+            log = self.log()
+            assert "ERROR: AddressSanitizer" not in log, log[-4000:]
+            assert "runtime error:" not in log, log[-4000:]
+
+
+@pytest.fixture(scope="session")
+def cluster1():
+    """A one-node cluster (SCRAM passwords on the server side), shared by the proxy tests."""
+    d = tempfile.mkdtemp(prefix="pgstay-e2e-")
+    os.chmod(d, 0o755)  # the servers run as an unprivileged user
+    lab = Lab(os.path.join(d, "lab"), nodes=1, port=free_port_base(), sync=False, auth="scram")
+    lab.init()
+    yield lab
+    lab.destroy()
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def make_proxy(tmp_path):
+    """Start pgstay in front of a lab: make_proxy(lab, pool_size=2, ...)."""
+    started = []
+
+    def make(lab, start=True, **settings):
+        p = Pgstay(lab, str(tmp_path), **settings)
+        started.append(p)
+        return p.start() if start else p
+
+    yield make
+    for p in started:
+        p.stop()
+
+
+@pytest.fixture
+def proxy(cluster1, make_proxy):
+    return make_proxy(cluster1)
