@@ -153,8 +153,11 @@ void client_free(struct client *c)
     if (c->bev) {
         /* Push out a final error before the socket goes: one non-blocking write. */
         struct evbuffer *out = bufferevent_get_output(c->bev);
-        if (evbuffer_get_length(out) > 0)
+        if (evbuffer_get_length(out) > 0) {
+            /* The bufferevent keeps its output frozen for outside readers. */
+            evbuffer_unfreeze(out, 1);
             evbuffer_write(out, bufferevent_getfd(c->bev));
+        }
         bufferevent_free(c->bev);
     }
     list_del(&c->node);
@@ -277,11 +280,9 @@ void client_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr
     bufferevent_setwatermark(c->bev, EV_WRITE, FWD_HIGH_WATER / 4, 0);
     bufferevent_enable(c->bev, EV_READ);
     w->stats.clients_accepted++;
-    if (live >= w->cfg->max_client_conn) {
-        w->stats.clients_rejected++;
-        client_close(c, SQLSTATE_TOO_MANY_CONNECTIONS, "no more connections allowed (max_client_conn)");
-        return;
-    }
+    /* Over max_client_conn: refused once its startup packet is read, as PostgreSQL does, so
+     * the client sees the error and not a broken SSL negotiation. */
+    c->over_limit = live >= w->cfg->max_client_conn;
     log_debug("C-%llu %s: connected to the %s endpoint", (unsigned long long)c->id, c->addr,
               role == ROLE_WRITER ? "writer" : "reader");
 }
@@ -338,6 +339,12 @@ static void handle_startup(struct client *c, const uint8_t *pkt, uint32_t len)
     if (sp.code == PROTO_CANCEL_CODE) {
         cancel_forward(c->w, sp.cancel_pid, sp.cancel_key);
         client_close(c, NULL, "cancel request handled");
+        return;
+    }
+    if (c->over_limit) {
+        c->w->stats.clients_rejected++;
+        client_close(c, SQLSTATE_TOO_MANY_CONNECTIONS,
+                     "sorry, too many clients already (max_client_conn)");
         return;
     }
     uint32_t major = sp.code >> 16, minor = sp.code & 0xffff;

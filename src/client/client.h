@@ -41,6 +41,7 @@ struct client {
     char addr[64];
     int role; /* enum endpoint_role */
     int is_admin;
+    int over_limit; /* accepted past max_client_conn: refused after its startup packet */
     struct pool *pool;
     struct server *server; /* the linked server, or NULL */
 

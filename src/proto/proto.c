@@ -169,8 +169,14 @@ int proto_parse_startup(const uint8_t *p, uint32_t len, struct startup_pkt *out,
         *err = "invalid startup packet layout: expected terminator as last byte";
         return PROTO_BAD;
     }
-    while (mr_left(&r) > 1) {
+    for (;;) {
         const char *name = mr_str(&r);
+        if (r.bad || (!*name && mr_left(&r) != 0)) {
+            *err = "invalid startup packet layout: expected terminator as last byte";
+            return PROTO_BAD;
+        }
+        if (!*name)
+            break; /* the terminator, and the last byte */
         const char *value = mr_str(&r);
         if (r.bad) {
             *err = "invalid startup packet layout: expected terminator as last byte";

@@ -139,11 +139,21 @@ void sql_scan(const char *q, size_t len, struct sql_info *out)
 {
     memset(out, 0, sizeof(*out));
     struct lexer lx = {q, len, 0};
-    char t1[64], t2[64];
+    char t1[64], t2[64] = "";
     if (!next_token(&lx, t1, sizeof(t1)))
         return;
     /* Multi-statement text: anything after a ';' that is not just space. */
+    char quote = 0;
     for (size_t i = 0; i < len; i++) {
+        if (quote) {
+            if (q[i] == quote)
+                quote = 0;
+            continue;
+        }
+        if (q[i] == '\'' || q[i] == '"') {
+            quote = q[i];
+            continue;
+        }
         if (q[i] == ';') {
             struct lexer rest = {q, len, i + 1};
             skip_space(&rest);
@@ -201,6 +211,8 @@ void sql_scan(const char *q, size_t len, struct sql_info *out)
         if (!strcmp(t2, "transaction") || !strcmp(t2, "constraints") || !strcmp(t2, "role") ||
             !strcmp(t2, "time") || !strcmp(t2, "names") || t2[0] == '"')
             return; /* forms whose value is not one name/value pair: left untracked */
+        if (strlen(t2) >= sizeof(out->name) - 1)
+            return; /* a name this long may have been cut short: left untracked */
         snprintf(out->name, sizeof(out->name), "%s", t2);
         char eq[8];
         if (!next_token(&lx, eq, sizeof(eq)) || (strcmp(eq, "=") && strcmp(eq, "to")))

@@ -101,8 +101,10 @@ void server_free(struct server *s)
 {
     if (s->bev) {
         struct evbuffer *out = bufferevent_get_output(s->bev);
-        if (evbuffer_get_length(out) > 0 && bufferevent_getfd(s->bev) >= 0)
+        if (evbuffer_get_length(out) > 0 && bufferevent_getfd(s->bev) >= 0) {
+            evbuffer_unfreeze(out, 1);
             evbuffer_write(out, bufferevent_getfd(s->bev));
+        }
         bufferevent_free(s->bev);
     }
     list_del(&s->node);
