@@ -92,6 +92,64 @@ void kv_clear(struct kvlist *l)
     memset(l, 0, sizeof(*l));
 }
 
+/* ---- prepared statements to replay ---- */
+
+/* Past this many bytes of Parse messages a session is pinned instead of tracked. */
+#define PREPARED_MAX_BYTES (1024 * 1024)
+
+static void prepared_del(struct client *c, const char *name)
+{
+    for (int i = 0; i < c->n_prepared; i++) {
+        if (strcmp(c->prepared[i].name, name) == 0) {
+            c->prepared_bytes -= c->prepared[i].len;
+            free(c->prepared[i].name);
+            free(c->prepared[i].msg);
+            c->prepared[i] = c->prepared[--c->n_prepared];
+            return;
+        }
+    }
+}
+
+static void prepared_clear(struct client *c)
+{
+    for (int i = 0; i < c->n_prepared; i++) {
+        free(c->prepared[i].name);
+        free(c->prepared[i].msg);
+    }
+    c->n_prepared = 0;
+    c->prepared_bytes = 0;
+}
+
+static void prepared_add(struct client *c, const char *name, const uint8_t *m, uint32_t len)
+{
+    prepared_del(c, name);
+    if (c->prepared_bytes + len > PREPARED_MAX_BYTES) {
+        if (!c->pin_reason)
+            c->pin_reason = PIN_PREPARED_LIMIT;
+        return;
+    }
+    if (c->n_prepared == c->cap_prepared) {
+        int cap = c->cap_prepared ? c->cap_prepared * 2 : 8;
+        struct prepared *p = realloc(c->prepared, (size_t)cap * sizeof(*p));
+        if (!p)
+            return;
+        c->prepared = p;
+        c->cap_prepared = cap;
+    }
+    struct prepared *p = &c->prepared[c->n_prepared];
+    p->name = strdup(name);
+    p->msg = malloc(len);
+    if (!p->name || !p->msg) {
+        free(p->name);
+        free(p->msg);
+        return;
+    }
+    memcpy(p->msg, m, len);
+    p->len = len;
+    c->n_prepared++;
+    c->prepared_bytes += len;
+}
+
 /* ---- state and teardown ---- */
 
 void client_change_state(struct client *c, enum client_state st)
@@ -167,6 +225,8 @@ void client_free(struct client *c)
     kv_clear(&c->params);
     kv_clear(&c->sets);
     kv_clear(&c->reported);
+    prepared_clear(c);
+    free(c->prepared);
     free(c->scram);
     free(c);
 }
@@ -510,8 +570,15 @@ static void inspect_query(struct client *c, const char *q, size_t len)
         kv_set(&c->sets, si.name, si.value);
     else if (si.kind == SQL_RESET)
         kv_del(&c->sets, si.name);
-    else if (si.kind == SQL_RESET_ALL)
+    else if (si.kind == SQL_RESET_ALL) {
         kv_clear(&c->sets);
+        prepared_clear(c);
+    } else if (si.kind == SQL_DEALLOCATE) {
+        if (!strcmp(si.name, "all"))
+            prepared_clear(c);
+        else
+            prepared_del(c, si.name);
+    }
 }
 
 /* The first request after an idle transaction lost its server is told why; later ones get
@@ -718,22 +785,32 @@ void client_process(struct client *c)
             c->pause_held = 1;
             return;
         }
-        if ((h.type == FE_QUERY || h.type == FE_PARSE) && h.len <= INSPECT_MAX) {
+        if ((h.type == FE_QUERY || h.type == FE_PARSE || h.type == FE_CLOSE) &&
+            h.len <= INSPECT_MAX) {
             if (avail < whole)
                 return;
             const uint8_t *m = evbuffer_pullup(in, (ssize_t)whole);
+            struct msg_reader r;
+            mr_init(&r, m + PROTO_HDR_LEN, h.len - 4);
             if (h.type == FE_QUERY) {
                 inspect_query(c, (const char *)m + PROTO_HDR_LEN, h.len - 4);
-            } else {
-                struct msg_reader r;
-                mr_init(&r, m + PROTO_HDR_LEN, h.len - 4);
-                mr_str(&r);
+            } else if (h.type == FE_PARSE) {
+                const char *name = mr_str(&r);
                 const char *q = mr_str(&r);
-                if (!r.bad)
+                if (!r.bad) {
                     inspect_query(c, q, strlen(q));
+                    if (*name)
+                        prepared_add(c, name, m, (uint32_t)whole);
+                }
+            } else if (mr_u8(&r) == 'S') {
+                const char *name = mr_str(&r);
+                if (!r.bad && *name)
+                    prepared_del(c, name);
             }
         } else if (h.type == FE_QUERY) {
             c->last_kind = SQL_OTHER;
+        } else if (h.type == FE_PARSE && !c->pin_reason) {
+            c->pin_reason = PIN_PREPARED_LIMIT; /* too big to keep for replay */
         }
         if (h.type == FE_QUERY || h.type == FE_SYNC || h.type == FE_FUNCTION_CALL) {
             c->pending++;

@@ -16,6 +16,14 @@ struct server;
 /* Which endpoint the client came in through. */
 enum endpoint_role { ROLE_WRITER = 0, ROLE_READER = 1 };
 
+/* A protocol-level named prepared statement, kept as its Parse message to replay it on a new
+ * server after a failover. */
+struct prepared {
+    char *name;
+    uint8_t *msg; /* the whole Parse message, header included */
+    uint32_t len;
+};
+
 /* A name=value the client asked for (startup parameter or tracked SET). */
 struct kv {
     char *name;
@@ -72,6 +80,9 @@ struct client {
     int unsynced;       /* extended-protocol messages sent since the last Sync */
     int last_kind;      /* enum sql_kind of the last Query/Parse (COMMIT in flight: 08007) */
     struct kvlist sets; /* SET values to replay on a new server */
+    struct prepared *prepared; /* named prepared statements to replay on a new server */
+    int n_prepared, cap_prepared;
+    size_t prepared_bytes;
 
     /* Answered by pgstay itself after the server was lost (failover contract 3) */
     uint32_t skip_left;     /* rest of a message that was half-forwarded: dropped */

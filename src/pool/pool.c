@@ -106,6 +106,7 @@ static void build_setup(struct server *s, struct client *c, struct pbuf *b)
         pbuf_put_u8(b, 0);
 }
 
+
 static void link_pair(struct pool *p, struct server *s, struct client *c)
 {
     list_del(&c->pool_node);
@@ -119,18 +120,33 @@ static void link_pair(struct pool *p, struct server *s, struct client *c)
     s->last_used = now_ms();
     log_debug("C-%llu: gets S-%llu on %s", (unsigned long long)c->id, (unsigned long long)s->id,
               s->nd->name);
-    struct pbuf b;
-    pbuf_init(&b);
-    build_setup(s, c, &b);
-    if (b.len == 0) {
-        pbuf_free(&b);
+    struct pbuf sql, wire;
+    pbuf_init(&sql);
+    pbuf_init(&wire);
+    int n_ready = 0;
+    build_setup(s, c, &sql);
+    if (sql.len > 0) {
+        proto_build_query(&wire, (const char *)sql.data);
+        n_ready++;
+    }
+    /* Protocol-level prepared statements the session had on its previous server. */
+    if (c->n_prepared > 0) {
+        for (int i = 0; i < c->n_prepared; i++)
+            pbuf_put(&wire, c->prepared[i].msg, c->prepared[i].len);
+        size_t off = proto_begin_msg(&wire, FE_SYNC);
+        proto_end_msg(&wire, off);
+        n_ready++;
+    }
+    pbuf_free(&sql);
+    if (n_ready == 0 || wire.failed) {
+        pbuf_free(&wire);
         server_change_state(s, SV_ACTIVE);
         client_linked(c);
         return;
     }
     server_change_state(s, SV_SETUP);
-    server_run_internal(s, (const char *)b.data);
-    pbuf_free(&b);
+    server_send_internal(s, wire.data, wire.len, n_ready);
+    pbuf_free(&wire);
 }
 
 static void mark_held(struct pool *p)

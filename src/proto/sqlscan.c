@@ -9,7 +9,9 @@
 const char *pin_reason_name(int reason)
 {
     static const char *const names[PIN_NREASONS] = {
-        "none", "temp table", "advisory lock", "LISTEN", "SQL PREPARE", "WITH HOLD cursor", "LOAD",
+        "none",          "temp table", "advisory lock",
+        "LISTEN",        "SQL PREPARE", "WITH HOLD cursor",
+        "LOAD",          "prepared statements beyond the replay limit",
     };
     return reason >= 0 && reason < PIN_NREASONS ? names[reason] : "?";
 }
@@ -185,6 +187,13 @@ void sql_scan(const char *q, size_t len, struct sql_info *out)
     } else if (!strcmp(t1, "discard")) {
         if (next_token(&lx, t2, sizeof(t2)) && !strcmp(t2, "all"))
             out->kind = SQL_RESET_ALL;
+    } else if (!strcmp(t1, "deallocate")) {
+        if (next_token(&lx, t2, sizeof(t2)) && !strcmp(t2, "prepare"))
+            next_token(&lx, t2, sizeof(t2));
+        if (t2[0] && strlen(t2) < sizeof(out->name) - 1) {
+            out->kind = SQL_DEALLOCATE;
+            snprintf(out->name, sizeof(out->name), "%s", t2);
+        }
     } else if (!strcmp(t1, "reset")) {
         if (next_token(&lx, t2, sizeof(t2))) {
             if (!strcmp(t2, "all")) {

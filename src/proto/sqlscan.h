@@ -13,6 +13,7 @@ enum sql_kind {
     SQL_SET_LOCAL,
     SQL_RESET,     /* RESET name */
     SQL_RESET_ALL, /* RESET ALL, DISCARD ALL */
+    SQL_DEALLOCATE, /* DEALLOCATE [PREPARE] name | ALL (name "all") */
 };
 
 /* Why a session's state cannot follow it to another server. */
@@ -24,6 +25,7 @@ enum pin_reason {
     PIN_SQL_PREPARE,
     PIN_HOLD_CURSOR,
     PIN_LOAD,
+    PIN_PREPARED_LIMIT, /* more protocol-level prepared statements than pgstay keeps to replay */
     PIN_NREASONS
 };
 

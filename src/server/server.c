@@ -115,6 +115,12 @@ void server_free(struct server *s)
     free(s);
 }
 
+void server_send_internal(struct server *s, const void *p, size_t n, int n_ready)
+{
+    server_send(s, p, n);
+    s->swallow += n_ready;
+}
+
 void server_run_internal(struct server *s, const char *sql)
 {
     struct pbuf b;
@@ -307,6 +313,9 @@ static int handle_internal(struct server *s, const struct msg_hdr *h, const uint
                 s->client = NULL;
                 client_send(c, body - PROTO_HDR_LEN, h->len + 1);
                 client_close(c, NULL, "session setup failed");
+            } else {
+                SLOG(info, s, "replaying C-%llu's session state: %s %s: %s",
+                     (unsigned long long)c->id, e.severity, e.sqlstate, e.message);
             }
         } else if (s->state == SV_PROBE && s->on_fail) {
             SLOG(info, s, "probe query failed: %s", e.message);
@@ -368,6 +377,7 @@ static int handle_internal(struct server *s, const struct msg_hdr *h, const uint
         return 0;
     }
     case BE_NEGOTIATE_VERSION:
+    case BE_PARSE_COMPLETE:
     case BE_NOTICE:
     case BE_COMMAND_COMPLETE:
     case BE_ROW_DESC:

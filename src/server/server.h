@@ -56,6 +56,8 @@ void server_close(struct server *s, const char *reason);
 void server_send(struct server *s, const void *p, size_t n);
 /* Run sql on the server, consuming its results (setup, reset, probes). */
 void server_run_internal(struct server *s, const char *sql);
+/* Send bytes pgstay built itself whose n_ready ReadyForQuery answers are consumed. */
+void server_send_internal(struct server *s, const void *p, size_t n, int n_ready);
 /* Forward whatever the server has sent (called again when the client drains). */
 void server_process(struct server *s);
 void server_free(struct server *s);

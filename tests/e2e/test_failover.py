@@ -1,0 +1,315 @@
+"""The failover contract against a real 3-node synchronous cluster: idle clients see nothing,
+in-flight requests fail cleanly, no acknowledged write is lost, stale primaries are fenced."""
+import os
+import shutil
+import tempfile
+import threading
+import time
+
+import psycopg
+import pytest
+
+from conftest import Pgstay
+from lab import Lab, Unsupported, free_port_base
+
+
+@pytest.fixture
+def cluster3():
+    d = tempfile.mkdtemp(prefix="pgstay-fo-")
+    os.chmod(d, 0o755)
+    lab = Lab(os.path.join(d, "lab"), nodes=3, port=free_port_base(), sync=True, auth="scram")
+    lab.init()
+    yield lab
+    try:
+        for n in ("n1", "n2", "n3"):
+            lab.run("thaw", n, check=False)
+            lab.run("heal", n, check=False)
+        lab.destroy()
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def fo_proxy(cluster3, tmp_path):
+    p = Pgstay(cluster3, str(tmp_path), pool_size=40, failover_timeout="20s",
+               health_check_timeout="500ms")
+    p.start()
+    with p.connect() as c:
+        c.execute("create table if not exists writes (client int, seq int, ts timestamptz "
+                  "default now(), primary key (client, seq))")
+    yield p
+    p.stop()
+
+
+class Writer(threading.Thread):
+    """One client through pgstay inserting a row every 10 ms, recording what it was told."""
+
+    def __init__(self, proxy, client_id, port=None):
+        super().__init__(daemon=True)
+        self.conn = psycopg.connect(proxy.dsn(port=port), autocommit=True)
+        self.client_id = client_id
+        self.acked = []
+        self.errors = []  # (seq, sqlstate, message)
+        self.broken = False
+        self.halt = threading.Event()
+        self.seq = 0
+
+    def run(self):
+        while not self.halt.is_set():
+            self.seq += 1
+            try:
+                self.conn.execute("insert into writes (client, seq) values (%s, %s)",
+                                  (self.client_id, self.seq))
+                self.acked.append(self.seq)
+            except psycopg.Error as e:
+                self.errors.append((self.seq, getattr(e, "sqlstate", None), str(e).strip()))
+                if self.conn.closed:
+                    self.broken = True
+                    return
+            time.sleep(0.01)
+
+    def acked_since(self, n):
+        return len(self.acked) > n
+
+    def stop(self):
+        self.halt.set()
+        self.join(10)
+
+
+class Reader(threading.Thread):
+    """A client on the reader endpoint reading every 20 ms."""
+
+    def __init__(self, proxy):
+        super().__init__(daemon=True)
+        self.conn = psycopg.connect(proxy.dsn(port=proxy.readonly_port), autocommit=True)
+        self.ok = 0
+        self.errors = []
+        self.halt = threading.Event()
+
+    def run(self):
+        while not self.halt.is_set():
+            try:
+                self.conn.execute("select 1").fetchone()
+                self.ok += 1
+            except psycopg.Error as e:
+                self.errors.append(str(e).strip())
+                if self.conn.closed:
+                    return
+            time.sleep(0.02)
+
+    def stop(self):
+        self.halt.set()
+        self.join(10)
+
+
+def idle_clients(proxy, n=20):
+    conns = [psycopg.connect(proxy.dsn(), autocommit=True) for _ in range(n)]
+    for c in conns:
+        c.execute("set application_name = 'idle-client'")
+        c.execute("select 1")
+    return conns
+
+
+def check_idle_clients(conns, writer_port):
+    """Every idle client runs its next statement, on the new writer, with no error."""
+    for c in conns:
+        rec, port, app = c.execute(
+            "select pg_is_in_recovery(), inet_server_port(), current_setting('application_name')"
+        ).fetchone()
+        assert rec is False
+        assert port == writer_port
+        assert app == "idle-client"  # its SET followed it to the new server
+        c.close()
+
+
+def check_rows(lab, writers):
+    primary = lab.primary()
+    with psycopg.connect(lab.dsn(primary), autocommit=True) as c:
+        rows = set(c.execute("select client, seq from writes").fetchall())
+    for w in writers:
+        acked = {(w.client_id, s) for s in w.acked}
+        lost = acked - rows
+        assert not lost, "acknowledged inserts lost: %s" % sorted(lost)[:10]
+    return rows
+
+
+def wait_progress(writers, timeout=25):
+    marks = [len(w.acked) for w in writers]
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if all(len(w.acked) > m + 20 for w, m in zip(writers, marks)):
+            return
+        time.sleep(0.05)
+    raise AssertionError("writers made no progress after the event: %s" %
+                         [(w.errors[-3:], w.broken) for w in writers])
+
+
+def run_event(proxy, lab, event, max_errors):
+    idle = idle_clients(proxy)
+    writers = [Writer(proxy, 1)]
+    reader = Reader(proxy)
+    for w in writers:
+        w.start()
+    reader.start()
+    time.sleep(1.0)
+    event()
+    wait_progress(writers)
+    for w in writers:
+        w.stop()
+    reader.stop()
+    primary = lab.primary()
+    assert primary is not None
+    check_idle_clients(idle, lab.node_port(primary))
+    rows = check_rows(lab, writers)
+    for w in writers:
+        assert not w.broken, w.errors
+        assert len(w.errors) <= max_errors, w.errors
+        for seq, state, msg in w.errors:
+            assert state in ("08006", "08007", "57P01"), (seq, state, msg)
+    assert not reader.errors or len(reader.errors) <= 1, reader.errors
+    assert reader.ok > 0
+    return writers, rows
+
+
+def failovers(proxy):
+    return proxy.admin("SHOW FAILOVERS")
+
+
+def test_crash_failover(fo_proxy, cluster3):
+    writers, _ = run_event(fo_proxy, cluster3, lambda: cluster3.failover(delay_ms=1000), 1)
+    ev = failovers(fo_proxy)
+    assert len(ev) == 1
+    assert ev[0][1] == "n1" and ev[0][2] in ("n2", "n3")
+    assert int(ev[0][9]) >= 900  # the hold lasted about the promotion delay
+    log = fo_proxy.log()
+    assert "failover #1: started" in log and "failover #1: completed" in log
+
+
+def test_crash_failover_rejoin(fo_proxy, cluster3):
+    run_event(fo_proxy, cluster3, lambda: cluster3.failover(delay_ms=300, rejoin=True), 1)
+    st = {n["name"]: n["role"] for n in cluster3.status()["nodes"]}
+    assert st["n1"] == "standby"
+    # the rejoined node enters the reader set
+    deadline = time.time() + 5
+    while time.time() < deadline:
+        nodes = {r[0]: r[3] for r in fo_proxy.admin("SHOW NODES")}
+        if nodes["n1"] == "standby":
+            break
+        time.sleep(0.1)
+    assert nodes["n1"] == "standby"
+
+
+def test_switchover_zero_errors(fo_proxy, cluster3):
+    admin = fo_proxy.dsn(dbname="pgstay")
+    run_event(fo_proxy, cluster3, lambda: cluster3.switchover(proxy=admin), 0)
+    assert cluster3.primary() != "n1"
+
+
+def test_frozen_primary(fo_proxy, cluster3):
+    def event():
+        cluster3.freeze("n1")
+        time.sleep(1.0)
+        cluster3.promote("n2")
+
+    try:
+        run_event(fo_proxy, cluster3, event, 1)
+    finally:
+        cluster3.run("crash", "n1", check=False)
+        cluster3.thaw("n1")
+
+
+def test_blackholed_primary(fo_proxy, cluster3):
+    def event():
+        try:
+            cluster3.blackhole("n1")
+        except Unsupported as e:
+            pytest.skip("the machine does not allow dropping traffic: %s" % e.stdout.strip())
+        time.sleep(1.0)
+        cluster3.promote("n2")
+
+    try:
+        run_event(fo_proxy, cluster3, event, 1)
+    finally:
+        cluster3.run("heal", "n1", check=False)
+        cluster3.run("crash", "n1", check=False)
+
+
+def test_standby_crash(fo_proxy, cluster3):
+    writers, _ = run_event(fo_proxy, cluster3, lambda: cluster3.crash("n3"), 0)
+    assert cluster3.primary() == "n1"
+    for w in writers:
+        assert w.errors == []
+
+
+def test_fencing_stale_primary(fo_proxy, cluster3):
+    run_event(fo_proxy, cluster3, lambda: cluster3.failover(to="n2", delay_ms=200), 1)
+    # the old primary's data directory starts again: a primary on the old timeline
+    cluster3.start("n1")
+    deadline = time.time() + 5
+    while time.time() < deadline:
+        nodes = {r[0]: r[3] for r in fo_proxy.admin("SHOW NODES")}
+        if nodes.get("n1") == "fenced":
+            break
+        time.sleep(0.05)
+    assert nodes["n1"] == "fenced", nodes
+    assert "FENCED" in fo_proxy.log()
+    with fo_proxy.connect() as c:
+        for i in range(50):
+            c.execute("insert into writes (client, seq) values (99, %s)", (i,))
+        assert c.execute("select inet_server_port()").fetchone()[0] == cluster3.node_port("n2")
+    with psycopg.connect(cluster3.dsn("n1"), autocommit=True) as c:
+        assert c.execute("select count(*) from writes where client = 99").fetchone()[0] == 0
+    with psycopg.connect(cluster3.dsn("n2"), autocommit=True) as c:
+        assert c.execute("select count(*) from writes where client = 99").fetchone()[0] == 50
+
+
+def test_in_flight_transaction(fo_proxy, cluster3):
+    """A transaction block open at the crash: told it failed (E), ROLLBACK answered, goes on."""
+    c = fo_proxy.connect(autocommit=False)
+    c.execute("insert into writes (client, seq) values (7, 1)")
+    cluster3.failover(delay_ms=300)
+    with pytest.raises(psycopg.Error) as e:
+        c.execute("insert into writes (client, seq) values (7, 2)")
+    assert e.value.sqlstate == "08006"
+    assert not c.closed
+    c.rollback()
+    c.execute("insert into writes (client, seq) values (7, 3)")
+    c.commit()
+    assert c.execute("select count(*) from writes where client = 7").fetchone()[0] == 1
+    c.close()
+
+
+def test_hold_times_out(fo_proxy, cluster3, tmp_path):
+    """No writer for longer than failover_timeout: 08006 naming the reason, connection usable."""
+    p = Pgstay(cluster3, str(tmp_path / "b"), failover_timeout="1s")
+    os.makedirs(p.dir, exist_ok=True)
+    p.start()
+    try:
+        c = p.connect()
+        c.execute("select 1")
+        cluster3.crash("n1")
+        t0 = time.time()
+        with pytest.raises(psycopg.Error) as e:
+            c.execute("select 1")
+        assert e.value.sqlstate == "08006"
+        assert "failover_timeout" in str(e.value)
+        assert 0.8 < time.time() - t0 < 5
+        assert not c.closed
+        cluster3.promote("n2")
+        assert c.execute("select inet_server_port()").fetchone()[0] == cluster3.node_port("n2")
+        c.close()
+    finally:
+        p.stop()
+
+
+def test_pinned_session_told(fo_proxy, cluster3):
+    """An idle session holding state pgstay cannot rebuild (a temp table) gets a FATAL saying why."""
+    c = fo_proxy.connect()
+    c.execute("create temp table scratch (x int)")
+    plain = fo_proxy.connect()
+    plain.execute("select 1")
+    cluster3.failover(delay_ms=200)
+    with pytest.raises(psycopg.OperationalError) as e:
+        c.execute("select 1")
+    assert "cannot be rebuilt" in str(e.value) and "temp table" in str(e.value)
+    assert plain.execute("select 1").fetchone()[0] == 1
