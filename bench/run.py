@@ -1,0 +1,581 @@
+#!/usr/bin/python3
+"""make bench: pgbench -S throughput, latency, CPU and memory of pgstay side by side with direct and PgBouncer."""
+import argparse
+import datetime
+import json
+import os
+import platform
+import pwd
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "tests", "e2e"))
+from lab import Lab, free_port_base  # noqa: E402
+
+PGBIN = "/usr/lib/postgresql/15/bin"
+PGBOUNCER = "/usr/sbin/pgbouncer"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+T_START = time.time()
+
+
+def say(msg):
+    print("[%6.1fs] %s" % (time.time() - T_START, msg), file=sys.stderr, flush=True)
+
+
+def build_dir():
+    b = os.environ.get("PGSTAY_BUILD", "build")
+    return b if os.path.isabs(b) else os.path.join(REPO, b)
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def cpu_ms(pid):
+    """utime + stime of a process, in ms (fields 14 and 15 of /proc/PID/stat)."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * 1000.0 / CLK_TCK
+
+
+def rss_kb(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def raise_nofile(n=20000):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(n, hard) if hard != resource.RLIM_INFINITY else n
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    except (ValueError, OSError):
+        pass
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def wait_port(port, proc, what, timeout=15):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("%s exited at start (exit %s)" % (what, proc.returncode))
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("%s did not listen on %d" % (what, port))
+
+
+class Proxy:
+    """A proxy process (PgBouncer or pgstay) in front of the lab's single node."""
+
+    name = "?"
+
+    def __init__(self, tmp, node_port, mode, pool):
+        self.tmp = tmp
+        self.node_port = node_port
+        self.mode = mode
+        self.pool = pool
+        self.port = free_port()
+        self.proc = None
+        self.logf = None
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.logf:
+            self.logf.close()
+        self.proc = None
+
+    def log_tail(self, n=1500):
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return f.read()[-n:]
+        except OSError:
+            return ""
+
+
+class PgBouncer(Proxy):
+    name = "pgbouncer"
+
+    def start(self):
+        d = os.path.join(self.tmp, "pgbouncer-%s" % self.mode)
+        os.makedirs(d, exist_ok=True)
+        pg = pwd.getpwnam("postgres")
+        with open(os.path.join(d, "userlist.txt"), "w") as f:
+            f.write('"postgres" "postgres"\n"app" "app"\n')
+        self.log_path = os.path.join(d, "pgbouncer.log")
+        ini = os.path.join(d, "pgbouncer.ini")
+        with open(ini, "w") as f:
+            f.write("[databases]\n* = host=127.0.0.1 port=%d\n[pgbouncer]\n"
+                    "listen_addr = 127.0.0.1\nlisten_port = %d\nunix_socket_dir =\n"
+                    "auth_type = trust\nauth_file = %s/userlist.txt\npool_mode = %s\n"
+                    "default_pool_size = %d\nmax_client_conn = 11000\nmax_db_connections = 0\n"
+                    "logfile = %s\nlog_connections = 0\nlog_disconnections = 0\n"
+                    "stats_period = 60\nignore_startup_parameters = extra_float_digits\n"
+                    % (self.node_port, self.port, d, self.mode, self.pool, self.log_path))
+        for p in (d, ini, os.path.join(d, "userlist.txt")):
+            os.chown(p, pg.pw_uid, pg.pw_gid)
+
+        def drop():
+            # PgBouncer refuses root; the descriptor limit is raised before giving up root
+            resource.setrlimit(resource.RLIMIT_NOFILE, (20000, 20000))
+            os.setgid(pg.pw_gid)
+            os.setuid(pg.pw_uid)
+
+        self.proc = subprocess.Popen([PGBOUNCER, ini], preexec_fn=drop,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port, self.proc, "pgbouncer")
+        return self
+
+
+class Pgstay(Proxy):
+    name = "pgstay"
+
+    def start(self):
+        d = os.path.join(self.tmp, "pgstay-%s" % self.mode)
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, "userlist.txt"), "w") as f:
+            f.write('"postgres" "postgres"\n"app" "app"\n')
+        self.log_path = os.path.join(d, "pgstay.log")
+        ini = os.path.join(d, "pgstay.ini")
+        with open(ini, "w") as f:
+            f.write("[pgstay]\nlisten_addr = 127.0.0.1\nlisten_port = %d\npool_mode = %s\n"
+                    "pool_size = %d\nmax_client_conn = 11000\nauth_type = trust\n"
+                    "auth_file = userlist.txt\nadmin_users = postgres\n"
+                    "health_check_user = postgres\nhealth_check_dbname = postgres\n"
+                    "[nodes]\nn1 = host=127.0.0.1 port=%d\n"
+                    % (self.port, self.mode, self.pool, self.node_port))
+        self.logf = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [os.path.join(build_dir(), "pgstay"), ini], stdout=self.logf,
+            stderr=subprocess.STDOUT,
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (20000, 20000)))
+        wait_port(self.port, self.proc, "pgstay")
+        # the writer must be known before clients come, or the first ones are held
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            r = subprocess.run([os.path.join(PGBIN, "psql"), "-XAtq", "-h", "127.0.0.1", "-p",
+                                str(self.port), "-U", "postgres", "-d", "postgres", "-c",
+                                "select 1"], capture_output=True, text=True)
+            if r.returncode == 0:
+                return self
+            time.sleep(0.1)
+        raise RuntimeError("pgstay never served a query: %s" % self.log_tail())
+
+
+def pgbench(port, clients, seconds, prepared=False, connect=False):
+    argv = [os.path.join(PGBIN, "pgbench"), "-n", "-S", "-T", str(seconds), "-c", str(clients),
+            "-j", str(min(2, clients)), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
+            "-M", "prepared" if prepared else "simple"]
+    if connect:
+        argv.append("-C")
+    argv.append("postgres")
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 120)
+    out = p.stdout + p.stderr
+    tps = re.search(r"tps = ([0-9.]+)", out)
+    lat = re.search(r"latency average = ([0-9.]+) ms", out)
+    tx = re.search(r"number of transactions actually processed: (\d+)", out)
+    failed = re.search(r"number of failed transactions: (\d+)", out)
+    if p.returncode != 0 or not tps or not tx:
+        return {"error": out.strip().splitlines()[-1] if out.strip() else "exit %d" % p.returncode}
+    return {"tps": float(tps.group(1)), "latency_ms": float(lat.group(1)) if lat else None,
+            "tx": int(tx.group(1)), "failed": int(failed.group(1)) if failed else 0}
+
+
+# ---- idle clients ------------------------------------------------------------------------------
+
+def startup_packet(user, db):
+    body = struct.pack("!I", 196608)
+    for k, v in (("user", user), ("database", db)):
+        body += k.encode() + b"\0" + v.encode() + b"\0"
+    body += b"\0"
+    return struct.pack("!I", len(body) + 4) + body
+
+
+def read_until_ready(sock):
+    """Read messages until ReadyForQuery; raise on ErrorResponse."""
+    buf = b""
+    while True:
+        while len(buf) >= 5:
+            typ, ln = buf[0:1], struct.unpack("!I", buf[1:5])[0]
+            if len(buf) < 1 + ln:
+                break
+            msg, buf = buf[:1 + ln], buf[1 + ln:]
+            if typ == b"Z":
+                return
+            if typ == b"E":
+                raise RuntimeError("login refused: %r" % msg[5:120])
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise RuntimeError("connection closed during login")
+        buf += chunk
+
+
+def idle_clients(proxy, n, batch=100):
+    """Log n clients in with raw startup packets (cheap: no libpq), return the RSS growth."""
+    pkt = startup_packet("postgres", "postgres")
+    # one client first so the proxy has its parameters cached, as in steady state
+    s0 = socket.create_connection(("127.0.0.1", proxy.port))
+    s0.sendall(pkt)
+    read_until_ready(s0)
+    s0.close()
+    time.sleep(0.5)
+    before = rss_kb(proxy.pid)
+    socks = []
+    try:
+        for i in range(0, n, batch):
+            group = []
+            for _ in range(min(batch, n - i)):
+                s = socket.create_connection(("127.0.0.1", proxy.port), timeout=30)
+                s.sendall(pkt)
+                group.append(s)
+            for s in group:
+                read_until_ready(s)
+            socks.extend(group)
+        time.sleep(1.0)
+        after = rss_kb(proxy.pid)
+        if proxy.proc.poll() is not None:
+            raise RuntimeError("%s died with %d clients" % (proxy.name, len(socks)))
+        return {"clients": len(socks), "rss0_kb": before, "rss_kb": after,
+                "per_client_kb": (after - before) / float(len(socks))}
+    finally:
+        for s in socks:
+            s.close()
+
+
+# ---- the run -----------------------------------------------------------------------------------
+
+def machine():
+    model = "?"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+
+    def ver(argv):
+        try:
+            return subprocess.run(argv, capture_output=True, text=True).stdout.splitlines()[0]
+        except (OSError, IndexError):
+            return "?"
+    return {"nproc": os.cpu_count(), "model": model, "kernel": platform.release(),
+            "pgstay": ver([os.path.join(build_dir(), "pgstay"), "--version"]),
+            "pgbouncer": ver([PGBOUNCER, "--version"]),
+            "postgres": ver([os.path.join(PGBIN, "postgres"), "--version"]),
+            "pgbench": ver([os.path.join(PGBIN, "pgbench"), "--version"])}
+
+
+def med(vals):
+    vals = [v for v in vals if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.tmp = tempfile.mkdtemp(prefix="pgstay-bench-")
+        os.chmod(self.tmp, 0o755)
+        self.lab = Lab(os.path.join(self.tmp, "lab"), nodes=1, port=free_port_base(),
+                       sync=False, fast=True)
+        self.proxies = []
+        self.notes = []
+        self.raw = {}  # (config, target) -> list of per-run dicts
+        self.idle = {}
+
+    def setup(self):
+        say("cluster: 1 node (async, --fast) in %s" % self.lab.dir)
+        self.lab.init()
+        node = self.lab.node_port(1)
+        psql = [os.path.join(PGBIN, "psql"), "-XAtq", "-h", "127.0.0.1", "-p", str(node),
+                "-U", "postgres", "-d", "postgres"]
+        # 256 direct clients + a 300-server session pool + health checks need more than 300
+        subprocess.run(psql + ["-c", "ALTER SYSTEM SET max_connections = 600"], check=True,
+                       capture_output=True)
+        self.lab.stop("n1")
+        self.lab.start("n1")
+        say("pgbench -i -s %d" % self.args.scale)
+        subprocess.run([os.path.join(PGBIN, "pgbench"), "-i", "-q", "-s", str(self.args.scale),
+                        "-h", "127.0.0.1", "-p", str(node), "-U", "postgres", "postgres"],
+                       check=True, capture_output=True)
+
+    def start(self, cls, mode, pool):
+        p = cls(self.tmp, self.lab.node_port(1), mode, pool)
+        self.proxies.append(p)
+        try:
+            return p.start()
+        except RuntimeError as e:
+            p.stop()
+            self.notes.append("%s with pool_mode = %s did not start: %s %s"
+                              % (cls.name, mode, e, p.log_tail(400)))
+            return None
+
+    def measure(self, label, targets, clients, prepared=False, connect=False):
+        """One pgbench run per target (interleaved, so drift hits all alike)."""
+        for tname, port, proxy in targets:
+            if port is None:
+                continue
+            c0 = cpu_ms(proxy.pid) if proxy else None
+            r = pgbench(port, clients, self.args.seconds, prepared, connect)
+            if proxy:
+                if proxy.proc.poll() is not None:
+                    r = {"error": "%s died: %s" % (proxy.name, proxy.log_tail(300))}
+                else:
+                    r["cpu_ms"] = cpu_ms(proxy.pid) - c0
+                    r["rss_kb"] = rss_kb(proxy.pid)
+            say("  %-28s %-9s %s" % (label, tname, "tps %.0f, latency %.3f ms" % (
+                r["tps"], r["latency_ms"] or 0) if "tps" in r else r["error"]))
+            self.raw.setdefault((label, tname), []).append(r)
+
+    def run(self):
+        a = self.args
+        self.setup()
+        node = self.lab.node_port(1)
+        bouncer = self.start(PgBouncer, "session", 300)
+        stay = self.start(Pgstay, "session", 300)
+        targets = [("direct", node, None),
+                   ("pgbouncer", bouncer.port if bouncer else None, bouncer),
+                   ("pgstay", stay.port if stay else None, stay)]
+        configs = []
+        for proto in ("simple", "prepared"):
+            for c in a.clients:
+                configs.append(("session %s, %d clients" % (proto, c), c, proto == "prepared",
+                                False))
+        configs.append(("session simple, %d clients, -C" % a.connect_clients, a.connect_clients,
+                        False, True))
+        for k in range(a.runs):
+            say("run %d/%d: session mode, pool_size 300, %d s each" % (k + 1, a.runs, a.seconds))
+            for label, c, prep, conn in configs:
+                self.measure(label, targets, c, prep, conn)
+        for p in (bouncer, stay):
+            if p:
+                p.stop()
+
+        bouncer = self.start(PgBouncer, "transaction", 8)
+        stay = self.start(Pgstay, "transaction", 8)
+        if not stay:
+            self.notes.append("pgstay transaction mode not available: skipped in the "
+                              "transaction-mode and idle rows")
+        targets = [("direct", node, None),
+                   ("pgbouncer", bouncer.port if bouncer else None, bouncer),
+                   ("pgstay", stay.port if stay else None, stay)]
+        label = "transaction simple, 32 clients, pool 8"
+        for k in range(a.runs):
+            say("run %d/%d: transaction mode, pool_size 8" % (k + 1, a.runs))
+            self.measure(label, targets, 32)
+        self.tx_label = label
+
+        say("idle: %d client connections each (raw startup packets, trust)" % a.idle)
+        for p in (bouncer, stay):
+            if not p:
+                continue
+            try:
+                vals = [idle_clients(p, a.idle) for _ in range(a.idle_runs)]
+                self.idle[p.name] = vals
+                say("  %-9s %.3f kB per client (RSS %d -> %d kB)" % (
+                    p.name, med([v["per_client_kb"] for v in vals]), vals[-1]["rss0_kb"],
+                    vals[-1]["rss_kb"]))
+            except (OSError, RuntimeError) as e:
+                self.notes.append("idle test through %s failed: %s %s"
+                                  % (p.name, e, p.log_tail(300)))
+                say("  %s: %s" % (p.name, e))
+        for p in (bouncer, stay):
+            if p:
+                p.stop()
+        self.configs = [c[0] for c in configs] + [label]
+
+    def cleanup(self):
+        for p in self.proxies:
+            p.stop()
+        try:
+            if os.path.exists(os.path.join(self.lab.dir, "lab.conf")):
+                self.lab.destroy()
+        finally:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    # ---- the report ----------------------------------------------------------------------------
+
+    def m(self, label, target, key):
+        rs = self.raw.get((label, target), [])
+        if any("error" in r for r in rs):
+            return None
+        return med([r.get(key) for r in rs])
+
+    def report(self, mach):
+        a = self.args
+        L = []
+        L.append("# pgstay benchmarks: %s" % datetime.datetime.now().strftime("%Y-%m-%d %H:%M"))
+        L.append("")
+        L.append("Machine: %s × %s, Linux %s. %s; %s; %s; %s." % (
+            mach["nproc"], mach["model"], mach["kernel"], mach["pgstay"], mach["pgbouncer"],
+            mach["postgres"], mach["pgbench"]))
+        L.append("")
+        L.append("`pgbench -S` (scale %d, one async node from pgstay-lab --fast, everything on "
+                 "this machine: the proxies compete with PostgreSQL and pgbench for %s cores), "
+                 "%d s per run, median of %d run(s), `-j 2`. CPU = the proxy's utime+stime "
+                 "(/proc/PID/stat) during the run per 1,000 transactions; RSS after the run.%s"
+                 % (a.scale, mach["nproc"], a.seconds, a.runs,
+                    " **Quick smoke run: numbers are indicative only.**" if a.quick else ""))
+        L.append("")
+        L.append("| pgbench -S | direct TPS | PgBouncer TPS | pgstay TPS | pgstay / direct | "
+                 "pgstay / PgBouncer | PgBouncer / direct | CPU ms / 1k tx PgBouncer | "
+                 "CPU ms / 1k tx pgstay | RSS kB PgBouncer | RSS kB pgstay |")
+        L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+
+        def f(v, fmt="%.0f"):
+            return "–" if v is None else fmt % v
+
+        def ratio(x, y):
+            return None if x is None or not y else x / y
+
+        def cpu_per_k(label, t):
+            rs = self.raw.get((label, t), [])
+            if not rs or any("error" in r for r in rs):
+                return None
+            return med([r["cpu_ms"] / (r["tx"] / 1000.0) for r in rs if r["tx"]])
+
+        for label in self.configs:
+            d, b, s = (self.m(label, t, "tps") for t in ("direct", "pgbouncer", "pgstay"))
+            L.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+                label, f(d), f(b), f(s), f(ratio(s, d), "%.2f"), f(ratio(s, b), "%.2f"),
+                f(ratio(b, d), "%.2f"), f(cpu_per_k(label, "pgbouncer"), "%.1f"),
+                f(cpu_per_k(label, "pgstay"), "%.1f"), f(self.m(label, "pgbouncer", "rss_kb")),
+                f(self.m(label, "pgstay", "rss_kb"))))
+        L.append("")
+        L.append("Added latency at 1 client (pgbench's average latency minus direct's):")
+        L.append("")
+        L.append("| protocol | direct µs | PgBouncer +µs | pgstay +µs |")
+        L.append("|---|---:|---:|---:|")
+        for proto in ("simple", "prepared"):
+            label = "session %s, 1 clients" % proto
+            if label not in self.configs:
+                continue
+            d = self.m(label, "direct", "latency_ms")
+            b = self.m(label, "pgbouncer", "latency_ms")
+            s = self.m(label, "pgstay", "latency_ms")
+            L.append("| %s | %s | %s | %s |" % (
+                proto, f(d and d * 1000), f(None if b is None or d is None else (b - d) * 1000),
+                f(None if s is None or d is None else (s - d) * 1000)))
+        L.append("")
+        L.append("Memory per idle client (%d client connections logged in, pool_mode "
+                 "transaction; (RSS with them − RSS without) / clients):" % a.idle)
+        L.append("")
+        L.append("| proxy | RSS before kB | RSS with clients kB | kB per client |")
+        L.append("|---|---:|---:|---:|")
+        for name in ("pgbouncer", "pgstay"):
+            vals = self.idle.get(name)
+            if not vals:
+                L.append("| %s | not measured (see notes) | | |" % name)
+                continue
+            L.append("| %s | %d | %d | %.3f |" % (
+                name, med([v["rss0_kb"] for v in vals]), med([v["rss_kb"] for v in vals]),
+                med([v["per_client_kb"] for v in vals])))
+        L.append("")
+        L.append("Design targets (doc/DESIGN): transaction mode 32 clients pool 8 pgstay ≥ 1.1 × "
+                 "PgBouncer; CPU per 1k tx ≤ 0.8 × PgBouncer; idle memory ≤ 0.85 kB per client; "
+                 "added latency ≤ 20 µs.")
+        tl = self.tx_label
+        b, s = self.m(tl, "pgbouncer", "tps"), self.m(tl, "pgstay", "tps")
+        cb, cs = cpu_per_k(tl, "pgbouncer"), cpu_per_k(tl, "pgstay")
+        L.append("")
+        L.append("- transaction mode TPS pgstay / PgBouncer: %s (target ≥ 1.10)" %
+                 f(ratio(s, b), "%.2f"))
+        L.append("- transaction mode CPU per 1k tx pgstay / PgBouncer: %s (target ≤ 0.80)" %
+                 f(ratio(cs, cb), "%.2f"))
+        if self.idle.get("pgstay"):
+            L.append("- idle memory pgstay: %.3f kB per client (target ≤ 0.85)" %
+                     med([v["per_client_kb"] for v in self.idle["pgstay"]]))
+        if self.notes:
+            L.append("")
+            L.append("Notes:")
+            L.append("")
+            for n in self.notes:
+                L.append("- " + n.replace("\n", " ")[:600])
+        errs = [(k, r["error"]) for k, rs in self.raw.items() for r in rs if "error" in r]
+        for (label, t), e in errs[:10]:
+            L.append("- %s through %s failed: %s" % (label, t, e[:300]))
+        L.append("")
+        L.append("## Raw numbers")
+        L.append("")
+        L.append("```json")
+        raw = {"%s | %s" % k: v for k, v in self.raw.items()}
+        L.append(json.dumps({"machine": mach, "pgbench": raw, "idle": self.idle,
+                             "args": vars(a)}, indent=1, sort_keys=True))
+        L.append("```")
+        return "\n".join(L) + "\n"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--scale", type=int, default=10)
+    ap.add_argument("--idle", type=int, default=10000, help="idle client connections")
+    ap.add_argument("--quick", action="store_true", help="a fast smoke run")
+    ap.add_argument("--out", default=os.path.join(REPO, "bench", "results", "latest.md"))
+    a = ap.parse_args()
+    a.clients = [1, 32, 256]
+    a.connect_clients = 32
+    a.idle_runs = a.runs
+    if a.quick:
+        a.runs, a.seconds, a.idle, a.idle_runs = 1, 2, min(a.idle, 2000), 1
+    fds = raise_nofile(20000)
+    if fds < a.idle + 500:
+        print("bench: only %d file descriptors: idle test reduced" % fds, file=sys.stderr)
+        a.idle = max(100, fds - 500)
+    for exe in (os.path.join(build_dir(), "pgstay"), os.path.join(build_dir(), "pgstay-lab"),
+                PGBOUNCER, os.path.join(PGBIN, "pgbench")):
+        if not os.access(exe, os.X_OK):
+            print("bench: %s is missing" % exe, file=sys.stderr)
+            return 1
+    b = Bench(a)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        b.run()
+        text = b.report(machine())
+    except KeyboardInterrupt:
+        print("bench: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001  (report, clean up, fail)
+        print("bench: FAILED: %s" % e, file=sys.stderr)
+        return 1
+    finally:
+        b.cleanup()
+    os.makedirs(os.path.dirname(a.out), exist_ok=True)
+    tmp = a.out + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, a.out)
+    print(text)
+    say("written %s" % a.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
