@@ -84,8 +84,12 @@ class Pgstay:
     def start(self, wait_writer=True):
         self.write_config()
         self.logf = open(self.log_path, "ab")
+        env = dict(os.environ)
+        # ASan keeps freed memory in a quarantine (256 MB by default), which would read as
+        # pgstay's own growth in the bounded-memory tests.
+        env.setdefault("ASAN_OPTIONS", "quarantine_size_mb=4:detect_leaks=1")
         self.proc = subprocess.Popen([os.path.join(build_dir(), "pgstay"), self.conf_path],
-                                     stdout=self.logf, stderr=subprocess.STDOUT)
+                                     stdout=self.logf, stderr=subprocess.STDOUT, env=env)
         deadline = time.time() + 15
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -142,6 +146,7 @@ class Pgstay:
             # A sanitizer report in the log is a failure of the test that ran this pgstay.
             log = self.log()
             assert "ERROR: AddressSanitizer" not in log, log[-4000:]
+            assert "ERROR: LeakSanitizer" not in log, log[-4000:]
             assert "runtime error:" not in log, log[-4000:]
 
 
