@@ -294,6 +294,7 @@ def machine():
         except (OSError, IndexError):
             return "?"
     return {"nproc": os.cpu_count(), "model": model, "kernel": platform.release(),
+            "loadavg_end": "%.2f %.2f %.2f" % os.getloadavg(),
             "pgstay": ver([os.path.join(build_dir(), "pgstay"), "--version"]),
             "pgbouncer": ver([PGBOUNCER, "--version"]),
             "postgres": ver([os.path.join(PGBIN, "postgres"), "--version"]),
@@ -440,9 +441,10 @@ class Bench:
         L = []
         L.append("# pgstay benchmarks: %s" % datetime.datetime.now().strftime("%Y-%m-%d %H:%M"))
         L.append("")
-        L.append("Machine: %s × %s, Linux %s. %s; %s; %s; %s." % (
-            mach["nproc"], mach["model"], mach["kernel"], mach["pgstay"], mach["pgbouncer"],
-            mach["postgres"], mach["pgbench"]))
+        L.append("Machine: %s × %s, Linux %s (load average at the end: %s; other work on the "
+                 "machine skews every number). %s; %s; %s; %s." % (
+                     mach["nproc"], mach["model"], mach["kernel"], mach["loadavg_end"],
+                     mach["pgstay"], mach["pgbouncer"], mach["postgres"], mach["pgbench"]))
         L.append("")
         L.append("`pgbench -S` (scale %d, one async node from pgstay-lab --fast, everything on "
                  "this machine: the proxies compete with PostgreSQL and pgbench for %s cores), "

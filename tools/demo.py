@@ -118,8 +118,13 @@ class Demo:
 
     def column(self, t):
         if not t["available"]:
-            return {k: "n/a" for k in ("write_gap", "errors", "broken", "lost", "ran", "p2a")}
+            return {k: "n/a" for k in ("write_gap", "errors", "broken", "lost", "ran", "p2a",
+                                       "floor")}
         m = t["median"]
+        ph = t["runs"][0]["phases_ms"]
+        floor = None
+        if ph.get("crash") is not None and ph.get("writable") is not None:
+            floor = ph["writable"] - ph["crash"]
         err = "%d" % m["errors"]
         if m["errors"]:
             err += " over %s" % self.ms(m["error_window_ms"])
@@ -130,6 +135,7 @@ class Demo:
             "lost": str(m["lost"]),
             "ran": str(m["ran_despite_error"]),
             "p2a": self.ms(m["promotion_to_first_ack_ms"]),
+            "floor": self.ms(floor),
         }
 
     def table(self, rep, with_article):
@@ -138,7 +144,8 @@ class Demo:
                 ("pooled connections broken", "broken"),
                 ("acknowledged inserts lost", "lost"),
                 ("inserts that ran although the client got an error", "ran"),
-                ("promotion → first acknowledged insert", "p2a")]
+                ("promotion → first acknowledged insert", "p2a"),
+                ("for scale: the lab's crash (switchover start) → new primary writable, run 1", "floor")]
         cols = []
         if with_article:
             for k in ("dns", "rds"):
@@ -189,6 +196,13 @@ class Demo:
                 if ev == "crash":
                     items.append(("write gap ≤ promotion delay + 0.2 s (%s)" % self.ms(
                         m["write_gap_ms"]), m["write_gap_ms"] <= 1200, False))
+                    # the lab's own promotion varies by ~0.3 s; this isolates pgstay's share
+                    ph = t["runs"][0]["phases_ms"]
+                    if ph.get("crash") is not None and ph.get("writable") is not None:
+                        fl = ph["writable"] - ph["crash"]
+                        items.append(("write gap ≤ the lab's crash→writable + 0.2 s (%s vs %s)" % (
+                            self.ms(t["runs"][0]["metrics"]["write_gap_ms"]), self.ms(fl)),
+                            t["runs"][0]["metrics"]["write_gap_ms"] <= fl + 200, False))
                 else:
                     items.append(("no errors during the switchover (%d)" % m["errors"],
                                   m["errors"] == 0, False))

@@ -270,6 +270,19 @@ static void show_stats(struct client *c)
     res_end(c, &r, "SHOW");
 }
 
+static void show_pins(struct client *c)
+{
+    static const char *const cols[] = {"reason", "count"};
+    struct result r;
+    res_begin(&r, 2, cols);
+    for (int i = 1; i < PIN_NREASONS; i++) {
+        char n[24];
+        const char *vals[2] = {pin_reason_name(i), I2S(n, c->w->stats.pins[i])};
+        res_row(&r, vals);
+    }
+    res_end(c, &r, "SHOW");
+}
+
 static void show_version(struct client *c)
 {
     static const char *const cols[] = {"version"};
@@ -335,10 +348,12 @@ static int run_command(struct client *c, char *q)
             show_failovers(c);
         else if (!strcmp(what, "STATS"))
             show_stats(c);
+        else if (!strcmp(what, "PINS"))
+            show_pins(c);
         else if (!strcmp(what, "VERSION"))
             show_version(c);
         else
-            error(c, "unknown SHOW command: try POOLS, CLIENTS, SERVERS, NODES, FAILOVERS, STATS, VERSION");
+            error(c, "unknown SHOW command: try POOLS, CLIENTS, SERVERS, NODES, FAILOVERS, STATS, PINS, VERSION");
         return 0;
     }
     if (!strcmp(q, "PAUSE")) {

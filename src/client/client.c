@@ -70,7 +70,7 @@ const char *kv_get(const struct kvlist *l, const char *name)
     return NULL;
 }
 
-static void kv_del(struct kvlist *l, const char *name)
+void kv_del(struct kvlist *l, const char *name)
 {
     for (int i = 0; i < l->n; i++) {
         if (strcmp(l->items[i].name, name) == 0) {
@@ -90,6 +90,16 @@ void kv_clear(struct kvlist *l)
     }
     free(l->items);
     memset(l, 0, sizeof(*l));
+}
+
+/* This session's state can no longer follow it to another server: count it, say why. */
+void client_pin(struct client *c, int reason)
+{
+    c->pin_reason = reason;
+    c->w->stats.pins[reason]++;
+    if (c->server)
+        c->server->dirty = 1;
+    log_debug("C-%llu: pinned to its server: %s", (unsigned long long)c->id, pin_reason_name(reason));
 }
 
 /* ---- prepared statements to replay ---- */
@@ -125,7 +135,7 @@ static void prepared_add(struct client *c, const char *name, const uint8_t *m, u
     prepared_del(c, name);
     if (c->prepared_bytes + len > PREPARED_MAX_BYTES) {
         if (!c->pin_reason)
-            c->pin_reason = PIN_PREPARED_LIMIT;
+            client_pin(c, PIN_PREPARED_LIMIT);
         return;
     }
     if (c->n_prepared == c->cap_prepared) {
@@ -560,18 +570,24 @@ static void inspect_query(struct client *c, const char *q, size_t len)
     struct sql_info si;
     sql_scan(q, len, &si);
     c->last_kind = si.kind;
-    if (si.pin && !c->pin_reason) {
-        c->pin_reason = si.pin;
-        log_debug("C-%llu: session pinned: %s", (unsigned long long)c->id, pin_reason_name(si.pin));
-    }
+    if (si.pin && !c->pin_reason)
+        client_pin(c, si.pin);
     if (si.multi)
         return;
-    if (si.kind == SQL_SET)
+    /* The server the client has now keeps what it sets: track both sides. */
+    struct kvlist *applied = c->server ? &c->server->applied : NULL;
+    if (si.kind == SQL_SET) {
         kv_set(&c->sets, si.name, si.value);
-    else if (si.kind == SQL_RESET)
+        if (applied)
+            kv_set(applied, si.name, si.value);
+    } else if (si.kind == SQL_RESET) {
         kv_del(&c->sets, si.name);
-    else if (si.kind == SQL_RESET_ALL) {
+        if (applied)
+            kv_del(applied, si.name);
+    } else if (si.kind == SQL_RESET_ALL) {
         kv_clear(&c->sets);
+        if (applied)
+            kv_clear(applied);
         prepared_clear(c);
     } else if (si.kind == SQL_DEALLOCATE) {
         if (!strcmp(si.name, "all"))
@@ -810,7 +826,7 @@ void client_process(struct client *c)
         } else if (h.type == FE_QUERY) {
             c->last_kind = SQL_OTHER;
         } else if (h.type == FE_PARSE && !c->pin_reason) {
-            c->pin_reason = PIN_PREPARED_LIMIT; /* too big to keep for replay */
+            client_pin(c, PIN_PREPARED_LIMIT); /* too big to keep for replay */
         }
         if (h.type == FE_QUERY || h.type == FE_SYNC || h.type == FE_FUNCTION_CALL) {
             c->pending++;
@@ -851,6 +867,9 @@ void client_linked(struct client *c)
     send_pbuf(c, &b);
     client_change_state(c, CL_ACTIVE);
     client_process(c);
+    /* Transaction mode: a client that only logged in gives its server straight back. */
+    if (c->state == CL_ACTIVE)
+        pool_after_ready(c);
 }
 
 void client_server_lost(struct client *c, const char *why)

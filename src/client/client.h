@@ -38,6 +38,7 @@ struct kvlist {
 void kv_set(struct kvlist *l, const char *name, const char *value);
 const char *kv_get(const struct kvlist *l, const char *name);
 void kv_clear(struct kvlist *l);
+void kv_del(struct kvlist *l, const char *name);
 
 struct client {
     struct list node;      /* on w->clients[state] */
@@ -117,6 +118,8 @@ void client_free(struct client *c);
 /* Periodic: wait, hold and idle timeouts. */
 void client_check_timeouts(struct worker *w, int64_t now);
 struct client *client_find_by_cancel(struct worker *w, uint32_t pid, uint32_t key);
+/* The session can no longer move between servers (counted by reason). */
+void client_pin(struct client *c, int reason);
 /* Authentication succeeded (client/auth.c calls this). */
 void client_logged_in(struct client *c);
 /* Error the current request (it cannot be served) and drop its messages up to its end. */

@@ -44,6 +44,7 @@ struct worker_stats {
     uint64_t bytes_client_to_server;
     uint64_t bytes_server_to_client;
     uint64_t queries; /* requests (Query, Sync, FunctionCall) forwarded */
+    uint64_t pins[16]; /* sessions pinned to their server, by enum pin_reason */
 };
 
 struct worker;

@@ -11,6 +11,23 @@
 #include "proto/proto.h"
 #include "topology/topology.h"
 
+static int session_releasable(const struct client *c)
+{
+    return 0;
+}
+
+/* Between transactions, with nothing pending and nothing that pins the session. */
+static int transaction_releasable(const struct client *c)
+{
+    return !c->pin_reason && c->pending == 0 && c->unsynced == 0 && c->fwd_left == 0 &&
+           c->txn_status == 'I' && !c->in_copy_in;
+}
+
+const struct pool_mode_ops pool_modes[2] = {
+    [POOL_SESSION] = {"session", 1, session_releasable},
+    [POOL_TRANSACTION] = {"transaction", 0, transaction_releasable},
+};
+
 struct pool *pool_get(struct worker *w, const char *database, const char *user, int role)
 {
     struct list *pos, *tmp;
@@ -83,29 +100,56 @@ static void append_set_literal(struct pbuf *b, const char *name, const char *val
     pbuf_put(b, "';", 2);
 }
 
-/* The SQL that gives server s the session settings client c expects; empty if none. */
+/* The value server s has now for a setting (reported, left by a client, or from its startup). */
+static const char *server_value(struct server *s, const char *name)
+{
+    const char *v = kv_get(&s->applied, name);
+    if (!v)
+        v = server_param(s, name);
+    if (!v)
+        v = kv_get(&s->startup, name);
+    return v;
+}
+
+/* The SQL that gives server s the session settings client c expects; empty if none. Settings
+ * another client left behind are reset, the client's own are set where they differ. */
 static void build_setup(struct server *s, struct client *c, struct pbuf *b)
 {
+    for (int i = s->applied.n - 1; i >= 0; i--) {
+        const char *name = s->applied.items[i].name;
+        if (kv_get(&c->sets, name) || kv_get(&c->params, name))
+            continue;
+        char stmt[128];
+        snprintf(stmt, sizeof(stmt), "RESET %s;", name);
+        pbuf_put(b, stmt, strlen(stmt));
+        kv_del(&s->applied, name);
+    }
     for (int i = 0; i < c->params.n; i++) {
         const char *name = c->params.items[i].name, *value = c->params.items[i].value;
-        const char *have = server_param(s, name);
-        if (!have)
-            have = kv_get(&s->startup, name);
-        if ((have && strcmp(have, value) == 0) || !name_ok(name))
+        if (kv_get(&c->sets, name) || !name_ok(name))
+            continue; /* a SET of the same name comes after and wins */
+        const char *have = server_value(s, name);
+        if (have && strcmp(have, value) == 0)
             continue;
         append_set_literal(b, name, value);
+        if (kv_get(&s->startup, name) || server_param(s, name))
+            kv_set(&s->applied, name, value);
     }
     for (int i = 0; i < c->sets.n; i++) {
-        char stmt[512];
-        if (!name_ok(c->sets.items[i].name))
+        const char *name = c->sets.items[i].name, *value = c->sets.items[i].value;
+        if (!name_ok(name))
             continue;
-        snprintf(stmt, sizeof(stmt), "SET %s TO %s;", c->sets.items[i].name, c->sets.items[i].value);
+        const char *have = kv_get(&s->applied, name);
+        if (have && strcmp(have, value) == 0)
+            continue;
+        char stmt[512];
+        snprintf(stmt, sizeof(stmt), "SET %s TO %s;", name, value);
         pbuf_put(b, stmt, strlen(stmt));
+        kv_set(&s->applied, name, value);
     }
     if (b->len > 0)
         pbuf_put_u8(b, 0);
 }
-
 
 static void link_pair(struct pool *p, struct server *s, struct client *c)
 {
@@ -139,6 +183,14 @@ static void link_pair(struct pool *p, struct server *s, struct client *c)
     }
     pbuf_free(&sql);
     if (n_ready == 0 || wire.failed) {
+        pbuf_free(&wire);
+        server_change_state(s, SV_ACTIVE);
+        client_linked(c);
+        return;
+    }
+    if (c->got_welcome) {
+        /* Sent ahead of the client's own request: no extra round trip. */
+        server_send_internal(s, wire.data, wire.len, n_ready);
         pbuf_free(&wire);
         server_change_state(s, SV_ACTIVE);
         client_linked(c);
@@ -247,12 +299,26 @@ void pool_release(struct server *s, int reusable)
         server_close(s, "its node no longer has the role this pool needs");
         return;
     }
-    if (w->cfg->server_reset_query && *w->cfg->server_reset_query) {
+    if ((POOL_OPS(w)->reset_on_release || s->dirty) && w->cfg->server_reset_query &&
+        *w->cfg->server_reset_query) {
+        kv_clear(&s->applied);
+        s->dirty = 0;
         server_change_state(s, SV_RESETTING);
         server_run_internal(s, w->cfg->server_reset_query);
         return;
     }
     pool_server_ready(s);
+}
+
+void pool_after_ready(struct client *c)
+{
+    struct server *s = c->server;
+    if (!s || !POOL_OPS(c->w)->releasable(c))
+        return;
+    c->server = NULL;
+    s->client = NULL;
+    client_change_state(c, CL_IDLE);
+    pool_release(s, s->state == SV_ACTIVE && s->txn_status == 'I' && s->fwd_left == 0);
 }
 
 void pool_server_ready(struct server *s)

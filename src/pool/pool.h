@@ -24,6 +24,20 @@ struct pool {
     int have_client_key;
 };
 
+/* What differs between pool modes, as a table rather than ifs spread over the code. */
+struct pool_mode_ops {
+    const char *name;
+    int reset_on_release; /* run server_reset_query when a client gives its server back */
+    /* May the client's server go back to the pool now (at ReadyForQuery)? */
+    int (*releasable)(const struct client *c);
+};
+
+extern const struct pool_mode_ops pool_modes[2];
+#define POOL_OPS(w) (&pool_modes[(w)->cfg->pool_mode])
+
+/* After a ReadyForQuery reached the client: in transaction mode its server goes back. */
+void pool_after_ready(struct client *c);
+
 struct pool *pool_get(struct worker *w, const char *database, const char *user, int role);
 /* The client needs a server: lend one now or queue it. */
 void pool_request(struct pool *p, struct client *c);

@@ -111,6 +111,7 @@ void server_free(struct server *s)
     s->w->n_servers[s->state]--;
     kv_clear(&s->params);
     kv_clear(&s->startup);
+    kv_clear(&s->applied);
     free(s->scram);
     free(s);
 }
@@ -286,6 +287,17 @@ static int handle_internal(struct server *s, const struct msg_hdr *h, const uint
     }
     case BE_PARAM_STATUS:
         handle_param_status(s, body, len);
+        if (s->client && s->client->got_welcome && s->state == SV_ACTIVE) {
+            /* A replayed SET changed a reported value: the client hears of it as usual. */
+            struct msg_reader r;
+            mr_init(&r, body, len);
+            const char *name = mr_str(&r), *value = mr_str(&r);
+            const char *seen = kv_get(&s->client->reported, name);
+            if (!r.bad && (!seen || strcmp(seen, value) != 0)) {
+                kv_set(&s->client->reported, name, value);
+                client_send(s->client, body - PROTO_HDR_LEN, h->len + 1);
+            }
+        }
         return 0;
     case BE_ERROR: {
         struct pg_error e;
@@ -522,6 +534,8 @@ void server_process(struct server *s)
             }
             evbuffer_remove_buffer(in, out, whole);
             w->stats.bytes_server_to_client += whole;
+            if (h.type == BE_READY)
+                pool_after_ready(c);
             continue;
         }
         size_t n = avail < whole ? avail : whole;

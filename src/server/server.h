@@ -37,6 +37,8 @@ struct server {
     int swallow;          /* ReadyForQuery messages to consume before forwarding again */
     int setup_failed;     /* the client's settings were refused: client told, server to release */
     struct kvlist startup; /* its startup parameters (the first client's): the session defaults */
+    int dirty;             /* a pinned client used it: reset before anyone else gets it */
+    struct kvlist applied; /* SET values clients left on it (transaction mode: no reset between) */
     char txn_status;
     int64_t connected_at;
     int64_t last_used;

@@ -8,7 +8,7 @@
 #define PLOT 960   /* plot width in px */
 #define LANE 16
 #define LANE_GAP 5
-#define TOP 34     /* phase labels */
+#define TOP 46     /* phase labels */
 #define AXIS 24
 #define HELD_US 50000 /* an acknowledgement slower than this was held: drawn yellow */
 
@@ -140,12 +140,13 @@ static void svg(FILE *f, const struct bench *b, const struct run *r, const struc
         if (g0 >= 0)
             rect(f, g0, g1, y, "#2e9e44", NULL, 0);
     }
-    const char *start = !strcmp(b->event, "switchover") ? "switchover"
-                        : !strcmp(b->event, "freeze")   ? "freeze"
-                                                        : "crash";
-    phase(f, v, r->ph.crash_us, start, "#d62728", height, 0);
-    phase(f, v, r->ph.promoted_us, "promoted", "#1f5fbf", height, 1);
-    phase(f, v, r->ph.writable_us, "writable", "#2e7d32", height, 2);
+    const char *start = !strcmp(b->event, "freeze") ? "freeze" : "crash";
+    /* the lab stamps "crashed" after it has killed every process, so its start is drawn too */
+    phase(f, v, r->ph.event_start_us, "lab command started", "#777", height, 0);
+    if (strcmp(b->event, "switchover")) /* a switchover's "crash" is its start */
+        phase(f, v, r->ph.crash_us, start, "#d62728", height, 1);
+    phase(f, v, r->ph.promoted_us, "promoted", "#1f5fbf", height, 2);
+    phase(f, v, r->ph.writable_us, "writable", "#2e7d32", height, 3);
     /* time axis */
     int64_t span = v->b - v->a;
     int64_t step = span > 8000000 ? 1000000 : span > 3000000 ? 500000 : span > 1500000 ? 200000
