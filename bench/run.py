@@ -507,7 +507,7 @@ class Bench:
                 name, med([v["rss0_kb"] for v in vals]), med([v["rss_kb"] for v in vals]),
                 med([v["per_client_kb"] for v in vals])))
         L.append("")
-        L.append("Design targets (doc/DESIGN): transaction mode 32 clients pool 8 pgstay ≥ 1.1 × "
+        L.append("Design targets (DESIGN.md, "Targets"): transaction mode 32 clients pool 8 pgstay ≥ 1.1 × "
                  "PgBouncer; CPU per 1k tx ≤ 0.8 × PgBouncer; idle memory ≤ 0.85 kB per client; "
                  "added latency ≤ 20 µs.")
         tl = self.tx_label

@@ -15,6 +15,7 @@
 #include "core/transport.h"
 #include "failover/failover.h"
 #include "pool/pool.h"
+#include "pool/prepared.h"
 #include "proto/proto.h"
 #include "proto/sqlscan.h"
 #include "server/server.h"
@@ -158,6 +159,28 @@ static void prepared_add(struct client *c, const char *name, const uint8_t *m, u
     p->len = len;
     c->n_prepared++;
     c->prepared_bytes += len;
+}
+
+void client_stmt_add(struct client *c, const char *name, const uint8_t *msg, uint32_t len,
+                     uint64_t hash)
+{
+    prepared_add(c, name, msg, len);
+    const struct prepared *p = client_stmt_find(c, name);
+    if (p)
+        ((struct prepared *)p)->hash = hash;
+}
+
+const struct prepared *client_stmt_find(struct client *c, const char *name)
+{
+    for (int i = 0; i < c->n_prepared; i++)
+        if (strcmp(c->prepared[i].name, name) == 0)
+            return &c->prepared[i];
+    return NULL;
+}
+
+void client_stmt_del(struct client *c, const char *name)
+{
+    prepared_del(c, name);
 }
 
 /* ---- state and teardown ---- */
@@ -588,7 +611,11 @@ static void inspect_query(struct client *c, const char *q, size_t len)
         kv_clear(&c->sets);
         if (applied)
             kv_clear(applied);
-        prepared_clear(c);
+        if (si.discard_all) {
+            prepared_clear(c);
+            if (c->server)
+                plan_forget_all(c->server);
+        }
     } else if (si.kind == SQL_DEALLOCATE) {
         if (!strcmp(si.name, "all"))
             prepared_clear(c);
@@ -801,6 +828,7 @@ void client_process(struct client *c)
             c->pause_held = 1;
             return;
         }
+        int txn = w->cfg->pool_mode == POOL_TRANSACTION;
         if ((h.type == FE_QUERY || h.type == FE_PARSE || h.type == FE_CLOSE) &&
             h.len <= INSPECT_MAX) {
             if (avail < whole)
@@ -815,10 +843,10 @@ void client_process(struct client *c)
                 const char *q = mr_str(&r);
                 if (!r.bad) {
                     inspect_query(c, q, strlen(q));
-                    if (*name)
+                    if (*name && !txn)
                         prepared_add(c, name, m, (uint32_t)whole);
                 }
-            } else if (mr_u8(&r) == 'S') {
+            } else if (!txn && mr_u8(&r) == 'S') {
                 const char *name = mr_str(&r);
                 if (!r.bad && *name)
                     prepared_del(c, name);
@@ -826,7 +854,11 @@ void client_process(struct client *c)
         } else if (h.type == FE_QUERY) {
             c->last_kind = SQL_OTHER;
         } else if (h.type == FE_PARSE && !c->pin_reason) {
-            client_pin(c, PIN_PREPARED_LIMIT); /* too big to keep for replay */
+            /* A named statement too big to keep for replay pins the session. */
+            size_t n = avail < 256 ? avail : 256;
+            const uint8_t *m = evbuffer_pullup(in, (ssize_t)n);
+            if (n > PROTO_HDR_LEN && m[PROTO_HDR_LEN] != 0)
+                client_pin(c, PIN_PREPARED_LIMIT);
         }
         if (h.type == FE_QUERY || h.type == FE_SYNC || h.type == FE_FUNCTION_CALL) {
             c->pending++;
@@ -837,10 +869,30 @@ void client_process(struct client *c)
             c->unsynced++;
         }
         c->last_active = now_ms();
-        size_t n = avail < whole ? avail : whole;
+        size_t done = 0;
+        if (txn) {
+            /* Statement names rewritten, answers planned (pool/prepared.c). */
+            size_t want = whole;
+            if (h.type == FE_BIND)
+                want = whole < 1024 ? whole : 1024;
+            else if (h.type != FE_PARSE && h.type != FE_DESCRIBE && h.type != FE_CLOSE)
+                want = PROTO_HDR_LEN;
+            else if (whole > INSPECT_MAX + PROTO_HDR_LEN)
+                want = 256;
+            if (avail < want)
+                return;
+            const uint8_t *m = evbuffer_pullup(in, (ssize_t)want);
+            done = plan_client_msg(c, c->server, &h, m, want, out);
+            if (done > 0) {
+                evbuffer_drain(in, done);
+                avail -= done;
+            }
+        }
+        size_t rest = whole - done;
+        size_t n = avail < rest ? avail : rest;
         evbuffer_remove_buffer(in, out, n);
         w->stats.bytes_client_to_server += n;
-        c->fwd_left = (uint32_t)(whole - n);
+        c->fwd_left = (uint32_t)(rest - n);
     }
 }
 

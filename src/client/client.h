@@ -22,6 +22,7 @@ struct prepared {
     char *name;
     uint8_t *msg; /* the whole Parse message, header included */
     uint32_t len;
+    uint64_t hash; /* of the text and types: the server-side name in transaction mode */
 };
 
 /* A name=value the client asked for (startup parameter or tracked SET). */
@@ -118,6 +119,11 @@ void client_free(struct client *c);
 /* Periodic: wait, hold and idle timeouts. */
 void client_check_timeouts(struct worker *w, int64_t now);
 struct client *client_find_by_cancel(struct worker *w, uint32_t pid, uint32_t key);
+/* The client's named prepared statements (protocol level). */
+void client_stmt_add(struct client *c, const char *name, const uint8_t *msg, uint32_t len,
+                     uint64_t hash);
+const struct prepared *client_stmt_find(struct client *c, const char *name);
+void client_stmt_del(struct client *c, const char *name);
 /* The session can no longer move between servers (counted by reason). */
 void client_pin(struct client *c, int reason);
 /* Authentication succeeded (client/auth.c calls this). */

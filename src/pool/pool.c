@@ -1,5 +1,6 @@
 /* Session pooling: lend a server per client session, queue clients when full, reset on return. */
 #include "pool/pool.h"
+#include "pool/prepared.h"
 
 #include <ctype.h>
 #include <stdio.h>
@@ -173,8 +174,11 @@ static void link_pair(struct pool *p, struct server *s, struct client *c)
         proto_build_query(&wire, (const char *)sql.data);
         n_ready++;
     }
-    /* Protocol-level prepared statements the session had on its previous server. */
-    if (c->n_prepared > 0) {
+    /* Transaction mode: statements are prepared lazily; keep the server's cache bounded. */
+    if (p->w->cfg->pool_mode == POOL_TRANSACTION)
+        n_ready += plan_evict(s, &wire);
+    /* Session mode: the protocol-level prepared statements it had on its previous server. */
+    else if (c->n_prepared > 0) {
         for (int i = 0; i < c->n_prepared; i++)
             pbuf_put(&wire, c->prepared[i].msg, c->prepared[i].len);
         size_t off = proto_begin_msg(&wire, FE_SYNC);
@@ -302,6 +306,7 @@ void pool_release(struct server *s, int reusable)
     if ((POOL_OPS(w)->reset_on_release || s->dirty) && w->cfg->server_reset_query &&
         *w->cfg->server_reset_query) {
         kv_clear(&s->applied);
+        plan_forget_all(s);
         s->dirty = 0;
         server_change_state(s, SV_RESETTING);
         server_run_internal(s, w->cfg->server_reset_query);
@@ -313,7 +318,7 @@ void pool_release(struct server *s, int reusable)
 void pool_after_ready(struct client *c)
 {
     struct server *s = c->server;
-    if (!s || !POOL_OPS(c->w)->releasable(c))
+    if (!s || !POOL_OPS(c->w)->releasable(c) || !plan_empty(s))
         return;
     c->server = NULL;
     s->client = NULL;

@@ -185,8 +185,10 @@ void sql_scan(const char *q, size_t len, struct sql_info *out)
         }
         lx.pos = save;
     } else if (!strcmp(t1, "discard")) {
-        if (next_token(&lx, t2, sizeof(t2)) && !strcmp(t2, "all"))
+        if (next_token(&lx, t2, sizeof(t2)) && !strcmp(t2, "all")) {
             out->kind = SQL_RESET_ALL;
+            out->discard_all = 1;
+        }
     } else if (!strcmp(t1, "deallocate")) {
         if (next_token(&lx, t2, sizeof(t2)) && !strcmp(t2, "prepare"))
             next_token(&lx, t2, sizeof(t2));

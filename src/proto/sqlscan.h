@@ -35,6 +35,7 @@ struct sql_info {
     int kind;          /* enum sql_kind of the first statement */
     int pin;           /* enum pin_reason found anywhere in the text, or PIN_NONE */
     int multi;         /* more than one statement */
+    int discard_all;   /* DISCARD ALL: the server forgets prepared statements too */
     char name[64];     /* SET/RESET: the parameter, lower-cased */
     char value[256];   /* SET: the value as written (quotes kept), to be replayed verbatim */
 };

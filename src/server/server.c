@@ -112,6 +112,7 @@ void server_free(struct server *s)
     kv_clear(&s->params);
     kv_clear(&s->startup);
     kv_clear(&s->applied);
+    plan_free(s);
     free(s->scram);
     free(s);
 }
@@ -390,6 +391,7 @@ static int handle_internal(struct server *s, const struct msg_hdr *h, const uint
     }
     case BE_NEGOTIATE_VERSION:
     case BE_PARSE_COMPLETE:
+    case BE_CLOSE_COMPLETE:
     case BE_NOTICE:
     case BE_COMMAND_COMPLETE:
     case BE_ROW_DESC:
@@ -453,6 +455,24 @@ static int needs_whole(uint8_t type)
 {
     return type == BE_READY || type == BE_PARAM_STATUS || type == BE_ERROR || type == BE_COPY_IN ||
            type == BE_COPY_BOTH;
+}
+
+/* Responses that can end a request in the transaction-mode plan: read whole. */
+static int ends_request(uint8_t type)
+{
+    switch (type) {
+    case BE_PARSE_COMPLETE:
+    case BE_BIND_COMPLETE:
+    case BE_CLOSE_COMPLETE:
+    case BE_ROW_DESC:
+    case BE_NO_DATA:
+    case BE_COMMAND_COMPLETE:
+    case BE_EMPTY_QUERY:
+    case BE_PORTAL_SUSPENDED:
+        return 1;
+    default:
+        return 0;
+    }
 }
 
 void server_process(struct server *s)
@@ -523,10 +543,17 @@ void server_process(struct server *s)
         struct evbuffer *out = bufferevent_get_output(c->bev);
         if (evbuffer_get_length(out) > FWD_HIGH_WATER)
             return;
-        if (needs_whole(h.type) && whole <= WHOLE_MAX) {
+        int txn = w->cfg->pool_mode == POOL_TRANSACTION;
+        if ((needs_whole(h.type) || (txn && ends_request(h.type))) && whole <= WHOLE_MAX) {
             if (avail < whole)
                 return;
             uint8_t *m = evbuffer_pullup(in, (ssize_t)whole);
+            if (txn && plan_server_msg(s, h.type)) {
+                /* The answer to a Parse pgstay sent itself. */
+                evbuffer_drain(in, whole);
+                plan_server_msg_done(s, h.type);
+                continue;
+            }
             if (observe_forwarded(s, c, &h, m + PROTO_HDR_LEN) < 0) {
                 evbuffer_drain(in, whole);
                 server_close(s, "the server ended the session");
@@ -534,6 +561,8 @@ void server_process(struct server *s)
             }
             evbuffer_remove_buffer(in, out, whole);
             w->stats.bytes_server_to_client += whole;
+            if (txn)
+                plan_server_msg_done(s, h.type);
             if (h.type == BE_READY)
                 pool_after_ready(c);
             continue;

@@ -9,6 +9,7 @@
 #include "client/client.h"
 #include "core/list.h"
 #include "core/worker.h"
+#include "pool/prepared.h"
 #include "proto/scram.h"
 
 struct pool;
@@ -37,6 +38,7 @@ struct server {
     int swallow;          /* ReadyForQuery messages to consume before forwarding again */
     int setup_failed;     /* the client's settings were refused: client told, server to release */
     struct kvlist startup; /* its startup parameters (the first client's): the session defaults */
+    struct stmt_cache stmts; /* transaction mode: statements under pgstay's names, response plan */
     int dirty;             /* a pinned client used it: reset before anyone else gets it */
     struct kvlist applied; /* SET values clients left on it (transaction mode: no reset between) */
     char txn_status;

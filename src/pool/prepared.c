@@ -1,0 +1,385 @@
+/* Prepared statements under transaction pooling: rewrite names, prepare lazily, answer in order. */
+#include "pool/prepared.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "client/client.h"
+#include "core/log.h"
+#include "server/server.h"
+
+#define SERVER_NAME_FMT "pgstay_%016llx"
+
+uint64_t stmt_hash(const uint8_t *p, size_t n)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (size_t i = 0; i < n; i++) {
+        h ^= p[i];
+        h *= 1099511628211ULL;
+    }
+    return h;
+}
+
+/* ---- the server's statement cache ---- */
+
+static int cache_find(struct stmt_cache *sc, uint64_t h)
+{
+    for (int i = 0; i < sc->n; i++)
+        if (sc->hashes[i] == h)
+            return i;
+    return -1;
+}
+
+static void cache_add(struct stmt_cache *sc, uint64_t h)
+{
+    if (cache_find(sc, h) >= 0)
+        return;
+    if (sc->n == sc->cap) {
+        int cap = sc->cap ? sc->cap * 2 : 16;
+        uint64_t *hs = realloc(sc->hashes, (size_t)cap * sizeof(*hs));
+        if (!hs)
+            return;
+        sc->hashes = hs;
+        int64_t *us = realloc(sc->used, (size_t)cap * sizeof(*us));
+        if (!us)
+            return;
+        sc->used = us;
+        sc->cap = cap;
+    }
+    sc->hashes[sc->n] = h;
+    sc->used[sc->n] = now_us();
+    sc->n++;
+}
+
+static void cache_del(struct stmt_cache *sc, uint64_t h)
+{
+    int i = cache_find(sc, h);
+    if (i < 0)
+        return;
+    sc->n--;
+    sc->hashes[i] = sc->hashes[sc->n];
+    sc->used[i] = sc->used[sc->n];
+}
+
+void plan_forget_all(struct server *s)
+{
+    s->stmts.n = 0;
+}
+
+void plan_free(struct server *s)
+{
+    free(s->stmts.hashes);
+    free(s->stmts.used);
+    free(s->stmts.plan);
+    memset(&s->stmts, 0, sizeof(s->stmts));
+}
+
+int plan_evict(struct server *s, struct pbuf *wire)
+{
+    struct stmt_cache *sc = &s->stmts;
+    if (sc->n <= STMT_CACHE_MAX)
+        return 0;
+    while (sc->n > STMT_CACHE_MAX * 3 / 4) {
+        int oldest = 0;
+        for (int i = 1; i < sc->n; i++)
+            if (sc->used[i] < sc->used[oldest])
+                oldest = i;
+        char name[32];
+        snprintf(name, sizeof(name), SERVER_NAME_FMT, (unsigned long long)sc->hashes[oldest]);
+        size_t off = proto_begin_msg(wire, FE_CLOSE);
+        pbuf_put_u8(wire, 'S');
+        pbuf_put_str(wire, name);
+        proto_end_msg(wire, off);
+        cache_del(sc, sc->hashes[oldest]);
+    }
+    size_t off = proto_begin_msg(wire, FE_SYNC);
+    proto_end_msg(wire, off);
+    return 1;
+}
+
+/* ---- the plan of expected responses ---- */
+
+int plan_empty(const struct server *s)
+{
+    return s->stmts.head == s->stmts.tail;
+}
+
+static struct plan_entry *plan_head(struct server *s)
+{
+    return plan_empty(s) ? NULL : &s->stmts.plan[s->stmts.head];
+}
+
+static void plan_pop(struct server *s)
+{
+    struct stmt_cache *sc = &s->stmts;
+    if (++sc->head == sc->tail)
+        sc->head = sc->tail = 0;
+}
+
+static struct plan_entry *plan_push(struct server *s)
+{
+    struct stmt_cache *sc = &s->stmts;
+    if (sc->tail == sc->plan_cap) {
+        if (sc->head > 0) {
+            memmove(sc->plan, sc->plan + sc->head, (size_t)(sc->tail - sc->head) * sizeof(*sc->plan));
+            sc->tail -= sc->head;
+            sc->head = 0;
+        } else {
+            int cap = sc->plan_cap ? sc->plan_cap * 2 : 16;
+            struct plan_entry *p = realloc(sc->plan, (size_t)cap * sizeof(*p));
+            if (!p)
+                return NULL;
+            sc->plan = p;
+            sc->plan_cap = cap;
+        }
+    }
+    struct plan_entry *e = &sc->plan[sc->tail++];
+    memset(e, 0, sizeof(*e));
+    return e;
+}
+
+/* Send the answers pgstay owes that are now first in line. */
+static void flush_injects(struct server *s)
+{
+    struct plan_entry *e;
+    while ((e = plan_head(s)) && e->kind == PLAN_INJECT) {
+        if (s->client)
+            client_send(s->client, e->inj, e->inj_len);
+        plan_pop(s);
+    }
+}
+
+static void push_forward(struct server *s, int ends, uint64_t hash)
+{
+    if (s->stmts.skipping && ends != END_READY)
+        return; /* the server ignores it: no response comes */
+    if (ends == END_READY)
+        s->stmts.skipping = 0;
+    struct plan_entry *e = plan_push(s);
+    if (e) {
+        e->kind = PLAN_FORWARD;
+        e->ends = (uint8_t)ends;
+        e->hash = hash;
+    }
+}
+
+static void push_inject(struct server *s, uint8_t type)
+{
+    if (s->stmts.skipping)
+        return;
+    uint8_t msg[5] = {type, 0, 0, 0, 4};
+    if (plan_empty(s)) {
+        client_send(s->client, msg, sizeof(msg));
+        return;
+    }
+    struct plan_entry *e = plan_push(s);
+    if (e) {
+        e->kind = PLAN_INJECT;
+        memcpy(e->inj, msg, sizeof(msg));
+        e->inj_len = sizeof(msg);
+    }
+}
+
+static int completes(int ends, uint8_t type)
+{
+    switch (ends) {
+    case END_PARSE:
+        return type == BE_PARSE_COMPLETE;
+    case END_BIND:
+        return type == BE_BIND_COMPLETE;
+    case END_CLOSE:
+        return type == BE_CLOSE_COMPLETE;
+    case END_DESCRIBE_S:
+    case END_DESCRIBE_P:
+        return type == BE_ROW_DESC || type == BE_NO_DATA;
+    case END_EXECUTE:
+        return type == BE_COMMAND_COMPLETE || type == BE_EMPTY_QUERY || type == BE_PORTAL_SUSPENDED;
+    case END_READY:
+        return type == BE_READY;
+    }
+    return 0;
+}
+
+int plan_server_msg(struct server *s, uint8_t type)
+{
+    struct plan_entry *e = plan_head(s);
+    return e && e->kind == PLAN_SWALLOW && type == BE_PARSE_COMPLETE;
+}
+
+void plan_server_msg_done(struct server *s, uint8_t type)
+{
+    struct plan_entry *e = plan_head(s);
+    if (!e)
+        return;
+    if (type == BE_ERROR) {
+        if (e->kind == PLAN_FORWARD && e->ends == END_READY)
+            return; /* a Query's error: its ReadyForQuery follows */
+        /* The server now skips everything up to the next Sync: so does the plan. */
+        while ((e = plan_head(s)) && !(e->kind == PLAN_FORWARD && e->ends == END_READY)) {
+            if (e->hash)
+                cache_del(&s->stmts, e->hash);
+            plan_pop(s);
+        }
+        if (!e)
+            s->stmts.skipping = 1;
+        return;
+    }
+    if (e->kind == PLAN_SWALLOW) {
+        if (type == BE_PARSE_COMPLETE) {
+            plan_pop(s);
+            flush_injects(s);
+        }
+        return;
+    }
+    if (e->kind == PLAN_FORWARD && completes(e->ends, type)) {
+        plan_pop(s);
+        flush_injects(s);
+    }
+}
+
+/* ---- client messages ---- */
+
+/* Make sure statement p exists on server s under pgstay's name, preparing it first if not. */
+static void ensure_prepared(struct server *s, const struct prepared *p, struct evbuffer *out)
+{
+    struct stmt_cache *sc = &s->stmts;
+    int i = cache_find(sc, p->hash);
+    if (i >= 0) {
+        sc->used[i] = now_us();
+        return;
+    }
+    if (sc->skipping)
+        return;
+    struct msg_reader r;
+    mr_init(&r, p->msg + PROTO_HDR_LEN, p->len - PROTO_HDR_LEN);
+    mr_str(&r);
+    size_t rest_off = PROTO_HDR_LEN + r.pos;
+    char name[32];
+    snprintf(name, sizeof(name), SERVER_NAME_FMT, (unsigned long long)p->hash);
+    struct pbuf b;
+    pbuf_init(&b);
+    size_t off = proto_begin_msg(&b, FE_PARSE);
+    pbuf_put_str(&b, name);
+    pbuf_put(&b, p->msg + rest_off, p->len - rest_off);
+    proto_end_msg(&b, off);
+    if (!b.failed)
+        evbuffer_add(out, b.data, b.len);
+    pbuf_free(&b);
+    cache_add(sc, p->hash);
+    struct plan_entry *e = plan_push(s);
+    if (e) {
+        e->kind = PLAN_SWALLOW;
+        e->hash = p->hash;
+    }
+}
+
+size_t plan_client_msg(struct client *c, struct server *s, const struct msg_hdr *h,
+                       const uint8_t *m, size_t have, struct evbuffer *out)
+{
+    size_t whole = 1 + (size_t)h->len;
+    struct msg_reader r;
+    mr_init(&r, m + PROTO_HDR_LEN, have - PROTO_HDR_LEN);
+    switch (h->type) {
+    case FE_PARSE: {
+        const char *name = mr_str(&r);
+        if (r.bad || !*name || have < whole) {
+            push_forward(s, END_PARSE, 0);
+            return 0;
+        }
+        size_t rest_off = PROTO_HDR_LEN + r.pos;
+        uint64_t hash = stmt_hash(m + rest_off, whole - rest_off);
+        client_stmt_add(c, name, m, (uint32_t)whole, hash);
+        if (s->stmts.skipping)
+            return whole;
+        int i = cache_find(&s->stmts, hash);
+        if (i >= 0) {
+            s->stmts.used[i] = now_us();
+            push_inject(s, BE_PARSE_COMPLETE);
+            return whole;
+        }
+        char sname[32];
+        snprintf(sname, sizeof(sname), SERVER_NAME_FMT, (unsigned long long)hash);
+        struct pbuf b;
+        pbuf_init(&b);
+        size_t off = proto_begin_msg(&b, FE_PARSE);
+        pbuf_put_str(&b, sname);
+        pbuf_put(&b, m + rest_off, whole - rest_off);
+        proto_end_msg(&b, off);
+        if (!b.failed)
+            evbuffer_add(out, b.data, b.len);
+        pbuf_free(&b);
+        cache_add(&s->stmts, hash);
+        push_forward(s, END_PARSE, hash);
+        return whole;
+    }
+    case FE_BIND: {
+        const char *portal = mr_str(&r);
+        const char *stmt = mr_str(&r);
+        const struct prepared *p = r.bad || !*stmt ? NULL : client_stmt_find(c, stmt);
+        if (!p) {
+            push_forward(s, END_BIND, 0);
+            return 0;
+        }
+        ensure_prepared(s, p, out);
+        char sname[32];
+        snprintf(sname, sizeof(sname), SERVER_NAME_FMT, (unsigned long long)p->hash);
+        size_t consumed = PROTO_HDR_LEN + r.pos;
+        /* New header and names; the parameters that follow are streamed unchanged. */
+        uint32_t len = h->len - (uint32_t)strlen(stmt) + (uint32_t)strlen(sname);
+        struct pbuf b;
+        pbuf_init(&b);
+        pbuf_put_u8(&b, FE_BIND);
+        pbuf_put_u32(&b, len);
+        pbuf_put_str(&b, portal);
+        pbuf_put_str(&b, sname);
+        if (!b.failed)
+            evbuffer_add(out, b.data, b.len);
+        pbuf_free(&b);
+        push_forward(s, END_BIND, 0);
+        return consumed;
+    }
+    case FE_DESCRIBE:
+    case FE_CLOSE: {
+        uint8_t kind = mr_u8(&r);
+        const char *name = mr_str(&r);
+        int is_describe = h->type == FE_DESCRIBE;
+        const struct prepared *p =
+            (r.bad || kind != 'S' || !*name || have < whole) ? NULL : client_stmt_find(c, name);
+        if (!p) {
+            push_forward(s, is_describe ? (kind == 'S' ? END_DESCRIBE_S : END_DESCRIBE_P) : END_CLOSE, 0);
+            return 0;
+        }
+        if (!is_describe) {
+            /* The client's name goes; the server keeps the statement for the next one. */
+            client_stmt_del(c, name);
+            push_inject(s, BE_CLOSE_COMPLETE);
+            return whole;
+        }
+        ensure_prepared(s, p, out);
+        char sname[32];
+        snprintf(sname, sizeof(sname), SERVER_NAME_FMT, (unsigned long long)p->hash);
+        struct pbuf b;
+        pbuf_init(&b);
+        size_t off = proto_begin_msg(&b, FE_DESCRIBE);
+        pbuf_put_u8(&b, 'S');
+        pbuf_put_str(&b, sname);
+        proto_end_msg(&b, off);
+        if (!b.failed)
+            evbuffer_add(out, b.data, b.len);
+        pbuf_free(&b);
+        push_forward(s, END_DESCRIBE_S, 0);
+        return whole;
+    }
+    case FE_EXECUTE:
+        push_forward(s, END_EXECUTE, 0);
+        return 0;
+    case FE_SYNC:
+    case FE_QUERY:
+    case FE_FUNCTION_CALL:
+        push_forward(s, END_READY, 0);
+        return 0;
+    default:
+        return 0;
+    }
+}
