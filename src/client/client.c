@@ -93,6 +93,21 @@ void kv_clear(struct kvlist *l)
     memset(l, 0, sizeof(*l));
 }
 
+const char *client_reported(struct client *c, const char *name)
+{
+    const char *v = kv_get(&c->reported, name);
+    return v ? v : (c->pool ? kv_get(&c->pool->base, name) : NULL);
+}
+
+void client_note_reported(struct client *c, const char *name, const char *value)
+{
+    const char *base = c->pool ? kv_get(&c->pool->base, name) : NULL;
+    if (base && strcmp(base, value) == 0)
+        kv_del(&c->reported, name);
+    else
+        kv_set(&c->reported, name, value);
+}
+
 /* This session's state can no longer follow it to another server: count it, say why. */
 void client_pin(struct client *c, int reason)
 {
@@ -902,13 +917,19 @@ void client_linked(struct client *c)
     struct server *s = c->server;
     struct pbuf b;
     pbuf_init(&b);
-    for (int i = 0; i < s->params.n; i++) {
-        const char *name = s->params.items[i].name, *value = s->params.items[i].value;
-        const char *seen = kv_get(&c->reported, name);
-        if (seen && strcmp(seen, value) == 0)
-            continue;
-        proto_build_param_status(&b, name, value);
-        kv_set(&c->reported, name, value);
+    if (c->pool && c->pool->base.n == 0)
+        for (int i = 0; i < s->params.n; i++)
+            kv_set(&c->pool->base, s->params.items[i].name, s->params.items[i].value);
+    if (c->reported_hash != s->params_hash || !c->got_welcome) {
+        for (int i = 0; i < s->params.n; i++) {
+            const char *name = s->params.items[i].name, *value = s->params.items[i].value;
+            const char *seen = c->got_welcome ? client_reported(c, name) : NULL;
+            if (seen && strcmp(seen, value) == 0)
+                continue;
+            proto_build_param_status(&b, name, value);
+            client_note_reported(c, name, value);
+        }
+        c->reported_hash = s->params_hash;
     }
     if (!c->got_welcome) {
         proto_build_key_data(&b, c->cancel_pid, c->cancel_key);

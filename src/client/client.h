@@ -59,7 +59,8 @@ struct client {
     char *user;
     char *database;
     struct kvlist params;   /* startup parameters to apply on every server it gets */
-    struct kvlist reported; /* ParameterStatus values the client has been sent */
+    struct kvlist reported; /* ParameterStatus values sent to it that differ from its pool's base */
+    uint64_t reported_hash; /* the server parameter set it was last brought in line with */
     int got_welcome;        /* ParameterStatus/BackendKeyData/ReadyForQuery sent */
 
     /* Authentication */
@@ -119,6 +120,9 @@ void client_free(struct client *c);
 /* Periodic: wait, hold and idle timeouts. */
 void client_check_timeouts(struct worker *w, int64_t now);
 struct client *client_find_by_cancel(struct worker *w, uint32_t pid, uint32_t key);
+/* The ParameterStatus value the client was last told for name (NULL: never). */
+const char *client_reported(struct client *c, const char *name);
+void client_note_reported(struct client *c, const char *name, const char *value);
 /* The client's named prepared statements (protocol level). */
 void client_stmt_add(struct client *c, const char *name, const uint8_t *msg, uint32_t len,
                      uint64_t hash);

@@ -7,8 +7,9 @@
 
 static struct bufferevent *plain_wrap(struct event_base *base, evutil_socket_t fd)
 {
-    /* Deferred callbacks keep a callback from re-entering one that is still running. */
-    return bufferevent_socket_new(base, fd, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+    /* Callbacks run straight from the loop (not deferred): one loop turn less per message.
+     * Nothing pgstay does to a client's bufferevent calls back into it synchronously. */
+    return bufferevent_socket_new(base, fd, BEV_OPT_CLOSE_ON_FREE);
 }
 
 const struct transport_ops transport_plain = {

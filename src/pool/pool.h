@@ -18,6 +18,9 @@ struct pool {
     int n_connecting;      /* in SV_CONNECTING or SV_LOGIN */
     int n_waiting;
     int64_t last_login_error_at;
+    /* ParameterStatus values of this pool's first server: each client stores only its own
+     * differences, so an idle client costs no copy of them. */
+    struct kvlist base;
     /* SCRAM pass-through: the ClientKey learnt from a client's proof, so pgstay can log in
      * with a SCRAM auth_file secret and no plain password. */
     unsigned char client_key[32];

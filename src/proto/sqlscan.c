@@ -102,37 +102,73 @@ static int next_token(struct lexer *lx, char *out, size_t cap)
     return 1;
 }
 
-/* Case-insensitive search for a word in the text. */
-static int contains_word(const char *q, size_t len, const char *word)
-{
-    size_t wl = strlen(word);
-    for (size_t i = 0; i + wl <= len; i++) {
-        if (strncasecmp(q + i, word, wl) != 0)
-            continue;
-        int before = i == 0 || !(isalnum((unsigned char)q[i - 1]) || q[i - 1] == '_');
-        int after = i + wl == len || !(isalnum((unsigned char)q[i + wl]) || q[i + wl] == '_');
-        if (before && after)
-            return 1;
-    }
-    return 0;
-}
+/* Words that may pin a session, found in one pass over the identifiers of the text (this runs
+ * on every query, so no per-word rescans). */
+enum {
+    W_TEMP = 1 << 0,
+    W_ADVISORY = 1 << 1,
+    W_LISTEN = 1 << 2,
+    W_HOLD = 1 << 3,
+    W_DECLARE = 1 << 4,
+    W_WITHOUT = 1 << 5,
+    W_PREPARE = 1 << 6,
+    W_TRANSACTION = 1 << 7,
+    W_LOAD = 1 << 8,
+};
+
+static const struct {
+    const char *word;
+    int flag;
+} pin_words[] = {
+    {"temp", W_TEMP},
+    {"temporary", W_TEMP},
+    {"pg_advisory_lock", W_ADVISORY},
+    {"pg_try_advisory_lock", W_ADVISORY},
+    {"pg_advisory_lock_shared", W_ADVISORY},
+    {"pg_try_advisory_lock_shared", W_ADVISORY},
+    {"listen", W_LISTEN},
+    {"hold", W_HOLD},
+    {"declare", W_DECLARE},
+    {"without", W_WITHOUT},
+    {"prepare", W_PREPARE},
+    {"transaction", W_TRANSACTION},
+    {"load", W_LOAD},
+};
 
 static int find_pin(const char *q, size_t len)
 {
-    if (contains_word(q, len, "temp") || contains_word(q, len, "temporary"))
+    int seen = 0;
+    size_t i = 0;
+    while (i < len) {
+        unsigned char ch = (unsigned char)q[i];
+        if (!(isalnum(ch) || ch == '_')) {
+            i++;
+            continue;
+        }
+        size_t start = i;
+        while (i < len && (isalnum((unsigned char)q[i]) || q[i] == '_'))
+            i++;
+        size_t wl = i - start;
+        if (wl < 4 || wl > 27)
+            continue;
+        for (size_t k = 0; k < sizeof(pin_words) / sizeof(pin_words[0]); k++) {
+            if (strlen(pin_words[k].word) == wl && strncasecmp(q + start, pin_words[k].word, wl) == 0) {
+                seen |= pin_words[k].flag;
+                break;
+            }
+        }
+    }
+    if (seen & W_TEMP)
         return PIN_TEMP_TABLE;
-    if (contains_word(q, len, "pg_advisory_lock") || contains_word(q, len, "pg_try_advisory_lock") ||
-        contains_word(q, len, "pg_advisory_lock_shared") ||
-        contains_word(q, len, "pg_try_advisory_lock_shared"))
+    if (seen & W_ADVISORY)
         return PIN_ADVISORY_LOCK;
-    if (contains_word(q, len, "listen"))
+    if (seen & W_LISTEN)
         return PIN_LISTEN;
-    if (contains_word(q, len, "hold") && contains_word(q, len, "declare") &&
-        !contains_word(q, len, "without"))
+    if ((seen & W_HOLD) && (seen & W_DECLARE) && !(seen & W_WITHOUT))
         return PIN_HOLD_CURSOR;
-    if (contains_word(q, len, "prepare") && !contains_word(q, len, "transaction"))
+    if ((seen & W_PREPARE) && !(seen & W_TRANSACTION))
         return PIN_SQL_PREPARE;
-    if (contains_word(q, len, "load"))
+    if (seen & W_LOAD)
         return PIN_LOAD;
     return PIN_NONE;
 }

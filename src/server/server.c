@@ -260,14 +260,32 @@ static void login_done(struct server *s)
 
 /* ---- incoming traffic ---- */
 
+/* Order-independent hash of a parameter set (kv_set may reorder on delete). */
+static uint64_t params_hash(const struct kvlist *l)
+{
+    uint64_t sum = 0;
+    for (int i = 0; i < l->n; i++) {
+        uint64_t h = 1469598103934665603ULL;
+        for (const char *p = l->items[i].name; *p; p++)
+            h = (h ^ (uint8_t)*p) * 1099511628211ULL;
+        h = (h ^ '=') * 1099511628211ULL;
+        for (const char *p = l->items[i].value; *p; p++)
+            h = (h ^ (uint8_t)*p) * 1099511628211ULL;
+        sum += h;
+    }
+    return sum | 1; /* never 0, which a client starts with */
+}
+
 static void handle_param_status(struct server *s, const uint8_t *body, size_t len)
 {
     struct msg_reader r;
     mr_init(&r, body, len);
     const char *name = mr_str(&r);
     const char *value = mr_str(&r);
-    if (!r.bad)
+    if (!r.bad) {
         kv_set(&s->params, name, value);
+        s->params_hash = params_hash(&s->params);
+    }
 }
 
 /* A whole message while pgstay itself talks to the server (login, setup, reset, probe). */
@@ -293,9 +311,10 @@ static int handle_internal(struct server *s, const struct msg_hdr *h, const uint
             struct msg_reader r;
             mr_init(&r, body, len);
             const char *name = mr_str(&r), *value = mr_str(&r);
-            const char *seen = kv_get(&s->client->reported, name);
+            const char *seen = client_reported(s->client, name);
             if (!r.bad && (!seen || strcmp(seen, value) != 0)) {
-                kv_set(&s->client->reported, name, value);
+                client_note_reported(s->client, name, value);
+                s->client->reported_hash = s->params_hash;
                 client_send(s->client, body - PROTO_HDR_LEN, h->len + 1);
             }
         }
@@ -426,7 +445,9 @@ static int observe_forwarded(struct server *s, struct client *c, const struct ms
         const char *value = mr_str(&r);
         if (!r.bad) {
             kv_set(&s->params, name, value);
-            kv_set(&c->reported, name, value);
+            s->params_hash = params_hash(&s->params);
+            client_note_reported(c, name, value);
+            c->reported_hash = s->params_hash;
         }
         return 0;
     }

@@ -31,6 +31,7 @@ struct server {
     const char *database;
     uint32_t be_pid, be_key;
     struct kvlist params; /* ParameterStatus as the server last reported them */
+    uint64_t params_hash; /* of params: equal sets need no comparing at each lending */
     struct scram_client *scram;
     int password_sent;
 

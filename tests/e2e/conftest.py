@@ -1,5 +1,6 @@
 """Fixtures for end-to-end tests: real PostgreSQL clusters from pgstay-lab and a real pgstay in front."""
 import os
+import random
 import shutil
 import signal
 import socket
@@ -19,11 +20,18 @@ def build_dir():
 
 
 def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    """A free port below the ephemeral range, so no outgoing connection takes it meanwhile."""
+    for _ in range(200):
+        port = random.randrange(10000, 32000)
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+        finally:
+            s.close()
+    raise RuntimeError("no free port")
 
 
 def rss_kb(pid):

@@ -43,7 +43,7 @@ def _port_free(port):
         s.close()
 
 
-def free_port_base(lo=20000, hi=60000, tries=200):
+def free_port_base(lo=10000, hi=32000, tries=200):
     """A base port whose BASE..BASE+20 are all free (random, to avoid parallel runs)."""
     for _ in range(tries):
         base = random.randrange(lo, hi, 100)
