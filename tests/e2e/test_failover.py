@@ -318,3 +318,24 @@ def test_pinned_session_told(fo_proxy, cluster3):
         c.execute("select 1")
     assert "cannot be rebuilt" in str(e.value) and "temp table" in str(e.value)
     assert plain.execute("select 1").fetchone()[0] == 1
+
+
+def test_commit_outcome_unknown(fo_proxy, cluster3):
+    """A COMMIT in flight when the writer is lost gets 08007, and the connection goes on."""
+    c = fo_proxy.connect(autocommit=False)
+    c.execute("insert into writes (client, seq) values (8, 1)")
+    cluster3.freeze("n1")  # the COMMIT reaches the server and never comes back
+    try:
+        with pytest.raises(psycopg.Error) as e:
+            c.commit()
+        assert e.value.sqlstate == "08007", str(e.value)
+        assert "may or may not have been committed" in str(e.value)
+        assert not c.closed
+        cluster3.promote("n2")
+        c.execute("insert into writes (client, seq) values (8, 2)")
+        c.commit()
+        assert c.execute("select inet_server_port()").fetchone()[0] == cluster3.node_port("n2")
+    finally:
+        cluster3.run("crash", "n1", check=False)
+        cluster3.run("thaw", "n1", check=False)
+        c.close()
