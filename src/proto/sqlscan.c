@@ -12,6 +12,7 @@ const char *pin_reason_name(int reason)
         "none",          "temp table", "advisory lock",
         "LISTEN",        "SQL PREPARE", "WITH HOLD cursor",
         "LOAD",          "prepared statements beyond the replay limit",
+        "untracked SET",
     };
     return reason >= 0 && reason < PIN_NREASONS ? names[reason] : "?";
 }
@@ -135,6 +136,24 @@ static const struct {
     {"load", W_LOAD},
 };
 
+/* Is word (lower case) one of the identifiers of the text? */
+static int has_word(const char *q, size_t len, const char *word)
+{
+    size_t wl = strlen(word), i = 0;
+    while (i < len) {
+        if (!(isalnum((unsigned char)q[i]) || q[i] == '_')) {
+            i++;
+            continue;
+        }
+        size_t start = i;
+        while (i < len && (isalnum((unsigned char)q[i]) || q[i] == '_'))
+            i++;
+        if (i - start == wl && strncasecmp(q + start, word, wl) == 0)
+            return 1;
+    }
+    return 0;
+}
+
 static int find_pin(const char *q, size_t len)
 {
     int seen = 0;
@@ -201,6 +220,8 @@ void sql_scan(const char *q, size_t len, struct sql_info *out)
         }
     }
     out->pin = find_pin(q, len);
+    if (out->multi && !out->pin && (has_word(q, len, "set") || has_word(q, len, "reset")))
+        out->pin = PIN_UNTRACKED_SET;
     if (!strcmp(t1, "begin") || !strcmp(t1, "start")) {
         out->kind = SQL_BEGIN;
     } else if (!strcmp(t1, "commit") || !strcmp(t1, "end")) {
@@ -248,22 +269,50 @@ void sql_scan(const char *q, size_t len, struct sql_info *out)
         if (!strcmp(t2, "session")) {
             if (!next_token(&lx, t2, sizeof(t2)))
                 return;
-            if (!strcmp(t2, "characteristics") || !strcmp(t2, "authorization"))
+            if (!strcmp(t2, "characteristics") || !strcmp(t2, "authorization")) {
+                if (!out->pin)
+                    out->pin = PIN_UNTRACKED_SET; /* session state the lexer does not follow */
                 return;
+            }
         } else if (!strcmp(t2, "local")) {
             local = 1;
             if (!next_token(&lx, t2, sizeof(t2)))
                 return;
         }
-        if (!strcmp(t2, "transaction") || !strcmp(t2, "constraints") || !strcmp(t2, "role") ||
-            !strcmp(t2, "time") || !strcmp(t2, "names") || t2[0] == '"')
-            return; /* forms whose value is not one name/value pair: left untracked */
+        if (!strcmp(t2, "transaction") || !strcmp(t2, "constraints"))
+            return; /* transaction-scoped: nothing to follow the client */
+        /* The special forms name a setting of their own; the value follows without = or TO. */
+        int eq_optional = 0;
+        if (!strcmp(t2, "time")) {
+            if (!next_token(&lx, t2, sizeof(t2)) || strcmp(t2, "zone"))
+                return;
+            snprintf(t2, sizeof(t2), "timezone");
+            eq_optional = 1;
+        } else if (!strcmp(t2, "names")) {
+            snprintf(t2, sizeof(t2), "client_encoding");
+            eq_optional = 1;
+        } else if (!strcmp(t2, "role")) {
+            eq_optional = 1;
+        } else if (t2[0] == '"') {
+            /* A quoted name: setting names are case-insensitive. */
+            size_t l = strlen(t2);
+            if (l < 3 || t2[l - 1] != '"' || memchr(t2 + 1, '"', l - 2))
+                return;
+            memmove(t2, t2 + 1, l - 2);
+            t2[l - 2] = 0;
+            for (char *p = t2; *p; p++)
+                *p = (char)tolower((unsigned char)*p);
+        }
         if (strlen(t2) >= sizeof(out->name) - 1)
             return; /* a name this long may have been cut short: left untracked */
         snprintf(out->name, sizeof(out->name), "%s", t2);
+        size_t save = lx.pos;
         char eq[8];
-        if (!next_token(&lx, eq, sizeof(eq)) || (strcmp(eq, "=") && strcmp(eq, "to")))
-            return;
+        if (!next_token(&lx, eq, sizeof(eq)) || (strcmp(eq, "=") && strcmp(eq, "to"))) {
+            if (!eq_optional)
+                return;
+            lx.pos = save;
+        }
         skip_space(&lx);
         /* The value runs to the end of the statement; kept verbatim for replay. */
         size_t start = lx.pos, end = lx.pos;

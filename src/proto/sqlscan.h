@@ -26,6 +26,7 @@ enum pin_reason {
     PIN_HOLD_CURSOR,
     PIN_LOAD,
     PIN_PREPARED_LIMIT, /* more protocol-level prepared statements than pgstay keeps to replay */
+    PIN_UNTRACKED_SET,  /* SET SESSION AUTHORIZATION/CHARACTERISTICS, SET inside multi-statements */
     PIN_NREASONS
 };
 

@@ -86,15 +86,22 @@ static void test_set(void **state)
     assert_set("set myext.opt to 'x'", SQL_SET, "myext.opt", "'x'");
     assert_set("set application_name = 'it''s'", SQL_SET, "application_name", "'it''s'");
 
-    /* Forms with no single name/value pair stay untracked. */
+    /* The special forms map to the setting they change; transaction-scoped ones are not
+     * tracked; session state the lexer cannot follow pins instead. */
     assert_int_equal(kind_of("set transaction isolation level serializable"), SQL_OTHER);
-    assert_int_equal(kind_of("set time zone 'UTC'"), SQL_OTHER);
-    assert_int_equal(kind_of("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY"), SQL_OTHER);
-    assert_int_equal(kind_of("SET SESSION AUTHORIZATION bob"), SQL_OTHER);
-    assert_int_equal(kind_of("set role bob"), SQL_OTHER);
-    assert_int_equal(kind_of("set names 'UTF8'"), SQL_OTHER);
+    assert_set("set time zone 'UTC'", SQL_SET, "timezone", "'UTC'");
+    assert_set("set role bob", SQL_SET, "role", "bob");
+    assert_set("set names 'UTF8'", SQL_SET, "client_encoding", "'UTF8'");
+    assert_set("set \"TimeZone\" = 'UTC'", SQL_SET, "timezone", "'UTC'");
     assert_int_equal(kind_of("set constraints all deferred"), SQL_OTHER);
-    assert_int_equal(kind_of("set \"search_path\" = public"), SQL_OTHER);
+    struct sql_info si2;
+    sql_scan("SET SESSION AUTHORIZATION bob", strlen("SET SESSION AUTHORIZATION bob"), &si2);
+    assert_int_equal(si2.kind, SQL_OTHER);
+    assert_int_equal(si2.pin, PIN_UNTRACKED_SET);
+    sql_scan("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY", 52, &si2);
+    assert_int_equal(si2.pin, PIN_UNTRACKED_SET);
+    sql_scan("select 1; set work_mem = '1MB'", 30, &si2);
+    assert_int_equal(si2.pin, PIN_UNTRACKED_SET);
     assert_int_equal(kind_of("set"), SQL_OTHER);
     assert_int_equal(kind_of("set work_mem"), SQL_OTHER);
     assert_int_equal(kind_of("set work_mem ="), SQL_OTHER);
