@@ -827,6 +827,19 @@ void client_process(struct client *c)
             continue;
         }
         if (!c->server || c->state != CL_ACTIVE) {
+            /* Transaction mode: a Parse of a statement the pool already knows, and the Sync
+             * after it, need no server (PQprepare must not wait for one). */
+            if (c->state == CL_IDLE && w->cfg->pool_mode == POOL_TRANSACTION && c->pending == 0 &&
+                (h.type == FE_PARSE || (h.type == FE_SYNC && c->local_batch)) &&
+                whole <= INSPECT_MAX) {
+                if (avail < whole)
+                    return;
+                const uint8_t *m = evbuffer_pullup(in, (ssize_t)whole);
+                if (plan_answer_locally(c, &h, m)) {
+                    evbuffer_drain(in, whole);
+                    continue;
+                }
+            }
             /* A request and no server: ask the pool (held while there is no writer). */
             if (c->state == CL_IDLE) {
                 c->wait_since = now_ms();
@@ -884,6 +897,7 @@ void client_process(struct client *c)
             c->unsynced++;
         }
         c->last_active = now_ms();
+        c->local_batch = 0;
         size_t done = 0;
         if (txn) {
             /* Statement names rewritten, answers planned (pool/prepared.c). */

@@ -95,6 +95,7 @@ struct client {
     int discard_copy;       /* drop COPY data of a COPY whose server is gone */
     int batch_rollback;     /* an extended-protocol ROLLBACK batch answered locally */
     int batch_error;
+    int local_batch;        /* messages since the last Sync were all answered by pgstay */
     int pause_held;         /* PAUSE: its next transaction waits for RESUME */
     int pause_waiting;      /* admin client whose PAUSE awaits in-flight transactions */
 };

@@ -253,6 +253,7 @@ void worker_free(struct worker *w)
         struct pool *p = container_of(pos, struct pool, node);
         list_del(&p->node);
         kv_clear(&p->base);
+        free(p->known);
         free(p->database);
         free(p->user);
         free(p);

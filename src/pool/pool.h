@@ -21,6 +21,10 @@ struct pool {
     /* ParameterStatus values of this pool's first server: each client stores only its own
      * differences, so an idle client costs no copy of them. */
     struct kvlist base;
+    /* Statements (by hash) some server of this pool prepared without error: a client's Parse
+     * of one needs no server to be answered. */
+    uint64_t *known;
+    int n_known, cap_known;
     /* SCRAM pass-through: the ClientKey learnt from a client's proof, so pgstay can log in
      * with a SCRAM auth_file secret and no plain password. */
     unsigned char client_key[32];

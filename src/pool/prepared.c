@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "client/client.h"
+#include "pool/pool.h"
 #include "core/log.h"
 #include "server/server.h"
 
@@ -95,6 +96,58 @@ int plan_evict(struct server *s, struct pbuf *wire)
     }
     size_t off = proto_begin_msg(wire, FE_SYNC);
     proto_end_msg(wire, off);
+    return 1;
+}
+
+/* ---- statements the pool knows to be good ---- */
+
+#define POOL_KNOWN_MAX 4096
+
+static int pool_knows(const struct pool *p, uint64_t h)
+{
+    for (int i = 0; i < p->n_known; i++)
+        if (p->known[i] == h)
+            return 1;
+    return 0;
+}
+
+static void pool_learn(struct pool *p, uint64_t h)
+{
+    if (!p || !h || pool_knows(p, h) || p->n_known >= POOL_KNOWN_MAX)
+        return;
+    if (p->n_known == p->cap_known) {
+        int cap = p->cap_known ? p->cap_known * 2 : 32;
+        uint64_t *k = realloc(p->known, (size_t)cap * sizeof(*k));
+        if (!k)
+            return;
+        p->known = k;
+        p->cap_known = cap;
+    }
+    p->known[p->n_known++] = h;
+}
+
+int plan_answer_locally(struct client *c, const struct msg_hdr *h, const uint8_t *m)
+{
+    size_t whole = 1 + (size_t)h->len;
+    if (h->type == FE_SYNC) {
+        uint8_t z[6] = {BE_READY, 0, 0, 0, 5, 'I'};
+        client_send(c, z, sizeof(z));
+        c->local_batch = 0;
+        return 1;
+    }
+    struct msg_reader r;
+    mr_init(&r, m + PROTO_HDR_LEN, whole - PROTO_HDR_LEN);
+    const char *name = mr_str(&r);
+    if (r.bad || !*name || client_stmt_find(c, name))
+        return 0; /* unnamed, or a name in use: the server decides */
+    size_t rest_off = PROTO_HDR_LEN + r.pos;
+    uint64_t hash = stmt_hash(m + rest_off, whole - rest_off);
+    if (!c->pool || !pool_knows(c->pool, hash))
+        return 0;
+    client_stmt_add(c, name, m, (uint32_t)whole, hash);
+    uint8_t done[5] = {BE_PARSE_COMPLETE, 0, 0, 0, 4};
+    client_send(c, done, sizeof(done));
+    c->local_batch = 1;
     return 1;
 }
 
@@ -227,12 +280,15 @@ void plan_server_msg_done(struct server *s, uint8_t type)
     }
     if (e->kind == PLAN_SWALLOW) {
         if (type == BE_PARSE_COMPLETE) {
+            pool_learn(s->pool, e->hash);
             plan_pop(s);
             flush_injects(s);
         }
         return;
     }
     if (e->kind == PLAN_FORWARD && completes(e->ends, type)) {
+        if (e->ends == END_PARSE)
+            pool_learn(s->pool, e->hash);
         plan_pop(s);
         flush_injects(s);
     }

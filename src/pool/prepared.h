@@ -58,6 +58,10 @@ struct stmt_cache {
 size_t plan_client_msg(struct client *c, struct server *s, const struct msg_hdr *h,
                        const uint8_t *m, size_t have, struct evbuffer *out);
 
+/* No server is lent: answer a Parse of a statement the pool knows (and the Sync closing such a
+ * batch) here. Returns 1 if answered. */
+int plan_answer_locally(struct client *c, const struct msg_hdr *h, const uint8_t *m);
+
 /* A server message header: returns 1 if the message is to be dropped (pgstay's own). */
 int plan_server_msg(struct server *s, uint8_t type);
 /* The whole message went to the client (or was dropped): pop what it completed, send any
