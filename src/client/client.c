@@ -272,6 +272,7 @@ void client_free(struct client *c)
     free(c->database);
     kv_clear(&c->params);
     kv_clear(&c->sets);
+    kv_clear(&c->staged);
     kv_clear(&c->reported);
     prepared_clear(c);
     free(c->prepared);
@@ -603,6 +604,33 @@ void client_logged_in(struct client *c)
 /* ---- the query loop ---- */
 
 /* Remember what a Query means for the session: SET values to replay, pins, COMMIT. */
+void client_settle_sets(struct client *c, char prev, char now, int failed)
+{
+    if (now != 'I')
+        return; /* still inside the block: its fate is not known yet */
+    int keep = !failed && (prev == 'I' || (prev == 'T' && c->last_kind == SQL_COMMIT));
+    struct kvlist *applied = c->server ? &c->server->applied : NULL;
+    if (keep && c->staged_reset_all) {
+        kv_clear(&c->sets);
+        if (applied)
+            kv_clear(applied);
+    }
+    for (int i = 0; keep && i < c->staged.n; i++) {
+        const char *name = c->staged.items[i].name, *value = c->staged.items[i].value;
+        if (strcmp(value, STAGED_RESET) == 0) {
+            kv_del(&c->sets, name);
+            if (applied)
+                kv_del(applied, name);
+        } else {
+            kv_set(&c->sets, name, value);
+            if (applied)
+                kv_set(applied, name, value);
+        }
+    }
+    kv_clear(&c->staged);
+    c->staged_reset_all = 0;
+}
+
 static void inspect_query(struct client *c, const char *q, size_t len)
 {
     struct sql_info si;
@@ -612,20 +640,15 @@ static void inspect_query(struct client *c, const char *q, size_t len)
         client_pin(c, si.pin);
     if (si.multi)
         return;
-    /* The server the client has now keeps what it sets: track both sides. */
-    struct kvlist *applied = c->server ? &c->server->applied : NULL;
+    /* Staged until the server says how it went: a SET that fails, or whose transaction rolls
+     * back, changed nothing (client_settle_sets). */
     if (si.kind == SQL_SET) {
-        kv_set(&c->sets, si.name, si.value);
-        if (applied)
-            kv_set(applied, si.name, si.value);
+        kv_set(&c->staged, si.name, si.value);
     } else if (si.kind == SQL_RESET) {
-        kv_del(&c->sets, si.name);
-        if (applied)
-            kv_del(applied, si.name);
+        kv_set(&c->staged, si.name, STAGED_RESET);
     } else if (si.kind == SQL_RESET_ALL) {
-        kv_clear(&c->sets);
-        if (applied)
-            kv_clear(applied);
+        kv_clear(&c->staged);
+        c->staged_reset_all = 1;
         if (si.discard_all) {
             prepared_clear(c);
             if (c->server)

@@ -83,6 +83,9 @@ struct client {
     int unsynced;       /* extended-protocol messages sent since the last Sync */
     int last_kind;      /* enum sql_kind of the last Query/Parse (COMMIT in flight: 08007) */
     struct kvlist sets; /* SET values to replay on a new server */
+    struct kvlist staged; /* SET/RESET sent, kept once the server confirms (STAGED_RESET: a RESET) */
+    int staged_reset_all;
+    int req_failed;       /* the request in flight got an ErrorResponse */
     struct prepared *prepared; /* named prepared statements to replay on a new server */
     int n_prepared, cap_prepared;
     size_t prepared_bytes;
@@ -121,6 +124,9 @@ void client_free(struct client *c);
 /* Periodic: wait, hold and idle timeouts. */
 void client_check_timeouts(struct worker *w, int64_t now);
 struct client *client_find_by_cancel(struct worker *w, uint32_t pid, uint32_t key);
+#define STAGED_RESET "\001"
+/* A ReadyForQuery went from prev to now: keep the staged SETs if they took effect. */
+void client_settle_sets(struct client *c, char prev, char now, int failed);
 /* The ParameterStatus value the client was last told for name (NULL: never). */
 const char *client_reported(struct client *c, const char *name);
 void client_note_reported(struct client *c, const char *name, const char *value);

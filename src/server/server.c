@@ -430,14 +430,18 @@ static int observe_forwarded(struct server *s, struct client *c, const struct ms
 {
     size_t len = h->len - 4;
     switch (h->type) {
-    case BE_READY:
+    case BE_READY: {
         s->txn_status = len >= 1 ? (char)body[0] : 'I';
+        char prev = c->txn_status;
         c->txn_status = s->txn_status;
+        client_settle_sets(c, prev, c->txn_status, c->req_failed);
+        c->req_failed = 0;
         if (c->pending > 0)
             c->pending--;
         c->in_copy_in = 0;
         s->last_used = now_ms();
         return 0;
+    }
     case BE_PARAM_STATUS: {
         struct msg_reader r;
         mr_init(&r, body, len);
@@ -463,6 +467,7 @@ static int observe_forwarded(struct server *s, struct client *c, const struct ms
             SLOG(info, s, "server ended the session: %s %s: %s", e.severity, e.sqlstate, e.message);
             return -1;
         }
+        c->req_failed = 1;
         if (strcmp(e.sqlstate, "25006") == 0 && s->nd == s->w->topo->writer)
             topology_probe_now(s->w, "the writer answered 25006 (read-only transaction)");
         return 0;
