@@ -260,6 +260,8 @@ void worker_free(struct worker *w)
     }
     failover_free(w);
     userlist_free(&w->users);
+    /* Bufferevents with deferred callbacks finish freeing themselves in the loop. */
+    event_base_loop(w->base, EVLOOP_NONBLOCK);
     event_free(w->reaper);
     event_free(w->tick);
     if (w->dns)

@@ -276,8 +276,11 @@ static void log_tail(const char *path, char *out, size_t cap)
 
 /* Write the config, start pgstay and wait until it has found the writer; 0 on success,
  * else -1 with the reason (its log) in why. */
-static int start_pgstay(struct bench *b, const char *mode, const char *work, char *why, size_t cap)
+static int start_pgstay(struct bench *b, const char *mode_arg, const char *work, char *why, size_t cap)
 {
+    /* A copy: mode_arg and why may both live in the same target struct. */
+    char mode[32];
+    snprintf(mode, sizeof mode, "%s", mode_arg);
     char path[1200], users[1200], logp[1200];
     snprintf(path, sizeof path, "%s/pgstay.ini", work);
     snprintf(users, sizeof users, "%s/userlist.txt", work);
