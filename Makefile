@@ -82,8 +82,10 @@ check: deps
 	$(MAKE) check-e2e
 
 # The whole suite again with sanitizers (CI runs this after `make check`).
+# verify_asan_link_order=0: pgstay-bench runs the lab under stdbuf, which preloads a library.
 asan-check: deps
 	$(MAKE) asan
+	ASAN_OPTIONS=verify_asan_link_order=0:quarantine_size_mb=4:detect_leaks=1 \
 	$(MAKE) BUILD=build-asan OPT=-O1 SANITIZE="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" check-unit check-e2e
 
 demo: deps

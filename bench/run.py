@@ -395,9 +395,13 @@ class Bench:
                    ("pgbouncer", bouncer.port if bouncer else None, bouncer),
                    ("pgstay", stay.port if stay else None, stay)]
         label = "transaction simple, 32 clients, pool 8"
+        # Protocol-level prepared statements multiplexed over 8 servers (PgBouncer 1.18 has no
+        # prepared-statement support in transaction mode: its row shows what that costs).
+        label_prep = "transaction prepared, 256 clients, pool 8"
         for k in range(a.runs):
             say("run %d/%d: transaction mode, pool_size 8" % (k + 1, a.runs))
             self.measure(label, targets, 32)
+            self.measure(label_prep, targets, 256, prepared=True)
         self.tx_label = label
 
         say("idle: %d client connections each (raw startup packets, trust)" % a.idle)
@@ -417,7 +421,7 @@ class Bench:
         for p in (bouncer, stay):
             if p:
                 p.stop()
-        self.configs = [c[0] for c in configs] + [label]
+        self.configs = [c[0] for c in configs] + [label, label_prep]
 
     def cleanup(self):
         for p in self.proxies:

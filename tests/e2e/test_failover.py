@@ -176,6 +176,20 @@ def run_event(proxy, lab, event, max_errors):
     return writers, rows
 
 
+def lsn_value(lsn):
+    hi, lo = lsn.split("/")
+    return (int(hi, 16) << 32) | int(lo, 16)
+
+
+def promote_best(lab):
+    """Promote the standby with the most WAL, as a control plane would: the other one can then
+    follow it, and synchronous commits on the new primary do not wait for good."""
+    standbys = [n for n in lab.status()["nodes"] if n["role"] == "standby" and n["lsn"]]
+    best = max(standbys, key=lambda n: lsn_value(n["lsn"]))["name"]
+    lab.promote(best)
+    return best
+
+
 def failovers(proxy):
     return proxy.admin("SHOW FAILOVERS")
 
@@ -214,7 +228,7 @@ def test_frozen_primary(fo_proxy, cluster3):
     def event():
         cluster3.freeze("n1")
         time.sleep(1.0)
-        cluster3.promote("n2")
+        promote_best(cluster3)
 
     try:
         run_event(fo_proxy, cluster3, event, 1)
@@ -230,7 +244,7 @@ def test_blackholed_primary(fo_proxy, cluster3):
         except Unsupported as e:
             pytest.skip("the machine does not allow dropping traffic: %s" % e.stdout.strip())
         time.sleep(1.0)
-        cluster3.promote("n2")
+        promote_best(cluster3)
 
     try:
         run_event(fo_proxy, cluster3, event, 1)
@@ -247,7 +261,11 @@ def test_standby_crash(fo_proxy, cluster3):
 
 
 def test_fencing_stale_primary(fo_proxy, cluster3):
-    run_event(fo_proxy, cluster3, lambda: cluster3.failover(to="n2", delay_ms=200), 1)
+    # The most advanced standby is promoted: with --to a lagging one, the other standby could
+    # not follow it and synchronous commits would wait for good.
+    run_event(fo_proxy, cluster3, lambda: cluster3.failover(delay_ms=200), 1)
+    new = writer_of(fo_proxy)
+    assert new in ("n2", "n3")
     # the old primary's data directory starts again: a primary on the old timeline
     cluster3.start("n1")
     deadline = time.time() + 5
@@ -261,10 +279,10 @@ def test_fencing_stale_primary(fo_proxy, cluster3):
     with fo_proxy.connect() as c:
         for i in range(50):
             c.execute("insert into writes (client, seq) values (99, %s)", (i,))
-        assert c.execute("select inet_server_port()").fetchone()[0] == cluster3.node_port("n2")
+        assert c.execute("select inet_server_port()").fetchone()[0] == cluster3.node_port(new)
     with psycopg.connect(cluster3.dsn("n1"), autocommit=True) as c:
         assert c.execute("select count(*) from writes where client = 99").fetchone()[0] == 0
-    with psycopg.connect(cluster3.dsn("n2"), autocommit=True) as c:
+    with psycopg.connect(cluster3.dsn(new), autocommit=True) as c:
         assert c.execute("select count(*) from writes where client = 99").fetchone()[0] == 50
 
 
@@ -300,8 +318,8 @@ def test_hold_times_out(fo_proxy, cluster3, tmp_path):
         assert "failover_timeout" in str(e.value)
         assert 0.8 < time.time() - t0 < 5
         assert not c.closed
-        cluster3.promote("n2")
-        assert c.execute("select inet_server_port()").fetchone()[0] == cluster3.node_port("n2")
+        new = promote_best(cluster3)
+        assert c.execute("select inet_server_port()").fetchone()[0] == cluster3.node_port(new)
         c.close()
     finally:
         p.stop()
@@ -331,10 +349,10 @@ def test_commit_outcome_unknown(fo_proxy, cluster3):
         assert e.value.sqlstate == "08007", str(e.value)
         assert "may or may not have been committed" in str(e.value)
         assert not c.closed
-        cluster3.promote("n2")
+        new = promote_best(cluster3)
         c.execute("insert into writes (client, seq) values (8, 2)")
         c.commit()
-        assert c.execute("select inet_server_port()").fetchone()[0] == cluster3.node_port("n2")
+        assert c.execute("select inet_server_port()").fetchone()[0] == cluster3.node_port(new)
     finally:
         cluster3.run("crash", "n1", check=False)
         cluster3.run("thaw", "n1", check=False)
