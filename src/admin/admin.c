@@ -23,13 +23,6 @@
 #define PGSTAY_VERSION "0.1.0"
 #endif
 
-static void flush(struct client *c, struct pbuf *b)
-{
-    if (!b->failed)
-        client_send(c, b->data, b->len);
-    pbuf_free(b);
-}
-
 void admin_welcome(struct client *c)
 {
     struct pbuf b;
@@ -43,7 +36,7 @@ void admin_welcome(struct client *c)
     proto_build_key_data(&b, c->cancel_pid, c->cancel_key);
     proto_build_ready(&b, 'I');
     c->got_welcome = 1;
-    flush(c, &b);
+    client_send_pbuf(c, &b);
 }
 
 static void fmt_time(int64_t ms, char *out, size_t cap)
@@ -86,7 +79,7 @@ static void res_end(struct client *c, struct result *r, const char *verb)
     char tag[64];
     snprintf(tag, sizeof(tag), "%s %d", verb, r->nrows);
     proto_build_command_complete(&r->b, tag);
-    flush(c, &r->b);
+    client_send_pbuf(c, &r->b);
 }
 
 #define I2S(buf, v) (snprintf(buf, sizeof(buf), "%lld", (long long)(v)), buf)
@@ -298,7 +291,7 @@ static void simple_ok(struct client *c, const char *tag)
     struct pbuf b;
     pbuf_init(&b);
     proto_build_command_complete(&b, tag);
-    flush(c, &b);
+    client_send_pbuf(c, &b);
 }
 
 static void error(struct client *c, const char *msg)
@@ -311,7 +304,7 @@ static void ready(struct client *c)
     struct pbuf b;
     pbuf_init(&b);
     proto_build_ready(&b, 'I');
-    flush(c, &b);
+    client_send_pbuf(c, &b);
 }
 
 /* Run one command; returns 1 if ReadyForQuery is to be sent later (PAUSE in progress). */
@@ -329,7 +322,7 @@ static int run_command(struct client *c, char *q)
         struct pbuf b;
         pbuf_init(&b);
         proto_build_empty_query(&b);
-        flush(c, &b);
+        client_send_pbuf(c, &b);
         return 0;
     }
     if (!strncmp(q, "SHOW ", 5)) {

@@ -23,13 +23,6 @@ static void auth_fail(struct client *c)
     client_close(c, SQLSTATE_INVALID_PASSWORD, msg);
 }
 
-static void send_msg(struct client *c, struct pbuf *b)
-{
-    if (!b->failed)
-        client_send(c, b->data, b->len);
-    pbuf_free(b);
-}
-
 static void ask_md5(struct client *c)
 {
     struct pbuf b;
@@ -39,7 +32,7 @@ static void ask_md5(struct client *c)
         return;
     }
     proto_build_auth(&b, AUTH_REQ_MD5, c->md5_salt, 4);
-    send_msg(c, &b);
+    client_send_pbuf(c, &b);
     c->auth_step = AUTH_STEP_PASSWORD;
 }
 
@@ -69,7 +62,7 @@ static void ask_scram(struct client *c, const struct user_secret *us)
     struct pbuf b;
     pbuf_init(&b);
     proto_build_auth_sasl(&b);
-    send_msg(c, &b);
+    client_send_pbuf(c, &b);
     c->auth_step = AUTH_STEP_SASL_INIT;
 }
 
@@ -144,7 +137,7 @@ static void sasl_init(struct client *c, const uint8_t *body, size_t len)
     struct pbuf b;
     pbuf_init(&b);
     proto_build_auth(&b, AUTH_REQ_SASL_CONTINUE, out, outlen);
-    send_msg(c, &b);
+    client_send_pbuf(c, &b);
     c->auth_step = AUTH_STEP_SASL_FINAL;
 }
 
@@ -165,7 +158,7 @@ static void sasl_final(struct client *c, const uint8_t *body, size_t len)
     struct pbuf b;
     pbuf_init(&b);
     proto_build_auth(&b, AUTH_REQ_SASL_FINAL, out, outlen);
-    send_msg(c, &b);
+    client_send_pbuf(c, &b);
     if (c->scram->have_client_key && us->kind == SECRET_SCRAM && !c->is_admin) {
         /* Keep the ClientKey so pgstay can log into the server as this user. */
         struct pool *p = pool_get(c->w, c->database, c->user, c->role);

@@ -21,8 +21,6 @@
 #include "server/server.h"
 #include "topology/topology.h"
 
-/* Bytes queued towards a peer past which pgstay stops reading from this side. */
-#define FWD_HIGH_WATER (512 * 1024)
 /* A Query or Parse this small is looked at whole (SET tracking, pins, COMMIT). */
 #define INSPECT_MAX (16 * 1024)
 /* Longest authentication message a client may send (SCRAM messages are a few hundred bytes). */
@@ -216,7 +214,7 @@ void client_send(struct client *c, const void *p, size_t n)
         bufferevent_write(c->bev, p, n);
 }
 
-static void send_pbuf(struct client *c, struct pbuf *b)
+void client_send_pbuf(struct client *c, struct pbuf *b)
 {
     if (!b->failed)
         client_send(c, b->data, b->len);
@@ -231,7 +229,7 @@ void client_close(struct client *c, const char *sqlstate, const char *reason)
         struct pbuf b;
         pbuf_init(&b);
         proto_build_error(&b, "FATAL", sqlstate, reason, NULL);
-        send_pbuf(c, &b);
+        client_send_pbuf(c, &b);
     }
     if (sqlstate || c->state == CL_LOGIN)
         log_info("C-%llu %s: closing: %s", (unsigned long long)c->id, c->addr, reason);
@@ -302,7 +300,7 @@ static void send_ready(struct client *c, char status)
     struct pbuf b;
     pbuf_init(&b);
     proto_build_ready(&b, status);
-    send_pbuf(c, &b);
+    client_send_pbuf(c, &b);
     c->txn_status = status;
 }
 
@@ -311,7 +309,7 @@ void client_send_error(struct client *c, const char *sqlstate, const char *msg)
     struct pbuf b;
     pbuf_init(&b);
     proto_build_error(&b, "ERROR", sqlstate, msg, NULL);
-    send_pbuf(c, &b);
+    client_send_pbuf(c, &b);
 }
 
 /* ---- accepting ---- */
@@ -385,8 +383,8 @@ void client_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr
         return;
     }
     bufferevent_setcb(c->bev, client_read_cb, client_write_cb, client_event_cb, c);
-    bufferevent_setwatermark(c->bev, EV_READ, 0, FWD_HIGH_WATER);
-    bufferevent_setwatermark(c->bev, EV_WRITE, FWD_HIGH_WATER / 4, 0);
+    bufferevent_setwatermark(c->bev, EV_READ, 0, NET_HIGH_WATER);
+    bufferevent_setwatermark(c->bev, EV_WRITE, NET_HIGH_WATER / 4, 0);
     bufferevent_enable(c->bev, EV_READ);
     w->stats.clients_accepted++;
     /* Over max_client_conn: refused once its startup packet is read, as PostgreSQL does, so
@@ -479,7 +477,7 @@ static void handle_startup(struct client *c, const uint8_t *pkt, uint32_t len)
         struct pbuf b;
         pbuf_init(&b);
         proto_build_negotiate_version(&b, 0, n, opts);
-        send_pbuf(c, &b);
+        client_send_pbuf(c, &b);
     }
     const char *user = startup_param(&sp, "user");
     if (!user || !*user) {
@@ -579,7 +577,7 @@ void client_logged_in(struct client *c)
     struct pbuf b;
     pbuf_init(&b);
     proto_build_auth(&b, AUTH_REQ_OK, NULL, 0);
-    send_pbuf(c, &b);
+    client_send_pbuf(c, &b);
     c->cancel_pid = c->w->next_cancel_pid++;
     if (RAND_bytes((unsigned char *)&c->cancel_key, sizeof(c->cancel_key)) != 1)
         c->cancel_key = (uint32_t)now_us();
@@ -745,7 +743,7 @@ static int answer_lost_txn(struct client *c, const struct msg_hdr *h, const uint
         build_lost_txn_error(c, &b);
         proto_build_ready(&b, 'E');
     }
-    send_pbuf(c, &b);
+    client_send_pbuf(c, &b);
     return 0;
 }
 
@@ -787,7 +785,7 @@ void client_process(struct client *c)
             if (!c->server || c->state != CL_ACTIVE)
                 return;
             struct evbuffer *out = bufferevent_get_output(c->server->bev);
-            if (evbuffer_get_length(out) > FWD_HIGH_WATER)
+            if (evbuffer_get_length(out) > NET_HIGH_WATER)
                 return; /* resumed from the server's write callback */
             size_t n = avail < c->fwd_left ? avail : c->fwd_left;
             if (n == 0)
@@ -871,7 +869,7 @@ void client_process(struct client *c)
             return;
         }
         struct evbuffer *out = bufferevent_get_output(c->server->bev);
-        if (evbuffer_get_length(out) > FWD_HIGH_WATER)
+        if (evbuffer_get_length(out) > NET_HIGH_WATER)
             return;
         if (w->fo->paused && c->role == ROLE_WRITER && c->pending == 0 && c->unsynced == 0 &&
             c->txn_status == 'I') {
@@ -974,7 +972,7 @@ void client_linked(struct client *c)
         c->got_welcome = 1;
         c->txn_status = 'I';
     }
-    send_pbuf(c, &b);
+    client_send_pbuf(c, &b);
     client_change_state(c, CL_ACTIVE);
     client_process(c);
     /* Transaction mode: a client that only logged in gives its server straight back. */

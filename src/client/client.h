@@ -6,6 +6,7 @@
 
 #include <event2/bufferevent.h>
 
+#include "core/buf.h"
 #include "core/list.h"
 #include "core/worker.h"
 #include "proto/scram.h"
@@ -120,6 +121,8 @@ void client_server_lost(struct client *c, const char *why);
 void client_process(struct client *c);
 /* Send raw bytes to the client. */
 void client_send(struct client *c, const void *p, size_t n);
+/* Send a message pgstay built (unless building it failed) and free the buffer. */
+void client_send_pbuf(struct client *c, struct pbuf *b);
 void client_free(struct client *c);
 /* Periodic: wait, hold and idle timeouts. */
 void client_check_timeouts(struct worker *w, int64_t now);

@@ -5,6 +5,10 @@
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 
+/* Bytes queued towards a peer past which pgstay stops reading from the other side: what bounds
+ * memory per connection pair whatever the size of a result or a COPY. */
+#define NET_HIGH_WATER (512 * 1024)
+
 struct transport_ops {
     const char *name;
     /* Wrap an accepted or to-be-connected socket (fd -1: create one on connect). */

@@ -16,7 +16,6 @@
 #include "proto/proto.h"
 #include "topology/topology.h"
 
-#define FWD_HIGH_WATER (512 * 1024)
 /* Messages pgstay reads whole from a server (login, errors, its own queries' rows). */
 #define WHOLE_MAX (1024 * 1024)
 
@@ -522,7 +521,7 @@ void server_process(struct server *s)
                 continue;
             }
             struct evbuffer *out = bufferevent_get_output(c->bev);
-            if (evbuffer_get_length(out) > FWD_HIGH_WATER)
+            if (evbuffer_get_length(out) > NET_HIGH_WATER)
                 return; /* resumed from the client's write callback */
             size_t n = avail < s->fwd_left ? avail : s->fwd_left;
             if (n == 0)
@@ -567,7 +566,7 @@ void server_process(struct server *s)
             continue;
         }
         struct evbuffer *out = bufferevent_get_output(c->bev);
-        if (evbuffer_get_length(out) > FWD_HIGH_WATER)
+        if (evbuffer_get_length(out) > NET_HIGH_WATER)
             return;
         int txn = w->cfg->pool_mode == POOL_TRANSACTION;
         if ((needs_whole(h.type) || (txn && ends_request(h.type))) && whole <= WHOLE_MAX) {
@@ -696,8 +695,8 @@ struct server *server_open(struct worker *w, struct pool *p, struct node *nd, co
         return NULL;
     }
     bufferevent_setcb(s->bev, server_read_cb, server_write_cb, server_event_cb, s);
-    bufferevent_setwatermark(s->bev, EV_READ, 0, FWD_HIGH_WATER);
-    bufferevent_setwatermark(s->bev, EV_WRITE, FWD_HIGH_WATER / 4, 0);
+    bufferevent_setwatermark(s->bev, EV_READ, 0, NET_HIGH_WATER);
+    bufferevent_setwatermark(s->bev, EV_WRITE, NET_HIGH_WATER / 4, 0);
     bufferevent_enable(s->bev, EV_READ);
     if (bufferevent_socket_connect_hostname(s->bev, w->dns, AF_UNSPEC, nd->host, nd->port) < 0) {
         server_close(s, "cannot start connecting");
