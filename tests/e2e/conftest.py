@@ -58,6 +58,8 @@ class Pgstay:
         self.dir = tmpdir
         self.port = free_port()
         self.readonly_port = free_port()
+        while self.readonly_port == self.port:
+            self.readonly_port = free_port()
         self.settings = {
             "listen_addr": "127.0.0.1",
             "listen_port": self.port,
@@ -90,6 +92,21 @@ class Pgstay:
                 f.write('"%s" "%s"\n' % (u, p))
 
     def start(self, wait_writer=True):
+        # A port picked as free can be taken by someone else before pgstay binds it: pick again.
+        for attempt in range(3):
+            try:
+                return self._start(wait_writer)
+            except RuntimeError as e:
+                if "Address already in use" not in str(e) or attempt == 2:
+                    raise
+                self.port = free_port()
+                self.readonly_port = free_port()
+                while self.readonly_port == self.port:
+                    self.readonly_port = free_port()
+                self.settings["listen_port"] = self.port
+                self.settings["readonly_port"] = self.readonly_port
+
+    def _start(self, wait_writer):
         self.write_config()
         self.logf = open(self.log_path, "ab")
         env = dict(os.environ)
