@@ -601,6 +601,30 @@ void client_logged_in(struct client *c)
 
 /* ---- the query loop ---- */
 
+/* Transaction mode: the client's protocol-level statements live on the servers under
+ * pgstay's names, so its DEALLOCATE of one is answered here (psycopg sends one when its
+ * statement cache overflows). Returns 1 if answered. */
+static int answer_deallocate(struct client *c, const char *q, size_t len)
+{
+    struct sql_info si;
+    sql_scan(q, len, &si);
+    if (si.kind != SQL_DEALLOCATE || si.multi)
+        return 0;
+    int all = strcmp(si.name, "all") == 0;
+    if (all ? c->pin_reason != 0 : client_stmt_find(c, si.name) == NULL)
+        return 0; /* SQL-level statements on a pinned server: the server answers */
+    if (all)
+        prepared_clear(c);
+    else
+        prepared_del(c, si.name);
+    struct pbuf b;
+    pbuf_init(&b);
+    proto_build_command_complete(&b, all ? "DEALLOCATE ALL" : "DEALLOCATE");
+    proto_build_ready(&b, c->txn_status);
+    client_send_pbuf(c, &b);
+    return 1;
+}
+
 /* Remember what a Query means for the session: SET values to replay, pins, COMMIT. */
 void client_settle_sets(struct client *c, char prev, char now, int failed)
 {
@@ -653,8 +677,11 @@ static void inspect_query(struct client *c, const char *q, size_t len)
                 plan_forget_all(c->server);
         }
     } else if (si.kind == SQL_DEALLOCATE) {
-        if (!strcmp(si.name, "all"))
+        if (!strcmp(si.name, "all")) {
             prepared_clear(c);
+            if (c->server)
+                plan_forget_all(c->server); /* the server drops pgstay's names too */
+        }
         else
             prepared_del(c, si.name);
     }
@@ -847,6 +874,16 @@ void client_process(struct client *c)
             evbuffer_drain(in, whole);
             continue;
         }
+        if (w->cfg->pool_mode == POOL_TRANSACTION && h.type == FE_QUERY && h.len <= INSPECT_MAX &&
+            c->pending == 0 && (!c->server || plan_empty(c->server))) {
+            if (avail < whole)
+                return;
+            const uint8_t *m = evbuffer_pullup(in, (ssize_t)whole);
+            if (answer_deallocate(c, (const char *)m + PROTO_HDR_LEN, h.len - 4)) {
+                evbuffer_drain(in, whole);
+                continue;
+            }
+        }
         if (!c->server || c->state != CL_ACTIVE) {
             /* Transaction mode: a Parse of a statement the pool already knows, and the Sync
              * after it, need no server (PQprepare must not wait for one). */
@@ -925,7 +962,8 @@ void client_process(struct client *c)
             size_t want = whole;
             if (h.type == FE_BIND)
                 want = whole < 1024 ? whole : 1024;
-            else if (h.type != FE_PARSE && h.type != FE_DESCRIBE && h.type != FE_CLOSE)
+            else if (h.type != FE_PARSE && h.type != FE_DESCRIBE && h.type != FE_CLOSE &&
+                     !(h.type == FE_EXECUTE && whole <= 256))
                 want = PROTO_HDR_LEN;
             else if (whole > INSPECT_MAX + PROTO_HDR_LEN)
                 want = 256;

@@ -7,6 +7,7 @@
 
 #include "client/client.h"
 #include "pool/pool.h"
+#include "proto/sqlscan.h"
 #include "core/log.h"
 #include "server/server.h"
 
@@ -217,20 +218,60 @@ static void push_forward(struct server *s, int ends, uint64_t hash)
     }
 }
 
-static void push_inject(struct server *s, uint8_t type)
+/* An answer pgstay gives itself, sent now or queued behind what the server still owes. */
+static void push_inject_bytes(struct server *s, const uint8_t *msg, size_t len)
 {
-    if (s->stmts.skipping)
+    if (s->stmts.skipping || len > sizeof(((struct plan_entry *)0)->inj))
         return;
-    uint8_t msg[5] = {type, 0, 0, 0, 4};
     if (plan_empty(s)) {
-        client_send(s->client, msg, sizeof(msg));
+        client_send(s->client, msg, len);
         return;
     }
     struct plan_entry *e = plan_push(s);
     if (e) {
         e->kind = PLAN_INJECT;
-        memcpy(e->inj, msg, sizeof(msg));
-        e->inj_len = sizeof(msg);
+        memcpy(e->inj, msg, len);
+        e->inj_len = (uint8_t)len;
+    }
+}
+
+static void push_inject(struct server *s, uint8_t type)
+{
+    uint8_t msg[5] = {type, 0, 0, 0, 4};
+    push_inject_bytes(s, msg, sizeof(msg));
+}
+
+/* The unnamed-statement batch of a DEALLOCATE (psycopg sends one through the extended protocol
+ * when its statement cache overflows): each message is answered as the server would. */
+static size_t fake_deallocate(struct server *s, const struct msg_hdr *h, struct msg_reader *r,
+                              size_t whole)
+{
+    switch (h->type) {
+    case FE_BIND:
+        push_inject(s, BE_BIND_COMPLETE);
+        return whole;
+    case FE_DESCRIBE: {
+        if (mr_u8(r) == 'S') {
+            uint8_t t[7] = {BE_PARAM_DESC, 0, 0, 0, 6, 0, 0};
+            push_inject_bytes(s, t, sizeof(t));
+        }
+        push_inject(s, BE_NO_DATA);
+        return whole;
+    }
+    case FE_EXECUTE: {
+        struct pbuf b;
+        pbuf_init(&b);
+        proto_build_command_complete(&b, s->stmts.fake_all ? "DEALLOCATE ALL" : "DEALLOCATE");
+        if (!b.failed)
+            push_inject_bytes(s, b.data, b.len);
+        pbuf_free(&b);
+        return whole;
+    }
+    case FE_CLOSE:
+        push_inject(s, BE_CLOSE_COMPLETE);
+        return whole;
+    default:
+        return 0;
     }
 }
 
@@ -336,9 +377,28 @@ size_t plan_client_msg(struct client *c, struct server *s, const struct msg_hdr 
     size_t whole = 1 + (size_t)h->len;
     struct msg_reader r;
     mr_init(&r, m + PROTO_HDR_LEN, have - PROTO_HDR_LEN);
+    if (s->stmts.fake_unnamed && h->type != FE_PARSE && h->type != FE_SYNC) {
+        size_t done = have >= whole ? fake_deallocate(s, h, &r, whole) : 0;
+        if (done)
+            return done;
+    }
+    if (h->type == FE_PARSE || h->type == FE_SYNC)
+        s->stmts.fake_unnamed = 0;
     switch (h->type) {
     case FE_PARSE: {
         const char *name = mr_str(&r);
+        if (!r.bad && !*name && have >= whole && !c->pin_reason) {
+            const char *q = mr_str(&r);
+            struct sql_info si;
+            sql_scan(q, strlen(q), &si);
+            if (!r.bad && si.kind == SQL_DEALLOCATE && !si.multi) {
+                /* Its statement lives on the servers under pgstay's name: answered here. */
+                s->stmts.fake_unnamed = 1;
+                s->stmts.fake_all = strcmp(si.name, "all") == 0;
+                push_inject(s, BE_PARSE_COMPLETE);
+                return whole;
+            }
+        }
         if (r.bad || !*name || have < whole) {
             push_forward(s, END_PARSE, 0);
             return 0;

@@ -47,6 +47,8 @@ struct stmt_cache {
     struct plan_entry *plan; /* FIFO of expected responses */
     int head, tail, plan_cap;
     int skipping;     /* the server reported an error: it ignores messages until Sync */
+    int fake_unnamed; /* the unnamed statement is a DEALLOCATE pgstay answers itself */
+    int fake_all;
 };
 
 /* Bound of statements kept prepared per server connection. */

@@ -659,3 +659,22 @@ def test_failover_transaction_mode(cluster3, make_proxy):  # noqa: F811
         assert port == cluster3.node_port(cluster3.primary())
     finally:
         loop.close()
+
+
+def test_psycopg_statement_cache_overflow(cluster1, make_proxy):
+    """psycopg DEALLOCATEs (extended protocol, unnamed statement) when its statement cache
+    overflows: pgstay answers it, since the statement lives on the servers under its own name."""
+    p = tx_proxy(make_proxy, cluster1, 2)
+    other = p.connect()
+    with psycopg.connect(p.dsn(), autocommit=True, prepare_threshold=0) as c:
+        c.prepared_max = 2
+        for i in range(20):
+            for q in range(5):
+                assert c.execute("select %s::int + " + str(q), (i,)).fetchone()[0] == i + q
+            other.execute("select 1")
+        with c.transaction():
+            for q in range(5):
+                assert c.execute("select %s::int * " + str(q), (3,)).fetchone()[0] == 3 * q
+        c.execute("deallocate all")
+        assert c.execute("select 41 + 1").fetchone()[0] == 42
+    other.close()
