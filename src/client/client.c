@@ -2,9 +2,11 @@
 #include "client/client.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <event2/buffer.h>
 #include <openssl/rand.h>
@@ -606,6 +608,13 @@ void client_logged_in(struct client *c)
  * statement cache overflows). Returns 1 if answered. */
 static int answer_deallocate(struct client *c, const char *q, size_t len)
 {
+    /* Every Query passes here: a cheap look at its first word spares a second lexer pass
+     * (inspect_query scans it anyway). */
+    size_t i = 0;
+    while (i < len && isspace((unsigned char)q[i]))
+        i++;
+    if (len - i < 10 || strncasecmp(q + i, "deallocate", 10) != 0)
+        return 0;
     struct sql_info si;
     sql_scan(q, len, &si);
     if (si.kind != SQL_DEALLOCATE || si.multi)
