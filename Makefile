@@ -23,6 +23,8 @@ PROXY_CFLAGS = $(shell pkg-config --cflags $(PKG_PROXY) 2>/dev/null)
 PROXY_LIBS   = $(shell pkg-config --libs $(PKG_PROXY) 2>/dev/null)
 TOOLS_CFLAGS = $(shell pkg-config --cflags $(PKG_TOOLS) 2>/dev/null) -I$(shell pg_config --includedir 2>/dev/null)
 TOOLS_LIBS   = $(shell pkg-config --libs $(PKG_TOOLS) 2>/dev/null) -lm
+# libpg_query (PostgreSQL's parser, proto/sqlclass.c); it carries the protobuf-c runtime too.
+SQL_LIBS     = -lpg_query
 
 SRC      := $(sort $(wildcard src/*/*.c))
 MAIN_SRC := src/main.c
@@ -49,7 +51,7 @@ $(BUILD)/obj/tools/%.o: tools/%.c $(wildcard tools/*/*.h)
 	$(CC) $(CFLAGS_ALL) $(TOOLS_CFLAGS) -c $< -o $@
 
 $(BUILD)/pgstay: $(OBJ) $(MAIN_OBJ)
-	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(PROXY_LIBS)
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(PROXY_LIBS) $(SQL_LIBS)
 
 $(BUILD)/pgstay-lab: $(LAB_OBJ)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(TOOLS_LIBS)
@@ -59,7 +61,7 @@ $(BUILD)/pgstay-bench: $(BENCH_OBJ)
 
 $(BUILD)/tests/%: tests/unit/%.c $(OBJ)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS_ALL) $(PROXY_CFLAGS) -o $@ $< $(OBJ) $(LDFLAGS_ALL) $(PROXY_LIBS) -lcmocka
+	$(CC) $(CFLAGS_ALL) $(PROXY_CFLAGS) -o $@ $< $(OBJ) $(LDFLAGS_ALL) $(PROXY_LIBS) $(SQL_LIBS) -lcmocka
 
 asan:
 	$(MAKE) BUILD=build-asan OPT=-O1 SANITIZE="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" all unit-bins
