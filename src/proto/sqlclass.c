@@ -19,8 +19,8 @@
 #define CURSOR_OPT_HOLD 0x0020
 /* INTERVAL_MASK(HOUR), INTERVAL_MASK(MINUTE) and INTERVAL_FULL_RANGE (utils/datetime.h,
  * utils/timestamp.h): the only typmods the grammar lets SET TIME ZONE INTERVAL carry. */
-#define IMASK_HOUR (1 << 10)
-#define IMASK_MINUTE (1 << 11)
+#define IMASK_HOUR          (1 << 10)
+#define IMASK_MINUTE        (1 << 11)
 #define INTERVAL_FULL_RANGE 0x7FFF
 
 /* ---- small helpers ---- */
@@ -141,7 +141,7 @@ static int plain_first_word(const unsigned char *p, size_t n)
  * DO blocks, whose body is a string to the grammar. Case-insensitive, quotes not understood:
  * a false alarm only costs a parse. */
 #define SCAN_PREFILTER 1
-#define SCAN_DO 2
+#define SCAN_DO        2
 static int scan_words(const unsigned char *p, size_t n, int mode)
 {
     for (size_t i = 0; i < n; i++) {
@@ -153,23 +153,28 @@ static int scan_words(const unsigned char *p, size_t n, int mode)
                         return PIN_UNTRACKED_SET;
             }
             break;
-        case 'a': case 'A':
+        case 'a':
+        case 'A':
             if (AT("advisory"))
                 return PIN_ADVISORY_LOCK;
             break;
-        case 'c': case 'C':
+        case 'c':
+        case 'C':
             if (AT("currval"))
                 return PIN_SEQUENCE;
             break;
-        case 'd': case 'D':
+        case 'd':
+        case 'D':
             if (AT("dblink"))
                 return PIN_DBLINK;
             break;
-        case 'h': case 'H':
+        case 'h':
+        case 'H':
             if (mode == SCAN_DO && WORD("hold"))
                 return PIN_HOLD_CURSOR;
             break;
-        case 'l': case 'L':
+        case 'l':
+        case 'L':
             if (AT("lastval"))
                 return PIN_SEQUENCE;
             if (mode == SCAN_DO && (WORD("listen")))
@@ -177,17 +182,20 @@ static int scan_words(const unsigned char *p, size_t n, int mode)
             if (mode == SCAN_DO && (WORD("load")))
                 return PIN_LOAD;
             break;
-        case 'n': case 'N':
+        case 'n':
+        case 'N':
             if (AT("nextval"))
                 return PIN_SEQUENCE;
             break;
-        case 'p': case 'P':
+        case 'p':
+        case 'P':
             if (AT("pg_temp"))
                 return PIN_TEMP_TABLE;
             if (mode == SCAN_DO && WORD("prepare"))
                 return PIN_SQL_PREPARE;
             break;
-        case 's': case 'S':
+        case 's':
+        case 'S':
             if (AT("set_config"))
                 return PIN_UNTRACKED_SET;
             if (AT("setval"))
@@ -198,21 +206,23 @@ static int scan_words(const unsigned char *p, size_t n, int mode)
                 while (k > 0 && (p[k - 1] == ' ' || p[k - 1] == '\t' || p[k - 1] == '\n' ||
                                  p[k - 1] == '\r'))
                     k--;
-                if (k == 0 || p[k - 1] == ';' ||
-                    (k >= 5 && word_at(p, k, k - 5, "begin", 5)) ||
-                    (k >= 4 && (word_at(p, k, k - 4, "then", 4) || word_at(p, k, k - 4, "else", 4) ||
-                                word_at(p, k, k - 4, "loop", 4))))
+                if (k == 0 || p[k - 1] == ';' || (k >= 5 && word_at(p, k, k - 5, "begin", 5)) ||
+                    (k >= 4 &&
+                     (word_at(p, k, k - 4, "then", 4) || word_at(p, k, k - 4, "else", 4) ||
+                      word_at(p, k, k - 4, "loop", 4))))
                     return PIN_UNTRACKED_SET;
             }
             break;
-        case 't': case 'T':
+        case 't':
+        case 'T':
             /* TEMP and TEMPORARY as words (a column "temperature" is not one) */
             if ((i == 0 || !ident_char(p[i - 1])) && AT("temp") &&
                 (i + 4 == n || !ident_char(p[i + 4]) ||
                  (at(p, n, i + 4, "orary", 5) && (i + 9 == n || !ident_char(p[i + 9])))))
                 return PIN_TEMP_TABLE;
             break;
-        case 'u': case 'U':
+        case 'u':
+        case 'U':
             /* U&"..." identifiers can spell any name in escapes */
             if (i + 1 < n && p[i + 1] == '&' && (i == 0 || !ident_char(p[i - 1])))
                 return PIN_UNTRACKED_SET;
@@ -245,7 +255,8 @@ static void pack(struct tmp_stmt *t, int n, struct result *r)
 {
     size_t size = (size_t)n * sizeof(struct sql_stmt);
     for (int i = 0; i < n; i++)
-        size += (t[i].name ? strlen(t[i].name) + 1 : 0) + (t[i].replay ? strlen(t[i].replay) + 1 : 0);
+        size +=
+            (t[i].name ? strlen(t[i].name) + 1 : 0) + (t[i].replay ? strlen(t[i].replay) + 1 : 0);
     r->n = n;
     r->size = size;
     r->pin = PIN_NONE;
@@ -332,7 +343,8 @@ static struct centry *cache_find(uint64_t h, const char *q, size_t len)
 {
     struct centry *set = cache[h % CACHE_SETS];
     for (int w = 0; w < CACHE_WAYS; w++)
-        if (set[w].text && set[w].hash == h && set[w].len == len && memcmp(set[w].text, q, len) == 0) {
+        if (set[w].text && set[w].hash == h && set[w].len == len &&
+            memcmp(set[w].text, q, len) == 0) {
             set[w].used = ++cache_tick;
             return &set[w];
         }
@@ -387,7 +399,11 @@ static int parse_bool(const char *s, int *out)
     if (n == 0)
         return 0;
     const unsigned char *p = (const unsigned char *)s;
-    static const struct { const char *w; size_t min; int v; } words[] = {
+    static const struct {
+        const char *w;
+        size_t min;
+        int v;
+    } words[] = {
         {"true", 1, 1}, {"false", 1, 0}, {"yes", 1, 1}, {"no", 1, 0},
         {"on", 2, 1},   {"off", 2, 0},   {"1", 1, 1},   {"0", 1, 0},
     };
@@ -601,7 +617,8 @@ static int sb_tz_interval(struct sbuf *b, const PgQuery__TypeCast *tc)
         range = " HOUR";
     } else if (t->n_typmods == 1 && mods[0] == (IMASK_HOUR | IMASK_MINUTE)) {
         range = " HOUR TO MINUTE";
-    } else if (t->n_typmods == 2 && mods[0] == INTERVAL_FULL_RANGE && mods[1] >= 0 && mods[1] <= 6) {
+    } else if (t->n_typmods == 2 && mods[0] == INTERVAL_FULL_RANGE && mods[1] >= 0 &&
+               mods[1] <= 6) {
         snprintf(prec, sizeof(prec), "(%d)", mods[1]);
     } else {
         return 0;
@@ -671,8 +688,8 @@ static void classify_set(const PgQuery__VariableSetStmt *v, struct tmp_stmt *st)
     }
     struct sbuf b = {0};
     int ok = v->n_args > 0;
-    if (ok && v->n_args == 1 && v->args[0] && v->args[0]->node_case == PG_QUERY__NODE__NODE_TYPE_CAST &&
-        !strcmp(st->name, "timezone")) {
+    if (ok && v->n_args == 1 && v->args[0] &&
+        v->args[0]->node_case == PG_QUERY__NODE__NODE_TYPE_CAST && !strcmp(st->name, "timezone")) {
         ok = sb_tz_interval(&b, v->args[0]->type_cast);
     } else if (ok) {
         sb_set_head(&b, st->name);
@@ -698,7 +715,8 @@ static void classify_set(const PgQuery__VariableSetStmt *v, struct tmp_stmt *st)
 
 /* SELECT [pg_catalog.]set_config('name', 'value', bool) and nothing else: its effect is known.
  * Returns the call if so (the walk then leaves it alone), after filling st. */
-static const PgQuery__FuncCall *classify_set_config(const PgQuery__SelectStmt *s, struct tmp_stmt *st)
+static const PgQuery__FuncCall *classify_set_config(const PgQuery__SelectStmt *s,
+                                                    struct tmp_stmt *st)
 {
     if (s->n_target_list != 1 || s->n_distinct_clause || s->into_clause || s->n_from_clause ||
         s->where_clause || s->n_group_clause || s->having_clause || s->n_window_clause ||
@@ -714,7 +732,8 @@ static const PgQuery__FuncCall *classify_set_config(const PgQuery__SelectStmt *s
     const PgQuery__FuncCall *f = t->res_target->val->func_call;
     const char *fn = func_name(f);
     if (!fn || strcmp(fn, "set_config") != 0 || f->n_funcname > 2 ||
-        (f->n_funcname == 2 && (!str_node(f->funcname[0]) || strcmp(str_node(f->funcname[0]), "pg_catalog"))) ||
+        (f->n_funcname == 2 &&
+         (!str_node(f->funcname[0]) || strcmp(str_node(f->funcname[0]), "pg_catalog"))) ||
         f->n_args != 3 || f->n_agg_order || f->agg_filter || f->over || f->agg_star ||
         f->agg_distinct || f->func_variadic)
         return NULL;
@@ -800,8 +819,8 @@ static void walk(const ProtobufCMessage *m, struct walk *w)
         check_func((const PgQuery__FuncCall *)m, w);
     } else if (d == &pg_query__range_var__descriptor) {
         const PgQuery__RangeVar *r = (const PgQuery__RangeVar *)m;
-        if (r != w->dropped && ((r->relpersistence && r->relpersistence[0] == 't') ||
-                                pg_temp_name(r->schemaname)))
+        if (r != w->dropped &&
+            ((r->relpersistence && r->relpersistence[0] == 't') || pg_temp_name(r->schemaname)))
             w->pin = PIN_TEMP_TABLE;
     } else if (d == &pg_query__create_stmt__descriptor) {
         const PgQuery__CreateStmt *c = (const PgQuery__CreateStmt *)m;
@@ -822,7 +841,8 @@ static void walk(const ProtobufCMessage *m, struct walk *w)
             continue;
         if (f->label == PROTOBUF_C_LABEL_REPEATED) {
             size_t n = *(const size_t *)(const void *)(base + f->quantifier_offset);
-            ProtobufCMessage *const *arr = *(ProtobufCMessage *const *const *)(const void *)(base + f->offset);
+            ProtobufCMessage *const *arr =
+                *(ProtobufCMessage *const *const *)(const void *)(base + f->offset);
             /* a qualified name (function, type, column...) in the temp schema */
             if (n >= 2 && f->descriptor == &pg_query__node__descriptor &&
                 pg_temp_name(str_node((const PgQuery__Node *)arr[0]))) {
@@ -833,7 +853,8 @@ static void walk(const ProtobufCMessage *m, struct walk *w)
                 if (arr[k])
                     walk(arr[k], w);
         } else {
-            const ProtobufCMessage *sub = *(ProtobufCMessage *const *)(const void *)(base + f->offset);
+            const ProtobufCMessage *sub =
+                *(ProtobufCMessage *const *)(const void *)(base + f->offset);
             if (sub)
                 walk(sub, w);
         }
@@ -941,8 +962,8 @@ static void parse_text(const char *text, struct result *r)
         r->parse_error = 1;
         return;
     }
-    PgQuery__ParseResult *tree =
-        pg_query__parse_result__unpack(NULL, pr.parse_tree.len, (const uint8_t *)pr.parse_tree.data);
+    PgQuery__ParseResult *tree = pg_query__parse_result__unpack(
+        NULL, pr.parse_tree.len, (const uint8_t *)pr.parse_tree.data);
     pg_query_free_protobuf_parse_result(pr);
     if (!tree) {
         r->parse_error = 1; /* cannot happen: libpg_query wrote it */

@@ -8,22 +8,28 @@
 
 enum sql_kind {
     SQL_OTHER = 0,
-    SQL_BEGIN,       /* BEGIN, START TRANSACTION */
-    SQL_COMMIT,      /* COMMIT, END (also AND CHAIN) */
-    SQL_ROLLBACK,    /* ROLLBACK, ABORT (also AND CHAIN); not ROLLBACK TO */
-    SQL_SAVEPOINT,   /* SAVEPOINT name */
-    SQL_RELEASE,     /* RELEASE [SAVEPOINT] name */
-    SQL_ROLLBACK_TO, /* ROLLBACK TO [SAVEPOINT] name */
+    SQL_BEGIN,               /* BEGIN, START TRANSACTION */
+    SQL_COMMIT,              /* COMMIT, END (also AND CHAIN) */
+    SQL_ROLLBACK,            /* ROLLBACK, ABORT (also AND CHAIN); not ROLLBACK TO */
+    SQL_SAVEPOINT,           /* SAVEPOINT name */
+    SQL_RELEASE,             /* RELEASE [SAVEPOINT] name */
+    SQL_ROLLBACK_TO,         /* ROLLBACK TO [SAVEPOINT] name */
     SQL_PREPARE_TRANSACTION, /* PREPARE TRANSACTION: ends the block like COMMIT (its SETs stay;
                               * in a failed block the server answers ROLLBACK) */
-    SQL_SET,         /* session SET with a replay; SET ... TO DEFAULT is SQL_RESET */
-    SQL_SET_LOCAL,   /* SET LOCAL, SET TRANSACTION, SET transaction_*: no session effect */
-    SQL_RESET,       /* RESET name, SET name TO DEFAULT, SET TIME ZONE LOCAL|DEFAULT */
-    SQL_RESET_ALL,   /* RESET ALL */
+    SQL_SET,                 /* session SET, with a replay. SET ROLE is one (name "role"): a plain
+                              * parameter, replayable since a pool's servers all log in as the same user;
+                              * SET SESSION AUTHORIZATION is not (pins) */
+    SQL_SET_LOCAL,           /* SET LOCAL, SET TRANSACTION [SNAPSHOT], SET transaction_*,
+                              * set_config(..., true): this transaction only, no session effect */
+    SQL_RESET,               /* RESET name, SET name TO DEFAULT, SET TIME ZONE LOCAL|DEFAULT,
+                              * SELECT set_config('name', NULL, false) */
+    SQL_RESET_ALL,           /* RESET ALL */
     SQL_DISCARD_ALL, /* DISCARD ALL: RESET ALL, and the server forgets prepared statements too */
     SQL_DEALLOCATE,  /* DEALLOCATE [PREPARE] name | ALL */
     SQL_SET_CONFIG,  /* SELECT set_config('name', 'value', false) with constant arguments and
-                      * nothing else in the statement: a tracked SET, with a replay */
+                      * nothing else in the statement: a tracked SET, with a replay (for list
+                      * parameters such as search_path the replay lists the elements: the same
+                      * list, spelled the server's way). It returns a row, unlike SET */
 };
 
 /* Why a session's state cannot follow it to another server. Values are stable: admin counts
@@ -52,10 +58,17 @@ enum pin_reason {
 static inline const char *pin_reason_name(int reason)
 {
     static const char *const names[PIN_NREASONS] = {
-        "none",          "temp table",  "advisory lock",
-        "LISTEN",        "SQL PREPARE", "WITH HOLD cursor",
-        "LOAD",          "prepared statements beyond the replay limit",
-        "untracked SET", "sequence function", "dblink connection",
+        "none",
+        "temp table",
+        "advisory lock",
+        "LISTEN",
+        "SQL PREPARE",
+        "WITH HOLD cursor",
+        "LOAD",
+        "prepared statements beyond the replay limit",
+        "untracked SET",
+        "sequence function",
+        "dblink connection",
     };
     return reason >= 0 && reason < PIN_NREASONS ? names[reason] : "?";
 }

@@ -101,7 +101,8 @@ static void test_transaction_kinds(void **state)
 static void test_set_tracked(void **state)
 {
     assert_stmt("SET TimeZone = 'UTC'", SQL_SET, "timezone", "SET timezone TO 'UTC'");
-    assert_stmt("SET TIME ZONE 'Europe/Paris'", SQL_SET, "timezone", "SET timezone TO 'Europe/Paris'");
+    assert_stmt("SET TIME ZONE 'Europe/Paris'", SQL_SET, "timezone",
+                "SET timezone TO 'Europe/Paris'");
     assert_stmt("set session time zone -7", SQL_SET, "timezone", "SET timezone TO -7");
     assert_stmt("SET SCHEMA 'app'", SQL_SET, "search_path", "SET search_path TO 'app'");
     assert_stmt("SET XML OPTION DOCUMENT", SQL_SET, "xmloption", "SET xmloption TO 'DOCUMENT'");
@@ -116,14 +117,17 @@ static void test_set_tracked(void **state)
                 "SET extra_float_digits TO -3");
     assert_stmt("SET random_page_cost = 1.5", SQL_SET, "random_page_cost",
                 "SET random_page_cost TO 1.5");
-    assert_stmt("SET enable_seqscan = off", SQL_SET, "enable_seqscan", "SET enable_seqscan TO 'off'");
-    assert_stmt("SET enable_seqscan = true", SQL_SET, "enable_seqscan", "SET enable_seqscan TO 'true'");
+    assert_stmt("SET enable_seqscan = off", SQL_SET, "enable_seqscan",
+                "SET enable_seqscan TO 'off'");
+    assert_stmt("SET enable_seqscan = true", SQL_SET, "enable_seqscan",
+                "SET enable_seqscan TO 'true'");
     assert_stmt("SET SESSION application_name = 'it''s'", SQL_SET, "application_name",
                 "SET application_name TO 'it''s'");
     assert_stmt("SET application_name = E'a\\\\b'", SQL_SET, "application_name",
                 "SET application_name TO E'a\\\\b'");
     assert_stmt("SET myext.Opt = 'v'", SQL_SET, "myext.opt", "SET \"myext\".\"opt\" TO 'v'");
-    assert_stmt("SET \"DateStyle\" = iso, dmy", SQL_SET, "datestyle", "SET datestyle TO 'iso', 'dmy'");
+    assert_stmt("SET \"DateStyle\" = iso, dmy", SQL_SET, "datestyle",
+                "SET datestyle TO 'iso', 'dmy'");
     /* the forms the old lexer replayed wrong */
     assert_stmt("SET TIME ZONE INTERVAL '+05:30' HOUR TO MINUTE", SQL_SET, "timezone",
                 "SET TIME ZONE INTERVAL '+05:30' HOUR TO MINUTE");
@@ -179,14 +183,16 @@ static void test_set_local(void **state)
 static void test_set_untracked(void **state)
 {
     assert_int_equal(pin_of("SET SESSION AUTHORIZATION bob"), PIN_UNTRACKED_SET);
-    assert_int_equal(pin_of("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY"), PIN_UNTRACKED_SET);
+    assert_int_equal(pin_of("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY"),
+                     PIN_UNTRACKED_SET);
     assert_int_equal(pin_of("SET work_mem FROM CURRENT"), PIN_UNTRACKED_SET);
     assert_int_equal(kind_of("SET SESSION AUTHORIZATION bob"), SQL_OTHER);
     assert_int_equal(pin_of("SELECT set_config('search_path', current_setting('x.y'), false)"),
                      PIN_UNTRACKED_SET);
     assert_int_equal(pin_of("SELECT set_config('a.b', 'c', false) FROM t"), PIN_UNTRACKED_SET);
     assert_int_equal(pin_of("SELECT set_config('a.b', 'c', $1)"), PIN_UNTRACKED_SET);
-    assert_int_equal(pin_of("SELECT 1 WHERE set_config('a.b', 'c', false) <> ''"), PIN_UNTRACKED_SET);
+    assert_int_equal(pin_of("SELECT 1 WHERE set_config('a.b', 'c', false) <> ''"),
+                     PIN_UNTRACKED_SET);
     assert_int_equal(pin_of("SELECT set_config('session_authorization', 'bob', false)"),
                      PIN_UNTRACKED_SET);
     /* search_path with the temp schema first: later CREATEs make temp objects */
@@ -327,7 +333,8 @@ static void test_pins(void **state)
 {
     assert_int_equal(pin_of("CREATE TEMP TABLE t (a int)"), PIN_TEMP_TABLE);
     assert_int_equal(pin_of("create temporary table t (a int)"), PIN_TEMP_TABLE);
-    assert_int_equal(pin_of("CREATE LOCAL TEMP TABLE t (a int) ON COMMIT DELETE ROWS"), PIN_TEMP_TABLE);
+    assert_int_equal(pin_of("CREATE LOCAL TEMP TABLE t (a int) ON COMMIT DELETE ROWS"),
+                     PIN_TEMP_TABLE);
     assert_int_equal(pin_of("CREATE TEMP VIEW v AS SELECT 1"), PIN_TEMP_TABLE);
     assert_int_equal(pin_of("CREATE TEMP SEQUENCE s"), PIN_TEMP_TABLE);
     assert_int_equal(pin_of("CREATE TEMP TABLE t AS SELECT 1"), PIN_TEMP_TABLE);
@@ -337,7 +344,8 @@ static void test_pins(void **state)
                      PIN_TEMP_TABLE);
     assert_int_equal(pin_of("SELECT 1 AS a INTO TEMP t"), PIN_TEMP_TABLE);
     assert_int_equal(pin_of("SELECT 1 AS a INTO TEMPORARY TABLE t"), PIN_TEMP_TABLE);
-    assert_int_equal(pin_of("WITH x AS (SELECT 1 AS a) SELECT * INTO TEMP t FROM x"), PIN_TEMP_TABLE);
+    assert_int_equal(pin_of("WITH x AS (SELECT 1 AS a) SELECT * INTO TEMP t FROM x"),
+                     PIN_TEMP_TABLE);
     assert_int_equal(pin_of("LISTEN chan"), PIN_LISTEN);
     assert_int_equal(pin_of("LOAD 'auto_explain'"), PIN_LOAD);
     assert_int_equal(pin_of("PREPARE p (int) AS SELECT $1"), PIN_SQL_PREPARE);
@@ -476,7 +484,8 @@ static void test_cost(void **state)
     }
     double d = (now_ns() - t0) / 2000;
     printf("sqlclass: %.0f ns prefiltered SELECT, %.0f ns cached SET, %.0f ns cached BEGIN, "
-           "%.0f ns parsed SET\n", a, b, c, d);
+           "%.0f ns parsed SET\n",
+           a, b, c, d);
     assert_true(a < 5000);
     assert_true(b < 10000);
 }
@@ -490,15 +499,24 @@ static int teardown(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_transaction_kinds), cmocka_unit_test(test_set_tracked),
-        cmocka_unit_test(test_set_long_value),    cmocka_unit_test(test_reset),
-        cmocka_unit_test(test_set_local),         cmocka_unit_test(test_set_untracked),
-        cmocka_unit_test(test_set_config),        cmocka_unit_test(test_set_after_literals),
-        cmocka_unit_test(test_long_statement),    cmocka_unit_test(test_multi),
-        cmocka_unit_test(test_deallocate),        cmocka_unit_test(test_parse_error),
-        cmocka_unit_test(test_text_bounds),       cmocka_unit_test(test_pins),
-        cmocka_unit_test(test_not_pinned),        cmocka_unit_test(test_pin_names),
-        cmocka_unit_test(test_cache),             cmocka_unit_test(test_cost),
+        cmocka_unit_test(test_transaction_kinds),
+        cmocka_unit_test(test_set_tracked),
+        cmocka_unit_test(test_set_long_value),
+        cmocka_unit_test(test_reset),
+        cmocka_unit_test(test_set_local),
+        cmocka_unit_test(test_set_untracked),
+        cmocka_unit_test(test_set_config),
+        cmocka_unit_test(test_set_after_literals),
+        cmocka_unit_test(test_long_statement),
+        cmocka_unit_test(test_multi),
+        cmocka_unit_test(test_deallocate),
+        cmocka_unit_test(test_parse_error),
+        cmocka_unit_test(test_text_bounds),
+        cmocka_unit_test(test_pins),
+        cmocka_unit_test(test_not_pinned),
+        cmocka_unit_test(test_pin_names),
+        cmocka_unit_test(test_cache),
+        cmocka_unit_test(test_cost),
     };
     return cmocka_run_group_tests_name("sqlclass", tests, NULL, teardown);
 }
