@@ -203,18 +203,22 @@ static void show_servers(struct client *c)
 static void show_nodes(struct client *c)
 {
     static const char *const cols[] = {"name", "host", "port", "role", "writer", "timeline", "lsn",
-                                       "lag_bytes", "latency_us", "servers", "fails"};
+                                       "lag_bytes", "latency_us", "servers", "fails", "health",
+                                       "system_identifier", "max_timeline", "note"};
     struct result r;
-    res_begin(&r, 11, cols);
+    res_begin(&r, 15, cols);
     struct topology *t = c->w->topo;
     for (int i = 0; i < t->n_nodes; i++) {
         struct node *nd = &t->nodes[i];
-        char port[16], tli[16], lsn[32], lag[24], lat[24], sv[16], fails[16];
+        char port[16], tli[16], lsn[32], lag[24], lat[24], sv[16], fails[16], sysid[24], maxtli[16];
         snprintf(lsn, sizeof(lsn), "%X/%X", (unsigned)(nd->lsn >> 32), (unsigned)nd->lsn);
-        const char *vals[11] = {nd->name, nd->host, I2S(port, nd->port), node_role_name(nd->role),
+        snprintf(sysid, sizeof(sysid), "%llu", (unsigned long long)nd->sysid);
+        const char *vals[15] = {nd->name, nd->host, I2S(port, nd->port), node_role_name(nd->role),
                                 nd == t->writer ? "yes" : "no", I2S(tli, nd->timeline), lsn,
                                 I2S(lag, nd->lag_bytes), I2S(lat, nd->latency_us),
-                                I2S(sv, nd->n_servers), I2S(fails, nd->fails)};
+                                I2S(sv, nd->n_servers), I2S(fails, nd->fails),
+                                topology_health_name(t, nd), nd->sysid ? sysid : NULL,
+                                I2S(maxtli, t->max_tli), nd->note[0] ? nd->note : NULL};
         res_row(&r, vals);
     }
     res_end(c, &r, "SHOW");

@@ -21,6 +21,7 @@
 #include "proto/proto.h"
 #include "proto/sqlscan.h"
 #include "server/server.h"
+#include "topology/backoff.h"
 #include "topology/topology.h"
 
 /* A Query or Parse this small is looked at whole (SET tracking, pins, COMMIT). */
@@ -1145,12 +1146,19 @@ void client_check_timeouts(struct worker *w, int64_t now)
                                   : "query_wait_timeout: no server connection became free in time";
         if (holding)
             failover_note_timed_out(w);
+        /* The server's own error when its logins are failing. */
+        const struct login_backoff *lb = holding ? NULL : login_backoff_of(c->pool);
+        const char *state = holding ? SQLSTATE_CONNECTION_FAILURE : SQLSTATE_QUERY_WAIT_TIMEOUT;
+        if (lb) {
+            state = lb->sqlstate;
+            why = lb->message;
+        }
         if (!c->got_welcome) {
-            client_close(c, holding ? SQLSTATE_CONNECTION_FAILURE : SQLSTATE_QUERY_WAIT_TIMEOUT, why);
+            client_close(c, state, why);
             continue;
         }
         /* The connection stays usable: the held request gets the error. */
-        client_fail_request(c, holding ? SQLSTATE_CONNECTION_FAILURE : SQLSTATE_QUERY_WAIT_TIMEOUT, why);
+        client_fail_request(c, state, why);
         client_process(c);
     }
     if (w->cfg->client_idle_timeout > 0) {

@@ -44,6 +44,9 @@ struct config {
     int health_check_period;     /* ms */
     int health_check_fast_period;/* ms: probe period while there is no writer */
     int health_check_timeout;    /* ms */
+    int health_check_fall;       /* failed probes in a row before a node is down */
+    int health_check_rise;       /* answered probes in a row before a down node is used again */
+    int server_login_retry;      /* ms: wait after a failed server login (per pool and node) */
     int failover_timeout;        /* ms: longest hold of a request while there is no writer */
     int pause_timeout;           /* ms: PAUSE waits this long for in-flight transactions */
     int server_connect_concurrency; /* concurrent server logins per pool (no thundering herd) */

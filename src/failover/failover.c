@@ -25,7 +25,7 @@ void failover_free(struct worker *w)
 
 int failover_holding(struct worker *w)
 {
-    return !w->topo->writer || w->fo->paused;
+    return !w->topo->writer || w->topo->suspect || w->fo->paused;
 }
 
 /* Every pool connection to a node that lost the writer role goes: in-flight clients are told,
@@ -55,7 +55,8 @@ void failover_writer_lost(struct worker *w, struct node *old, const char *why)
         snprintf(ev->old_writer, sizeof(ev->old_writer), "%s", old ? old->name : "");
         snprintf(ev->reason, sizeof(ev->reason), "%s", why);
         ev->writer_lost = now;
-        ev->hold_started = now;
+        /* New requests were held from the moment the writer became suspect. */
+        ev->hold_started = w->topo->suspect && w->topo->suspect_since ? w->topo->suspect_since : now;
         fo->current = ev;
         log_warn("failover #%d: started: writer %s lost (%s); holding requests until a new writer "
                  "is seen",

@@ -41,7 +41,7 @@ void failover_free(struct worker *w);
 void failover_writer_lost(struct worker *w, struct node *old, const char *why);
 /* Topology found a writer; resume held requests. */
 void failover_writer_found(struct worker *w, struct node *nd);
-/* Is the writer endpoint holding new requests (no writer, or paused)? */
+/* Is the writer endpoint holding new requests (no writer, a suspect writer, or paused)? */
 int failover_holding(struct worker *w);
 void failover_note_held(struct worker *w);
 void failover_note_served(struct worker *w);

@@ -10,6 +10,7 @@
 #include "core/log.h"
 #include "failover/failover.h"
 #include "proto/proto.h"
+#include "topology/backoff.h"
 #include "topology/topology.h"
 
 static int session_releasable(const struct client *c)
@@ -243,6 +244,8 @@ void pool_kick(struct pool *p)
             mark_held(p);
             return;
         }
+        if (login_backoff_wait(p, nd))
+            return; /* a login failed: the next waits (server_login_retry), clients too */
         /* Open as many as are waiting, within pool_size and the concurrent-login bound. */
         int want = p->n_waiting - p->n_connecting;
         while (want > 0 && p->n_servers < w->cfg->pool_size &&

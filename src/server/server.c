@@ -14,6 +14,7 @@
 #include "pool/pool.h"
 #include "proto/md5.h"
 #include "proto/proto.h"
+#include "topology/backoff.h"
 #include "topology/topology.h"
 
 /* Messages pgstay reads whole from a server (login, errors, its own queries' rows). */
@@ -253,6 +254,7 @@ static void login_done(struct server *s)
         return;
     }
     s->pool->n_connecting--;
+    login_backoff_ok(s->pool, s->nd);
     SLOG(debug, s, "logged in (backend pid %u)", s->be_pid);
     pool_server_ready(s);
 }
@@ -323,6 +325,8 @@ static int handle_internal(struct server *s, const struct msg_hdr *h, const uint
         proto_parse_error(body, len, &e);
         if (s->state == SV_LOGIN) {
             SLOG(info, s, "login failed: %s %s: %s", e.severity, e.sqlstate, e.message);
+            if (s->pool && s->nd)
+                login_backoff_failed(s->pool, s->nd, &e);
             /* Bad database, user or password: the waiting clients get the server's words.
              * Anything else (starting up, shutting down, too many connections) is the
              * node's state, not the client's fault: they stay waiting. */

@@ -1,7 +1,8 @@
-/* Topology: one probe connection per node, every health_check_period; who is writer, who reads. */
+/* Topology: one probe connection per node; who is writer, who reads; what pgstay remembers. */
 #include "topology/topology.h"
 
 #include <inttypes.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,14 +11,22 @@
 #include "failover/failover.h"
 #include "pool/pool.h"
 #include "server/server.h"
+#include "topology/backoff.h"
 
-/* Role, timeline and WAL position in one round trip. pg_walfile_name() carries the insert
- * timeline on a primary; a standby's comes from its control file. */
+/* Role, timeline, WAL position and cluster identity in one round trip. pg_walfile_name() carries
+ * the insert timeline on a primary; a standby's is the newer of its control file's and the one
+ * its WAL receiver streams (the control file's only moves at a restartpoint). */
 static const char PROBE_SQL[] =
     "SELECT pg_is_in_recovery(), "
-    "CASE WHEN pg_is_in_recovery() THEN (SELECT timeline_id FROM pg_control_checkpoint()) "
+    "CASE WHEN pg_is_in_recovery() THEN GREATEST((SELECT timeline_id FROM pg_control_checkpoint()), "
+    "(SELECT received_tli FROM pg_stat_wal_receiver)) "
     "ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END, "
-    "CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END";
+    "CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END, "
+    "(SELECT system_identifier FROM pg_control_system())";
+
+/* While there is no writer, a standby is probed again this soon after it answers, so that a
+ * promotion is seen within about this long. */
+#define HOLD_REPROBE_US 1000
 
 const char *node_role_name(int role)
 {
@@ -30,9 +39,22 @@ const char *node_role_name(int role)
         return "down";
     case NODE_FENCED:
         return "fenced";
+    case NODE_FOREIGN:
+        return "foreign";
     default:
         return "unknown";
     }
+}
+
+const char *topology_health_name(struct topology *t, struct node *nd)
+{
+    if (nd->role == NODE_DOWN)
+        return "down";
+    if ((nd == t->writer && t->suspect) || nd->suspect)
+        return "suspect";
+    if (!nd->claim)
+        return "unknown";
+    return "up";
 }
 
 uint64_t lsn_parse(const char *s)
@@ -51,43 +73,206 @@ struct node *topology_find(struct worker *w, const char *name)
     return NULL;
 }
 
+static void set_note(struct node *nd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void set_note(struct node *nd, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(nd->note, sizeof(nd->note), fmt, ap);
+    va_end(ap);
+}
+
+/* Reconnect or probe nd again once the current callbacks return (or after us microseconds). */
+static void kick_node(struct node *nd, int us)
+{
+    if (us <= 0) {
+        event_active(nd->kick, EV_TIMEOUT, 0);
+        return;
+    }
+    struct timeval tv = {0, us};
+    evtimer_add(nd->kick, &tv);
+}
+
+/* Every pool connection to nd goes (it is down, fenced or another cluster's). */
+static void close_pool_servers(struct worker *w, struct node *nd, const char *why)
+{
+    struct list *pos, *tmp;
+    for (int st = SV_CONNECTING; st <= SV_RESETTING; st++) {
+        list_for_each_safe(pos, tmp, &w->servers[st])
+        {
+            struct server *s = container_of(pos, struct server, node);
+            if (s->nd == nd && s->pool)
+                server_close(s, why);
+        }
+    }
+}
+
+static void writer_suspect(struct topology *t, const char *why)
+{
+    if (t->suspect || !t->writer)
+        return;
+    t->suspect = 1;
+    t->suspect_since = now_ms();
+    log_warn("writer %s is suspect (%s): new requests are held, nothing is closed; lost after %d "
+             "failed probes",
+             t->writer->name, why, t->w->cfg->health_check_fall);
+    topology_set_fast(t->w, 1);
+}
+
+static void writer_clear(struct topology *t)
+{
+    if (!t->suspect)
+        return;
+    log_warn("writer %s answered again %lld ms after it became suspect: resuming, nothing closed",
+             t->writer->name, (long long)(now_ms() - t->suspect_since));
+    t->suspect = 0;
+    t->corroborated = 0;
+    topology_set_fast(t->w, 0);
+    pool_kick_all(t->w);
+}
+
+/* The writer is no longer the writer: held requests wait for the next one. */
+static void lose_writer(struct topology *t, const char *why)
+{
+    struct node *old = t->writer;
+    /* failover_writer_lost reads suspect_since for when the hold started. */
+    failover_writer_lost(t->w, old, why);
+    t->writer = NULL;
+    t->suspect = 0;
+    t->corroborated = 0;
+}
+
+static void set_role(struct topology *t, struct node *nd, int role)
+{
+    if (nd->role == role)
+        return;
+    int old = nd->role;
+    switch (role) {
+    case NODE_FENCED:
+        log_error("node %s: FENCED: claims to be primary on timeline %u, but timeline %u exists: no "
+                  "traffic goes to it until it follows timeline %u as a standby",
+                  nd->name, nd->timeline, t->max_tli, t->max_tli);
+        break;
+    case NODE_FOREIGN:
+        log_error("node %s: system identifier %" PRIu64 " is not the cluster's (%" PRIu64
+                  "): never used",
+                  nd->name, nd->sysid, t->sysid);
+        break;
+    default:
+        if (old == NODE_FENCED)
+            log_warn("node %s: rejoined as a standby of timeline %u: no longer fenced", nd->name,
+                     nd->timeline);
+        else
+            log_info("node %s: %s (timeline %u)", nd->name, node_role_name(role), nd->timeline);
+    }
+    if (old != NODE_UNKNOWN && old != NODE_DOWN)
+        nd->generation++;
+    nd->role = role;
+    if (role == NODE_FENCED || role == NODE_FOREIGN)
+        close_pool_servers(t->w, nd, "its node is fenced");
+    if (role == NODE_PRIMARY || role == NODE_STANDBY)
+        nd->note[0] = 0;
+}
+
+/* The cluster's system identifier, adopted once for good: the one every answering node shares,
+ * or a strict majority of them; several with no majority: hold. */
+static void adopt_sysid(struct topology *t)
+{
+    if (t->sysid)
+        return;
+    uint64_t ids[CONFIG_MAX_NODES];
+    int counts[CONFIG_MAX_NODES], n = 0, total = 0;
+    for (int i = 0; i < t->n_nodes; i++) {
+        struct node *nd = &t->nodes[i];
+        if (nd->role == NODE_DOWN || !nd->claim || !nd->sysid)
+            continue;
+        total++;
+        int j = 0;
+        while (j < n && ids[j] != nd->sysid)
+            j++;
+        if (j == n) {
+            ids[n] = nd->sysid;
+            counts[n++] = 0;
+        }
+        counts[j]++;
+    }
+    if (n == 0)
+        return;
+    int best = 0;
+    for (int j = 1; j < n; j++)
+        if (counts[j] > counts[best])
+            best = j;
+    if (n > 1 && counts[best] * 2 <= total) {
+        if (!t->sysid_logged)
+            log_error("the nodes belong to %d clusters (system identifiers) and none has a majority: "
+                      "no writer is chosen until one does",
+                      n);
+        t->sysid_logged = 1;
+        return;
+    }
+    t->sysid = ids[best];
+    log_info("cluster system identifier %" PRIu64 " (%d of %d answering nodes)", t->sysid,
+             counts[best], total);
+}
+
 /* Decide the writer from the latest probe results (failover contract 4). */
 static void evaluate(struct topology *t)
 {
     struct worker *w = t->w;
-    uint32_t max_tli = 0;
-    int n_primary = 0;
+    if (!t->started) {
+        for (int i = 0; i < t->n_nodes; i++)
+            if (!t->nodes[i].answered)
+                return;
+        t->started = 1;
+        log_info("every node answered or failed its first probe (%lld ms): choosing the writer",
+                 (long long)(now_ms() - t->start_ms));
+    }
+    adopt_sysid(t);
+    if (!t->sysid)
+        return;
     for (int i = 0; i < t->n_nodes; i++) {
         struct node *nd = &t->nodes[i];
-        if (nd->role == NODE_PRIMARY || nd->role == NODE_FENCED) {
-            if (nd->timeline > max_tli)
-                max_tli = nd->timeline;
+        if (nd->role != NODE_DOWN && nd->claim && nd->sysid == t->sysid && nd->timeline > t->max_tli) {
+            if (t->max_tli)
+                log_info("highest timeline seen is now %u (node %s)", nd->timeline, nd->name);
+            t->max_tli = nd->timeline;
         }
     }
     struct node *writer = NULL;
+    int n_primary = 0, n_fenced = 0;
     for (int i = 0; i < t->n_nodes; i++) {
         struct node *nd = &t->nodes[i];
-        if (nd->role != NODE_PRIMARY && nd->role != NODE_FENCED)
+        if (nd->role == NODE_DOWN || !nd->claim)
             continue;
-        if (nd->timeline < max_tli) {
-            if (nd->role != NODE_FENCED) {
-                log_error("node %s: FENCED: claims to be primary on timeline %u, but timeline %u "
-                          "exists: no traffic goes to it",
-                          nd->name, nd->timeline, max_tli);
-                nd->role = NODE_FENCED;
-                nd->generation++;
-                pool_drop_node(w, nd);
-            }
-            continue;
+        int role;
+        if (nd->sysid != t->sysid)
+            role = NODE_FOREIGN;
+        else if (nd->claim == NODE_PRIMARY)
+            role = nd->timeline < t->max_tli ? NODE_FENCED : NODE_PRIMARY;
+        else
+            role = nd->role == NODE_FENCED && nd->timeline < t->max_tli ? NODE_FENCED : NODE_STANDBY;
+        set_role(t, nd, role);
+        if (role == NODE_FOREIGN)
+            set_note(nd, "system identifier %" PRIu64 " is not the cluster's (%" PRIu64 "): never used",
+                     nd->sysid, t->sysid);
+        if (role == NODE_FENCED) {
+            n_fenced++;
+            set_note(nd, "%s on timeline %u, below the highest seen (%u): fenced until it rejoins as a "
+                     "standby",
+                     nd->claim == NODE_PRIMARY ? "primary" : "standby", nd->timeline, t->max_tli);
         }
-        nd->role = NODE_PRIMARY;
+        if (role != NODE_PRIMARY)
+            continue;
+        /* A node that just failed a probe is not taken as a new writer until it answers. */
+        if (nd->suspect && nd != t->writer)
+            continue;
         n_primary++;
         writer = nd;
     }
     if (n_primary > 1) {
         if (t->writer || !t->split_logged)
             log_error("%d nodes claim to be primary on timeline %u: holding writes, never guessing",
-                      n_primary, max_tli);
+                      n_primary, t->max_tli);
         t->split_logged = 1;
         writer = NULL;
     } else {
@@ -99,12 +284,40 @@ static void evaluate(struct topology *t)
         if (nd->role == NODE_STANDBY && writer)
             nd->lag_bytes = writer->lsn > nd->lsn ? writer->lsn - nd->lsn : 0;
     }
+    /* Why there is no writer, said once per change, and beside the fenced nodes. */
+    char reason[sizeof(t->hold_reason)] = "";
+    if (!writer && n_primary > 1)
+        snprintf(reason, sizeof(reason), "%d primaries on timeline %u", n_primary, t->max_tli);
+    else if (!writer && n_fenced > 0)
+        snprintf(reason, sizeof(reason), "the only primary left is fenced (timeline below %u)",
+                 t->max_tli);
+    else if (!writer)
+        snprintf(reason, sizeof(reason), "no node of the cluster is a primary on timeline %u",
+                 t->max_tli);
+    if (strcmp(reason, t->hold_reason) != 0) {
+        if (reason[0])
+            log_warn("no writer: %s: holding writes", reason);
+        snprintf(t->hold_reason, sizeof(t->hold_reason), "%s", reason);
+    }
+    if (!writer && n_fenced > 0) {
+        for (int i = 0; i < t->n_nodes; i++) {
+            struct node *nd = &t->nodes[i];
+            if (nd->role == NODE_FENCED && nd->claim == NODE_PRIMARY) {
+                size_t l = strlen(nd->note);
+                snprintf(nd->note + l, sizeof(nd->note) - l, "; it is the only primary left: holding");
+            }
+        }
+    }
     if (writer == t->writer)
         return;
     struct node *old = t->writer;
     if (old) {
-        t->writer = NULL;
-        failover_writer_lost(w, old, writer ? "another node became the writer" : "writer lost");
+        const char *why = writer                        ? "another node became the writer"
+                          : old->role == NODE_STANDBY  ? "the writer is in recovery"
+                          : old->role == NODE_FENCED   ? "a newer timeline exists"
+                          : n_primary > 1              ? "two primaries on one timeline"
+                                                       : "writer lost";
+        lose_writer(t, why);
     }
     if (writer) {
         t->writer = writer;
@@ -113,38 +326,73 @@ static void evaluate(struct topology *t)
     }
 }
 
+/* nd failed health_check_fall probes in a row (or the writer's failure was corroborated). */
 static void mark_down(struct topology *t, struct node *nd, const char *why)
 {
     if (nd->role != NODE_DOWN)
         log_info("node %s: down: %s", nd->name, why);
+    set_note(nd, "%s", why);
     nd->role = NODE_DOWN;
-    nd->fails++;
+    nd->claim = 0;
+    nd->suspect = 0;
+    nd->missed = 0;
+    nd->oks = 0;
     nd->probe_sent = 0;
-    if (nd == t->writer) {
-        t->writer = NULL;
-        failover_writer_lost(t->w, nd, why);
+    if (nd->probe) {
+        struct server *s = nd->probe;
+        nd->probe = NULL;
+        nd->probe_up = 0;
+        s->on_fail = NULL;
+        server_close(s, why);
     }
+    if (nd == t->writer)
+        lose_writer(t, why);
     /* Reader connections to it are as dead as writer ones. */
-    struct list *pos, *tmp;
-    for (int st = SV_IDLE; st <= SV_RESETTING; st++) {
-        list_for_each_safe(pos, tmp, &t->w->servers[st])
-        {
-            struct server *s = container_of(pos, struct server, node);
-            if (s->nd == nd && s->pool)
-                server_close(s, "its node is down");
-        }
+    close_pool_servers(t->w, nd, "its node is down");
+    evaluate(t);
+}
+
+/* One failed probe of nd (refused, login failed, not answered in time, query failed). */
+static void probe_failed(struct topology *t, struct node *nd, const char *why, int timed_out)
+{
+    struct config *cfg = t->w->cfg;
+    nd->answered = 1;
+    nd->oks = 0;
+    nd->fails++;
+    if (nd->role == NODE_DOWN) {
+        evaluate(t); /* the start-up rule may be met now */
+        return;
     }
+    if (nd->fails >= cfg->health_check_fall || nd->role == NODE_UNKNOWN) {
+        mark_down(t, nd, why);
+        return;
+    }
+    if (nd == t->writer && t->corroborated) {
+        char b[200];
+        snprintf(b, sizeof(b), "%s, after a server connection to it failed", why);
+        mark_down(t, nd, b);
+        return;
+    }
+    nd->suspect = 1;
+    set_note(nd, "%s (%d of %d failed probes)", why, nd->fails, cfg->health_check_fall);
+    log_info("node %s: suspect: %s (%d of %d failed probes before it is down)", nd->name, why,
+             nd->fails, cfg->health_check_fall);
+    if (nd == t->writer)
+        writer_suspect(t, why);
+    if (!timed_out)
+        kick_node(nd, 0);
     evaluate(t);
 }
 
 static void probe_on_row(struct server *s, int ncols, const char **vals)
 {
     struct node *nd = s->probe_arg;
-    if (ncols < 3 || !vals[0])
+    if (ncols < 4 || !vals[0])
         return;
     nd->in_recovery = vals[0][0] == 't';
     nd->timeline = vals[1] ? (uint32_t)strtoul(vals[1], NULL, 10) : 0;
     nd->lsn = lsn_parse(vals[2]);
+    nd->sysid = vals[3] ? strtoull(vals[3], NULL, 10) : 0;
     nd->got_row = 1;
 }
 
@@ -153,9 +401,44 @@ static void send_probe(struct topology *t, struct node *nd)
     if (!nd->probe || nd->probe->state != SV_PROBE || nd->probe_sent)
         return;
     nd->got_row = 0;
+    nd->missed = 0;
     nd->probe_sent = now_ms();
     nd->probe_sent_us = now_us();
     server_run_internal(nd->probe, PROBE_SQL);
+}
+
+/* A probe answered: the node is up (after health_check_rise answers, if it was down). */
+static void node_answered(struct topology *t, struct node *nd)
+{
+    struct config *cfg = t->w->cfg;
+    nd->answered = 1;
+    nd->fails = 0;
+    nd->missed = 0;
+    nd->suspect = 0;
+    nd->last_ok = now_ms();
+    if (nd->oks < 1000000)
+        nd->oks++;
+    if (nd->role == NODE_DOWN && nd->oks < cfg->health_check_rise) {
+        set_note(nd, "answering again: %d of %d probes before it is used", nd->oks,
+                 cfg->health_check_rise);
+        return;
+    }
+    int claim = nd->in_recovery ? NODE_STANDBY : NODE_PRIMARY;
+    if (nd->claim && nd->claim != claim && (nd->role == NODE_PRIMARY || nd->role == NODE_STANDBY)) {
+        log_info("node %s: %s (timeline %u)", nd->name, node_role_name(claim), nd->timeline);
+        nd->generation++;
+        nd->role = claim;
+    }
+    if (nd->role == NODE_DOWN)
+        nd->role = NODE_UNKNOWN; /* evaluate names it */
+    nd->claim = claim;
+    evaluate(t);
+    if (nd == t->writer)
+        writer_clear(t);
+    if (!t->writer && t->started && nd->role == NODE_STANDBY)
+        kick_node(nd, HOLD_REPROBE_US); /* a promotion is seen within a millisecond */
+    if (nd->role == NODE_STANDBY && t->w->cfg->readonly_port > 0)
+        pool_kick_all(t->w);
 }
 
 static void probe_on_ready(struct server *s)
@@ -164,47 +447,45 @@ static void probe_on_ready(struct server *s)
     struct topology *t = s->w->topo;
     if (!nd->probe_sent) {
         /* Just logged in: probe at once. */
+        nd->probe_up = 1;
         send_probe(t, nd);
         return;
     }
     nd->probe_sent = 0;
     nd->latency_us = now_us() - nd->probe_sent_us;
     if (!nd->got_row) {
-        mark_down(t, nd, "probe query failed");
+        probe_failed(t, nd, "probe query failed", 0);
         return;
     }
-    nd->last_ok = now_ms();
-    nd->fails = 0;
-    int role = nd->in_recovery ? NODE_STANDBY : NODE_PRIMARY;
-    if (nd->role == NODE_FENCED && role == NODE_PRIMARY) {
-        /* stays fenced unless evaluate finds it on the newest timeline */
-    } else if (nd->role != role) {
-        log_info("node %s: %s (timeline %u)", nd->name, node_role_name(role), nd->timeline);
-        if (nd->role != NODE_UNKNOWN && nd->role != NODE_DOWN)
-            nd->generation++;
-        nd->role = role;
-    }
-    if (nd == t->writer && role != NODE_PRIMARY) {
-        t->writer = NULL;
-        failover_writer_lost(t->w, nd, "the writer is in recovery");
-    }
-    evaluate(t);
-    if (role == NODE_STANDBY && t->w->cfg->readonly_port > 0)
-        pool_kick_all(t->w);
+    node_answered(t, nd);
 }
 
 static void probe_on_fail(struct server *s, const char *why)
 {
     struct node *nd = s->probe_arg;
-    if (nd->probe == s)
-        nd->probe = NULL;
-    mark_down(s->w->topo, nd, why);
+    struct topology *t = s->w->topo;
+    if (nd->probe != s)
+        return;
+    int established = nd->probe_up;
+    nd->probe = NULL;
+    nd->probe_up = 0;
+    nd->probe_sent = 0;
+    if (established && nd->role != NODE_DOWN) {
+        /* A probe connection is not the node: reconnect and probe again before concluding. */
+        log_info("node %s: probe connection lost (%s): reconnecting to probe again", nd->name, why);
+        if (nd == t->writer)
+            writer_suspect(t, "its probe connection was lost");
+        kick_node(nd, 0);
+        return;
+    }
+    probe_failed(t, nd, why, 0);
 }
 
 static void open_probe(struct topology *t, struct node *nd)
 {
     struct worker *w = t->w;
     nd->probe_sent = 0;
+    nd->probe_up = 0;
     struct server *s = server_open(w, NULL, nd, w->cfg->health_check_user, w->cfg->health_check_dbname);
     if (!s)
         return;
@@ -220,21 +501,34 @@ static void schedule(struct topology *t);
 static void probe_all(struct topology *t)
 {
     int64_t now = now_ms();
+    int timeout = t->w->cfg->health_check_timeout;
     for (int i = 0; i < t->n_nodes; i++) {
         struct node *nd = &t->nodes[i];
         if (!nd->probe) {
             open_probe(t, nd);
             continue;
         }
-        if (nd->probe_sent && now - nd->probe_sent > t->w->cfg->health_check_timeout) {
-            struct server *s = nd->probe;
-            nd->probe = NULL;
-            s->on_fail = NULL;
-            server_close(s, "probe timeout (health_check_timeout)");
-            mark_down(t, nd, "probe timeout (health_check_timeout)");
+        if (nd->probe_sent) {
+            /* Each health_check_timeout without an answer is one failed probe; the probe stays
+             * in flight, so a writer that was only slow answers on it and is up again. */
+            int missed = (int)((now - nd->probe_sent) / timeout);
+            if (missed > nd->missed) {
+                nd->missed = missed;
+                probe_failed(t, nd, "probe not answered within health_check_timeout", 1);
+            }
             continue;
         }
         send_probe(t, nd);
+    }
+    if (!t->started && now - t->start_ms > timeout) {
+        for (int i = 0; i < t->n_nodes; i++) {
+            struct node *nd = &t->nodes[i];
+            if (!nd->answered) {
+                log_info("node %s: no answer to its first probe within health_check_timeout", nd->name);
+                nd->answered = 1;
+            }
+        }
+        evaluate(t);
     }
 }
 
@@ -242,7 +536,18 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct topology *t = arg;
     probe_all(t);
+    login_backoff_due(t->w);
     schedule(t);
+}
+
+static void kick_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct node *nd = arg;
+    struct topology *t = nd->topo;
+    if (!nd->probe)
+        open_probe(t, nd);
+    else
+        send_probe(t, nd);
 }
 
 static void schedule(struct topology *t)
@@ -253,11 +558,39 @@ static void schedule(struct topology *t)
     evtimer_add(t->timer, &tv);
 }
 
+/* Is this the server's own doing (reset, refused, FATAL, closed), not pgstay's? */
+static int server_side(const char *why)
+{
+    static const char *const ours[] = {"released", "its ", "the writer was lost", "login failed",
+                                       "out of memory", "cannot start"};
+    for (size_t i = 0; i < sizeof(ours) / sizeof(ours[0]); i++)
+        if (!strncmp(why, ours[i], strlen(ours[i])))
+            return 0;
+    return 1;
+}
+
 void topology_probe_now(struct worker *w, const char *why)
 {
     struct topology *t = w->topo;
+    struct node *wr = t->writer;
     log_debug("probing every node now: %s", why);
+    if (wr && server_side(why)) {
+        if (t->suspect && wr->fails > 0) {
+            char b[200];
+            snprintf(b, sizeof(b), "%s, while suspect", why);
+            mark_down(t, wr, b);
+        } else {
+            t->corroborated = 1;
+            writer_suspect(t, why);
+        }
+    }
     probe_all(t);
+}
+
+void topology_node_signal(struct worker *w, struct node *nd, const char *why)
+{
+    if (nd && nd == w->topo->writer)
+        topology_probe_now(w, why);
 }
 
 void topology_set_fast(struct worker *w, int fast)
@@ -276,7 +609,7 @@ struct node *topology_pick_reader(struct worker *w)
     struct node *best = NULL;
     for (int i = 0; i < t->n_nodes; i++) {
         struct node *nd = &t->nodes[i];
-        if (nd->role != NODE_STANDBY || !t->writer)
+        if (nd->role != NODE_STANDBY || !t->writer || nd->suspect)
             continue;
         if ((long)nd->lag_bytes > w->cfg->max_replica_lag)
             continue;
@@ -294,11 +627,16 @@ int topology_init(struct worker *w)
     t->w = w;
     w->topo = t;
     t->n_nodes = w->cfg->n_nodes;
+    t->start_ms = now_ms();
     for (int i = 0; i < t->n_nodes; i++) {
         struct node *nd = &t->nodes[i];
         snprintf(nd->name, sizeof(nd->name), "%s", w->cfg->nodes[i].name);
         snprintf(nd->host, sizeof(nd->host), "%s", w->cfg->nodes[i].host);
         nd->port = w->cfg->nodes[i].port;
+        nd->topo = t;
+        nd->kick = evtimer_new(w->base, kick_cb, nd);
+        if (!nd->kick)
+            return -1;
     }
     t->timer = evtimer_new(w->base, timer_cb, t);
     t->fast = 1;
@@ -313,10 +651,14 @@ void topology_free(struct worker *w)
     if (!t)
         return;
     for (int i = 0; i < t->n_nodes; i++) {
-        if (t->nodes[i].probe) {
-            t->nodes[i].probe->on_fail = NULL;
-            t->nodes[i].probe = NULL;
+        struct node *nd = &t->nodes[i];
+        if (nd->probe) {
+            nd->probe->on_fail = NULL;
+            nd->probe = NULL;
         }
+        if (nd->kick)
+            event_free(nd->kick);
+        login_backoff_free(nd);
     }
     event_free(t->timer);
     free(t);

@@ -13,13 +13,17 @@ enum node_role {
     NODE_STANDBY,
     NODE_DOWN,
     NODE_FENCED, /* claims to be primary on an older timeline: no traffic */
+    NODE_FOREIGN, /* another cluster (system identifier): never used */
 };
 
 const char *node_role_name(int role);
 
 struct server;
+struct topology;
+struct login_backoff;
 
 struct node {
+    struct topology *topo;
     char name[64];
     char host[256];
     int port;
@@ -33,7 +37,17 @@ struct node {
     int64_t probe_sent;     /* ms; 0 when no probe is in flight */
     int64_t probe_sent_us;  /* for the latency */
     int got_row;            /* the probe in flight has answered its row */
-    int fails;              /* consecutive failed probes */
+    int fails;              /* consecutive failed probes (health_check_fall of them: down) */
+    int oks;                /* consecutive answered probes (health_check_rise of them: up again) */
+    int missed;             /* health_check_timeouts counted against the probe in flight */
+    int suspect;            /* a probe failed, not yet health_check_fall of them */
+    int answered;           /* its first probe answered or failed (the start-up rule) */
+    int claim;              /* what its last answer said: NODE_PRIMARY or NODE_STANDBY; 0 = none */
+    int probe_up;           /* the probe connection is logged in */
+    uint64_t sysid;         /* pg_control_system().system_identifier */
+    char note[200];         /* why it is down, fenced, foreign or rising (SHOW NODES) */
+    struct event *kick;     /* reconnect or re-probe this node soon (deferred) */
+    struct login_backoff *backoffs; /* failed server logins, per pool (topology/backoff.c) */
     int n_servers;          /* pool connections on this node (least-loaded reader choice) */
     struct server *probe;   /* the probe connection */
     uint64_t generation;    /* bumped when the node changes role: servers from before are stale */
@@ -47,12 +61,30 @@ struct topology {
     struct event *timer;
     int fast;            /* probing at the fast period (no writer) */
     int split_logged;    /* two primaries on one timeline already reported */
+    /* Memory, for the process's lifetime (failover contract 4). */
+    uint32_t max_tli;    /* the highest timeline seen on a node of this cluster */
+    uint64_t sysid;      /* the cluster's system identifier; 0 until adopted */
+    int sysid_logged;
+    /* Start-up: no writer until every node answered or failed its first probe. */
+    int started;
+    int64_t start_ms;
+    /* The writer missed a probe (or a server connection to it died): new requests are held
+     * until it answers again or is declared lost. */
+    int suspect;
+    int64_t suspect_since;
+    int corroborated;    /* a server connection to the writer failed while suspect */
+    char hold_reason[200]; /* why there is no writer (logged once per change) */
 };
 
 int topology_init(struct worker *w);
 void topology_free(struct worker *w);
-/* Probe every node now (a writer connection died, or the writer answered 25006). */
+/* A server connection to the writer died, or the writer answered 25006: the writer becomes
+ * suspect (lost at once if it already was) and every node is probed now. */
 void topology_probe_now(struct worker *w, const char *why);
+/* A signal from a server connection that the node is going away (57P01/57P02/57P03 at login). */
+void topology_node_signal(struct worker *w, struct node *nd, const char *why);
+/* Health as SHOW NODES names it: up, suspect, down, unknown. */
+const char *topology_health_name(struct topology *t, struct node *nd);
 /* A healthy standby for a reader session, least-loaded first; NULL if none qualifies. */
 struct node *topology_pick_reader(struct worker *w);
 /* Probe at health_check_fast_period (no writer) or the normal period. */
