@@ -16,9 +16,9 @@ enum sql_kind {
     SQL_ROLLBACK_TO,         /* ROLLBACK TO [SAVEPOINT] name */
     SQL_PREPARE_TRANSACTION, /* PREPARE TRANSACTION: ends the block like COMMIT (its SETs stay;
                               * in a failed block the server answers ROLLBACK) */
-    SQL_SET,                 /* session SET, with a replay. SET ROLE is one (name "role"): a plain
-                              * parameter, replayable since a pool's servers all log in as the same user;
-                              * SET SESSION AUTHORIZATION is not (pins) */
+    SQL_SET,                 /* session SET, with a replay. SET ROLE is one (name "role"):
+                              * a plain parameter, replayable since a pool's servers all log
+                              * in as the same user; SET SESSION AUTHORIZATION pins */
     SQL_SET_LOCAL,           /* SET LOCAL, SET TRANSACTION [SNAPSHOT], SET transaction_*,
                               * set_config(..., true): this transaction only, no session effect */
     SQL_RESET,               /* RESET name, SET name TO DEFAULT, SET TIME ZONE LOCAL|DEFAULT,
