@@ -9,6 +9,7 @@
 #include "core/log.h"
 #include "pool/pool.h"
 #include "server/server.h"
+#include "topology/backoff.h"
 #include "topology/topology.h"
 
 int failover_init(struct worker *w)
@@ -170,4 +171,45 @@ int failover_pause_done(struct worker *w)
             return 0;
     }
     return 1;
+}
+
+/* Servers of p on nd, logged in or on their way. */
+static int servers_of(struct worker *w, struct pool *p, struct node *nd)
+{
+    int n = 0;
+    for (int st = SV_CONNECTING; st <= SV_IDLE; st++) {
+        struct list *pos, *tmp;
+        list_for_each_safe(pos, tmp, &w->servers[st])
+        {
+            struct server *s = container_of(pos, struct server, node);
+            if (s->pool == p && s->nd == nd)
+                n++;
+        }
+    }
+    return n;
+}
+
+void failover_open_ahead(struct worker *w)
+{
+    struct topology *t = w->topo;
+    if (t->writer || !t->started || w->fo->paused || w->shutting_down)
+        return;
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, &w->pools)
+    {
+        struct pool *p = container_of(pos, struct pool, node);
+        if (p->role != ROLE_WRITER)
+            continue;
+        int want = p->n_waiting > 0 ? p->n_waiting : 1;
+        if (want > w->cfg->server_connect_concurrency)
+            want = w->cfg->server_connect_concurrency;
+        for (int i = 0; i < t->n_nodes; i++) {
+            struct node *nd = &t->nodes[i];
+            if (nd->role != NODE_STANDBY || nd->suspect || login_backoff_wait(p, nd))
+                continue;
+            for (int have = servers_of(w, p, nd); have < want && p->n_servers < w->cfg->pool_size; have++)
+                if (!server_open(w, p, nd, p->user, p->database))
+                    break;
+        }
+    }
 }

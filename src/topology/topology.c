@@ -263,12 +263,12 @@ static void evaluate(struct topology *t)
         }
         if (role != NODE_PRIMARY)
             continue;
-        /* A node that just failed a probe is not taken as a new writer until it answers. */
-        if (nd->suspect && nd != t->writer)
-            continue;
         n_primary++;
         writer = nd;
     }
+    /* A node that just failed a probe is not taken as a new writer until it answers. */
+    if (writer && n_primary == 1 && writer->suspect && writer != t->writer)
+        writer = NULL;
     if (n_primary > 1) {
         if (t->writer || !t->split_logged)
             log_error("%d nodes claim to be primary on timeline %u: holding writes, never guessing",
@@ -414,6 +414,7 @@ static void node_answered(struct topology *t, struct node *nd)
     nd->answered = 1;
     nd->fails = 0;
     nd->missed = 0;
+    nd->lost_unanswered = 0;
     nd->suspect = 0;
     nd->last_ok = now_ms();
     if (nd->oks < 1000000)
@@ -466,11 +467,13 @@ static void probe_on_fail(struct server *s, const char *why)
     struct topology *t = s->w->topo;
     if (nd->probe != s)
         return;
-    int established = nd->probe_up;
+    /* Lost twice without an answer in between: that is a failed probe, not bad luck. */
+    int established = nd->probe_up && !nd->lost_unanswered;
     nd->probe = NULL;
     nd->probe_up = 0;
     nd->probe_sent = 0;
     if (established && nd->role != NODE_DOWN) {
+        nd->lost_unanswered = 1;
         /* A probe connection is not the node: reconnect and probe again before concluding. */
         log_info("node %s: probe connection lost (%s): reconnecting to probe again", nd->name, why);
         if (nd == t->writer)
@@ -537,6 +540,7 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
     struct topology *t = arg;
     probe_all(t);
     login_backoff_due(t->w);
+    failover_open_ahead(t->w);
     schedule(t);
 }
 

@@ -44,6 +44,7 @@ struct node {
     int answered;           /* its first probe answered or failed (the start-up rule) */
     int claim;              /* what its last answer said: NODE_PRIMARY or NODE_STANDBY; 0 = none */
     int probe_up;           /* the probe connection is logged in */
+    int lost_unanswered;    /* the probe connection was lost and no probe answered since */
     uint64_t sysid;         /* pg_control_system().system_identifier */
     char note[200];         /* why it is down, fenced, foreign or rising (SHOW NODES) */
     struct event *kick;     /* reconnect or re-probe this node soon (deferred) */
