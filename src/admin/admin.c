@@ -15,7 +15,7 @@
 #include "failover/failover.h"
 #include "pool/pool.h"
 #include "proto/proto.h"
-#include "proto/sqlscan.h"
+#include "proto/sqlclass.h"
 #include "server/server.h"
 #include "topology/topology.h"
 

@@ -13,13 +13,14 @@
 
 #include "admin/admin.h"
 #include "client/auth.h"
+#include "client/track.h"
 #include "core/log.h"
 #include "core/transport.h"
 #include "failover/failover.h"
 #include "pool/pool.h"
 #include "pool/prepared.h"
 #include "proto/proto.h"
-#include "proto/sqlscan.h"
+#include "proto/sqlclass.h"
 #include "server/server.h"
 #include "topology/backoff.h"
 #include "topology/topology.h"
@@ -177,6 +178,59 @@ static void prepared_add(struct client *c, const char *name, const uint8_t *m, u
     c->prepared_bytes += len;
 }
 
+/* Session mode: a named Parse sent; kept for replay only once the server accepted it. */
+static void parse_sent(struct client *c, const char *name, const uint8_t *m, uint32_t len)
+{
+    if (c->n_pend == c->cap_pend) {
+        int cap = c->cap_pend ? c->cap_pend * 2 : 4;
+        struct pending_parse *pp = realloc(c->pend, (size_t)cap * sizeof(*pp));
+        if (!pp)
+            return;
+        c->pend = pp;
+        c->cap_pend = cap;
+    }
+    struct pending_parse *pp = &c->pend[c->n_pend];
+    /* An unnamed Parse waits here too (answers are in order), with nothing to keep. */
+    if (!*name)
+        len = 0;
+    pp->name = strdup(name);
+    pp->msg = malloc(len ? len : 1);
+    if (!pp->name || !pp->msg) {
+        free(pp->name);
+        free(pp->msg);
+        return;
+    }
+    memcpy(pp->msg, m, len);
+    pp->len = len;
+    pp->batch = c->batches_sent;
+    c->n_pend++;
+}
+
+static void pend_pop(struct client *c, int keep)
+{
+    struct pending_parse *pp = &c->pend[0];
+    if (keep && pp->len > 0)
+        prepared_add(c, pp->name, pp->msg, pp->len);
+    free(pp->name);
+    free(pp->msg);
+    memmove(c->pend, c->pend + 1, (size_t)(--c->n_pend) * sizeof(*c->pend));
+}
+
+void client_parse_answered(struct client *c)
+{
+    /* Answers come in order: a ParseComplete is for the oldest Parse still waiting. */
+    if (c->n_pend > 0)
+        pend_pop(c, 1);
+}
+
+void client_batch_answered(struct client *c)
+{
+    c->batches_done++;
+    /* What was not accepted by the end of its batch was skipped after an error. */
+    while (c->n_pend > 0 && c->pend[0].batch < c->batches_done)
+        pend_pop(c, 0);
+}
+
 void client_stmt_add(struct client *c, const char *name, const uint8_t *msg, uint32_t len,
                      uint64_t hash)
 {
@@ -198,6 +252,24 @@ void client_stmt_del(struct client *c, const char *name)
 {
     prepared_del(c, name);
 }
+
+void client_stmt_del_hash(struct client *c, uint64_t hash)
+{
+    for (int i = c->n_prepared - 1; i >= 0; i--)
+        if (c->prepared[i].hash == hash)
+            prepared_del(c, c->prepared[i].name);
+}
+
+void client_stmt_clear(struct client *c)
+{
+    prepared_clear(c);
+}
+
+static void stmt_ops_clear(struct client *c);
+static void term_wait(struct client *c);
+static int output_full(struct client *c);
+static int term_settle(struct client *c);
+static void lost_decide(struct client *c, const char *why, const char *sqlstate, const char *message);
 
 /* ---- state and teardown ---- */
 
@@ -244,10 +316,9 @@ void client_close(struct client *c, const char *sqlstate, const char *reason)
         struct server *s = c->server;
         c->server = NULL;
         s->client = NULL;
-        /* A server in the middle of something cannot be handed to the next client. */
-        int clean = s->state == SV_ACTIVE && s->txn_status == 'I' && c->pending == 0 &&
-                    c->fwd_left == 0 && s->fwd_left == 0 && !c->in_copy_in;
-        pool_release(s, clean);
+        /* A server in the middle of something is finished by pgstay, or closed: never handed
+         * to the next client as it is. */
+        pool_take_back(s, c->pending, c->unsynced, c->fwd_left > 0 || c->in_copy_in);
     }
     if (c->bev)
         bufferevent_disable(c->bev, EV_READ);
@@ -269,12 +340,22 @@ void client_free(struct client *c)
     }
     list_del(&c->node);
     c->w->n_clients[c->state]--;
+    if (c->pool)
+        c->pool->n_clients--;
     free(c->user);
     free(c->database);
     kv_clear(&c->params);
     kv_clear(&c->sets);
-    kv_clear(&c->staged);
     kv_clear(&c->reported);
+    track_free(&c->track);
+    free(c->unnamed_msg);
+    while (c->n_pend > 0)
+        pend_pop(c, 0);
+    free(c->pend);
+    free(c->term);
+    if (c->term_timer)
+        event_free(c->term_timer);
+    stmt_ops_clear(c);
     prepared_clear(c);
     free(c->prepared);
     free(c->scram);
@@ -326,6 +407,10 @@ static void client_write_cb(struct bufferevent *bev, void *arg)
 {
     /* The client drained what its server sent: let the server's traffic flow again. */
     struct client *c = arg;
+    if (c->out_blocked) {
+        c->out_blocked = 0;
+        client_process(c);
+    }
     if (c->server && c->state == CL_ACTIVE)
         server_process(c->server);
 }
@@ -527,7 +612,7 @@ static void handle_startup(struct client *c, const uint8_t *pkt, uint32_t len)
 static void login_process(struct client *c)
 {
     struct evbuffer *in = bufferevent_get_input(c->bev);
-    while (c->state == CL_LOGIN) {
+    while (c->state == CL_LOGIN && !output_full(c)) {
         size_t avail = evbuffer_get_length(in);
         if (c->auth_step == AUTH_STEP_STARTUP) {
             uint8_t lenbuf[4];
@@ -538,7 +623,10 @@ static void login_process(struct client *c)
             evbuffer_copyout(in, lenbuf, 4);
             int r = proto_startup_len(lenbuf, 4, &len, &err);
             if (r == PROTO_BAD) {
-                client_close(c, SQLSTATE_PROTOCOL_VIOLATION, err);
+                /* As PostgreSQL does: no reply to what is not a startup packet (node-postgres
+                 * sends Terminate first when it ends a connection at once). */
+                log_info("C-%llu %s: closing: %s", (unsigned long long)c->id, c->addr, err);
+                client_close(c, NULL, err);
                 return;
             }
             if (avail < len)
@@ -594,10 +682,30 @@ void client_logged_in(struct client *c)
         client_close(c, SQLSTATE_TOO_MANY_CONNECTIONS, "out of memory");
         return;
     }
+    c->pool->n_clients++;
     log_debug("C-%llu %s: logged in as %s to %s", (unsigned long long)c->id, c->addr, c->user,
               c->database);
-    /* Session pooling: the server comes now, before the first query. */
     client_change_state(c, CL_IDLE);
+    const struct kvlist *welcome = pool_welcome_find(c->pool, pool_params_key(&c->params));
+    if (welcome) {
+        /* A server was set up for these very parameters before: welcome the client from what
+         * it reported, as PgBouncer does; only its first statement waits for a server. */
+        struct pbuf wb;
+        pbuf_init(&wb);
+        for (int i = 0; i < welcome->n; i++) {
+            proto_build_param_status(&wb, welcome->items[i].name, welcome->items[i].value);
+            client_note_reported(c, welcome->items[i].name, welcome->items[i].value);
+        }
+        proto_build_key_data(&wb, c->cancel_pid, c->cancel_key);
+        proto_build_ready(&wb, 'I');
+        client_send_pbuf(c, &wb);
+        c->got_welcome = 1;
+        c->txn_status = 'I';
+        client_process(c);
+        return;
+    }
+    /* The first client with these parameters: welcomed once a server is set up for them, so
+     * that what it hears (and a bad parameter's error) comes from PostgreSQL. */
     c->wait_since = now_ms();
     pool_request(c->pool, c);
 }
@@ -617,16 +725,22 @@ static int answer_deallocate(struct client *c, const char *q, size_t len)
     if (len - i < 10 || strncasecmp(q + i, "deallocate", 10) != 0)
         return 0;
     struct sql_info si;
-    sql_scan(q, len, &si);
-    if (si.kind != SQL_DEALLOCATE || si.multi)
+    sql_classify(q, len, &si);
+    if (si.n != 1 || si.stmts[0].kind != SQL_DEALLOCATE) {
+        sql_info_free(&si);
         return 0;
-    int all = strcmp(si.name, "all") == 0;
-    if (all ? c->pin_reason != 0 : client_stmt_find(c, si.name) == NULL)
+    }
+    const char *name = si.stmts[0].name;
+    int all = name == NULL;
+    if (all ? c->pin_reason != 0 : client_stmt_find(c, name) == NULL) {
+        sql_info_free(&si);
         return 0; /* SQL-level statements on a pinned server: the server answers */
+    }
     if (all)
         prepared_clear(c);
     else
-        prepared_del(c, si.name);
+        prepared_del(c, name);
+    sql_info_free(&si);
     struct pbuf b;
     pbuf_init(&b);
     proto_build_command_complete(&b, all ? "DEALLOCATE ALL" : "DEALLOCATE");
@@ -635,65 +749,236 @@ static int answer_deallocate(struct client *c, const char *q, size_t len)
     return 1;
 }
 
-/* Remember what a Query means for the session: SET values to replay, pins, COMMIT. */
-void client_settle_sets(struct client *c, char prev, char now, int failed)
+/* ---- what statements do to the session ---- */
+
+/* Up to this many statements of one Query are followed one by one; a longer multi-statement
+ * string with session effects pins instead. */
+#define CLASSIFY_MAX 64
+
+/* What the tracker follows of a statement the grammar classified (pointers into st). */
+static struct track_stmt to_track(const struct sql_stmt *st)
 {
-    if (now != 'I')
-        return; /* still inside the block: its fate is not known yet */
-    int keep = !failed && (prev == 'I' || (prev == 'T' && c->last_kind == SQL_COMMIT));
-    struct kvlist *applied = c->server ? &c->server->applied : NULL;
-    if (keep && c->staged_reset_all) {
-        kv_clear(&c->sets);
-        if (applied)
-            kv_clear(applied);
-    }
-    for (int i = 0; keep && i < c->staged.n; i++) {
-        const char *name = c->staged.items[i].name, *value = c->staged.items[i].value;
-        if (strcmp(value, STAGED_RESET) == 0) {
-            kv_del(&c->sets, name);
-            if (applied)
-                kv_del(applied, name);
-        } else {
-            kv_set(&c->sets, name, value);
-            if (applied)
-                kv_set(applied, name, value);
+    struct track_stmt t = {TK_OTHER, NULL, NULL};
+    switch (st->kind) {
+    case SQL_SET:
+    case SQL_SET_CONFIG:
+        if (st->name && st->replay) {
+            t.kind = TK_SET;
+            t.name = st->name;
+            t.stmt = st->replay;
         }
+        break;
+    case SQL_RESET:
+        if (st->name) {
+            t.kind = TK_RESET;
+            t.name = st->name;
+        }
+        break;
+    case SQL_RESET_ALL:
+    case SQL_DISCARD_ALL:
+        t.kind = TK_RESET_ALL;
+        break;
+    case SQL_SAVEPOINT:
+        t.kind = TK_SAVEPOINT;
+        t.name = st->name;
+        break;
+    case SQL_RELEASE:
+        t.kind = TK_RELEASE;
+        t.name = st->name;
+        break;
+    case SQL_ROLLBACK_TO:
+        t.kind = TK_ROLLBACK_TO;
+        t.name = st->name;
+        break;
+    case SQL_COMMIT:
+    case SQL_PREPARE_TRANSACTION:
+        t.kind = TK_COMMIT;
+        break;
+    case SQL_ROLLBACK:
+        t.kind = TK_ROLLBACK;
+        break;
+    default:
+        break;
     }
-    kv_clear(&c->staged);
-    c->staged_reset_all = 0;
+    return t;
+}
+
+/* The statements of a text as the tracker sees them, into out (at most max: a longer
+ * multi-statement string with session effects pins). Returns their number; *pin gets what the
+ * text pins, if anything. out points into si, freed by the caller. */
+static int classify_text(const char *q, size_t len, struct sql_info *si, struct track_stmt *out,
+                         int max, int *pin)
+{
+    sql_classify(q, len, si);
+    *pin = si->parse_error ? PIN_NONE : si->pin;
+    int n = si->n;
+    if (n > max) {
+        for (int i = 0; i < n && !*pin; i++)
+            if (to_track(&si->stmts[i]).kind != TK_OTHER)
+                *pin = PIN_UNTRACKED_SET;
+        return -1;
+    }
+    for (int i = 0; i < n; i++)
+        out[i] = to_track(&si->stmts[i]);
+    return n;
+}
+
+/* Transaction mode: DEALLOCATE of a statement under pgstay's name never reaches a server (see
+ * answer_deallocate and pool/prepared.c); elsewhere the client's list follows what it asks. */
+static void note_deallocate(struct client *c, const struct sql_info *si, int answered_here)
+{
+    if (si->n != 1 || si->stmts[0].kind != SQL_DEALLOCATE)
+        return;
+    if (si->stmts[0].name)
+        prepared_del(c, si->stmts[0].name);
+    else if (answered_here)
+        prepared_clear(c); /* otherwise at the server's "DEALLOCATE ALL" (server.c) */
+}
+
+/* The statement kinds of a client's named and unnamed statements and unnamed portal, kept only
+ * when they do something to the session (rare: the common case keeps nothing). */
+static struct track_stmt *stmt_op_slot(struct client *c, const char *name, int create)
+{
+    if (!*name)
+        return &c->unnamed_op;
+    for (int i = 0; i < c->n_stmt_ops; i++)
+        if (strcmp(c->stmt_ops[i].name, name) == 0)
+            return &c->stmt_ops[i].st;
+    if (!create)
+        return NULL;
+    if (c->n_stmt_ops == c->cap_stmt_ops) {
+        int cap = c->cap_stmt_ops ? c->cap_stmt_ops * 2 : 4;
+        struct named_op *ops = realloc(c->stmt_ops, (size_t)cap * sizeof(*ops));
+        if (!ops)
+            return NULL;
+        c->stmt_ops = ops;
+        c->cap_stmt_ops = cap;
+    }
+    struct named_op *op = &c->stmt_ops[c->n_stmt_ops];
+    memset(op, 0, sizeof(*op));
+    op->name = strdup(name);
+    if (!op->name)
+        return NULL;
+    c->n_stmt_ops++;
+    return &op->st;
+}
+
+static void stmt_ops_clear(struct client *c)
+{
+    for (int i = 0; i < c->n_stmt_ops; i++) {
+        free(c->stmt_ops[i].name);
+        track_stmt_clear(&c->stmt_ops[i].st);
+    }
+    free(c->stmt_ops);
+    c->stmt_ops = NULL;
+    c->n_stmt_ops = c->cap_stmt_ops = 0;
+    track_stmt_clear(&c->unnamed_op);
+    track_stmt_clear(&c->portal_op);
 }
 
 static void inspect_query(struct client *c, const char *q, size_t len)
 {
+    struct track_stmt st[CLASSIFY_MAX];
     struct sql_info si;
-    sql_scan(q, len, &si);
-    c->last_kind = si.kind;
-    if (si.pin && !c->pin_reason)
-        client_pin(c, si.pin);
-    if (si.multi)
+    int pin = 0;
+    int n = classify_text(q, len, &si, st, CLASSIFY_MAX, &pin);
+    if (pin && !c->pin_reason)
+        client_pin(c, pin);
+    track_query(c, st, n < 0 ? 0 : n);
+    note_deallocate(c, &si, 0);
+    sql_info_free(&si);
+}
+
+static void inspect_parse(struct client *c, const uint8_t *m, size_t whole, int txn)
+{
+    struct msg_reader r;
+    mr_init(&r, m + PROTO_HDR_LEN, whole - PROTO_HDR_LEN);
+    const char *name = mr_str(&r);
+    const char *q = mr_str(&r);
+    if (r.bad)
         return;
-    /* Staged until the server says how it went: a SET that fails, or whose transaction rolls
-     * back, changed nothing (client_settle_sets). */
-    if (si.kind == SQL_SET) {
-        kv_set(&c->staged, si.name, si.value);
-    } else if (si.kind == SQL_RESET) {
-        kv_set(&c->staged, si.name, STAGED_RESET);
-    } else if (si.kind == SQL_RESET_ALL) {
-        kv_clear(&c->staged);
-        c->staged_reset_all = 1;
-        if (si.discard_all) {
-            prepared_clear(c);
-            if (c->server)
-                plan_forget_all(c->server);
+    struct track_stmt st[CLASSIFY_MAX];
+    struct sql_info si;
+    int pin = 0;
+    int n = classify_text(q, strlen(q), &si, st, CLASSIFY_MAX, &pin);
+    if (pin && !c->pin_reason)
+        client_pin(c, pin);
+    /* A Parse holds one statement (the server refuses more): what it does, by its name. */
+    struct track_stmt *slot = stmt_op_slot(c, name, n == 1 && st[0].kind != TK_OTHER);
+    if (slot) {
+        track_stmt_clear(slot);
+        if (n == 1)
+            track_stmt_copy(slot, &st[0]);
+    }
+    if (!txn)
+        parse_sent(c, name, m, (uint32_t)whole);
+    /* Transaction mode answers an unnamed DEALLOCATE itself (pool/prepared.c). */
+    note_deallocate(c, &si, txn && !c->pin_reason && !*name);
+    sql_info_free(&si);
+}
+
+/* Follow one client message on its way to the server (m: its first `have` bytes). */
+static void inspect_message(struct client *c, const struct msg_hdr *h, const uint8_t *m, size_t have)
+{
+    int txn = c->w->cfg->pool_mode == POOL_TRANSACTION;
+    struct msg_reader r;
+    mr_init(&r, m + PROTO_HDR_LEN, have - PROTO_HDR_LEN);
+    switch (h->type) {
+    case FE_QUERY:
+        inspect_query(c, (const char *)m + PROTO_HDR_LEN, h->len - 4);
+        break;
+    case FE_PARSE:
+        inspect_parse(c, m, have, txn);
+        break;
+    case FE_BIND: {
+        if (c->unnamed_op.kind == TK_OTHER && c->n_stmt_ops == 0)
+            break; /* nothing the portal could carry */
+        const char *portal = mr_str(&r);
+        const char *stmt = mr_str(&r);
+        if (r.bad)
+            break;
+        struct track_stmt *op = stmt_op_slot(c, stmt, 0);
+        if (!*portal) {
+            track_stmt_clear(&c->portal_op);
+            if (op)
+                track_stmt_copy(&c->portal_op, op);
+        } else if (op && op->kind != TK_OTHER && !c->pin_reason) {
+            client_pin(c, PIN_UNTRACKED_SET); /* named portals are not followed */
         }
-    } else if (si.kind == SQL_DEALLOCATE) {
-        if (!strcmp(si.name, "all")) {
-            prepared_clear(c);
-            if (c->server)
-                plan_forget_all(c->server); /* the server drops pgstay's names too */
+        break;
+    }
+    case FE_EXECUTE: {
+        const char *portal = mr_str(&r);
+        int faked = txn && c->server && c->server->stmts.fake_unnamed;
+        if (!faked) /* a DEALLOCATE pgstay answers itself has no server answer to count */
+            track_execute(c, (!r.bad && !*portal) ? &c->portal_op : NULL);
+        break;
+    }
+    case FE_SYNC:
+        track_sync(c);
+        break;
+    case FE_FUNCTION_CALL:
+        track_query(c, NULL, 0);
+        break;
+    case FE_CLOSE:
+        if (!txn && mr_u8(&r) == 'S') {
+            const char *name = mr_str(&r);
+            if (!r.bad && *name)
+                prepared_del(c, name);
         }
-        else
-            prepared_del(c, si.name);
+        break;
+    default:
+        break;
+    }
+}
+
+/* A message larger than the read high-water mark is needed whole: let the buffer grow to it
+ * (bounded by max_packet_size), and back once it is consumed. */
+static void want_bytes(struct client *c, size_t need)
+{
+    if (need > NET_HIGH_WATER && !c->big_read) {
+        bufferevent_setwatermark(c->bev, EV_READ, 0, need);
+        c->big_read = 1;
     }
 }
 
@@ -715,15 +1000,24 @@ static void build_lost_txn_error(struct client *c, struct pbuf *b)
                       NULL);
 }
 
+/* The kind of a text that is exactly one statement (SQL_OTHER otherwise). */
+static int single_kind(const char *q, size_t len)
+{
+    struct sql_info si;
+    sql_classify(q, len, &si);
+    int kind = si.n == 1 ? si.stmts[0].kind : SQL_OTHER;
+    sql_info_free(&si);
+    return kind;
+}
+
 /* Answer locally while the client's transaction died with its server (failover contract 3). */
 static int answer_lost_txn(struct client *c, const struct msg_hdr *h, const uint8_t *body)
 {
     struct pbuf b;
     pbuf_init(&b);
     if (h->type == FE_QUERY) {
-        struct sql_info si;
-        sql_scan((const char *)body, h->len - 4, &si);
-        if (si.kind == SQL_ROLLBACK || si.kind == SQL_COMMIT) {
+        int kind = body ? single_kind((const char *)body, h->len - 4) : SQL_OTHER;
+        if (kind == SQL_ROLLBACK || kind == SQL_COMMIT || kind == SQL_PREPARE_TRANSACTION) {
             proto_build_command_complete(&b, "ROLLBACK");
             proto_build_ready(&b, 'I');
             c->txn_lost = 0;
@@ -733,15 +1027,18 @@ static int answer_lost_txn(struct client *c, const struct msg_hdr *h, const uint
             proto_build_ready(&b, 'E');
         }
     } else if (h->type == FE_PARSE) {
-        struct msg_reader r;
-        mr_init(&r, body, h->len - 4);
-        mr_str(&r);
-        const char *q = mr_str(&r);
-        struct sql_info si;
-        sql_scan(q, strlen(q), &si);
+        int kind = SQL_OTHER;
+        if (body) {
+            struct msg_reader r;
+            mr_init(&r, body, h->len - 4);
+            mr_str(&r);
+            const char *q = mr_str(&r);
+            if (!r.bad)
+                kind = single_kind(q, strlen(q));
+        }
         if (c->batch_error) {
             /* skip until Sync */
-        } else if (si.kind == SQL_ROLLBACK || si.kind == SQL_COMMIT) {
+        } else if (kind == SQL_ROLLBACK || kind == SQL_COMMIT || kind == SQL_PREPARE_TRANSACTION) {
             c->batch_rollback = 1;
             pbuf_put_u8(&b, BE_PARSE_COMPLETE);
             pbuf_put_u32(&b, 4);
@@ -791,6 +1088,16 @@ void client_fail_request(struct client *c, const char *sqlstate, const char *msg
     c->fail_current = 1;
 }
 
+/* A client that does not read what it is sent is not read from either: nothing it does can
+ * make pgstay buffer more than the high-water mark for it (local answers included). */
+static int output_full(struct client *c)
+{
+    if (evbuffer_get_length(bufferevent_get_output(c->bev)) <= NET_HIGH_WATER)
+        return 0;
+    c->out_blocked = 1; /* resumed from client_write_cb */
+    return 1;
+}
+
 void client_process(struct client *c)
 {
     if (c->state == CL_LOGIN) {
@@ -803,12 +1110,18 @@ void client_process(struct client *c)
         admin_process(c);
         return;
     }
+    if (c->term && c->state == CL_IDLE && !term_settle(c))
+        return; /* its last server was terminated: what that means is not known yet */
     struct evbuffer *in = bufferevent_get_input(c->bev);
     struct worker *w = c->w;
     for (;;) {
-        if (c->state == CL_CLOSING)
+        if (c->state == CL_CLOSING || output_full(c))
             return;
         size_t avail = evbuffer_get_length(in);
+        if (c->big_read && avail < NET_HIGH_WATER) {
+            bufferevent_setwatermark(c->bev, EV_READ, 0, NET_HIGH_WATER);
+            c->big_read = 0;
+        }
         if (c->skip_left > 0) {
             /* The rest of a message whose server is gone. */
             size_t n = avail < c->skip_left ? avail : c->skip_left;
@@ -852,23 +1165,22 @@ void client_process(struct client *c)
             return;
         }
         size_t whole = 1 + (size_t)h.len;
-        /* Messages answered or dropped by pgstay itself are needed whole. */
+        /* Messages answered or dropped by pgstay itself: small ones are looked at whole, large
+         * ones only by their type, and skipped as they arrive (never waited for whole). */
         int local = c->txn_lost || c->fail_current || c->discard_copy;
         if (local) {
-            if (h.len > INSPECT_MAX + 4 && h.type != FE_COPY_DATA) {
+            const uint8_t *m = NULL;
+            if (whole <= INSPECT_MAX + PROTO_HDR_LEN) {
                 if (avail < whole)
-                    return; /* bounded by max_packet_size */
+                    return;
+                m = evbuffer_pullup(in, (ssize_t)whole);
             }
-            if (avail < whole)
-                return;
-            uint8_t *m = evbuffer_pullup(in, (ssize_t)whole);
+            c->skip_left = (uint32_t)whole;
             if (c->discard_copy) {
                 if (h.type == FE_COPY_DONE || h.type == FE_COPY_FAIL)
                     c->discard_copy = 0;
-                if (h.type == FE_COPY_DATA || h.type == FE_COPY_DONE || h.type == FE_COPY_FAIL) {
-                    evbuffer_drain(in, whole);
+                if (h.type == FE_COPY_DATA || h.type == FE_COPY_DONE || h.type == FE_COPY_FAIL)
                     continue;
-                }
                 c->discard_copy = 0;
             }
             if (c->fail_current) {
@@ -877,11 +1189,9 @@ void client_process(struct client *c)
                     c->fail_current = 0;
                     send_ready(c, c->txn_lost ? 'E' : c->txn_status);
                 }
-                evbuffer_drain(in, whole);
                 continue;
             }
-            answer_lost_txn(c, &h, m + PROTO_HDR_LEN);
-            evbuffer_drain(in, whole);
+            answer_lost_txn(c, &h, m ? m + PROTO_HDR_LEN : NULL);
             continue;
         }
         if (w->cfg->pool_mode == POOL_TRANSACTION && h.type == FE_QUERY && h.len <= INSPECT_MAX &&
@@ -925,38 +1235,23 @@ void client_process(struct client *c)
             return;
         }
         int txn = w->cfg->pool_mode == POOL_TRANSACTION;
-        if ((h.type == FE_QUERY || h.type == FE_PARSE || h.type == FE_CLOSE) &&
-            h.len <= INSPECT_MAX) {
-            if (avail < whole)
-                return;
-            const uint8_t *m = evbuffer_pullup(in, (ssize_t)whole);
-            struct msg_reader r;
-            mr_init(&r, m + PROTO_HDR_LEN, h.len - 4);
-            if (h.type == FE_QUERY) {
-                inspect_query(c, (const char *)m + PROTO_HDR_LEN, h.len - 4);
-            } else if (h.type == FE_PARSE) {
-                const char *name = mr_str(&r);
-                const char *q = mr_str(&r);
-                if (!r.bad) {
-                    inspect_query(c, q, strlen(q));
-                    if (*name && !txn)
-                        prepared_add(c, name, m, (uint32_t)whole);
-                }
-            } else if (!txn && mr_u8(&r) == 'S') {
-                const char *name = mr_str(&r);
-                if (!r.bad && *name)
-                    prepared_del(c, name);
-            }
-        } else if (h.type == FE_QUERY) {
-            c->last_kind = SQL_OTHER;
-        } else if (h.type == FE_PARSE && !c->pin_reason) {
-            /* A named statement too big to keep for replay pins the session. */
-            size_t n = avail < 256 ? avail : 256;
-            const uint8_t *m = evbuffer_pullup(in, (ssize_t)n);
-            if (n > PROTO_HDR_LEN && m[PROTO_HDR_LEN] != 0)
-                client_pin(c, PIN_PREPARED_LIMIT);
+        /* How much of the message must be at hand before anything is decided: statement
+         * text whole (any length, up to max_packet_size), names of the others. */
+        size_t need = PROTO_HDR_LEN;
+        if (h.type == FE_QUERY || h.type == FE_PARSE)
+            need = whole;
+        else if (h.type == FE_BIND)
+            need = whole < 1024 ? whole : 1024;
+        else if (h.type == FE_DESCRIBE || h.type == FE_CLOSE || h.type == FE_EXECUTE)
+            need = whole < 1024 ? whole : 1024;
+        if (avail < need) {
+            want_bytes(c, need);
+            return;
         }
+        const uint8_t *m = evbuffer_pullup(in, (ssize_t)need);
+        inspect_message(c, &h, m, need);
         if (h.type == FE_QUERY || h.type == FE_SYNC || h.type == FE_FUNCTION_CALL) {
+            c->batches_sent++;
             c->pending++;
             c->unsynced = 0;
             w->stats.queries++;
@@ -969,18 +1264,7 @@ void client_process(struct client *c)
         size_t done = 0;
         if (txn) {
             /* Statement names rewritten, answers planned (pool/prepared.c). */
-            size_t want = whole;
-            if (h.type == FE_BIND)
-                want = whole < 1024 ? whole : 1024;
-            else if (h.type != FE_PARSE && h.type != FE_DESCRIBE && h.type != FE_CLOSE &&
-                     !(h.type == FE_EXECUTE && whole <= 256))
-                want = PROTO_HDR_LEN;
-            else if (whole > INSPECT_MAX + PROTO_HDR_LEN)
-                want = 256;
-            if (avail < want)
-                return;
-            const uint8_t *m = evbuffer_pullup(in, (ssize_t)want);
-            done = plan_client_msg(c, c->server, &h, m, want, out);
+            done = plan_client_msg(c, c->server, &h, m, need, out);
             if (done > 0) {
                 evbuffer_drain(in, done);
                 avail -= done;
@@ -1015,6 +1299,7 @@ void client_linked(struct client *c)
         c->reported_hash = s->params_hash;
     }
     if (!c->got_welcome) {
+        pool_welcome_store(c->pool, pool_params_key(&c->params), &s->params);
         proto_build_key_data(&b, c->cancel_pid, c->cancel_key);
         proto_build_ready(&b, 'I');
         c->got_welcome = 1;
@@ -1036,8 +1321,111 @@ void client_server_lost(struct client *c, const char *why)
         s->client = NULL;
     if (c->state == CL_CLOSING)
         return;
+    if (s && s->fwd_left > 0) {
+        /* The client has part of a server message: nothing can follow it that it would read
+         * as a message, so the stream cannot be repaired. */
+        char msg[256];
+        snprintf(msg, sizeof(msg), "server connection lost in the middle of a message (%s)", why);
+        client_close(c, NULL, msg);
+        return;
+    }
+    if (c->term && c->got_welcome) {
+        /* The server ended the session with 57P01: an administrator's decision or the node
+         * shutting down; which one, the next probes tell (term_verdict). Until then the
+         * client's input waits, and an idle client is not even told. */
+        c->term->node = s ? s->nd : NULL;
+        snprintf(c->term->why, sizeof(c->term->why), "%s", why);
+        client_change_state(c, CL_IDLE);
+        if (c->pending > 0 || c->unsynced > 0 || c->fwd_left > 0 || c->in_copy_in ||
+            c->txn_status != 'I')
+            term_wait(c);
+        return;
+    }
+    free(c->term);
+    c->term = NULL;
+    lost_decide(c, why, NULL, NULL);
+}
+
+/* Is the node that ended a client's session with 57P01 still healthy (1: an administrator
+ * terminated that backend), lost (-1: a failover), or not known yet (0)? */
+static int term_verdict(struct client *c)
+{
+    struct worker *w = c->w;
+    struct node *nd = c->term->node;
+    if (!nd || failover_holding(w) || (c->role == ROLE_WRITER && w->topo->writer != nd))
+        return -1;
+    if (nd->last_ok > c->term->at)
+        return 1; /* a probe answered after the termination */
+    if (now_ms() - c->term->at > TERM_VERDICT_MAX_MS)
+        return -1;
+    return 0;
+}
+
+/* Act on a verdict: 1 if the client may go on with its input. */
+static int term_settle(struct client *c)
+{
+    int v = term_verdict(c);
+    if (v == 0) {
+        term_wait(c);
+        return 0;
+    }
+    struct client_term *t = c->term;
+    c->term = NULL;
+    if (v < 0) {
+        log_info("C-%llu: its server was terminated as its node went down: a failover",
+                 (unsigned long long)c->id);
+        lost_decide(c, t->why, NULL, NULL);
+    } else if (c->w->cfg->pool_mode == POOL_SESSION || c->pin_reason) {
+        /* What PostgreSQL does: the session ends with the server's own error. */
+        client_close(c, t->sqlstate, t->message);
+    } else {
+        /* Transaction mode: the client's session is pgstay's; only what was in flight on
+         * that backend ends, with the server's own error. */
+        lost_decide(c, t->why, t->sqlstate, t->message);
+    }
+    free(t);
+    return c->state != CL_CLOSING;
+}
+
+static void term_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct client *c = arg;
+    if (c->term && term_settle(c))
+        client_process(c);
+}
+
+static void term_wait(struct client *c)
+{
+    if (!c->term_timer)
+        c->term_timer = evtimer_new(c->w->base, term_timer_cb, c);
+    struct timeval tv = {0, 10 * 1000};
+    if (c->term_timer)
+        evtimer_add(c->term_timer, &tv);
+}
+
+void client_note_terminated(struct client *c, const char *sqlstate, const char *message)
+{
+    free(c->term);
+    c->term = calloc(1, sizeof(*c->term));
+    if (!c->term)
+        return;
+    c->term->at = now_ms();
+    snprintf(c->term->sqlstate, sizeof(c->term->sqlstate), "%s", sqlstate);
+    snprintf(c->term->message, sizeof(c->term->message), "%s", message);
+}
+
+/* What a client sees of a lost server (the failover contract), or, with sqlstate and message,
+ * of a backend an administrator terminated in transaction mode. */
+static void lost_decide(struct client *c, const char *why, const char *sqlstate, const char *message)
+{
     int in_flight = c->pending > 0 || c->unsynced > 0 || c->fwd_left > 0 || c->in_copy_in;
     int in_block = c->txn_status == 'T' || c->txn_status == 'E';
+    int commit_in_flight = (c->pending > 0 || c->unsynced > 0) && track_commit_in_flight(&c->track);
+    /* Nothing in flight will be answered, and an open transaction died with its server. */
+    track_lost(c, in_block);
+    while (c->n_pend > 0)
+        pend_pop(c, 0);
+    c->batches_done = c->batches_sent;
     client_change_state(c, CL_IDLE);
     if (!c->got_welcome) {
         /* Lost during setup: the session never started; try again on the next writer. */
@@ -1073,13 +1461,16 @@ void client_server_lost(struct client *c, const char *why)
     failover_note_failed_in_flight(c->w);
     char msg[256];
     const char *state = SQLSTATE_CONNECTION_FAILURE;
-    if (c->pending > 0 && c->last_kind == SQL_COMMIT) {
+    if (commit_in_flight) {
         state = SQLSTATE_TXN_RESOLUTION_UNKNOWN;
         snprintf(msg, sizeof(msg),
                  "the server connection was lost during COMMIT (%s): the transaction may or may not "
                  "have been committed",
                  why);
         in_block = 0;
+    } else if (sqlstate) {
+        state = sqlstate;
+        snprintf(msg, sizeof(msg), "%s", message);
     } else if (in_flight) {
         snprintf(msg, sizeof(msg),
                  "the server connection was lost while the statement was running (%s): it may or "
@@ -1104,7 +1495,7 @@ void client_server_lost(struct client *c, const char *why)
         client_send_error(c, state, msg);
         send_ready(c, in_block ? 'E' : 'I');
         for (int i = 1; i < c->pending; i++) {
-            client_send_error(c, SQLSTATE_CONNECTION_FAILURE, msg);
+            client_send_error(c, sqlstate ? state : SQLSTATE_CONNECTION_FAILURE, msg);
             send_ready(c, in_block ? 'E' : 'I');
         }
         c->pending = 0;

@@ -6,6 +6,7 @@
 
 #include <event2/bufferevent.h>
 
+#include "client/track.h"
 #include "core/buf.h"
 #include "core/list.h"
 #include "core/worker.h"
@@ -26,6 +27,20 @@ struct prepared {
     uint64_t hash; /* of the text and types: the server-side name in transaction mode */
 };
 
+/* A Parse on its way (session mode): kept for replay once the server accepts it. */
+struct pending_parse {
+    char *name;   /* "" for the unnamed statement: answered in order, never kept */
+    uint8_t *msg; /* the whole Parse */
+    uint32_t len;
+    uint64_t batch; /* requests sent before it: unanswered when that one ends, it was skipped */
+};
+
+/* A named statement and what it does to the session. */
+struct named_op {
+    char *name;
+    struct track_stmt st;
+};
+
 /* A name=value the client asked for (startup parameter or tracked SET). */
 struct kv {
     char *name;
@@ -41,6 +56,18 @@ void kv_set(struct kvlist *l, const char *name, const char *value);
 const char *kv_get(const struct kvlist *l, const char *name);
 void kv_clear(struct kvlist *l);
 void kv_del(struct kvlist *l, const char *name);
+
+/* How long pgstay waits to learn whether a 57P01 was an administrator's or a shutdown's. */
+#define TERM_VERDICT_MAX_MS 3000
+
+/* The server ended this client's session with 57P01 (pg_terminate_backend or a shutdown). */
+struct client_term {
+    int64_t at;          /* ms */
+    struct node *node;   /* the node that served it */
+    char sqlstate[6];
+    char message[256];
+    char why[160];
+};
 
 struct client {
     struct list node;      /* on w->clients[state] */
@@ -82,11 +109,22 @@ struct client {
     int64_t last_active;
     int held;           /* waiting because there is no writer (counted by failover) */
     int unsynced;       /* extended-protocol messages sent since the last Sync */
-    int last_kind;      /* enum sql_kind of the last Query/Parse (COMMIT in flight: 08007) */
-    struct kvlist sets; /* SET values to replay on a new server */
-    struct kvlist staged; /* SET/RESET sent, kept once the server confirms (STAGED_RESET: a RESET) */
-    int staged_reset_all;
-    int req_failed;       /* the request in flight got an ErrorResponse */
+    struct kvlist sets; /* settings that took effect: name -> the statement to replay */
+    struct track track; /* what its statements in flight and its open transaction do to them */
+    struct track_stmt unnamed_op; /* what the unnamed statement does to the session */
+    struct track_stmt portal_op;  /* and the unnamed portal */
+    struct named_op *stmt_ops;    /* named statements that do something to the session */
+    int n_stmt_ops, cap_stmt_ops;
+    struct client_term *term; /* its last server was terminated: verdict pending */
+    struct event *term_timer;
+    uint8_t *unnamed_msg; /* transaction mode: its last unnamed Parse, to re-create it */
+    uint32_t unnamed_len, unnamed_cap;
+    uint64_t unnamed_seq;  /* which of its unnamed Parses that is */
+    struct pending_parse *pend; /* session mode: Parses sent, not yet answered */
+    int n_pend, cap_pend;
+    uint64_t batches_sent, batches_done; /* requests (Sync, Query, FunctionCall) and answers */
+    int out_blocked;    /* its input waits until it reads what it was sent */
+    int big_read;       /* the read high-water mark is raised for one large message */
     struct prepared *prepared; /* named prepared statements to replay on a new server */
     int n_prepared, cap_prepared;
     size_t prepared_bytes;
@@ -117,6 +155,8 @@ void client_send_error(struct client *c, const char *sqlstate, const char *msg);
 void client_linked(struct client *c);
 /* Its server is gone: decide what the client sees (see failover contract). */
 void client_server_lost(struct client *c, const char *why);
+/* Its server is about to close after a FATAL 57P01 with this message. */
+void client_note_terminated(struct client *c, const char *sqlstate, const char *message);
 /* Consume whatever the client has sent (called again when output drains). */
 void client_process(struct client *c);
 /* Send raw bytes to the client. */
@@ -127,9 +167,6 @@ void client_free(struct client *c);
 /* Periodic: wait, hold and idle timeouts. */
 void client_check_timeouts(struct worker *w, int64_t now);
 struct client *client_find_by_cancel(struct worker *w, uint32_t pid, uint32_t key);
-#define STAGED_RESET "\001"
-/* A ReadyForQuery went from prev to now: keep the staged SETs if they took effect. */
-void client_settle_sets(struct client *c, char prev, char now, int failed);
 /* The ParameterStatus value the client was last told for name (NULL: never). */
 const char *client_reported(struct client *c, const char *name);
 void client_note_reported(struct client *c, const char *name, const char *value);
@@ -138,6 +175,13 @@ void client_stmt_add(struct client *c, const char *name, const uint8_t *msg, uin
                      uint64_t hash);
 const struct prepared *client_stmt_find(struct client *c, const char *name);
 void client_stmt_del(struct client *c, const char *name);
+/* Session mode: the server answered ParseComplete; a request ended (ReadyForQuery). */
+void client_parse_answered(struct client *c);
+void client_batch_answered(struct client *c);
+/* The client's names for a statement the server refused. */
+void client_stmt_del_hash(struct client *c, uint64_t hash);
+/* Every protocol-level statement name of the client is gone (DEALLOCATE ALL, DISCARD ALL). */
+void client_stmt_clear(struct client *c);
 /* The session can no longer move between servers (counted by reason). */
 void client_pin(struct client *c, int reason);
 /* Authentication succeeded (client/auth.c calls this). */

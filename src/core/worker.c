@@ -14,6 +14,7 @@
 #include "admin/admin.h"
 #include "client/client.h"
 #include "core/log.h"
+#include "proto/sqlclass.h"
 #include "failover/failover.h"
 #include "pool/pool.h"
 #include "proto/proto.h"
@@ -67,7 +68,18 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
     struct worker *w = arg;
     int64_t now = now_ms();
     client_check_timeouts(w, now);
+    pool_gc(w);
     admin_check_pause(w);
+    /* A server finishing what a departed client left running gets this long, then is closed. */
+    {
+        struct list *pos, *tmp;
+        list_for_each_safe(pos, tmp, &w->servers[SV_RESETTING])
+        {
+            struct server *s = container_of(pos, struct server, node);
+            if (now - s->last_used > SERVER_DRAIN_TIMEOUT_MS)
+                server_close(s, "its reset did not finish in time");
+        }
+    }
     /* Servers stuck connecting or logging in past server_connect_timeout. */
     for (int st = SV_CONNECTING; st <= SV_LOGIN; st++) {
         struct list *pos, *tmp;
@@ -250,15 +262,10 @@ void worker_free(struct worker *w)
     struct list *pos, *tmp;
     list_for_each_safe(pos, tmp, &w->pools)
     {
-        struct pool *p = container_of(pos, struct pool, node);
-        list_del(&p->node);
-        kv_clear(&p->base);
-        free(p->known);
-        free(p->database);
-        free(p->user);
-        free(p);
+        pool_free(container_of(pos, struct pool, node));
     }
     failover_free(w);
+    sql_classify_cleanup();
     userlist_free(&w->users);
     /* Bufferevents with deferred callbacks finish freeing themselves in the loop. */
     event_base_loop(w->base, EVLOOP_NONBLOCK);

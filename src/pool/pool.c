@@ -30,6 +30,89 @@ const struct pool_mode_ops pool_modes[2] = {
     [POOL_TRANSACTION] = {"transaction", 0, transaction_releasable},
 };
 
+uint64_t pool_params_key(const struct kvlist *params)
+{
+    uint64_t sum = 0;
+    for (int i = 0; i < params->n; i++) {
+        uint64_t h = 1469598103934665603ULL;
+        for (const char *q = params->items[i].name; *q; q++)
+            h = (h ^ (uint8_t)*q) * 1099511628211ULL;
+        h = (h ^ '=') * 1099511628211ULL;
+        for (const char *q = params->items[i].value; *q; q++)
+            h = (h ^ (uint8_t)*q) * 1099511628211ULL;
+        sum += h;
+    }
+    return sum;
+}
+
+const struct kvlist *pool_welcome_find(struct pool *p, uint64_t key)
+{
+    for (int i = 0; i < p->n_welcomes; i++)
+        if (p->welcomes[i].key == key)
+            return &p->welcomes[i].params;
+    return NULL;
+}
+
+void pool_welcome_store(struct pool *p, uint64_t key, const struct kvlist *reported)
+{
+    if (pool_welcome_find(p, key) || reported->n == 0)
+        return;
+    struct pool_welcome *pw;
+    if (p->n_welcomes < POOL_WELCOMES) {
+        pw = &p->welcomes[p->n_welcomes++];
+    } else {
+        pw = &p->welcomes[p->next_welcome];
+        p->next_welcome = (p->next_welcome + 1) % POOL_WELCOMES;
+        kv_clear(&pw->params);
+    }
+    pw->key = key;
+    memset(&pw->params, 0, sizeof(pw->params));
+    for (int i = 0; i < reported->n; i++)
+        kv_set(&pw->params, reported->items[i].name, reported->items[i].value);
+}
+
+/* The login backoffs of a pool about to go (they live on its nodes). */
+static void forget_backoffs(struct pool *p)
+{
+    struct topology *t = p->w->topo;
+    for (int i = 0; t && i < t->n_nodes; i++) {
+        struct login_backoff **pp = &t->nodes[i].backoffs;
+        while (*pp) {
+            if ((*pp)->pool == p) {
+                struct login_backoff *b = *pp;
+                *pp = b->next;
+                free(b);
+            } else {
+                pp = &(*pp)->next;
+            }
+        }
+    }
+}
+
+void pool_free(struct pool *p)
+{
+    forget_backoffs(p);
+    list_del(&p->node);
+    kv_clear(&p->base);
+    for (int i = 0; i < p->n_welcomes; i++)
+        kv_clear(&p->welcomes[i].params);
+    free(p->known);
+    free(p->database);
+    free(p->user);
+    free(p);
+}
+
+void pool_gc(struct worker *w)
+{
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, &w->pools)
+    {
+        struct pool *p = container_of(pos, struct pool, node);
+        if (p->n_clients == 0 && p->n_servers == 0 && list_empty(&p->waiting))
+            pool_free(p);
+    }
+}
+
 struct pool *pool_get(struct worker *w, const char *database, const char *user, int role)
 {
     struct list *pos, *tmp;
@@ -89,32 +172,34 @@ static int name_ok(const char *n)
     return 1;
 }
 
-static void append_set_literal(struct pbuf *b, const char *name, const char *value)
+/* "SET name = 'value'" for a startup parameter, quoted as a literal. */
+static void build_param_set(struct pbuf *b, const char *name, const char *value)
 {
-    char head[160];
-    snprintf(head, sizeof(head), "SET %s = '", name);
-    pbuf_put(b, head, strlen(head));
+    pbuf_put(b, "SET ", 4);
+    pbuf_put(b, name, strlen(name));
+    pbuf_put(b, " = '", 4);
     for (const char *v = value; *v; v++) {
         if (*v == '\'')
             pbuf_put_u8(b, '\'');
         pbuf_put_u8(b, (uint8_t)*v);
     }
-    pbuf_put(b, "';", 2);
+    pbuf_put_u8(b, '\'');
+    pbuf_put_u8(b, 0);
 }
 
-/* The value server s has now for a setting (reported, left by a client, or from its startup). */
-static const char *server_value(struct server *s, const char *name)
+/* Append one statement of a setup batch and remember it on the server. */
+static void setup_add(struct server *s, struct pbuf *sql, const char *name, const char *stmt)
 {
-    const char *v = kv_get(&s->applied, name);
-    if (!v)
-        v = server_param(s, name);
-    if (!v)
-        v = kv_get(&s->startup, name);
-    return v;
+    pbuf_put(sql, stmt, strlen(stmt));
+    pbuf_put(sql, ";", 1);
+    kv_set(&s->applied, name, stmt);
 }
 
-/* The SQL that gives server s the session settings client c expects; empty if none. Settings
- * another client left behind are reset, the client's own are set where they differ. */
+/* The SQL that gives server s the session client c expects; empty if it has it already.
+ * Servers start with the pool's neutral parameters (none of any client's): s->applied is every
+ * setting a client left on it, as the statement that made it. Settings the client does not
+ * have are reset, reported by PostgreSQL or not; its startup parameters, then its own SETs,
+ * are applied where the server differs. */
 static void build_setup(struct server *s, struct client *c, struct pbuf *b)
 {
     for (int i = s->applied.n - 1; i >= 0; i--) {
@@ -130,24 +215,22 @@ static void build_setup(struct server *s, struct client *c, struct pbuf *b)
         const char *name = c->params.items[i].name, *value = c->params.items[i].value;
         if (kv_get(&c->sets, name) || !name_ok(name))
             continue; /* a SET of the same name comes after and wins */
-        const char *have = server_value(s, name);
-        if (have && strcmp(have, value) == 0)
-            continue;
-        append_set_literal(b, name, value);
-        if (kv_get(&s->startup, name) || server_param(s, name))
-            kv_set(&s->applied, name, value);
+        struct pbuf stmt;
+        pbuf_init(&stmt);
+        build_param_set(&stmt, name, value);
+        const char *have = kv_get(&s->applied, name);
+        const char *reported = server_param(s, name);
+        if (!stmt.failed && !(have && strcmp(have, (char *)stmt.data) == 0) &&
+            !(!have && reported && strcmp(reported, value) == 0))
+            setup_add(s, b, name, (char *)stmt.data);
+        pbuf_free(&stmt);
     }
     for (int i = 0; i < c->sets.n; i++) {
-        const char *name = c->sets.items[i].name, *value = c->sets.items[i].value;
-        if (!name_ok(name))
-            continue;
+        const char *name = c->sets.items[i].name, *stmt = c->sets.items[i].value;
         const char *have = kv_get(&s->applied, name);
-        if (have && strcmp(have, value) == 0)
+        if (have && strcmp(have, stmt) == 0)
             continue;
-        char stmt[512];
-        snprintf(stmt, sizeof(stmt), "SET %s TO %s;", name, value);
-        pbuf_put(b, stmt, strlen(stmt));
-        kv_set(&s->applied, name, value);
+        setup_add(s, b, name, stmt);
     }
     if (b->len > 0)
         pbuf_put_u8(b, 0);
@@ -206,6 +289,8 @@ static void link_pair(struct pool *p, struct server *s, struct client *c)
     pbuf_free(&wire);
 }
 
+static void pool_kick_loop(struct pool *p);
+
 static void mark_held(struct pool *p)
 {
     struct list *pos, *tmp;
@@ -220,6 +305,18 @@ static void mark_held(struct pool *p)
 }
 
 void pool_kick(struct pool *p)
+{
+    /* Lending can release a server again (a client that only logged in gives it straight
+     * back), which kicks this pool: the loop below picks that server up instead of a nested
+     * call per waiting client. */
+    if (p->kicking)
+        return;
+    p->kicking = 1;
+    pool_kick_loop(p);
+    p->kicking = 0;
+}
+
+static void pool_kick_loop(struct pool *p)
 {
     struct worker *w = p->w;
     while (!list_empty(&p->waiting)) {
@@ -250,12 +347,10 @@ void pool_kick(struct pool *p)
         int want = p->n_waiting - p->n_connecting;
         while (want > 0 && p->n_servers < w->cfg->pool_size &&
                p->n_connecting < w->cfg->server_connect_concurrency) {
-            struct client *c = container_of(list_first(&p->waiting), struct client, pool_node);
-            struct server *s = server_open(w, p, nd, p->user, p->database);
-            if (!s)
+            /* Opened with the pool's neutral parameters: a client's own are applied when it
+             * is lent the server, and undone before the next one. */
+            if (!server_open(w, p, nd, p->user, p->database))
                 break;
-            for (int i = 0; i < c->params.n; i++)
-                kv_set(&s->startup, c->params.items[i].name, c->params.items[i].value);
             want--;
         }
         return;
@@ -306,6 +401,13 @@ void pool_release(struct server *s, int reusable)
         server_close(s, "its node no longer has the role this pool needs");
         return;
     }
+    if (s->cancels > 0) {
+        /* Back to the pool once its cancel was delivered (cancel_done). */
+        s->cancel_hold = 1;
+        s->last_used = now_ms();
+        server_change_state(s, SV_RESETTING);
+        return;
+    }
     if ((POOL_OPS(w)->reset_on_release || s->dirty) && w->cfg->server_reset_query &&
         *w->cfg->server_reset_query) {
         kv_clear(&s->applied);
@@ -316,6 +418,43 @@ void pool_release(struct server *s, int reusable)
         return;
     }
     pool_server_ready(s);
+}
+
+void pool_take_back(struct server *s, int pending, int unsynced, int mid_message)
+{
+    if (!s->pool || s->state == SV_CLOSING)
+        return;
+    s->client = NULL;
+    if (s->state == SV_SETUP)
+        return; /* its setup answers end in pool_release (server.c) */
+    if (s->state != SV_ACTIVE) {
+        server_close(s, "its client left while it was not active");
+        return;
+    }
+    if (pending == 0 && unsynced == 0 && !mid_message && s->txn_status == 'I' && s->fwd_left == 0 &&
+        s->swallow == 0 && plan_empty(s)) {
+        pool_release(s, 1);
+        return;
+    }
+    /* Messages after the last Sync: PostgreSQL rolls them back when their client goes, so a
+     * Sync from pgstay (which would commit them) is not an option; nor is a message cut in the
+     * middle or a COPY the server still reads. */
+    if (unsynced > 0 || mid_message || !s->w->cfg->server_reset_query ||
+        !*s->w->cfg->server_reset_query) {
+        server_close(s, "its client left in the middle of an exchange");
+        return;
+    }
+    /* Synced requests still running: read their answers to the end, roll back what is open,
+     * then reset (handled at each ReadyForQuery in server.c). */
+    log_debug("S-%llu: its client left: finishing %d request(s), then rollback and reset",
+              (unsigned long long)s->id, pending);
+    plan_reset(s);
+    s->swallow = pending;
+    s->reset_pending = 1;
+    s->last_used = now_ms();
+    server_change_state(s, SV_RESETTING);
+    if (pending == 0)
+        server_finish_drain(s);
 }
 
 void pool_after_ready(struct client *c)
@@ -362,21 +501,48 @@ void pool_drop_node(struct worker *w, struct node *nd)
 
 /* ---- cancel ---- */
 
-/* A one-shot connection carrying a CancelRequest to the server's node. */
+/* A one-shot connection carrying a CancelRequest to the server's node. Until PostgreSQL has
+ * read it (it closes the connection then), the server is lent to nobody else: a cancel must
+ * never reach another client's statement. */
 struct cancel_conn {
     struct bufferevent *bev;
+    struct worker *w;
+    uint64_t server_id;
     uint8_t pkt[16];
 };
 
+/* The cancel for server id is delivered (or gave up): a server held back for it is free. */
+static void cancel_done(struct worker *w, uint64_t server_id)
+{
+    for (int st = SV_IDLE; st < SV_CLOSING; st++) {
+        struct list *pos, *tmp;
+        list_for_each_safe(pos, tmp, &w->servers[st])
+        {
+            struct server *s = container_of(pos, struct server, node);
+            if (s->id != server_id)
+                continue;
+            if (s->cancels > 0)
+                s->cancels--;
+            if (s->cancels == 0 && s->cancel_hold) {
+                s->cancel_hold = 0;
+                pool_release(s, 1);
+            }
+            return;
+        }
+    }
+}
+
 static void cancel_free(struct cancel_conn *cc)
 {
+    cancel_done(cc->w, cc->server_id);
     bufferevent_free(cc->bev);
     free(cc);
 }
 
-static void cancel_write_cb(struct bufferevent *bev, void *arg)
+static void cancel_read_cb(struct bufferevent *bev, void *arg)
 {
-    cancel_free(arg);
+    /* PostgreSQL answers nothing to a CancelRequest; whatever comes is dropped. */
+    evbuffer_drain(bufferevent_get_input(bev), evbuffer_get_length(bufferevent_get_input(bev)));
 }
 
 static void cancel_event_cb(struct bufferevent *bev, short what, void *arg)
@@ -386,13 +552,36 @@ static void cancel_event_cb(struct bufferevent *bev, short what, void *arg)
         bufferevent_write(bev, cc->pkt, sizeof(cc->pkt));
         return;
     }
-    cancel_free(cc);
+    cancel_free(cc); /* closed by PostgreSQL once handled, or failed, or timed out */
+}
+
+/* A request waiting for a server, or held by a failover or PAUSE, is cancelled right here:
+ * it gets 57014 and never runs. */
+static int cancel_waiting(struct client *c)
+{
+    if (!c->got_welcome)
+        return 0; /* still logging in: there is no request to cancel */
+    if (c->state == CL_WAITING) {
+        if (c->held)
+            failover_note_served(c->w);
+        pool_cancel_wait(c);
+        client_change_state(c, CL_IDLE);
+    } else if (!(c->state == CL_ACTIVE && c->pause_held)) {
+        return 0;
+    }
+    c->pause_held = 0;
+    log_info("C-%llu: cancel request: its waiting request is cancelled", (unsigned long long)c->id);
+    client_fail_request(c, SQLSTATE_QUERY_CANCELED, "canceling statement due to user request");
+    client_process(c);
+    return 1;
 }
 
 void cancel_forward(struct worker *w, uint32_t pid, uint32_t key)
 {
     struct client *c = client_find_by_cancel(w, pid, key);
-    if (!c || !c->server || !c->server->nd) {
+    if (c && cancel_waiting(c))
+        return;
+    if (!c || !c->server || !c->server->nd || c->server->state != SV_ACTIVE) {
         log_debug("cancel request for no running query");
         return;
     }
@@ -400,6 +589,8 @@ void cancel_forward(struct worker *w, uint32_t pid, uint32_t key)
     struct cancel_conn *cc = calloc(1, sizeof(*cc));
     if (!cc)
         return;
+    cc->w = w;
+    cc->server_id = s->id;
     struct pbuf b;
     pbuf_init(&b);
     proto_build_cancel(&b, s->be_pid, s->be_key);
@@ -415,8 +606,11 @@ void cancel_forward(struct worker *w, uint32_t pid, uint32_t key)
         free(cc);
         return;
     }
-    bufferevent_setcb(cc->bev, NULL, cancel_write_cb, cancel_event_cb, cc);
-    bufferevent_enable(cc->bev, EV_WRITE);
+    bufferevent_setcb(cc->bev, cancel_read_cb, NULL, cancel_event_cb, cc);
+    bufferevent_enable(cc->bev, EV_READ | EV_WRITE);
+    struct timeval tv = {5, 0};
+    bufferevent_set_timeouts(cc->bev, &tv, &tv);
+    s->cancels++;
     log_info("C-%llu: cancel forwarded to S-%llu (backend pid %u on %s)", (unsigned long long)c->id,
              (unsigned long long)s->id, s->be_pid, s->nd->name);
     if (bufferevent_socket_connect_hostname(cc->bev, w->dns, AF_UNSPEC, s->nd->host, s->nd->port) < 0)

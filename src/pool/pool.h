@@ -6,6 +6,9 @@
 #include "core/list.h"
 #include "server/server.h"
 
+/* Startup-parameter sets remembered per pool for welcoming clients at once. */
+#define POOL_WELCOMES 16
+
 struct pool {
     struct list node; /* on w->pools */
     struct worker *w;
@@ -14,6 +17,8 @@ struct pool {
     int role;              /* enum endpoint_role */
     struct list idle;      /* servers ready to lend (SV_IDLE) */
     struct list waiting;   /* clients waiting for a server, in arrival order */
+    int kicking;           /* inside pool_kick: a nested kick is the running loop's work */
+    int n_clients;         /* logged-in clients that use it: an unused empty pool is freed */
     int n_servers;         /* every server of this pool, whatever its state */
     int n_connecting;      /* in SV_CONNECTING or SV_LOGIN */
     int n_waiting;
@@ -21,6 +26,14 @@ struct pool {
     /* ParameterStatus values of this pool's first server: each client stores only its own
      * differences, so an idle client costs no copy of them. */
     struct kvlist base;
+    /* What a server reported (ParameterStatus) once set up for a client with given startup
+     * parameters, by a hash of them: the next client with the same ones is welcomed from
+     * this at once, with no server (only its first statement waits for one). */
+    struct pool_welcome {
+        uint64_t key;
+        struct kvlist params;
+    } welcomes[POOL_WELCOMES];
+    int n_welcomes, next_welcome;
     /* Statements (by hash) some server of this pool prepared without error: a client's Parse
      * of one needs no server to be answered. */
     uint64_t *known;
@@ -45,6 +58,17 @@ extern const struct pool_mode_ops pool_modes[2];
 /* After a ReadyForQuery reached the client: in transaction mode its server goes back. */
 void pool_after_ready(struct client *c);
 
+/* A key for the client's startup parameters, order-independent. */
+uint64_t pool_params_key(const struct kvlist *params);
+/* The parameter statuses to welcome a client with startup parameters key (NULL: unknown). */
+const struct kvlist *pool_welcome_find(struct pool *p, uint64_t key);
+void pool_welcome_store(struct pool *p, uint64_t key, const struct kvlist *reported);
+
+void pool_free(struct pool *p);
+/* Free pools nobody uses and that hold no server (every (database, user) ever tried would
+ * otherwise keep one forever). */
+void pool_gc(struct worker *w);
+
 struct pool *pool_get(struct worker *w, const char *database, const char *user, int role);
 /* The client needs a server: lend one now or queue it. */
 void pool_request(struct pool *p, struct client *c);
@@ -52,6 +76,11 @@ void pool_request(struct pool *p, struct client *c);
 void pool_cancel_wait(struct client *c);
 /* A client is done with its server: reset it and keep it, or close it. */
 void pool_release(struct server *s, int reusable);
+/* Its client is gone (closed, left, timed out) while linked to s: s goes back to the pool only
+ * protocol-idle; otherwise pgstay finishes the exchange (answers read to ReadyForQuery,
+ * ROLLBACK, reset query) or closes s. pending: requests synced and unanswered; unsynced:
+ * messages after the last Sync; mid_message: a client message or COPY cut in the middle. */
+void pool_take_back(struct server *s, int pending, int unsynced, int mid_message);
 /* A server of p finished login or reset: lend it or keep it idle. */
 void pool_server_ready(struct server *s);
 /* A server login failed with an error the waiting clients must see (bad db/user/password). */

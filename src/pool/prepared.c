@@ -7,7 +7,7 @@
 
 #include "client/client.h"
 #include "pool/pool.h"
-#include "proto/sqlscan.h"
+#include "proto/sqlclass.h"
 #include "core/log.h"
 #include "server/server.h"
 
@@ -69,8 +69,25 @@ void plan_forget_all(struct server *s)
     s->stmts.n = 0;
 }
 
+static void free_bigs(struct server *s)
+{
+    for (int i = s->stmts.head; i < s->stmts.tail; i++) {
+        free(s->stmts.plan[i].big);
+        s->stmts.plan[i].big = NULL;
+    }
+}
+
+void plan_reset(struct server *s)
+{
+    free_bigs(s);
+    s->stmts.head = s->stmts.tail = 0;
+    s->stmts.skipping = 0;
+    s->stmts.fake_unnamed = 0;
+}
+
 void plan_free(struct server *s)
 {
+    free_bigs(s);
     free(s->stmts.hashes);
     free(s->stmts.used);
     free(s->stmts.plan);
@@ -167,6 +184,8 @@ static struct plan_entry *plan_head(struct server *s)
 static void plan_pop(struct server *s)
 {
     struct stmt_cache *sc = &s->stmts;
+    free(sc->plan[sc->head].big);
+    sc->plan[sc->head].big = NULL;
     if (++sc->head == sc->tail)
         sc->head = sc->tail = 0;
 }
@@ -198,8 +217,12 @@ static void flush_injects(struct server *s)
 {
     struct plan_entry *e;
     while ((e = plan_head(s)) && e->kind == PLAN_INJECT) {
-        if (s->client)
-            client_send(s->client, e->inj, e->inj_len);
+        if (s->client) {
+            if (e->big)
+                client_send(s->client, e->big, e->big_len);
+            else
+                client_send(s->client, e->inj, e->inj_len);
+        }
         plan_pop(s);
     }
 }
@@ -221,17 +244,22 @@ static void push_forward(struct server *s, int ends, uint64_t hash)
 /* An answer pgstay gives itself, sent now or queued behind what the server still owes. */
 static void push_inject_bytes(struct server *s, const uint8_t *msg, size_t len)
 {
-    if (s->stmts.skipping || len > sizeof(((struct plan_entry *)0)->inj))
+    if (s->stmts.skipping)
         return;
     if (plan_empty(s)) {
         client_send(s->client, msg, len);
         return;
     }
     struct plan_entry *e = plan_push(s);
-    if (e) {
-        e->kind = PLAN_INJECT;
+    if (!e)
+        return;
+    e->kind = PLAN_INJECT;
+    if (len <= sizeof(e->inj)) {
         memcpy(e->inj, msg, len);
         e->inj_len = (uint8_t)len;
+    } else if ((e->big = malloc(len)) != NULL) {
+        memcpy(e->big, msg, len);
+        e->big_len = (uint32_t)len;
     }
 }
 
@@ -298,7 +326,8 @@ static int completes(int ends, uint8_t type)
 int plan_server_msg(struct server *s, uint8_t type)
 {
     struct plan_entry *e = plan_head(s);
-    return e && e->kind == PLAN_SWALLOW && type == BE_PARSE_COMPLETE;
+    return e && ((e->kind == PLAN_SWALLOW && type == BE_PARSE_COMPLETE) ||
+                 (e->kind == PLAN_SWALLOW_ERROR && type == BE_ERROR));
 }
 
 void plan_server_msg_done(struct server *s, uint8_t type)
@@ -309,6 +338,9 @@ void plan_server_msg_done(struct server *s, uint8_t type)
     if (type == BE_ERROR) {
         if (e->kind == PLAN_FORWARD && e->ends == END_READY)
             return; /* a Query's error: its ReadyForQuery follows */
+        /* A Parse the server refused leaves the client no statement of that name. */
+        if (e->kind == PLAN_FORWARD && e->ends == END_PARSE && e->hash && s->client)
+            client_stmt_del_hash(s->client, e->hash);
         /* The server now skips everything up to the next Sync: so does the plan. */
         while ((e = plan_head(s)) && !(e->kind == PLAN_FORWARD && e->ends == END_READY)) {
             if (e->hash)
@@ -371,6 +403,74 @@ static void ensure_prepared(struct server *s, const struct prepared *p, struct e
     }
 }
 
+/* Largest unnamed Parse kept to re-create the statement on another server. */
+#define UNNAMED_KEEP_MAX (64 * 1024)
+
+/* The client's unnamed statement went to server s (m: the whole Parse, or NULL if too big to
+ * keep). PostgreSQL keeps it across Syncs until the next unnamed Parse or simple Query. */
+static void unnamed_parsed(struct client *c, struct server *s, const uint8_t *m, size_t whole)
+{
+    c->unnamed_len = 0;
+    if (m && whole <= UNNAMED_KEEP_MAX) {
+        if (c->unnamed_cap < whole) {
+            uint8_t *b = realloc(c->unnamed_msg, whole);
+            if (b) {
+                c->unnamed_msg = b;
+                c->unnamed_cap = (uint32_t)whole;
+            }
+        }
+        if (c->unnamed_cap >= whole) {
+            memcpy(c->unnamed_msg, m, whole);
+            c->unnamed_len = (uint32_t)whole;
+        }
+    }
+    s->unnamed_owner = c->id;
+    s->unnamed_seq = ++c->unnamed_seq;
+}
+
+/* A Bind or Describe of the unnamed statement: transaction mode may have lent the client
+ * another server since its Parse (psql's \gdesc: Parse + Sync, then Describe + Sync), so the
+ * statement is parsed again here first, its ParseComplete dropped. */
+static void ensure_unnamed(struct client *c, struct server *s, struct evbuffer *out)
+{
+    if (s->unnamed_owner == c->id && s->unnamed_seq == c->unnamed_seq)
+        return;
+    if (c->unnamed_len == 0 || s->stmts.skipping)
+        return; /* none, or too large to have kept: the server answers as it would */
+    evbuffer_add(out, c->unnamed_msg, c->unnamed_len);
+    struct plan_entry *e = plan_push(s);
+    if (e)
+        e->kind = PLAN_SWALLOW;
+    s->unnamed_owner = c->id;
+    s->unnamed_seq = c->unnamed_seq;
+}
+
+static void refuse_parse(struct server *s, const char *name, struct evbuffer *out)
+{
+    char msg[160];
+    snprintf(msg, sizeof(msg), "prepared statement \"%.63s\" already exists", name);
+    struct pbuf b;
+    pbuf_init(&b);
+    proto_build_error(&b, "ERROR", "42P05", msg, NULL);
+    if (!b.failed)
+        push_inject_bytes(s, b.data, b.len);
+    pbuf_free(&b);
+    pbuf_init(&b);
+    size_t off = proto_begin_msg(&b, FE_BIND);
+    pbuf_put_str(&b, "");
+    pbuf_put_str(&b, "pgstay_no_such_statement");
+    pbuf_put_u16(&b, 0);
+    pbuf_put_u16(&b, 0);
+    pbuf_put_u16(&b, 0);
+    proto_end_msg(&b, off);
+    if (!b.failed)
+        evbuffer_add(out, b.data, b.len);
+    pbuf_free(&b);
+    struct plan_entry *e = plan_push(s);
+    if (e)
+        e->kind = PLAN_SWALLOW_ERROR;
+}
+
 size_t plan_client_msg(struct client *c, struct server *s, const struct msg_hdr *h,
                        const uint8_t *m, size_t have, struct evbuffer *out)
 {
@@ -390,18 +490,31 @@ size_t plan_client_msg(struct client *c, struct server *s, const struct msg_hdr 
         if (!r.bad && !*name && have >= whole && !c->pin_reason) {
             const char *q = mr_str(&r);
             struct sql_info si;
-            sql_scan(q, strlen(q), &si);
-            if (!r.bad && si.kind == SQL_DEALLOCATE && !si.multi) {
+            sql_classify(q, strlen(q), &si);
+            int dealloc = !r.bad && si.n == 1 && si.stmts[0].kind == SQL_DEALLOCATE;
+            int all = dealloc && si.stmts[0].name == NULL;
+            sql_info_free(&si);
+            if (dealloc) {
                 /* Its statement lives on the servers under pgstay's name: answered here. */
                 s->stmts.fake_unnamed = 1;
-                s->stmts.fake_all = strcmp(si.name, "all") == 0;
+                s->stmts.fake_all = all;
                 push_inject(s, BE_PARSE_COMPLETE);
                 return whole;
             }
         }
         if (r.bad || !*name || have < whole) {
+            if (!r.bad && !*name)
+                unnamed_parsed(c, s, have >= whole ? m : NULL, whole);
             push_forward(s, END_PARSE, 0);
             return 0;
+        }
+        if (client_stmt_find(c, name)) {
+            /* As PostgreSQL answers a name in use: 42P05, and the rest of the batch skipped.
+             * pgstay's name would be free on this server, so the error is pgstay's, and a
+             * Bind of a statement that cannot exist makes the server skip to Sync too. */
+            if (!s->stmts.skipping)
+                refuse_parse(s, name, out);
+            return whole;
         }
         size_t rest_off = PROTO_HDR_LEN + r.pos;
         uint64_t hash = stmt_hash(m + rest_off, whole - rest_off);
@@ -434,6 +547,8 @@ size_t plan_client_msg(struct client *c, struct server *s, const struct msg_hdr 
         const char *stmt = mr_str(&r);
         const struct prepared *p = r.bad || !*stmt ? NULL : client_stmt_find(c, stmt);
         if (!p) {
+            if (!r.bad && !*stmt)
+                ensure_unnamed(c, s, out);
             push_forward(s, END_BIND, 0);
             return 0;
         }
@@ -463,6 +578,8 @@ size_t plan_client_msg(struct client *c, struct server *s, const struct msg_hdr 
         const struct prepared *p =
             (r.bad || kind != 'S' || !*name || have < whole) ? NULL : client_stmt_find(c, name);
         if (!p) {
+            if (is_describe && kind == 'S' && !r.bad && !*name)
+                ensure_unnamed(c, s, out);
             push_forward(s, is_describe ? (kind == 'S' ? END_DESCRIBE_S : END_DESCRIBE_P) : END_CLOSE, 0);
             return 0;
         }
@@ -490,8 +607,14 @@ size_t plan_client_msg(struct client *c, struct server *s, const struct msg_hdr 
     case FE_EXECUTE:
         push_forward(s, END_EXECUTE, 0);
         return 0;
-    case FE_SYNC:
     case FE_QUERY:
+        /* A simple Query destroys the unnamed statement, on the server and for the client. */
+        s->unnamed_owner = 0;
+        c->unnamed_len = 0;
+        c->unnamed_seq++;
+        push_forward(s, END_READY, 0);
+        return 0;
+    case FE_SYNC:
     case FE_FUNCTION_CALL:
         push_forward(s, END_READY, 0);
         return 0;

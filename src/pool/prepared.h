@@ -18,6 +18,8 @@ enum plan_kind {
     PLAN_FORWARD, /* the client's own request: forward its responses until `ends` */
     PLAN_SWALLOW, /* a Parse pgstay sent itself: its ParseComplete is dropped */
     PLAN_INJECT,  /* an answer pgstay gives itself (cached Parse, Close): sent when at the head */
+    PLAN_SWALLOW_ERROR, /* an error pgstay provoked so the server skips to Sync as the client
+                         * expects (its own error was injected instead): dropped */
 };
 
 /* Which response ends a PLAN_FORWARD entry. */
@@ -37,6 +39,8 @@ struct plan_entry {
     uint8_t inj_len;
     uint8_t inj[27];  /* PLAN_INJECT: the messages to send */
     uint64_t hash;    /* a statement pgstay prepared with this entry: forgotten if it fails */
+    uint8_t *big;     /* PLAN_INJECT larger than inj (an ErrorResponse): owned */
+    uint32_t big_len;
 };
 
 /* Per-server state for transaction-mode statements. */
@@ -76,6 +80,8 @@ int plan_empty(const struct server *s);
 int plan_evict(struct server *s, struct pbuf *wire);
 /* The server forgot every statement (DISCARD ALL, DEALLOCATE ALL). */
 void plan_forget_all(struct server *s);
+/* Drop the plan of expected responses (the server's answers are drained, not forwarded). */
+void plan_reset(struct server *s);
 void plan_free(struct server *s);
 /* FNV-1a of a Parse body after its name: equal statements share one server-side name. */
 uint64_t stmt_hash(const uint8_t *p, size_t n);

@@ -8,6 +8,7 @@
 #include <event2/buffer.h>
 #include <event2/dns.h>
 
+#include "client/track.h"
 #include "core/log.h"
 #include "core/transport.h"
 #include "failover/failover.h"
@@ -18,7 +19,8 @@
 #include "topology/topology.h"
 
 /* Messages pgstay reads whole from a server (login, errors, its own queries' rows). */
-#define WHOLE_MAX (1024 * 1024)
+/* Below the read high-water mark, so that a whole message always fits in what is read. */
+#define WHOLE_MAX (256 * 1024)
 
 #define SLOG(lvl, s, fmt, ...)                                                                     \
     log_##lvl("S-%llu %s/%s@%s: " fmt, (unsigned long long)(s)->id, (s)->user, (s)->database,     \
@@ -110,10 +112,11 @@ void server_free(struct server *s)
     list_del(&s->node);
     s->w->n_servers[s->state]--;
     kv_clear(&s->params);
-    kv_clear(&s->startup);
     kv_clear(&s->applied);
     plan_free(s);
     free(s->scram);
+    free(s->user);
+    free(s->database);
     free(s);
 }
 
@@ -339,19 +342,26 @@ static int handle_internal(struct server *s, const struct msg_hdr *h, const uint
             SLOG(info, s, "server error: %s %s: %s", e.severity, e.sqlstate, e.message);
             return -1;
         }
-        if (s->state == SV_SETUP && s->client) {
-            /* A startup parameter or replayed SET the server rejects: the client is told. */
+        if ((s->state == SV_SETUP || (s->state == SV_ACTIVE && s->swallow > 0)) && s->client) {
+            /* A startup parameter or a replayed setting the server rejects. The setup ran as
+             * one implicit transaction, now rolled back: what the server has is not known any
+             * more, so it is closed (return -1) rather than lent again. */
             struct client *c = s->client;
+            c->server = NULL;
+            s->client = NULL;
             if (!c->got_welcome) {
-                s->setup_failed = 1;
-                c->server = NULL;
-                s->client = NULL;
+                /* Logging in: the client hears PostgreSQL's own error, as it would directly. */
                 client_send(c, body - PROTO_HDR_LEN, h->len + 1);
                 client_close(c, NULL, "session setup failed");
             } else {
-                SLOG(info, s, "replaying C-%llu's session state: %s %s: %s",
-                     (unsigned long long)c->id, e.severity, e.sqlstate, e.message);
+                char msg[512];
+                snprintf(msg, sizeof(msg),
+                         "this session's settings could not be rebuilt on a new server "
+                         "connection: %s",
+                         e.message);
+                client_close(c, e.sqlstate[0] ? e.sqlstate : SQLSTATE_CONNECTION_FAILURE, msg);
             }
+            return -1;
         } else if (s->state == SV_PROBE && s->on_fail) {
             SLOG(info, s, "probe query failed: %s", e.message);
         }
@@ -394,23 +404,32 @@ static int handle_internal(struct server *s, const struct msg_hdr *h, const uint
         if (s->swallow > 0)
             return 0;
         if (s->state == SV_SETUP) {
-            if (s->setup_failed) {
-                s->setup_failed = 0;
-                pool_release(s, s->txn_status == 'I');
-                return 0;
-            }
             server_change_state(s, SV_ACTIVE);
             if (s->client)
                 client_linked(s->client);
             else
                 pool_release(s, 1);
         } else if (s->state == SV_RESETTING) {
-            pool_server_ready(s);
+            if (s->reset_pending)
+                server_finish_drain(s);
+            else
+                pool_server_ready(s);
         } else if (s->state == SV_PROBE && s->on_ready) {
             s->on_ready(s);
         }
         return 0;
     }
+    case BE_BIND_COMPLETE:
+    case BE_NO_DATA:
+    case BE_PARAM_DESC:
+    case BE_PORTAL_SUSPENDED:
+    case BE_COPY_OUT:
+    case BE_COPY_DATA:
+    case BE_COPY_DONE:
+        /* Answers to a client's requests that pgstay drains after the client left. */
+        if (s->state != SV_RESETTING)
+            goto unexpected;
+        return 0;
     case BE_NEGOTIATE_VERSION:
     case BE_PARSE_COMPLETE:
     case BE_CLOSE_COMPLETE:
@@ -421,9 +440,24 @@ static int handle_internal(struct server *s, const struct msg_hdr *h, const uint
     case BE_NOTIFY:
         return 0;
     default:
+    unexpected:
         SLOG(info, s, "unexpected message '%c' from the server", h->type);
         return -1;
     }
+}
+
+void server_finish_drain(struct server *s)
+{
+    if (s->txn_status != 'I') {
+        server_run_internal(s, "ROLLBACK");
+        return;
+    }
+    const char *q = s->w->cfg->server_reset_query;
+    s->reset_pending = 0;
+    kv_clear(&s->applied);
+    plan_forget_all(s);
+    s->dirty = 0;
+    server_run_internal(s, q);
 }
 
 /* What pgstay learns from a message on its way to the client. Returns -1 if the server
@@ -435,10 +469,9 @@ static int observe_forwarded(struct server *s, struct client *c, const struct ms
     switch (h->type) {
     case BE_READY: {
         s->txn_status = len >= 1 ? (char)body[0] : 'I';
-        char prev = c->txn_status;
         c->txn_status = s->txn_status;
-        client_settle_sets(c, prev, c->txn_status, c->req_failed);
-        c->req_failed = 0;
+        track_ready(c, c->txn_status);
+        client_batch_answered(c);
         if (c->pending > 0)
             c->pending--;
         c->in_copy_in = 0;
@@ -462,15 +495,40 @@ static int observe_forwarded(struct server *s, struct client *c, const struct ms
     case BE_COPY_BOTH:
         c->in_copy_in = 1;
         return 0;
+    case BE_COMMAND_COMPLETE: {
+        struct msg_reader r;
+        mr_init(&r, body, len);
+        const char *tag = mr_str(&r);
+        if (r.bad)
+            return 0;
+        track_complete(c, tag);
+        /* The server forgot every prepared statement, pgstay's names included: whatever the
+         * protocol the client used to ask. */
+        if (strcmp(tag, "DISCARD ALL") == 0 || strcmp(tag, "DEALLOCATE ALL") == 0) {
+            client_stmt_clear(c);
+            plan_forget_all(s);
+        }
+        return 0;
+    }
+    case BE_EMPTY_QUERY:
+    case BE_PORTAL_SUSPENDED:
+        track_complete(c, NULL);
+        return 0;
+    case BE_PARSE_COMPLETE:
+        if (s->w->cfg->pool_mode == POOL_SESSION)
+            client_parse_answered(c);
+        return 0;
     case BE_ERROR: {
         struct pg_error e;
         if (proto_parse_error(body, len, &e) != PROTO_OK)
             return 0;
         if (strcmp(e.severity, "FATAL") == 0 || strcmp(e.severity, "PANIC") == 0) {
             SLOG(info, s, "server ended the session: %s %s: %s", e.severity, e.sqlstate, e.message);
+            if (strcmp(e.sqlstate, SQLSTATE_ADMIN_SHUTDOWN) == 0)
+                client_note_terminated(c, e.sqlstate, e.message);
             return -1;
         }
-        c->req_failed = 1;
+        track_error(c);
         if (strcmp(e.sqlstate, "25006") == 0 && s->nd == s->w->topo->writer)
             topology_probe_now(s->w, "the writer answered 25006 (read-only transaction)");
         return 0;
@@ -483,7 +541,8 @@ static int observe_forwarded(struct server *s, struct client *c, const struct ms
 static int needs_whole(uint8_t type)
 {
     return type == BE_READY || type == BE_PARAM_STATUS || type == BE_ERROR || type == BE_COPY_IN ||
-           type == BE_COPY_BOTH;
+           type == BE_COPY_BOTH || type == BE_COMMAND_COMPLETE || type == BE_EMPTY_QUERY ||
+           type == BE_PORTAL_SUSPENDED || type == BE_PARSE_COMPLETE;
 }
 
 /* Responses that can end a request in the transaction-mode plan: read whole. */
@@ -502,6 +561,16 @@ static int ends_request(uint8_t type)
     default:
         return 0;
     }
+}
+
+/* A message streamed to the client without being read whole (past WHOLE_MAX) is complete:
+ * what pgstay would have learnt from it, it learns from its type. */
+static void streamed_done(struct server *s, struct client *c, uint8_t type)
+{
+    if (type == BE_ERROR)
+        track_error(c);
+    if (s->w->cfg->pool_mode == POOL_TRANSACTION && (ends_request(type) || type == BE_ERROR))
+        plan_server_msg_done(s, type);
 }
 
 void server_process(struct server *s)
@@ -533,6 +602,8 @@ void server_process(struct server *s)
             evbuffer_remove_buffer(in, out, n);
             s->fwd_left -= (uint32_t)n;
             w->stats.bytes_server_to_client += n;
+            if (s->fwd_left == 0)
+                streamed_done(s, c, s->fwd_type);
             continue;
         }
         uint8_t hdr[PROTO_HDR_LEN];
@@ -553,7 +624,12 @@ void server_process(struct server *s)
                 return;
             }
             if (whole > WHOLE_MAX) {
-                server_close(s, "the server sent an oversized message during login");
+                if (s->state == SV_RESETTING && h.type != BE_READY && h.type != BE_ERROR) {
+                    /* A large answer being drained: dropped as it comes. */
+                    s->fwd_left = (uint32_t)whole;
+                    continue;
+                }
+                server_close(s, "the server sent an oversized message pgstay reads itself");
                 return;
             }
             if (avail < whole)
@@ -578,7 +654,10 @@ void server_process(struct server *s)
                 return;
             uint8_t *m = evbuffer_pullup(in, (ssize_t)whole);
             if (txn && plan_server_msg(s, h.type)) {
-                /* The answer to a Parse pgstay sent itself. */
+                /* The answer to a Parse pgstay sent itself, or an error it provoked (the
+                 * client got pgstay's own, and its request failed). */
+                if (h.type == BE_ERROR)
+                    track_error(c);
                 evbuffer_drain(in, whole);
                 plan_server_msg_done(s, h.type);
                 continue;
@@ -600,6 +679,9 @@ void server_process(struct server *s)
         evbuffer_remove_buffer(in, out, n);
         w->stats.bytes_server_to_client += n;
         s->fwd_left = (uint32_t)(whole - n);
+        s->fwd_type = h.type;
+        if (s->fwd_left == 0 && whole > WHOLE_MAX)
+            streamed_done(s, c, h.type);
     }
 }
 
@@ -629,15 +711,9 @@ static void send_startup(struct server *s)
     if (!s->pool) {
         names[n] = "application_name";
         values[n++] = "pgstay-probe";
-    } else {
-        /* The first client's parameters become the server's defaults: later clients with the
-         * same ones need no SET at all. */
-        const struct kvlist *pl = &s->startup;
-        for (int i = 0; i < pl->n && n < STARTUP_MAX_PARAMS; i++) {
-            names[n] = pl->items[i].name;
-            values[n++] = pl->items[i].value;
-        }
     }
+    /* No client's parameters: a server is shared, and each client's are applied (and undone)
+     * per lending (pool.c build_setup). */
     struct pbuf b;
     pbuf_init(&b);
     proto_build_startup(&b, n, names, values);
@@ -678,8 +754,9 @@ struct server *server_open(struct worker *w, struct pool *p, struct node *nd, co
     s->pool = p;
     s->nd = nd;
     s->id = ++w->next_id;
-    s->user = user;
-    s->database = database;
+    /* Copies: a reload frees the configuration strings a probe's identity comes from. */
+    s->user = strdup(user);
+    s->database = strdup(database);
     s->connected_at = now_ms();
     s->txn_status = 'I';
     list_init(&s->node);

@@ -15,6 +15,9 @@
 struct pool;
 struct node;
 
+/* How long a server may take to finish a departed client's requests and its reset. */
+#define SERVER_DRAIN_TIMEOUT_MS 10000
+
 struct server {
     struct list node;      /* on w->servers[state] */
     struct list pool_node; /* on pool->idle while SV_IDLE */
@@ -27,8 +30,8 @@ struct server {
     struct bufferevent *bev;
     struct event *timer;   /* connect/login timeout */
 
-    const char *user;      /* login identity (the pool's, or the probe's) */
-    const char *database;
+    char *user;            /* login identity (the pool's, or the probe's): owned copies */
+    char *database;
     uint32_t be_pid, be_key;
     struct kvlist params; /* ParameterStatus as the server last reported them */
     uint64_t params_hash; /* of params: equal sets need no comparing at each lending */
@@ -36,12 +39,15 @@ struct server {
     int password_sent;
 
     uint32_t fwd_left;    /* bytes of the current server message still to forward */
+    uint8_t fwd_type;     /* that message's type */
     int swallow;          /* ReadyForQuery messages to consume before forwarding again */
-    int setup_failed;     /* the client's settings were refused: client told, server to release */
-    struct kvlist startup; /* its startup parameters (the first client's): the session defaults */
     struct stmt_cache stmts; /* transaction mode: statements under pgstay's names, response plan */
     int dirty;             /* a pinned client used it: reset before anyone else gets it */
-    struct kvlist applied; /* SET values clients left on it (transaction mode: no reset between) */
+    uint64_t unnamed_owner, unnamed_seq; /* whose unnamed statement it holds (client id, seq) */
+    int cancels;           /* CancelRequests on their way to its backend */
+    int cancel_hold;       /* released, kept out of the pool until they are delivered */
+    int reset_pending;     /* draining after its client left: roll back and reset when idle */
+    struct kvlist applied; /* settings clients left on it: name -> the statement that made it */
     char txn_status;
     int64_t connected_at;
     int64_t last_used;
@@ -67,5 +73,8 @@ void server_send_internal(struct server *s, const void *p, size_t n, int n_ready
 void server_process(struct server *s);
 void server_free(struct server *s);
 const char *server_param(struct server *s, const char *name);
+/* SV_RESETTING after a drain, at a ReadyForQuery with nothing more to swallow: ROLLBACK an open
+ * transaction, then run the reset query, then back to the pool. */
+void server_finish_drain(struct server *s);
 
 #endif

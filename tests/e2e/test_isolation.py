@@ -238,8 +238,9 @@ def leave_in_transaction_unsynced(a):
 def leave_error_flush_close(a):
     """An error in unsynced work: the server now skips everything up to a Sync."""
     a.send(P("select 1/0") + B() + E() + FLUSH)
-    got = [a.read_msg() for _ in range(3)]
-    assert types(got) == [b"1", b"2", b"E"], got
+    # PostgreSQL folds 1/0 when it plans the statement, at Bind: no BindComplete.
+    got = [a.read_msg() for _ in range(2)]
+    assert types(got) == [b"1", b"E"], got
     a.close()
 
 

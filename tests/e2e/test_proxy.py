@@ -202,13 +202,21 @@ BAD_STARTUPS = {
 }
 
 
+# A startup packet whose length is invalid is closed without a reply, as PostgreSQL does;
+# one with a valid length but a broken layout gets 08P01.
+SILENT_STARTUPS = {"startup too short", "startup too long", "garbage bytes"}
+
+
 @pytest.mark.parametrize("name", list(BAD_STARTUPS))
 def test_bad_startup(proxy, name):
     b = Bystander(proxy)
     r = Raw(proxy.port)
     r.send(BAD_STARTUPS[name])
     err = r.read_until_error_or_close()
-    assert err is not None and err["C"] == "08P01", err
+    if name in SILENT_STARTUPS:
+        assert err is None, err
+    else:
+        assert err is not None and err["C"] == "08P01", err
     assert r.closed()
     b.finish()
 
@@ -364,13 +372,17 @@ def test_query_wait_timeout(cluster1, make_proxy):
     p = make_proxy(cluster1, pool_size=1, query_wait_timeout="1s")
     first = p.connect()
     first.execute("select 1")
+    # Logging in does not wait for a server once the pool knows its parameters (issue 9,
+    # item 14): the first statement does, and gets the timeout.
+    second = p.connect()
     t0 = time.time()
     with pytest.raises(psycopg.OperationalError) as e:
-        p.connect()
+        second.execute("select 1")
     assert "query_wait_timeout" in str(e.value)
     assert 0.9 < time.time() - t0 < 5
     first.execute("select 1")
     first.close()
+    second.close()
 
 
 def test_max_client_conn(cluster1, make_proxy):

@@ -499,9 +499,6 @@ def test_statement_names(cluster1, make_proxy):
     r.close()
 
 
-@pytest.mark.xfail(reason="a Parse under a name the client already uses is accepted: pgstay "
-                          "replaces the statement instead of answering 42P05 as PostgreSQL does",
-                   strict=True)
 def test_statement_name_in_use(cluster1, make_proxy):
     p = tx_proxy(make_proxy, cluster1, 2)
     r = Raw(p.port)
@@ -512,9 +509,6 @@ def test_statement_name_in_use(cluster1, make_proxy):
     assert until_ready(r) == [(b"E", "42P05"), (b"Z", b"")]
 
 
-@pytest.mark.xfail(reason="a Parse the server refused still leaves the name with the client: a "
-                          "Bind to it gets the Parse's error again (42601), not 26000",
-                   strict=True)
 def test_failed_parse_leaves_no_name(cluster1, make_proxy):
     p = tx_proxy(make_proxy, cluster1, 2)
     r = Raw(p.port)
