@@ -151,10 +151,13 @@ static void prepared_clear(struct client *c)
 static void prepared_add(struct client *c, const char *name, const uint8_t *m, uint32_t len)
 {
     prepared_del(c, name);
+    int keep_msg = 1;
     if (c->prepared_bytes + len > PREPARED_MAX_BYTES) {
+        /* Past what pgstay keeps to replay: the session stays on its server, which has the
+         * statement; the name (and its server-side name) is still needed for its Binds. */
         if (!c->pin_reason)
             client_pin(c, PIN_PREPARED_LIMIT);
-        return;
+        keep_msg = 0;
     }
     if (c->n_prepared == c->cap_prepared) {
         int cap = c->cap_prepared ? c->cap_prepared * 2 : 8;
@@ -166,16 +169,18 @@ static void prepared_add(struct client *c, const char *name, const uint8_t *m, u
     }
     struct prepared *p = &c->prepared[c->n_prepared];
     p->name = strdup(name);
-    p->msg = malloc(len);
-    if (!p->name || !p->msg) {
+    p->msg = keep_msg ? malloc(len) : NULL;
+    p->hash = 0;
+    if (!p->name || (keep_msg && !p->msg)) {
         free(p->name);
         free(p->msg);
         return;
     }
-    memcpy(p->msg, m, len);
-    p->len = len;
+    if (keep_msg)
+        memcpy(p->msg, m, len);
+    p->len = keep_msg ? len : 0;
     c->n_prepared++;
-    c->prepared_bytes += len;
+    c->prepared_bytes += p->len;
 }
 
 /* Session mode: a named Parse sent; kept for replay only once the server accepted it. */
@@ -1233,6 +1238,12 @@ void client_process(struct client *c)
             /* PAUSE: a new transaction waits for RESUME (planned switchover). */
             c->pause_held = 1;
             return;
+        }
+        if (c->resetup && c->pending == 0 && c->unsynced == 0 && c->txn_status == 'I') {
+            /* A RESET took a startup parameter to the server's default; PostgreSQL's RESET
+             * goes back to the startup value, which the next request gets. */
+            c->resetup = 0;
+            pool_resetup(c->server, c);
         }
         int txn = w->cfg->pool_mode == POOL_TRANSACTION;
         /* How much of the message must be at hand before anything is decided: statement

@@ -123,6 +123,7 @@ struct client {
     struct pending_parse *pend; /* session mode: Parses sent, not yet answered */
     int n_pend, cap_pend;
     uint64_t batches_sent, batches_done; /* requests (Sync, Query, FunctionCall) and answers */
+    int resetup;        /* its startup parameters need applying again (after a RESET) */
     int out_blocked;    /* its input waits until it reads what it was sent */
     int big_read;       /* the read high-water mark is raised for one large message */
     struct prepared *prepared; /* named prepared statements to replay on a new server */

@@ -188,11 +188,15 @@ static void txn_commit(struct client *c)
             kv_del(&c->sets, st->name);
             if (applied)
                 kv_del(applied, st->name);
+            if (kv_get(&c->params, st->name))
+                c->resetup = 1; /* the server's default now, the startup value next */
             break;
         case TK_RESET_ALL:
             kv_clear(&c->sets);
             if (applied)
                 kv_clear(applied);
+            if (c->params.n > 0)
+                c->resetup = 1;
             break;
         default:
             break;

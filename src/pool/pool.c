@@ -236,6 +236,21 @@ static void build_setup(struct server *s, struct client *c, struct pbuf *b)
         pbuf_put_u8(b, 0);
 }
 
+void pool_resetup(struct server *s, struct client *c)
+{
+    struct pbuf sql, wire;
+    pbuf_init(&sql);
+    pbuf_init(&wire);
+    build_setup(s, c, &sql);
+    if (sql.len > 0) {
+        proto_build_query(&wire, (const char *)sql.data);
+        if (!wire.failed)
+            server_send_internal(s, wire.data, wire.len, 1);
+    }
+    pbuf_free(&sql);
+    pbuf_free(&wire);
+}
+
 static void link_pair(struct pool *p, struct server *s, struct client *c)
 {
     list_del(&c->pool_node);

@@ -69,6 +69,10 @@ void pool_free(struct pool *p);
  * otherwise keep one forever). */
 void pool_gc(struct worker *w);
 
+/* Bring the client's own server back in line with its settings, ahead of its next request
+ * (a RESET returned a startup parameter to the server's default). */
+void pool_resetup(struct server *s, struct client *c);
+
 struct pool *pool_get(struct worker *w, const char *database, const char *user, int role);
 /* The client needs a server: lend one now or queue it. */
 void pool_request(struct pool *p, struct client *c);

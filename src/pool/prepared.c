@@ -378,8 +378,8 @@ static void ensure_prepared(struct server *s, const struct prepared *p, struct e
         sc->used[i] = now_us();
         return;
     }
-    if (sc->skipping)
-        return;
+    if (sc->skipping || !p->msg)
+        return; /* no text kept (pinned past the replay limit): its server has it */
     struct msg_reader r;
     mr_init(&r, p->msg + PROTO_HDR_LEN, p->len - PROTO_HDR_LEN);
     mr_str(&r);

@@ -33,7 +33,9 @@ PROBE = ("select current_setting('search_path'), current_setting('TimeZone'), "
          "current_setting('bytea_output'), current_setting('default_transaction_isolation'), "
          "current_setting('default_transaction_read_only'), "
          "(select count(*) from pg_prepared_statements where from_sql), "
-         "(select count(*) from pg_cursors), "
+         # Named cursors only: the unnamed portal a driver's own probe runs in is visible
+         # or not depending on whether its statement was prepared before, not on state.
+         "(select count(*) from pg_cursors where name <> ''), "
          "(select string_agg(relname, ',' order by relname) from pg_class "
          " where relpersistence = 't' and relkind in ('r', 'v', 'S') "
          "   and relnamespace = pg_my_temp_schema())")

@@ -4,6 +4,7 @@ Each test reproduces one numbered item of the issue with PostgreSQL's own behavi
 reference. Most share one server between clients (pool_size=1) so that anything a client leaves
 on it reaches the next one. Raw wire messages where no driver would send them; every read has a
 timeout so a hang fails the test in seconds."""
+import signal
 import socket
 import struct
 import threading
@@ -12,6 +13,7 @@ import time
 import psycopg
 import pytest
 
+from conftest import rss_kb
 from wire import Raw, error_fields, msg, startup_packet
 
 
@@ -1247,3 +1249,103 @@ def test_terminate_before_startup_closed_silently(proxy):
         pass
     assert data == b"", data
     r.close()
+
+
+# ---- 2 (cont.). RESET of a startup parameter, as PostgreSQL: back to the startup value ----
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+@pytest.mark.parametrize("reset", ["reset statement_timeout", "reset all"])
+def test_reset_returns_to_startup_value(cluster1, make_proxy, mode, reset):
+    p = make_proxy(cluster1, pool_mode=mode, pool_size=1)
+    with psycopg.connect(p.dsn(), options="-c statement_timeout=1234", autocommit=True,
+                         connect_timeout=10) as c:
+        c.execute("set statement_timeout = 5000")
+        assert c.execute("show statement_timeout").fetchone()[0] == "5s"
+        c.execute(reset)
+        assert c.execute("show statement_timeout").fetchone()[0] == "1234ms"
+
+
+# ---- 10. resources a client controls ----
+
+def test_client_that_does_not_read_is_not_read(cluster1, make_proxy):
+    """Local answers (here SSLRequest's 'N') stop being produced, and the client's input stops
+    being read, once pgstay holds the high-water mark of answers it does not read."""
+    p = make_proxy(cluster1)
+    before = rss_kb(p.proc.pid)
+    s = socket.create_connection(("127.0.0.1", p.port), timeout=5)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    ssl_request = struct.pack("!II", 8, 80877103)
+    chunk = ssl_request * 8192  # 64 kB of requests, 8192 answers
+    sent = 0
+    s.settimeout(2)
+    try:
+        for _ in range(400):  # up to 26 MB of requests, 3.2 MB of answers
+            s.sendall(chunk)
+            sent += len(chunk)
+    except (socket.timeout, BlockingIOError):
+        pass
+    grown = rss_kb(p.proc.pid) - before
+    s.close()
+    assert sent < 400 * len(chunk), "pgstay kept reading a client that reads nothing"
+    assert grown < 4 * 1024, "pgstay grew %d kB for one client" % grown
+    exactly_b(p.port)
+
+
+def test_pools_of_failed_logins_are_freed(cluster1, make_proxy):
+    p = make_proxy(cluster1)
+    for i in range(30):
+        with pytest.raises(psycopg.OperationalError):
+            psycopg.connect(p.dsn(user="nosuch_%d" % i), connect_timeout=10)
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        users = [r[1] for r in p.admin("SHOW POOLS")]
+        if not any(str(u).startswith("nosuch_") for u in users):
+            break
+        time.sleep(0.2)
+    assert not any(str(u).startswith("nosuch_") for u in users), users
+
+
+def test_burst_of_logins_while_server_connects(cluster1, make_proxy):
+    """Hundreds of clients wait for the pool's first server: lending them one after another
+    must not recurse once per client (nor lose any)."""
+    p = make_proxy(cluster1, pool_mode="transaction", pool_size=1)
+    n = 400
+    socks = []
+    for _ in range(n):
+        r = Raw(p.port, timeout=30)
+        r.send(startup_packet())
+        socks.append(r)
+    for r in socks:
+        while True:
+            t, _ = r.read_msg()
+            assert t != b"E"
+            if t == b"Z":
+                break
+    for r in socks[:20]:
+        r.send(Q("select 1"))
+        got = []
+        while not got or got[-1][0] != b"Z":
+            got.append(r.read_msg())
+        assert types(got) == [b"T", b"D", b"C", b"Z"], got
+    for r in socks:
+        r.s.close()
+    exactly_b(p.port)
+
+
+# ---- 11. reload ----
+
+def test_reload_with_live_probes_and_pool_mode_kept(cluster1, make_proxy):
+    p = make_proxy(cluster1, pool_mode="transaction", pool_size=1, health_check_period="20ms")
+    a = Client(p.port)
+    assert rows(a.query("select 'a'")) == [["a"]]
+    p.settings["pool_mode"] = "session"
+    p.settings["health_check_user"] = "postgres"  # same value, a fresh string
+    p.write_config()
+    for _ in range(5):
+        p.signal(signal.SIGHUP)
+        time.sleep(0.1)
+    # Still transaction pooling: a second client shares the single server.
+    b = Client(p.port)
+    assert rows(b.query("select 'b'")) == [["b"]]
+    assert rows(a.query("select 'a2'")) == [["a2"]]
+    assert "needs a restart" in p.log()

@@ -1,0 +1,438 @@
+"""Seeded random interleaving of raw clients on a small transaction-mode pool.
+
+Several raw clients at once, each in its own thread, run a random (seeded) sequence of: simple
+queries answering a marker unique to the client, extended Parse/Bind/Execute with a Sync or
+with a Flush (the batch left open for later steps), BEGIN/COMMIT/ROLLBACK, errors inside and
+outside a block, SET application_name / search_path (simple or extended, in or out of a block),
+and leaving at random points (Terminate, plain close, close mid-batch or mid-message), after
+which the client comes back as a new session.
+
+Every answer is checked whole: the exact message types, the client's own marker, its own
+settings (a small model of what PostgreSQL keeps: SETs committed, rolled back, or lost with an
+implicit transaction), every ParameterStatus naming only its own values. After every step that
+leaves its session idle, the client's checker (a separate client with its own startup
+application_name) runs `SELECT current_setting('search_path'), current_setting('application_name'),
+'marker-N'` and must get exactly its own defaults and marker: whatever a client left on a server
+must not reach the next one.
+
+Environment: INTERLEAVE_SEED, INTERLEAVE_SECONDS (per pool size)."""
+import os
+import random
+import re
+import socket
+import struct
+import threading
+import time
+
+import psycopg
+import pytest
+
+from wire import Raw, error_fields, msg, startup_packet
+
+SEED = int(os.environ.get("INTERLEAVE_SEED", "20240611"))
+SECONDS = float(os.environ.get("INTERLEAVE_SECONDS", "22"))
+CLIENTS = 4
+
+
+def Q(sql):
+    return msg(b"Q", sql.encode() + b"\0")
+
+
+def P(sql, name=""):
+    return msg(b"P", name.encode() + b"\0" + sql.encode() + b"\0" + b"\0\0")
+
+
+def B(stmt="", portal=""):
+    return msg(b"B", portal.encode() + b"\0" + stmt.encode() + b"\0" + struct.pack("!HHH", 0, 0, 0))
+
+
+def E(portal="", maxrows=0):
+    return msg(b"E", portal.encode() + b"\0" + struct.pack("!I", maxrows))
+
+
+SYNC = msg(b"S")
+FLUSH = msg(b"H")
+TERM = msg(b"X")
+
+
+def values(body):
+    (n,) = struct.unpack("!H", body[:2])
+    pos, out = 2, []
+    for _ in range(n):
+        (ln,) = struct.unpack("!i", body[pos:pos + 4])
+        pos += 4
+        if ln < 0:
+            out.append(None)
+        else:
+            out.append(body[pos:pos + ln].decode())
+            pos += ln
+    return out
+
+
+KNOWN = set(b"123CDEIKNRSTZnst")  # message types a client may see here
+
+
+class Mismatch(AssertionError):
+    pass
+
+
+class Conn(Raw):
+    """A raw client that reads answers, keeping ParameterStatus and notices aside."""
+
+    def __init__(self, port, who, app=None, timeout=10):
+        super().__init__(port, timeout=timeout)
+        self.who = who
+        self.param_status = []  # (name, value) as received
+        extra = {"application_name": app} if app is not None else None
+        self.send(startup_packet(extra=extra))
+        got = self.until(b"Z")
+        if any(t == b"E" for t, _ in got):
+            raise Mismatch("%s: login failed: %r" % (who, got))
+
+    def next(self):
+        """The next message that is not a ParameterStatus or a notice."""
+        while True:
+            t, body = self.read_msg()
+            if t[0] not in KNOWN:
+                raise Mismatch("%s: unexpected message type %r %r" % (self.who, t, body[:80]))
+            if t == b"S":
+                k, v = body.split(b"\0")[:2]
+                self.param_status.append((k.decode(), v.decode()))
+                continue
+            if t == b"N":
+                continue
+            return t, body
+
+    def until(self, last):
+        out = []
+        while True:
+            t, body = self.next()
+            out.append((t, body))
+            if t == last or (t == b"E" and error_fields(body).get("S") == "FATAL"):
+                return out
+
+    def expect(self, want_types, what):
+        """Read exactly len(want_types) messages of those types (b"*" matches any)."""
+        got = []
+        for w in want_types:
+            t, body = self.next()
+            got.append((t, body))
+            if w != b"*" and t != w:
+                raise Mismatch("%s: %s: wanted %r, got %r" % (
+                    self.who, what, want_types, [(t_, b_[:120]) for t_, b_ in got]))
+        return got
+
+
+def check_sql(marker):
+    return ("select current_setting('search_path'), current_setting('application_name'), '%s'"
+            % marker)
+
+
+def row_of(got):
+    rows = [values(b) for t, b in got if t == b"D"]
+    assert len(rows) == 1, got
+    return rows[0]
+
+
+def summary(data):
+    """A short readable form of the messages sent."""
+    out, pos = [], 0
+    while pos + 5 <= len(data):
+        t = data[pos:pos + 1]
+        (ln,) = struct.unpack("!I", data[pos + 1:pos + 5])
+        body = data[pos + 5:pos + 1 + ln]
+        if t in (b"Q", b"P"):
+            sql = body.split(b"\0")[1 if t == b"P" else 0].decode()
+            out.append("%s(%s)" % (t.decode(), sql[:70]))
+        else:
+            out.append(t.decode())
+        pos += 1 + ln
+    if pos < len(data):
+        out.append("<%d bytes of a message>" % (len(data) - pos))
+    return " ".join(out)
+
+
+class Player:
+    """One client's random life: sessions one after another, each a random walk of steps."""
+
+    def __init__(self, port, idx, defaults, rng, deadline, log):
+        self.port = port
+        self.idx = idx
+        self.defaults = defaults
+        self.rng = rng
+        self.deadline = deadline
+        self.log = log
+        self.gen = 0
+        self.n = 0
+        self.steps = 0
+        self.checks = 0
+        self.conn = None
+        self.checker = Conn(port, "checker-%d" % idx, app="chk-%d" % idx)
+
+    # ---- the model of this session ----
+
+    def new_session(self):
+        self.gen += 1
+        app = None
+        if self.rng.random() < 0.5:
+            app = "start-%d-%d" % (self.idx, self.gen)
+        self.conn = Conn(self.port, "client-%d.%d" % (self.idx, self.gen), app=app)
+        send = self.conn.send
+        self.conn.send = lambda data: (self.note(summary(data)), send(data))
+        self.committed = {"search_path": self.defaults["search_path"],
+                          "application_name": app if app is not None else self.defaults["application_name"]}
+        self.cur = dict(self.committed)
+        self.block = False     # in a transaction block
+        self.failed = False    # the block failed
+        self.unsynced = False  # an extended batch is open (Flush, no Sync yet)
+        self.own_apps = {self.committed["application_name"], self.defaults["application_name"]}
+        self.note("connect app=%r" % app)
+
+    def note(self, what):
+        self.log.append((time.time(), self.idx, self.gen, what))
+
+    def marker(self):
+        self.n += 1
+        return "m-%d-%d-%d" % (self.idx, self.gen, self.n)
+
+    def holds_server(self):
+        return self.block or self.unsynced
+
+    def end_of_request(self, status):
+        """A ReadyForQuery: its status must be the model's; an implicit transaction commits."""
+        want = b"E" if self.failed else b"T" if self.block else b"I"
+        if status != want:
+            raise Mismatch("%s: ReadyForQuery %r, wanted %r" % (self.conn.who, status, want))
+        if not self.block:
+            self.committed = dict(self.cur)
+
+    def check_param_status(self):
+        for k, v in self.conn.param_status:
+            if k == "application_name" and v not in self.own_apps:
+                raise Mismatch("%s: ParameterStatus application_name=%r is not its own (%r)" % (
+                    self.conn.who, v, sorted(self.own_apps)))
+        self.conn.param_status.clear()
+        for k, v in self.checker.param_status:
+            if k == "application_name" and v != "chk-%d" % self.idx:
+                raise Mismatch("checker-%d: ParameterStatus application_name=%r" % (self.idx, v))
+        self.checker.param_status.clear()
+
+    # ---- steps ----
+
+    def step_select_simple(self):
+        m = self.marker()
+        c = self.conn
+        c.send(Q(check_sql(m)))
+        got = c.expect([b"T", b"D", b"C", b"Z"], "simple select " + m)
+        self.expect_row(got, m)
+        self.end_of_request(got[-1][1])
+
+    def step_select_extended(self, sync):
+        m = self.marker()
+        c = self.conn
+        c.send(P(check_sql(m)) + B() + E() + (SYNC if sync else FLUSH))
+        got = c.expect([b"1", b"2", b"D", b"C"] + ([b"Z"] if sync else []),
+                       "extended select %s %s" % (m, "Sync" if sync else "Flush"))
+        self.expect_row(got, m)
+        if sync:
+            self.unsynced = False
+            self.end_of_request(got[-1][1])
+        else:
+            self.unsynced = True
+
+    def expect_row(self, got, m):
+        row = row_of(got)
+        want = [self.cur["search_path"], self.cur["application_name"], m]
+        if row != want:
+            raise Mismatch("%s: got %r, wanted %r (block=%s unsynced=%s)" % (
+                self.conn.who, row, want, self.block, self.unsynced))
+
+    def step_sync(self):
+        self.conn.send(SYNC)
+        got = self.conn.expect([b"Z"], "Sync")
+        self.unsynced = False
+        self.end_of_request(got[-1][1])
+
+    def step_set(self, extended, sync):
+        name = self.rng.choice(["search_path", "application_name"])
+        self.n += 1
+        if name == "search_path":
+            value = "sp_%d_%d_%d" % (self.idx, self.gen, self.n)
+            sql = "set search_path = %s" % value
+        else:
+            value = "app-%d-%d-%d" % (self.idx, self.gen, self.n)
+            sql = "set application_name = '%s'" % value
+            self.own_apps.add(value)
+        c = self.conn
+        self.cur[name] = value
+        if not extended:
+            c.send(Q(sql))
+            got = c.expect([b"C", b"Z"], sql)
+            self.end_of_request(got[-1][1])
+        else:
+            c.send(P(sql) + B() + E() + (SYNC if sync else FLUSH))
+            got = c.expect([b"1", b"2", b"C"] + ([b"Z"] if sync else []),
+                           "extended %s %s" % (sql, "Sync" if sync else "Flush"))
+            if sync:
+                self.unsynced = False
+                self.end_of_request(got[-1][1])
+            else:
+                self.unsynced = True
+
+    def step_begin(self):
+        self.conn.send(Q("begin"))
+        got = self.conn.expect([b"C", b"Z"], "begin")
+        self.block = True
+        self.end_of_request(got[-1][1])
+
+    def step_end(self, commit):
+        self.conn.send(Q("commit" if commit else "rollback"))
+        got = self.conn.expect([b"C", b"Z"], "commit" if commit else "rollback")
+        tag = got[0][1].rstrip(b"\0")
+        want = b"COMMIT" if commit and not self.failed else b"ROLLBACK"
+        if tag != want:
+            raise Mismatch("%s: tag %r, wanted %r" % (self.conn.who, tag, want))
+        if want == b"COMMIT":
+            self.committed = dict(self.cur)
+        else:
+            self.cur = dict(self.committed)
+        self.block = self.failed = False
+        self.end_of_request(got[-1][1])
+
+    def step_error(self):
+        self.conn.send(Q("select 1/0"))
+        got = self.conn.expect([b"E", b"Z"], "select 1/0")
+        code = error_fields(got[0][1]).get("C")
+        if code != "22012":
+            raise Mismatch("%s: error %r" % (self.conn.who, error_fields(got[0][1])))
+        if self.block:
+            self.failed = True
+        self.end_of_request(got[-1][1])
+
+    def leave(self):
+        c = self.conn
+        how = self.rng.choice(["terminate", "close", "close-mid-batch", "close-mid-message",
+                               "terminate-mid-batch"])
+        self.note("leave %s (block=%s unsynced=%s)" % (how, self.block, self.unsynced))
+        m = "never-seen-%d-%d" % (self.idx, self.gen)
+        try:
+            if how == "terminate":
+                c.send(TERM)
+            elif how == "close-mid-batch":
+                c.send(P("set search_path = leaked_%d" % self.idx) + B() + E() + P(check_sql(m)) + B() + E())
+            elif how == "terminate-mid-batch":
+                c.send(P("set application_name = 'leaked-%d'" % self.idx) + B() + E() + TERM)
+            elif how == "close-mid-message":
+                whole = Q(check_sql(m))
+                c.send(whole[:len(whole) // 2])
+        except OSError:
+            pass
+        c.close()
+        self.conn = None
+
+    def check(self):
+        """The checker gets exactly its own defaults and marker."""
+        m = "marker-%d-%d" % (self.idx, self.checks)
+        self.checks += 1
+        self.checker.send(Q(check_sql(m)))
+        got = self.checker.expect([b"T", b"D", b"C", b"Z"], "check " + m)
+        row = row_of(got)
+        want = [self.defaults["search_path"], "chk-%d" % self.idx, m]
+        if row != want or got[-1][1] != b"I":
+            raise Mismatch("checker-%d after client-%d.%d's step %d: got %r status %r, wanted %r" % (
+                self.idx, self.idx, self.gen, self.steps, row, got[-1][1], want))
+
+    def step(self):
+        self.conn and self.conn.s.settimeout(10)
+        r = self.rng.random()
+        if self.conn is None:
+            self.new_session()
+            return
+        if self.failed:
+            # a failed block: only its end, or leaving
+            if r < 0.1:
+                return self.leave()
+            return self.step_end(commit=r < 0.5)
+        if self.unsynced:
+            if r < 0.1:
+                return self.leave()
+            if r < 0.45:
+                return self.step_sync()
+            if r < 0.75:
+                return self.step_select_extended(sync=self.rng.random() < 0.5)
+            return self.step_set(extended=True, sync=self.rng.random() < 0.5)
+        if r < 0.06:
+            return self.leave()
+        if r < 0.22:
+            return self.step_select_simple()
+        if r < 0.38:
+            return self.step_select_extended(sync=self.rng.random() < 0.6)
+        if r < 0.58:
+            kind = self.rng.random()
+            return self.step_set(extended=kind < 0.5, sync=kind < 0.3)
+        if r < 0.68:
+            return self.step_begin() if not self.block else self.step_select_simple()
+        if r < 0.80:
+            return self.step_end(commit=self.rng.random() < 0.5) if self.block else self.step_begin()
+        if r < 0.86:
+            return self.step_error()
+        return self.step_select_simple()
+
+    def run(self):
+        while time.time() < self.deadline:
+            self.step()
+            self.steps += 1
+            self.check_param_status() if self.conn else None
+            if self.conn is None or not self.holds_server():
+                self.check()
+        if self.conn is not None:
+            self.leave()
+        self.checker.send(TERM)
+        self.checker.close()
+
+
+def defaults(lab):
+    with psycopg.connect(lab.dsn(1), autocommit=True) as c:
+        return {n: c.execute("select current_setting(%s)", (n,)).fetchone()[0]
+                for n in ("search_path", "application_name")}
+
+
+@pytest.mark.parametrize("pool_size", [1, 2])
+def test_random_interleaving(cluster1, make_proxy, pool_size):
+    p = make_proxy(cluster1, pool_mode="transaction", pool_size=pool_size,
+                   query_wait_timeout="10s")
+    dflt = defaults(cluster1)
+    seed = SEED * 10 + pool_size
+    deadline = time.time() + SECONDS
+    log = []
+    players = [Player(p.port, i, dflt, random.Random(seed * 100 + i), deadline, log)
+               for i in range(CLIENTS)]
+    errors = []
+
+    def run(pl):
+        try:
+            pl.run()
+        except BaseException as e:  # noqa: BLE001 - reported in the test's thread
+            errors.append((pl.idx, e))
+
+    threads = [threading.Thread(target=run, args=(pl,), daemon=True) for pl in players]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(max(1.0, deadline + 25 - time.time()))
+    hung = [pl.idx for pl, t in zip(players, threads) if t.is_alive()]
+
+    def history(idx, n=12):
+        lines = ["  %.3f client-%d.%d %s" % (ts - deadline + SECONDS, i, g, w)
+                 for ts, i, g, w in log if i == idx]
+        return "\n".join(lines[-n:])
+
+    if errors or hung:
+        lines = []
+        for idx, e in errors:
+            lines.append("client %d: %s: %s\n%s" % (idx, type(e).__name__, e, history(idx)))
+        for idx in hung:
+            lines.append("client %d hung\n%s" % (idx, history(idx)))
+        pytest.fail("seed %d, pool_size %d:\n%s" % (seed, pool_size, "\n".join(lines)))
+    total = sum(pl.steps for pl in players)
+    assert total > 50, "too few steps: %d" % total
