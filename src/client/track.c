@@ -54,7 +54,8 @@ static void rec_add(struct track_rec *r, uint16_t idx, const struct track_stmt *
         r->has_commit = 1;
 }
 
-int track_wants(const struct track *t, const struct track_stmt *st)
+/* building: the request being put together (its earlier statements count as in flight). */
+static int wants(const struct track *t, const struct track_rec *building, const struct track_stmt *st)
 {
     switch (st->kind) {
     case TK_SET:
@@ -68,10 +69,15 @@ int track_wants(const struct track *t, const struct track_stmt *st)
     case TK_ROLLBACK:
         /* Only matter when there are effects to keep or drop; a savepoint taken before any of
          * them is as good as the start of the transaction (see apply_rollback_to). */
-        return t->n_txn > 0 || t->n > 0 || t->batch.n_ops > 0;
+        return t->n_txn > 0 || t->n > 0 || t->batch.n_ops > 0 || (building && building->n_ops > 0);
     default:
         return 0;
     }
+}
+
+int track_wants(const struct track *t, const struct track_stmt *st)
+{
+    return wants(t, NULL, st);
 }
 
 /* A request went out: a record if it has something to follow, a count otherwise. */
@@ -110,7 +116,7 @@ void track_query(struct client *c, const struct track_stmt *stmts, int n)
     struct track_rec r;
     memset(&r, 0, sizeof(r));
     for (int i = 0; i < n && i < 65535; i++)
-        if (track_wants(t, &stmts[i]))
+        if (wants(t, &r, &stmts[i]))
             rec_add(&r, (uint16_t)i, &stmts[i]);
     push_request(t, &r);
 }
@@ -134,7 +140,9 @@ void track_sync(struct client *c)
 static struct track_rec *head_rec(struct track *t)
 {
     if (t->n == 0)
-        return NULL;
+        /* Every request sent is answered: what comes is for the batch being sent (Execute
+         * then Flush: answers before its Sync). */
+        return t->plain_tail == 0 ? &t->batch : NULL;
     struct track_rec *r = &t->recs[t->head];
     return r->plain_before > 0 ? NULL : r;
 }
@@ -217,8 +225,12 @@ static void apply(struct client *c, const struct track_stmt *st, const char *tag
         txn_add(t, st);
         break;
     case TK_RELEASE:
-        /* The savepoint and those after it go; their effects now belong to the level above. */
-        if ((i = find_savepoint(t, st->name)) >= 0) {
+        /* The savepoint and those after it go; their effects now belong to the level above.
+         * One not recorded was taken before every recorded entry: all markers go. */
+        i = find_savepoint(t, st->name);
+        if (i < 0)
+            i = 0;
+        {
             int n = i;
             for (int j = i; j < t->n_txn; j++) {
                 if (t->txn[j].st.kind == TK_SAVEPOINT)
