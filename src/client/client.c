@@ -2,6 +2,7 @@
 #include "client/client.h"
 
 #include <arpa/inet.h>
+#include <sys/socket.h>
 #include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -339,7 +340,14 @@ void client_free(struct client *c)
         if (evbuffer_get_length(out) > 0) {
             /* The bufferevent keeps its output frozen for outside readers. */
             evbuffer_unfreeze(out, 1);
-            evbuffer_write(out, bufferevent_getfd(c->bev));
+            int fd = bufferevent_getfd(c->bev);
+            evbuffer_write(out, fd);
+            /* A close with unread input resets the connection, and the peer's kernel drops
+             * the final error it had not read yet: read what is there, end writing first. */
+            shutdown(fd, SHUT_WR);
+            char sink[4096];
+            for (int i = 0; i < 256 && recv(fd, sink, sizeof(sink), MSG_DONTWAIT) > 0; i++)
+                ;
         }
         bufferevent_free(c->bev);
     }

@@ -357,3 +357,66 @@ def test_commit_outcome_unknown(fo_proxy, cluster3):
         cluster3.run("crash", "n1", check=False)
         cluster3.run("thaw", "n1", check=False)
         c.close()
+
+
+def test_session_replay_only_accepted(fo_proxy, cluster3):
+    """Issue 9, item 9: a session rebuilt after a failover gets back exactly the prepared
+    statements the old server accepted: a refused Parse is not replayed (it would fail the
+    replay), a good one works, the refused name is unknown (26000) as on PostgreSQL."""
+    c = fo_proxy.connect()
+    pg = c.pgconn
+    bad = pg.prepare(b"s_bad", b"selec 1")
+    assert bad.error_field(psycopg.pq.DiagnosticField.SQLSTATE) == b"42601"
+    good = pg.prepare(b"s_good", b"select 40 + 2")
+    assert good.status == psycopg.pq.ExecStatus.COMMAND_OK
+    c.execute("set application_name = 'replayed'")
+    old_port = c.execute("select inet_server_port()").fetchone()[0]
+    cluster3.failover(delay_ms=200)
+    deadline = time.time() + 20
+    while True:
+        r = pg.exec_prepared(b"s_good", [])
+        if r.status == psycopg.pq.ExecStatus.TUPLES_OK or time.time() > deadline:
+            break
+        time.sleep(0.05)
+    assert r.status == psycopg.pq.ExecStatus.TUPLES_OK, r.error_message
+    assert r.get_value(0, 0) == b"42"
+    r = pg.exec_prepared(b"s_bad", [])
+    assert r.error_field(psycopg.pq.DiagnosticField.SQLSTATE) == b"26000"
+    assert c.execute("show application_name").fetchone()[0] == "replayed"
+    assert c.execute("select inet_server_port()").fetchone()[0] != old_port
+
+
+def test_session_replay_failure_is_fatal(fo_proxy, cluster3):
+    """Issue 9, item 9: state that cannot be rebuilt on the new writer ends the session with a
+    FATAL that says so, never a session silently missing a statement."""
+    with fo_proxy.connect() as d:
+        d.execute("create table if not exists t_replay (x int)")
+    c = fo_proxy.connect()
+    pg = c.pgconn
+    assert pg.prepare(b"s_t", b"select x from t_replay").status == psycopg.pq.ExecStatus.COMMAND_OK
+    cluster3.failover(delay_ms=200)
+    # The statement's table goes away on the new writer before the session is rebuilt there.
+    deadline = time.time() + 20
+    while True:
+        try:
+            with psycopg.connect(fo_proxy.dsn(), connect_timeout=5, autocommit=True) as d:
+                d.execute("drop table t_replay")
+            break
+        except psycopg.Error:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.1)
+    # Every result libpq makes of the answer (PQexec would keep only its last: "server closed
+    # the connection unexpectedly", as after any FATAL).
+    pg.send_query_prepared(b"s_t", [])
+    while pg.flush():
+        pass
+    messages = b""
+    while True:
+        r = pg.get_result()
+        if r is None:
+            break
+        messages += r.error_message or b""
+    assert b"could not be rebuilt" in messages, messages
+    assert b"t_replay" in messages, messages
+    assert pg.status == psycopg.pq.ConnStatus.BAD
