@@ -938,14 +938,19 @@ static void inspect_message(struct client *c, const struct msg_hdr *h, const uin
     mr_init(&r, m + PROTO_HDR_LEN, have - PROTO_HDR_LEN);
     switch (h->type) {
     case FE_QUERY:
+        /* A simple Query drops the unnamed statement and portal. */
+        if (c->unnamed_op.kind != TK_OTHER)
+            track_stmt_clear(&c->unnamed_op);
+        if (c->portal_op.kind != TK_OTHER)
+            track_stmt_clear(&c->portal_op);
         inspect_query(c, (const char *)m + PROTO_HDR_LEN, h->len - 4);
         break;
     case FE_PARSE:
         inspect_parse(c, m, have, txn);
         break;
     case FE_BIND: {
-        if (c->unnamed_op.kind == TK_OTHER && c->n_stmt_ops == 0)
-            break; /* nothing the portal could carry */
+        if (c->unnamed_op.kind == TK_OTHER && c->n_stmt_ops == 0 && c->portal_op.kind == TK_OTHER)
+            break; /* nothing the portal could carry, nor carries now */
         const char *portal = mr_str(&r);
         const char *stmt = mr_str(&r);
         if (r.bad)
@@ -1306,7 +1311,11 @@ void client_linked(struct client *c)
     if (c->pool && c->pool->base.n == 0)
         for (int i = 0; i < s->params.n; i++)
             kv_set(&c->pool->base, s->params.items[i].name, s->params.items[i].value);
-    if (c->reported_hash != s->params_hash || !c->got_welcome) {
+    /* With the client's setup still on its way (sent ahead of its request), the server's
+     * parameters are still the previous client's: the setup's own ParameterStatus messages
+     * tell the client what changes (server.c). */
+    int setup_ahead = c->got_welcome && s->swallow > 0;
+    if (!setup_ahead && (c->reported_hash != s->params_hash || !c->got_welcome)) {
         for (int i = 0; i < s->params.n; i++) {
             const char *name = s->params.items[i].name, *value = s->params.items[i].value;
             const char *seen = c->got_welcome ? client_reported(c, name) : NULL;
@@ -1355,8 +1364,11 @@ void client_server_lost(struct client *c, const char *why)
         c->term->node = s ? s->nd : NULL;
         snprintf(c->term->why, sizeof(c->term->why), "%s", why);
         client_change_state(c, CL_IDLE);
+        /* Something to answer or to read (a request held by PAUSE included): the verdict is
+         * waited for now; an idle client learns it at its next request. */
+        c->pause_held = 0;
         if (c->pending > 0 || c->unsynced > 0 || c->fwd_left > 0 || c->in_copy_in ||
-            c->txn_status != 'I')
+            c->txn_status != 'I' || evbuffer_get_length(bufferevent_get_input(c->bev)) > 0)
             term_wait(c);
         return;
     }
