@@ -420,3 +420,31 @@ def test_session_replay_failure_is_fatal(fo_proxy, cluster3):
     assert b"could not be rebuilt" in messages, messages
     assert b"t_replay" in messages, messages
     assert pg.status == psycopg.pq.ConnStatus.BAD
+
+
+def test_cancel_held_request(fo_proxy, cluster3):
+    """Issue 9, item 8: a request held while there is no writer, then cancelled, gets 57014
+    at once and never runs, also once a writer is back; the connection goes on."""
+    c = fo_proxy.connect()
+    c.execute("select 1")
+    cluster3.run("crash", "n1")  # no promotion yet: requests are held
+    result = {}
+
+    def run():
+        try:
+            c.execute("insert into writes (client, seq) values (77, 1)")
+            result["ok"] = True
+        except psycopg.Error as e:
+            result["err"] = e.sqlstate
+
+    t = threading.Thread(target=run)
+    t.start()
+    time.sleep(1.0)
+    assert t.is_alive(), result  # held
+    t0 = time.time()
+    c.cancel()
+    t.join(10)
+    assert result.get("err") == "57014", result
+    assert time.time() - t0 < 3
+    promote_best(cluster3)
+    assert c.execute("select count(*) from writes where client = 77").fetchone()[0] == 0

@@ -1349,3 +1349,22 @@ def test_reload_with_live_probes_and_pool_mode_kept(cluster1, make_proxy):
     assert rows(b.query("select 'b'")) == [["b"]]
     assert rows(a.query("select 'a2'")) == [["a2"]]
     assert "needs a restart" in p.log()
+
+
+def test_statements_past_the_replay_limit_still_bind(cluster1, make_proxy):
+    """Issue 9, item 10: past the 1 MB of statement text pgstay keeps for replay, the session is
+    pinned and its statements still work under their names (no 26000)."""
+    p = tx(make_proxy, cluster1, 2)
+    a = Client(p.port)
+    pad = "x" * 8000
+    batch = b""
+    for i in range(160):  # 160 x 8 kB: past the limit
+        batch += P("select %d as n, '%s' as pad" % (i, pad), name="big_%d" % i)
+    a.send(batch + SYNC)
+    got = a.until_ready()
+    assert types(got) == [b"1"] * 160 + [b"Z"], types(got)[-3:]
+    for i in (0, 80, 159):
+        a.send(B(stmt="big_%d" % i) + E() + SYNC)
+        got = a.until_ready()
+        assert types(got)[:2] == [b"2", b"D"], got[:2]
+    exactly_b(p.port)
