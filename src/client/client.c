@@ -66,6 +66,21 @@ void kv_set(struct kvlist *l, const char *name, const char *value)
     l->n++;
 }
 
+uint64_t kv_hash(const struct kvlist *l)
+{
+    uint64_t sum = 0;
+    for (int i = 0; i < l->n; i++) {
+        uint64_t h = 1469598103934665603ULL;
+        for (const char *p = l->items[i].name; *p; p++)
+            h = (h ^ (uint8_t)*p) * 1099511628211ULL;
+        h = (h ^ '=') * 1099511628211ULL;
+        for (const char *p = l->items[i].value; *p; p++)
+            h = (h ^ (uint8_t)*p) * 1099511628211ULL;
+        sum += h; /* a sum: the order of the items (kv_del reorders) does not matter */
+    }
+    return sum;
+}
+
 const char *kv_get(const struct kvlist *l, const char *name)
 {
     for (int i = 0; i < l->n; i++)
@@ -699,7 +714,7 @@ void client_logged_in(struct client *c)
     log_debug("C-%llu %s: logged in as %s to %s", (unsigned long long)c->id, c->addr, c->user,
               c->database);
     client_change_state(c, CL_IDLE);
-    const struct kvlist *welcome = pool_welcome_find(c->pool, pool_params_key(&c->params));
+    const struct kvlist *welcome = pool_welcome_find(c->pool, kv_hash(&c->params));
     if (welcome) {
         /* A server was set up for these very parameters before: welcome the client from what
          * it reported, as PgBouncer does; only its first statement waits for a server. */
@@ -1327,7 +1342,7 @@ void client_linked(struct client *c)
         c->reported_hash = s->params_hash;
     }
     if (!c->got_welcome) {
-        pool_welcome_store(c->pool, pool_params_key(&c->params), &s->params);
+        pool_welcome_store(c->pool, kv_hash(&c->params), &s->params);
         proto_build_key_data(&b, c->cancel_pid, c->cancel_key);
         proto_build_ready(&b, 'I');
         c->got_welcome = 1;

@@ -55,6 +55,8 @@ struct kvlist {
 void kv_set(struct kvlist *l, const char *name, const char *value);
 const char *kv_get(const struct kvlist *l, const char *name);
 void kv_clear(struct kvlist *l);
+/* FNV-1a of each name=value, summed: equal sets, in any order, hash alike. */
+uint64_t kv_hash(const struct kvlist *l);
 void kv_del(struct kvlist *l, const char *name);
 
 /* How long pgstay waits to learn whether a 57P01 was an administrator's or a shutdown's. */

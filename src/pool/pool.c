@@ -30,21 +30,6 @@ const struct pool_mode_ops pool_modes[2] = {
     [POOL_TRANSACTION] = {"transaction", 0, transaction_releasable},
 };
 
-uint64_t pool_params_key(const struct kvlist *params)
-{
-    uint64_t sum = 0;
-    for (int i = 0; i < params->n; i++) {
-        uint64_t h = 1469598103934665603ULL;
-        for (const char *q = params->items[i].name; *q; q++)
-            h = (h ^ (uint8_t)*q) * 1099511628211ULL;
-        h = (h ^ '=') * 1099511628211ULL;
-        for (const char *q = params->items[i].value; *q; q++)
-            h = (h ^ (uint8_t)*q) * 1099511628211ULL;
-        sum += h;
-    }
-    return sum;
-}
-
 const struct kvlist *pool_welcome_find(struct pool *p, uint64_t key)
 {
     for (int i = 0; i < p->n_welcomes; i++)

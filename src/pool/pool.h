@@ -58,9 +58,8 @@ extern const struct pool_mode_ops pool_modes[2];
 /* After a ReadyForQuery reached the client: in transaction mode its server goes back. */
 void pool_after_ready(struct client *c);
 
-/* A key for the client's startup parameters, order-independent. */
-uint64_t pool_params_key(const struct kvlist *params);
-/* The parameter statuses to welcome a client with startup parameters key (NULL: unknown). */
+/* The parameter statuses to welcome a client whose startup parameters hash to key (kv_hash),
+ * NULL if unknown. */
 const struct kvlist *pool_welcome_find(struct pool *p, uint64_t key);
 void pool_welcome_store(struct pool *p, uint64_t key, const struct kvlist *reported);
 

@@ -264,22 +264,6 @@ static void login_done(struct server *s)
 
 /* ---- incoming traffic ---- */
 
-/* Order-independent hash of a parameter set (kv_set may reorder on delete). */
-static uint64_t params_hash(const struct kvlist *l)
-{
-    uint64_t sum = 0;
-    for (int i = 0; i < l->n; i++) {
-        uint64_t h = 1469598103934665603ULL;
-        for (const char *p = l->items[i].name; *p; p++)
-            h = (h ^ (uint8_t)*p) * 1099511628211ULL;
-        h = (h ^ '=') * 1099511628211ULL;
-        for (const char *p = l->items[i].value; *p; p++)
-            h = (h ^ (uint8_t)*p) * 1099511628211ULL;
-        sum += h;
-    }
-    return sum | 1; /* never 0, which a client starts with */
-}
-
 static void handle_param_status(struct server *s, const uint8_t *body, size_t len)
 {
     struct msg_reader r;
@@ -288,7 +272,7 @@ static void handle_param_status(struct server *s, const uint8_t *body, size_t le
     const char *value = mr_str(&r);
     if (!r.bad) {
         kv_set(&s->params, name, value);
-        s->params_hash = params_hash(&s->params);
+        s->params_hash = (kv_hash(&s->params) | 1) /* never 0, which a client starts with */;
     }
 }
 
@@ -485,7 +469,7 @@ static int observe_forwarded(struct server *s, struct client *c, const struct ms
         const char *value = mr_str(&r);
         if (!r.bad) {
             kv_set(&s->params, name, value);
-            s->params_hash = params_hash(&s->params);
+            s->params_hash = (kv_hash(&s->params) | 1) /* never 0, which a client starts with */;
             client_note_reported(c, name, value);
             c->reported_hash = s->params_hash;
         }
