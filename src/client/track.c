@@ -55,7 +55,8 @@ static void rec_add(struct track_rec *r, uint16_t idx, const struct track_stmt *
 }
 
 /* building: the request being put together (its earlier statements count as in flight). */
-static int wants(const struct track *t, const struct track_rec *building, const struct track_stmt *st)
+static int wants(const struct track *t, const struct track_rec *building,
+                 const struct track_stmt *st)
 {
     switch (st->kind) {
     case TK_SET:

@@ -50,7 +50,7 @@ struct track {
     uint16_t batch_execs;   /* Executes in it so far */
     struct track_op *txn;   /* effects inside the open transaction, with savepoint markers */
     int n_txn, cap_txn;
-    int resp_error;         /* an ErrorResponse since the last transaction boundary */
+    int resp_error; /* an ErrorResponse since the last transaction boundary */
 };
 
 struct client;
