@@ -104,6 +104,7 @@ int worker_init(struct worker *w, struct config *cfg)
     for (int i = 0; i < SV_NSTATES; i++)
         list_init(&w->servers[i]);
     list_init(&w->pools);
+    list_init(&w->cancels);
     w->base = event_base_new();
     if (!w->base)
         return -1;
@@ -265,6 +266,7 @@ void worker_free(struct worker *w)
         pool_free(container_of(pos, struct pool, node));
     }
     failover_free(w);
+    cancel_free_all(w);
     sql_classify_cleanup();
     userlist_free(&w->users);
     /* Bufferevents with deferred callbacks finish freeing themselves in the loop. */

@@ -65,6 +65,7 @@ struct worker {
     struct list servers[SV_NSTATES];
     int n_servers[SV_NSTATES];
     struct list pools;
+    struct list cancels; /* CancelRequests on their way to a server (pool.c) */
     struct evconnlistener *listeners[2]; /* writer, reader endpoint */
     struct listen_ctx listen_ctx[2];
     struct event *reaper;                /* frees closing objects outside their callbacks */

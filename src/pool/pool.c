@@ -505,6 +505,7 @@ void pool_drop_node(struct worker *w, struct node *nd)
  * read it (it closes the connection then), the server is lent to nobody else: a cancel must
  * never reach another client's statement. */
 struct cancel_conn {
+    struct list node; /* on w->cancels */
     struct bufferevent *bev;
     struct worker *w;
     uint64_t server_id;
@@ -535,8 +536,21 @@ static void cancel_done(struct worker *w, uint64_t server_id)
 static void cancel_free(struct cancel_conn *cc)
 {
     cancel_done(cc->w, cc->server_id);
+    list_del(&cc->node);
     bufferevent_free(cc->bev);
     free(cc);
+}
+
+void cancel_free_all(struct worker *w)
+{
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, &w->cancels)
+    {
+        struct cancel_conn *cc = container_of(pos, struct cancel_conn, node);
+        list_del(&cc->node);
+        bufferevent_free(cc->bev);
+        free(cc);
+    }
 }
 
 static void cancel_read_cb(struct bufferevent *bev, void *arg)
@@ -591,6 +605,7 @@ void cancel_forward(struct worker *w, uint32_t pid, uint32_t key)
         return;
     cc->w = w;
     cc->server_id = s->id;
+    list_init(&cc->node);
     struct pbuf b;
     pbuf_init(&b);
     proto_build_cancel(&b, s->be_pid, s->be_key);
@@ -611,6 +626,7 @@ void cancel_forward(struct worker *w, uint32_t pid, uint32_t key)
     struct timeval tv = {5, 0};
     bufferevent_set_timeouts(cc->bev, &tv, &tv);
     s->cancels++;
+    list_append(&w->cancels, &cc->node);
     log_info("C-%llu: cancel forwarded to S-%llu (backend pid %u on %s)", (unsigned long long)c->id,
              (unsigned long long)s->id, s->be_pid, s->nd->name);
     if (bufferevent_socket_connect_hostname(cc->bev, w->dns, AF_UNSPEC, s->nd->host, s->nd->port) < 0)

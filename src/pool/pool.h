@@ -93,6 +93,8 @@ void pool_kick_all(struct worker *w);
 void pool_kick(struct pool *p);
 /* Close idle servers of every pool on node nd (it lost its role). */
 void pool_drop_node(struct worker *w, struct node *nd);
+/* At exit: cancel connections still on their way. */
+void cancel_free_all(struct worker *w);
 /* Handle a CancelRequest packet with pgstay's key. */
 void cancel_forward(struct worker *w, uint32_t pid, uint32_t key);
 
