@@ -2,6 +2,7 @@
 timeline and the cluster's system identifier, health with rise and fall, a probe connection that
 is not the node, and login backoff."""
 import os
+import signal
 import shutil
 import tempfile
 import threading
@@ -304,17 +305,38 @@ def test_another_clusters_primary_is_never_used(lab3, proxies):
 # ---- 2. rise and fall ------------------------------------------------------------------------
 
 
+def node_pids(lab, node):
+    """The postmaster of a lab node and all its children."""
+    with open(os.path.join(lab.dir, node, "postmaster.pid")) as f:
+        top = int(f.readline())
+    pids = [top]
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open("/proc/%s/stat" % d) as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == top:
+                        pids.append(int(d))
+            except (OSError, ValueError, IndexError):
+                pass
+    return pids
+
+
 def test_writer_stall_shorter_than_the_fall_window(lab3, proxies):
-    # A probe every 20 ms, 250 ms to answer: a 300 ms stall misses a probe for sure; two
-    # misses in a row (health_check_fall's default, 500 ms) are needed to declare it lost.
+    # A probe every 20 ms, 250 ms to answer: a 400 ms stall misses a probe for sure; two
+    # misses in a row (health_check_fall's default, 500 ms at least) are needed to declare it
+    # lost. The stall is timed here (SIGSTOP/SIGCONT of the node's processes), not by a lab
+    # command whose own start-up time on a loaded machine would lengthen it.
     p = proxies(lab3, health_check_period="20ms", health_check_timeout="250ms")
     w = Writers(p).start()
     wait_for(lambda: w.total() > 20, what="writes")
-    lab3.freeze("n1")
+    pids = node_pids(lab3, "n1")
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
     try:
-        time.sleep(0.3)
+        time.sleep(0.4)
     finally:
-        lab3.thaw("n1")
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
     mark = w.total()
     wait_for(lambda: w.total() > mark + 40, what="writes after the stall")
     w.stop()
