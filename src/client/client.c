@@ -1043,6 +1043,15 @@ static int single_kind(const char *q, size_t len)
     return kind;
 }
 
+/* The first message of a batch that cannot run in the lost transaction: its error now, then
+ * nothing until the Sync (as PostgreSQL skips the rest). */
+static void batch_fail(struct client *c, struct pbuf *b)
+{
+    if (!c->batch_error)
+        build_lost_txn_error(c, b);
+    c->batch_error = 1;
+}
+
 /* Answer locally while the client's transaction died with its server (failover contract 3). */
 static int answer_lost_txn(struct client *c, const struct msg_hdr *h, const uint8_t *body)
 {
@@ -1076,7 +1085,7 @@ static int answer_lost_txn(struct client *c, const struct msg_hdr *h, const uint
             pbuf_put_u8(&b, BE_PARSE_COMPLETE);
             pbuf_put_u32(&b, 4);
         } else {
-            c->batch_error = 1;
+            batch_fail(c, &b);
         }
     } else if (h->type == FE_BIND || h->type == FE_DESCRIBE || h->type == FE_EXECUTE ||
                h->type == FE_CLOSE) {
@@ -1094,15 +1103,16 @@ static int answer_lost_txn(struct client *c, const struct msg_hdr *h, const uint
                 pbuf_put_u32(&b, 4);
             }
         } else {
-            c->batch_error = 1;
+            batch_fail(c, &b);
         }
     } else if (h->type == FE_SYNC) {
+        /* The error went out with the message that failed (a Flush sees it, as from
+         * PostgreSQL); a Sync only ends the batch, a bare one included. */
         if (c->batch_rollback && !c->batch_error) {
             proto_build_ready(&b, 'I');
             c->txn_lost = 0;
             c->txn_status = 'I';
         } else {
-            build_lost_txn_error(c, &b);
             proto_build_ready(&b, 'E');
         }
         c->batch_rollback = c->batch_error = 0;
@@ -1398,7 +1408,8 @@ static int term_verdict(struct client *c)
 {
     struct worker *w = c->w;
     struct node *nd = c->term->node;
-    if (!nd || failover_holding(w) || (c->role == ROLE_WRITER && w->topo->writer != nd))
+    /* A suspect writer is not a lost one: the next probe says which. */
+    if (!nd || !w->topo->writer || (c->role == ROLE_WRITER && w->topo->writer != nd))
         return -1;
     if (nd->last_ok > c->term->at)
         return 1; /* a probe answered after the termination */

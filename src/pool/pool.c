@@ -276,14 +276,10 @@ static void link_pair(struct pool *p, struct server *s, struct client *c)
         client_linked(c);
         return;
     }
-    if (c->got_welcome) {
-        /* Sent ahead of the client's own request: no extra round trip. */
-        server_send_internal(s, wire.data, wire.len, n_ready);
-        pbuf_free(&wire);
-        server_change_state(s, SV_ACTIVE);
-        client_linked(c);
-        return;
-    }
+    /* The setup is answered before the client's request goes: a server terminated meanwhile
+     * (its FATAL not read yet when it was lent) then dies before anything of the client's
+     * could run, and the client is given another server without noticing. It costs a round
+     * trip only when the client's settings differ from the server's. */
     server_change_state(s, SV_SETUP);
     server_send_internal(s, wire.data, wire.len, n_ready);
     pbuf_free(&wire);
@@ -330,6 +326,12 @@ static void pool_kick_loop(struct pool *p)
             list_del(&s->pool_node);
             if (!node_fits(p, s->nd)) {
                 server_close(s, "its node no longer has the role this pool needs");
+                continue;
+            }
+            if (!server_idle_intact(s)) {
+                /* Terminated while idle: its FATAL is waiting to be read. Another server
+                 * serves the client, which never hears of it. */
+                server_close(s, "it spoke or closed while idle (terminated)");
                 continue;
             }
             struct client *c = container_of(list_first(&p->waiting), struct client, pool_node);

@@ -1,9 +1,11 @@
 /* The server state machine: connect, log in, run pgstay's own queries, forward to the client. */
 #include "server/server.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include <event2/buffer.h>
 #include <event2/dns.h>
@@ -430,6 +432,19 @@ static int handle_internal(struct server *s, const struct msg_hdr *h, const uint
     }
 }
 
+int server_idle_intact(struct server *s)
+{
+    if (s->in_process)
+        return 1;
+    if (evbuffer_get_length(bufferevent_get_input(s->bev)) > 0)
+        return 0; /* read, its callback not run yet */
+    if (now_ms() - s->last_used < 1)
+        return 1; /* just used: the common case costs no system call */
+    char byte;
+    ssize_t n = recv(bufferevent_getfd(s->bev), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+}
+
 void server_finish_drain(struct server *s)
 {
     if (s->txn_status != 'I') {
@@ -557,7 +572,20 @@ static void streamed_done(struct server *s, struct client *c, uint8_t type)
         plan_server_msg_done(s, type);
 }
 
+static void server_process_loop(struct server *s);
+
 void server_process(struct server *s)
+{
+    /* Lending can happen inside (a login's ReadyForQuery makes the server ready): what is
+     * still in the buffer then is this loop's to read, not a sign of a dying backend. */
+    int outer = !s->in_process;
+    s->in_process = 1;
+    server_process_loop(s);
+    if (outer)
+        s->in_process = 0;
+}
+
+static void server_process_loop(struct server *s)
 {
     struct evbuffer *in = bufferevent_get_input(s->bev);
     struct worker *w = s->w;

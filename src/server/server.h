@@ -46,6 +46,7 @@ struct server {
     uint64_t unnamed_owner, unnamed_seq; /* whose unnamed statement it holds (client id, seq) */
     int cancels;           /* CancelRequests on their way to its backend */
     int cancel_hold;       /* released, kept out of the pool until they are delivered */
+    int in_process;        /* inside server_process (see server_idle_intact) */
     int reset_pending;     /* draining after its client left: roll back and reset when idle */
     struct kvlist applied; /* settings clients left on it: name -> the statement that made it */
     char txn_status;
@@ -73,6 +74,9 @@ void server_send_internal(struct server *s, const void *p, size_t n, int n_ready
 void server_process(struct server *s);
 void server_free(struct server *s);
 const char *server_param(struct server *s, const char *name);
+/* An idle server about to be lent has nothing to say: a backend that says something while
+ * idle is ending (a FATAL from pg_terminate_backend, EOF) and must not be lent. */
+int server_idle_intact(struct server *s);
 /* SV_RESETTING after a drain, at a ReadyForQuery with nothing more to swallow: ROLLBACK an open
  * transaction, then run the reset query, then back to the pool. */
 void server_finish_drain(struct server *s);

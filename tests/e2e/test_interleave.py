@@ -878,7 +878,6 @@ def test_random_interleaving_with_server_losses(cluster1, make_proxy, pool_size)
         "; Flush of a lost block unanswered: %s" % known if known else ""))
 
 
-@pytest.mark.xfail(strict=True, reason="pgstay answers a Flush batch of a lost block only at Sync")
 def test_flush_after_lost_block(cluster1, make_proxy):
     """The minimal case the loss walk found: a transaction block whose server was terminated
     while it was idle sends Parse/Bind/Execute/Flush. PostgreSQL (and pgstay, for a block that
@@ -918,8 +917,6 @@ def test_flush_after_lost_block(cluster1, make_proxy):
     assert answered == (b"E", "08006"), answered
 
 
-@pytest.mark.xfail(strict=True, reason="a request handed to a pool server that is being terminated "
-                                       "gets 08006 instead of another server")
 def test_idle_client_request_on_a_terminating_server(cluster1, make_proxy):
     """The other case the loss walk found (its checkers, idle clients, got 08006): a pool
     server idle in the pool is terminated; the request of an idle client, sent once
@@ -950,7 +947,6 @@ def test_idle_client_request_on_a_terminating_server(cluster1, make_proxy):
     assert not failed, "%d of 30 idle requests failed, first: %r" % (len(failed), failed[0])
 
 
-@pytest.mark.xfail(strict=True, reason="pgstay answers a bare Sync of a lost block with 25P02")
 def test_bare_sync_after_lost_block(cluster1, make_proxy):
     """Found while writing the loss walk: in a block that lost its server, a Sync with nothing
     before it is answered 25P02 + ReadyForQuery(E) by pgstay; PostgreSQL (and pgstay, for a
