@@ -1411,8 +1411,10 @@ static int term_verdict(struct client *c)
     /* A suspect writer is not a lost one: the next probe says which. */
     if (!nd || !w->topo->writer || (c->role == ROLE_WRITER && w->topo->writer != nd))
         return -1;
-    if (nd->last_ok > c->term->at)
-        return 1; /* a probe answered after the termination */
+    if (w->fo->paused)
+        return -1; /* a planned switchover shutting the node down */
+    if (nd->last_ok_sent_us > c->term->at_us)
+        return 1; /* a probe sent after the termination was answered */
     if (now_ms() - c->term->at > TERM_VERDICT_MAX_MS)
         return -1;
     return 0;
@@ -1467,6 +1469,7 @@ void client_note_terminated(struct client *c, const char *sqlstate, const char *
     if (!c->term)
         return;
     c->term->at = now_ms();
+    c->term->at_us = now_us();
     snprintf(c->term->sqlstate, sizeof(c->term->sqlstate), "%s", sqlstate);
     snprintf(c->term->message, sizeof(c->term->message), "%s", message);
 }

@@ -65,6 +65,7 @@ void kv_del(struct kvlist *l, const char *name);
 /* The server ended this client's session with 57P01 (pg_terminate_backend or a shutdown). */
 struct client_term {
     int64_t at;          /* ms */
+    int64_t at_us;
     struct node *node;   /* the node that served it */
     char sqlstate[6];
     char message[256];

@@ -417,6 +417,7 @@ static void node_answered(struct topology *t, struct node *nd)
     nd->lost_unanswered = 0;
     nd->suspect = 0;
     nd->last_ok = now_ms();
+    nd->last_ok_sent_us = nd->probe_sent_us;
     if (nd->oks < 1000000)
         nd->oks++;
     if (nd->role == NODE_DOWN && nd->oks < cfg->health_check_rise) {

@@ -34,6 +34,7 @@ struct node {
     uint64_t lag_bytes;     /* behind the writer */
     int64_t latency_us;     /* of the last probe */
     int64_t last_ok;        /* ms */
+    int64_t last_ok_sent_us; /* when the last probe that answered was sent (µs) */
     int64_t probe_sent;     /* ms; 0 when no probe is in flight */
     int64_t probe_sent_us;  /* for the latency */
     int got_row;            /* the probe in flight has answered its row */
