@@ -64,7 +64,9 @@ class Pgstay:
             "listen_addr": "127.0.0.1",
             "listen_port": self.port,
             "readonly_port": self.readonly_port,
-            "pool_mode": "session",
+            # PGSTAY_POOL_MODE=transaction runs every test that does not choose a mode with
+            # transaction pooling (isolation holds in both).
+            "pool_mode": os.environ.get("PGSTAY_POOL_MODE", "session"),
             "pool_size": 10,
             "auth_type": "trust",
             "auth_file": "userlist.txt",

@@ -1183,7 +1183,7 @@ def test_terminated_backend_session_mode(cluster1, make_proxy, when):
     with psycopg.connect(cluster1.dsn(1), autocommit=True) as c:
         want = check(cluster1, c)
     assert ADMIN_SHUTDOWN in want[2] and want[3] is True, want  # the reference
-    p = make_proxy(cluster1, pool_size=2)
+    p = make_proxy(cluster1, pool_mode="session", pool_size=2)
     with p.connect() as c:
         got = check(cluster1, c)
     assert got == want
@@ -1200,7 +1200,7 @@ def raw_terminated_in_flight(lab, port):
 
 
 def test_terminated_backend_raw_session_mode(cluster1, make_proxy):
-    p = make_proxy(cluster1, pool_size=2)
+    p = make_proxy(cluster1, pool_mode="session", pool_size=2)
     a, err = raw_terminated_in_flight(cluster1, p.port)
     assert err and err["C"] == "57P01" and err["S"] == "FATAL" and ADMIN_SHUTDOWN in err["M"], err
     assert a.closed(), "session mode: the connection must be closed after the FATAL"

@@ -348,7 +348,7 @@ def test_session_pool_reuse_and_reset(cluster1, make_proxy):
 
 
 def test_pool_full_waits(cluster1, make_proxy):
-    p = make_proxy(cluster1, pool_size=1)
+    p = make_proxy(cluster1, pool_mode="session", pool_size=1)
     first = p.connect()
     first.execute("select 1")
     result = {}
@@ -369,7 +369,7 @@ def test_pool_full_waits(cluster1, make_proxy):
 
 
 def test_query_wait_timeout(cluster1, make_proxy):
-    p = make_proxy(cluster1, pool_size=1, query_wait_timeout="1s")
+    p = make_proxy(cluster1, pool_mode="session", pool_size=1, query_wait_timeout="1s")
     first = p.connect()
     first.execute("select 1")
     # Logging in does not wait for a server once the pool knows its parameters (issue 9,
