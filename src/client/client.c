@@ -1336,11 +1336,8 @@ void client_linked(struct client *c)
     if (c->pool && c->pool->base.n == 0)
         for (int i = 0; i < s->params.n; i++)
             kv_set(&c->pool->base, s->params.items[i].name, s->params.items[i].value);
-    /* With the client's setup still on its way (sent ahead of its request), the server's
-     * parameters are still the previous client's: the setup's own ParameterStatus messages
-     * tell the client what changes (server.c). */
-    int setup_ahead = c->got_welcome && s->swallow > 0;
-    if (!setup_ahead && (c->reported_hash != s->params_hash || !c->got_welcome)) {
+    /* Linked once its setup was answered (pool.c link_pair): s->params are the client's. */
+    if (c->reported_hash != s->params_hash || !c->got_welcome) {
         for (int i = 0; i < s->params.n; i++) {
             const char *name = s->params.items[i].name, *value = s->params.items[i].value;
             const char *seen = c->got_welcome ? client_reported(c, name) : NULL;
