@@ -23,7 +23,8 @@ sys.path.insert(0, os.path.join(REPO, "tests", "e2e"))
 from lab import Lab, free_port_base  # noqa: E402
 
 PGBIN = "/usr/lib/postgresql/15/bin"
-PGBOUNCER = "/usr/sbin/pgbouncer"
+# PGBOUNCER=path points to another PgBouncer (e.g. a newer one with prepared statements)
+PGBOUNCER = os.environ.get("PGBOUNCER", "/usr/sbin/pgbouncer")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 T_START = time.time()
 
@@ -35,6 +36,22 @@ def say(msg):
 def build_dir():
     b = os.environ.get("PGSTAY_BUILD", "build")
     return b if os.path.isabs(b) else os.path.join(REPO, b)
+
+
+def pgbouncer_version():
+    """(major, minor) of PGBOUNCER, (0, 0) if unknown."""
+    try:
+        out = subprocess.run([PGBOUNCER, "--version"], capture_output=True, text=True).stdout
+    except OSError:
+        return (0, 0)
+    m = re.search(r"(\d+)\.(\d+)", out)
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
+
+def pgbouncer_prepared(mode):
+    """Can PgBouncer serve pgbench -M prepared in this pool mode? Session mode always;
+    transaction mode from 1.21 on (max_prepared_statements)."""
+    return mode == "session" or pgbouncer_version() >= (1, 21)
 
 
 def free_port():
@@ -140,6 +157,9 @@ class PgBouncer(Proxy):
                     "logfile = %s\nlog_connections = 0\nlog_disconnections = 0\n"
                     "stats_period = 60\nignore_startup_parameters = extra_float_digits\n"
                     % (self.node_port, self.port, d, self.mode, self.pool, self.log_path))
+            if pgbouncer_version() >= (1, 21):
+                # protocol-level prepared statements in transaction mode (off by default)
+                f.write("max_prepared_statements = 200\n")
         for p in (d, ini, os.path.join(d, "userlist.txt")):
             os.chown(p, pg.pw_uid, pg.pw_gid)
 
@@ -280,6 +300,35 @@ def idle_clients(proxy, n, batch=100):
 
 # ---- the run -----------------------------------------------------------------------------------
 
+def setup_lab(lab, scale):
+    """Init the one-node lab, raise max_connections, load pgbench -i -s scale."""
+    say("cluster: 1 node (async, --fast) in %s" % lab.dir)
+    lab.init()
+    node = lab.node_port(1)
+    psql = [os.path.join(PGBIN, "psql"), "-XAtq", "-h", "127.0.0.1", "-p", str(node),
+            "-U", "postgres", "-d", "postgres"]
+    # 256 direct clients while both session pools keep up to 256 servers each
+    subprocess.run(psql + ["-c", "ALTER SYSTEM SET max_connections = 1000"], check=True,
+                   capture_output=True)
+    lab.stop("n1")
+    lab.start("n1")
+    say("pgbench -i -s %d" % scale)
+    subprocess.run([os.path.join(PGBIN, "pgbench"), "-i", "-q", "-s", str(scale),
+                    "-h", "127.0.0.1", "-p", str(node), "-U", "postgres", "postgres"],
+                   check=True, capture_output=True)
+
+
+def load_profile():
+    """bench/profile.py as a module (not importable as "profile": the standard library has one)."""
+    import importlib.util
+    sys.modules.setdefault("run", sys.modules[__name__])  # profile.py imports this file as run
+    spec = importlib.util.spec_from_file_location("pgstay_profile",
+                                                  os.path.join(REPO, "bench", "profile.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def machine():
     model = "?"
     with open("/proc/cpuinfo") as f:
@@ -317,22 +366,11 @@ class Bench:
         self.notes = []
         self.raw = {}  # (config, target) -> list of per-run dicts
         self.idle = {}
+        self.syscalls = {}  # proxy name -> profile.count_syscalls() result
+        self.prof = None
 
     def setup(self):
-        say("cluster: 1 node (async, --fast) in %s" % self.lab.dir)
-        self.lab.init()
-        node = self.lab.node_port(1)
-        psql = [os.path.join(PGBIN, "psql"), "-XAtq", "-h", "127.0.0.1", "-p", str(node),
-                "-U", "postgres", "-d", "postgres"]
-        # 256 direct clients while both session pools keep up to 256 servers each
-        subprocess.run(psql + ["-c", "ALTER SYSTEM SET max_connections = 1000"], check=True,
-                       capture_output=True)
-        self.lab.stop("n1")
-        self.lab.start("n1")
-        say("pgbench -i -s %d" % self.args.scale)
-        subprocess.run([os.path.join(PGBIN, "pgbench"), "-i", "-q", "-s", str(self.args.scale),
-                        "-h", "127.0.0.1", "-p", str(node), "-U", "postgres", "postgres"],
-                       check=True, capture_output=True)
+        setup_lab(self.lab, self.args.scale)
 
     def start(self, cls, mode, pool):
         p = cls(self.tmp, self.lab.node_port(1), mode, pool)
@@ -403,6 +441,18 @@ class Bench:
             self.measure(label, targets, 32)
             self.measure(label_prep, targets, 256, prepared=True)
         self.tx_label = label
+
+        # Syscalls per transaction in the same case, in a separate short run per proxy so the
+        # counting (perf stat on syscall tracepoints, or strace -c -f if perf cannot) does not
+        # touch the TPS above. bench/profile.py has the breakdown and the profiles.
+        self.prof = load_profile()
+        self.sys_seconds = min(a.seconds, 5)
+        for p in (bouncer, stay):
+            if p:
+                r = self.prof.count_syscalls(p, 32, self.sys_seconds, False, "auto")
+                self.syscalls[p.name] = r
+                say("  %-28s %-9s %s" % ("syscalls / tx (%s)" % r["method"], p.name,
+                                          r.get("error") or "%.2f" % r["total_per_tx"]))
 
         say("idle: %d client connections each (raw startup packets, trust)" % a.idle)
         for p in (bouncer, stay):
@@ -510,10 +560,24 @@ class Bench:
             L.append("| %s | %d | %d | %.3f |" % (
                 name, med([v["rss0_kb"] for v in vals]), med([v["rss_kb"] for v in vals]),
                 med([v["per_client_kb"] for v in vals])))
+        if self.syscalls:
+            methods = sorted({r["method"] for r in self.syscalls.values()})
+            L.append("")
+            L.append("Syscalls per transaction (%s; a separate %d s run per proxy, counted with "
+                     "%s; per syscall and profiles: bench/profile.py):" % (
+                         self.tx_label, self.sys_seconds, " and ".join(
+                             {"perf": "perf stat on the syscall tracepoints",
+                              "strace": "strace -c -f"}[m] for m in methods)))
+            L.append("")
+            L.extend(self.prof.syscall_table(self.syscalls, min_per_tx=0.1))
+            for name, r in sorted(self.syscalls.items()):
+                if "error" in r:
+                    self.notes.append("syscalls per transaction through %s not counted: %s"
+                                      % (name, r["error"]))
         L.append("")
         L.append("Design targets: transaction mode 32 clients pool 8 pgstay ≥ 1.1 × "
                  "PgBouncer; CPU per 1k tx ≤ 0.8 × PgBouncer; idle memory ≤ 0.85 kB per client; "
-                 "added latency ≤ 20 µs.")
+                 "added latency ≤ 20 µs; syscalls per transaction ≤ PgBouncer's.")
         tl = self.tx_label
         b, s = self.m(tl, "pgbouncer", "tps"), self.m(tl, "pgstay", "tps")
         cb, cs = cpu_per_k(tl, "pgbouncer"), cpu_per_k(tl, "pgstay")
@@ -522,6 +586,10 @@ class Bench:
                  f(ratio(s, b), "%.2f"))
         L.append("- transaction mode CPU per 1k tx pgstay / PgBouncer: %s (target ≤ 0.80)" %
                  f(ratio(cs, cb), "%.2f"))
+        sb, ss = (self.syscalls.get(n, {}).get("total_per_tx") for n in ("pgbouncer", "pgstay"))
+        if sb or ss:
+            L.append("- syscalls per transaction pgstay / PgBouncer: %s (%s / %s; target ≤ 1.00)"
+                     % (f(ratio(ss, sb), "%.2f"), f(ss, "%.2f"), f(sb, "%.2f")))
         if self.idle.get("pgstay"):
             L.append("- idle memory pgstay: %.3f kB per client (target ≤ 0.85)" %
                      med([v["per_client_kb"] for v in self.idle["pgstay"]]))
@@ -540,6 +608,7 @@ class Bench:
         L.append("```json")
         raw = {"%s | %s" % k: v for k, v in self.raw.items()}
         L.append(json.dumps({"machine": mach, "pgbench": raw, "idle": self.idle,
+                             "syscalls": self.syscalls,
                              "args": vars(a)}, indent=1, sort_keys=True))
         L.append("```")
         return "\n".join(L) + "\n"
