@@ -45,6 +45,7 @@ static void fmt_time(int64_t ms, char *out, size_t cap)
         snprintf(out, cap, "%s", "");
         return;
     }
+    ms = clock_wall_ms(ms); /* kept monotonic, shown as wall time */
     time_t t = (time_t)(ms / 1000);
     struct tm tm;
     localtime_r(&t, &tm);
@@ -390,27 +391,25 @@ static int run_command(struct client *c, char *q)
 
 void admin_process(struct client *c)
 {
-    struct evbuffer *in = bufferevent_get_input(c->bev);
+    struct conn *in = &c->conn;
     while (c->state != CL_CLOSING && !c->pause_waiting) {
-        size_t avail = evbuffer_get_length(in);
-        uint8_t hdr[PROTO_HDR_LEN];
+        size_t avail = conn_avail(in);
         struct msg_hdr h;
         if (avail < PROTO_HDR_LEN)
             return;
-        evbuffer_copyout(in, hdr, PROTO_HDR_LEN);
-        if (proto_parse_header(hdr, PROTO_HDR_LEN, 64 * 1024, &h) != PROTO_OK) {
+        if (proto_parse_header(conn_data(in), PROTO_HDR_LEN, 64 * 1024, &h) != PROTO_OK) {
             client_close(c, SQLSTATE_PROTOCOL_VIOLATION, "invalid message length");
             return;
         }
-        if (avail < 1 + (size_t)h.len)
+        if (!conn_has(in, 1 + (size_t)h.len))
             return;
-        uint8_t *m = evbuffer_pullup(in, 1 + h.len);
+        const uint8_t *m = conn_data(in);
         if (h.type == FE_TERMINATE) {
             client_close(c, NULL, "admin client sent Terminate");
             return;
         }
         if (h.type != FE_QUERY) {
-            evbuffer_drain(in, 1 + h.len);
+            conn_consume(in, 1 + h.len);
             if (h.type == FE_SYNC) {
                 error(c, "the admin console speaks the simple query protocol only");
                 ready(c);
@@ -421,7 +420,7 @@ void admin_process(struct client *c)
         size_t ql = h.len - 4 < sizeof(q) - 1 ? h.len - 4 : sizeof(q) - 1;
         memcpy(q, m + PROTO_HDR_LEN, ql);
         q[ql] = 0;
-        evbuffer_drain(in, 1 + h.len);
+        conn_consume(in, 1 + h.len);
         log_info("C-%llu admin %s: %s", (unsigned long long)c->id, c->user, q);
         if (run_command(c, q))
             return;

@@ -16,7 +16,7 @@
 #include "client/auth.h"
 #include "client/track.h"
 #include "core/log.h"
-#include "core/transport.h"
+#include "core/conn.h"
 #include "failover/failover.h"
 #include "pool/pool.h"
 #include "pool/prepared.h"
@@ -306,8 +306,8 @@ void client_change_state(struct client *c, enum client_state st)
 
 void client_send(struct client *c, const void *p, size_t n)
 {
-    if (c->bev && c->state != CL_CLOSING)
-        bufferevent_write(c->bev, p, n);
+    if (c->state != CL_CLOSING)
+        conn_write(&c->conn, p, n);
 }
 
 void client_send_pbuf(struct client *c, struct pbuf *b)
@@ -341,22 +341,18 @@ void client_close(struct client *c, const char *sqlstate, const char *reason)
          * to the next client as it is. */
         pool_take_back(s, c->pending, c->unsynced, c->fwd_left > 0 || c->in_copy_in);
     }
-    if (c->bev)
-        bufferevent_disable(c->bev, EV_READ);
+    conn_read_stop(&c->conn);
     client_change_state(c, CL_CLOSING);
     worker_schedule_reap(c->w);
 }
 
 void client_free(struct client *c)
 {
-    if (c->bev) {
+    if (c->conn.loop) {
         /* Push out a final error before the socket goes: one non-blocking write. */
-        struct evbuffer *out = bufferevent_get_output(c->bev);
-        if (evbuffer_get_length(out) > 0) {
-            /* The bufferevent keeps its output frozen for outside readers. */
-            evbuffer_unfreeze(out, 1);
-            int fd = bufferevent_getfd(c->bev);
-            evbuffer_write(out, fd);
+        if (conn_unsent(&c->conn) > 0 && conn_fd(&c->conn) >= 0) {
+            int fd = conn_fd(&c->conn);
+            conn_flush_now(&c->conn);
             /* A close with unread input resets the connection, and the peer's kernel drops
              * the final error it had not read yet: read what is there, end writing first. */
             shutdown(fd, SHUT_WR);
@@ -364,7 +360,7 @@ void client_free(struct client *c)
             for (int i = 0; i < 256 && recv(fd, sink, sizeof(sink), MSG_DONTWAIT) > 0; i++)
                 ;
         }
-        bufferevent_free(c->bev);
+        conn_close(&c->conn);
     }
     list_del(&c->node);
     c->w->n_clients[c->state]--;
@@ -426,12 +422,12 @@ void client_send_error(struct client *c, const char *sqlstate, const char *msg)
 
 /* ---- accepting ---- */
 
-static void client_read_cb(struct bufferevent *bev, void *arg)
+static void client_read_cb(void *arg)
 {
     client_process(arg);
 }
 
-static void client_write_cb(struct bufferevent *bev, void *arg)
+static void client_write_cb(void *arg)
 {
     /* The client drained what its server sent: let the server's traffic flow again. */
     struct client *c = arg;
@@ -443,14 +439,20 @@ static void client_write_cb(struct bufferevent *bev, void *arg)
         server_process(c->server);
 }
 
-static void client_event_cb(struct bufferevent *bev, short what, void *arg)
+static void client_event_cb(void *arg, int what)
 {
     struct client *c = arg;
-    if (what & BEV_EVENT_EOF)
+    if (what & CONN_EOF)
         client_close(c, NULL, "client disconnected");
-    else if (what & BEV_EVENT_ERROR)
+    else if (what & CONN_ERROR)
         client_close(c, NULL, "client connection error");
 }
+
+static const struct conn_cbs client_cbs = {
+    .on_read = client_read_cb,
+    .on_drain = client_write_cb,
+    .on_event = client_event_cb,
+};
 
 void client_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen,
                    void *arg)
@@ -466,7 +468,6 @@ void client_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr
         evutil_closesocket(fd);
         return;
     }
-    evutil_make_socket_nonblocking(fd);
     net_tune_client(fd);
     c->w = w;
     c->id = ++w->next_id;
@@ -491,17 +492,7 @@ void client_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr
     } else {
         snprintf(c->addr, sizeof(c->addr), "unix");
     }
-    c->bev = transport_plain.wrap(w->base, fd);
-    if (!c->bev) {
-        evutil_closesocket(fd);
-        client_change_state(c, CL_CLOSING);
-        worker_schedule_reap(w);
-        return;
-    }
-    bufferevent_setcb(c->bev, client_read_cb, client_write_cb, client_event_cb, c);
-    bufferevent_setwatermark(c->bev, EV_READ, 0, NET_HIGH_WATER);
-    bufferevent_setwatermark(c->bev, EV_WRITE, NET_HIGH_WATER / 4, 0);
-    bufferevent_enable(c->bev, EV_READ);
+    conn_accept(&c->conn, &w->loop, fd, &client_cbs, c);
     w->stats.clients_accepted++;
     /* Over max_client_conn: refused once its startup packet is read, as PostgreSQL does, so
      * the client sees the error and not a broken SSL negotiation. */
@@ -554,9 +545,21 @@ static void handle_startup(struct client *c, const uint8_t *pkt, uint32_t len)
         client_close(c, SQLSTATE_PROTOCOL_VIOLATION, err);
         return;
     }
-    if (sp.code == PROTO_SSL_CODE || sp.code == PROTO_GSSENC_CODE) {
-        /* No TLS yet: 'N' and the client goes on in plain text (or gives up). */
+    int ssl = sp.code == PROTO_SSL_CODE, gss = sp.code == PROTO_GSSENC_CODE;
+    if ((ssl && !c->ssl_done) || (gss && !c->gss_done)) {
+        /* No TLS yet: 'N' and the client goes on in plain text (or gives up). As PostgreSQL
+         * does, one SSLRequest per negotiation; a GSSENCRequest may follow it, and after that
+         * one, SSL may be asked again. */
         client_send(c, "N", 1);
+        c->ssl_done = ssl;
+        c->gss_done = gss;
+        return;
+    }
+    if (ssl || gss) {
+        char msg[128];
+        snprintf(msg, sizeof(msg), "unsupported frontend protocol %u.%u: server supports 3.0 to 3.0",
+                 sp.code >> 16, sp.code & 0xffff);
+        client_close(c, SQLSTATE_FEATURE_NOT_SUPPORTED, msg);
         return;
     }
     if (sp.code == PROTO_CANCEL_CODE) {
@@ -639,17 +642,15 @@ static void handle_startup(struct client *c, const uint8_t *pkt, uint32_t len)
 
 static void login_process(struct client *c)
 {
-    struct evbuffer *in = bufferevent_get_input(c->bev);
+    struct conn *in = &c->conn;
     while (c->state == CL_LOGIN && !output_full(c)) {
-        size_t avail = evbuffer_get_length(in);
+        size_t avail = conn_avail(in);
         if (c->auth_step == AUTH_STEP_STARTUP) {
-            uint8_t lenbuf[4];
             uint32_t len = 0;
             const char *err = NULL;
             if (avail < 4)
                 return;
-            evbuffer_copyout(in, lenbuf, 4);
-            int r = proto_startup_len(lenbuf, 4, &len, &err);
+            int r = proto_startup_len(conn_data(in), 4, &len, &err);
             if (r == PROTO_BAD) {
                 /* As PostgreSQL does: no reply to what is not a startup packet (node-postgres
                  * sends Terminate first when it ends a connection at once). */
@@ -662,17 +663,16 @@ static void login_process(struct client *c)
             /* Taken out of the buffer before handling: a trusted client may be linked to a
              * server, and start forwarding what follows, before handle_startup returns. */
             uint8_t pkt[PROTO_STARTUP_MAX];
-            evbuffer_remove(in, pkt, len);
+            memcpy(pkt, conn_data(in), len);
+            conn_consume(in, len);
             handle_startup(c, pkt, len);
             continue;
         }
         /* Authentication answers: 'p' messages, small. */
-        uint8_t hdr[PROTO_HDR_LEN];
         struct msg_hdr h;
         if (avail < PROTO_HDR_LEN)
             return;
-        evbuffer_copyout(in, hdr, PROTO_HDR_LEN);
-        if (proto_parse_header(hdr, PROTO_HDR_LEN, AUTH_MSG_MAX, &h) != PROTO_OK) {
+        if (proto_parse_header(conn_data(in), PROTO_HDR_LEN, AUTH_MSG_MAX, &h) != PROTO_OK) {
             client_close(c, SQLSTATE_PROTOCOL_VIOLATION, "invalid message length");
             return;
         }
@@ -685,7 +685,8 @@ static void login_process(struct client *c)
         if (avail < 1 + (size_t)h.len)
             return;
         uint8_t m[PROTO_HDR_LEN + AUTH_MSG_MAX];
-        evbuffer_remove(in, m, 1 + h.len);
+        memcpy(m, conn_data(in), 1 + h.len);
+        conn_consume(in, 1 + h.len);
         auth_handle(c, m + PROTO_HDR_LEN, h.len - 4);
     }
 }
@@ -1009,10 +1010,7 @@ static void inspect_message(struct client *c, const struct msg_hdr *h, const uin
  * (bounded by max_packet_size), and back once it is consumed. */
 static void want_bytes(struct client *c, size_t need)
 {
-    if (need > NET_HIGH_WATER && !c->big_read) {
-        bufferevent_setwatermark(c->bev, EV_READ, 0, need);
-        c->big_read = 1;
-    }
+    conn_want(&c->conn, need);
 }
 
 /* The first request after an idle transaction lost its server is told why; later ones get
@@ -1131,11 +1129,23 @@ void client_fail_request(struct client *c, const char *sqlstate, const char *msg
     c->fail_current = 1;
 }
 
+#define CLIENT_REFUSED_MAX (64 * 1024)
+
+void client_answered(struct client *c)
+{
+    if (c->flight_blocked && c->pending + c->unsynced < CLIENT_MAX_IN_FLIGHT / 2) {
+        c->flight_blocked = 0;
+        conn_kick(&c->conn);
+    }
+}
+
 /* A client that does not read what it is sent is not read from either: nothing it does can
  * make pgstay buffer more than the high-water mark for it (local answers included). */
 static int output_full(struct client *c)
 {
-    if (evbuffer_get_length(bufferevent_get_output(c->bev)) <= NET_HIGH_WATER)
+    /* Once its socket refused bytes, a client is not read past a smaller mark: answers pgstay
+     * makes itself can be far smaller than the requests they answer (an SSLRequest's 'N'). */
+    if (!conn_full(&c->conn) && !(c->conn.refused && conn_unsent(&c->conn) > CLIENT_REFUSED_MAX))
         return 0;
     c->out_blocked = 1; /* resumed from client_write_cb */
     return 1;
@@ -1155,45 +1165,45 @@ void client_process(struct client *c)
     }
     if (c->term && c->state == CL_IDLE && !term_settle(c))
         return; /* its last server was terminated: what that means is not known yet */
-    struct evbuffer *in = bufferevent_get_input(c->bev);
+    struct conn *in = &c->conn;
     struct worker *w = c->w;
     for (;;) {
         if (c->state == CL_CLOSING || output_full(c))
             return;
-        size_t avail = evbuffer_get_length(in);
-        if (c->big_read && avail < NET_HIGH_WATER) {
-            bufferevent_setwatermark(c->bev, EV_READ, 0, NET_HIGH_WATER);
-            c->big_read = 0;
+        if (c->pending + c->unsynced >= CLIENT_MAX_IN_FLIGHT) {
+            /* What pgstay keeps per message in flight is bounded too (resumed when answers
+             * come back: client_answered). */
+            c->flight_blocked = 1;
+            return;
         }
+        size_t avail = conn_avail(in);
         if (c->skip_left > 0) {
             /* The rest of a message whose server is gone. */
             size_t n = avail < c->skip_left ? avail : c->skip_left;
             if (n == 0)
                 return;
-            evbuffer_drain(in, n);
+            conn_consume(in, n);
             c->skip_left -= (uint32_t)n;
             continue;
         }
         if (c->fwd_left > 0) {
             if (!c->server || c->state != CL_ACTIVE)
                 return;
-            struct evbuffer *out = bufferevent_get_output(c->server->bev);
-            if (evbuffer_get_length(out) > NET_HIGH_WATER)
-                return; /* resumed from the server's write callback */
+            if (conn_full(&c->server->conn))
+                return; /* resumed when the server drains */
             size_t n = avail < c->fwd_left ? avail : c->fwd_left;
             if (n == 0)
                 return;
-            evbuffer_remove_buffer(in, out, n);
+            conn_forward(in, &c->server->conn, n);
             c->fwd_left -= (uint32_t)n;
             w->stats.bytes_client_to_server += n;
             continue;
         }
-        uint8_t hdr[PROTO_HDR_LEN];
         struct msg_hdr h;
         if (avail < PROTO_HDR_LEN)
             return;
-        evbuffer_copyout(in, hdr, PROTO_HDR_LEN);
-        if (proto_parse_header(hdr, PROTO_HDR_LEN, (uint32_t)w->cfg->max_packet_size, &h) != PROTO_OK) {
+        if (proto_parse_header(conn_data(in), PROTO_HDR_LEN, (uint32_t)w->cfg->max_packet_size,
+                               &h) != PROTO_OK) {
             client_close(c, SQLSTATE_PROTOCOL_VIOLATION, "invalid message length");
             return;
         }
@@ -1214,9 +1224,9 @@ void client_process(struct client *c)
         if (local) {
             const uint8_t *m = NULL;
             if (whole <= INSPECT_MAX + PROTO_HDR_LEN) {
-                if (avail < whole)
+                if (!conn_has(in, whole))
                     return;
-                m = evbuffer_pullup(in, (ssize_t)whole);
+                m = conn_data(in);
             }
             c->skip_left = (uint32_t)whole;
             if (c->discard_copy) {
@@ -1239,11 +1249,11 @@ void client_process(struct client *c)
         }
         if (w->cfg->pool_mode == POOL_TRANSACTION && h.type == FE_QUERY && h.len <= INSPECT_MAX &&
             c->pending == 0 && (!c->server || plan_empty(c->server))) {
-            if (avail < whole)
+            if (!conn_has(in, whole))
                 return;
-            const uint8_t *m = evbuffer_pullup(in, (ssize_t)whole);
+            const uint8_t *m = conn_data(in);
             if (answer_deallocate(c, (const char *)m + PROTO_HDR_LEN, h.len - 4)) {
-                evbuffer_drain(in, whole);
+                conn_consume(in, whole);
                 continue;
             }
         }
@@ -1253,11 +1263,11 @@ void client_process(struct client *c)
             if (c->state == CL_IDLE && w->cfg->pool_mode == POOL_TRANSACTION && c->pending == 0 &&
                 (h.type == FE_PARSE || (h.type == FE_SYNC && c->local_batch)) &&
                 whole <= INSPECT_MAX) {
-                if (avail < whole)
+                if (!conn_has(in, whole))
                     return;
-                const uint8_t *m = evbuffer_pullup(in, (ssize_t)whole);
+                const uint8_t *m = conn_data(in);
                 if (plan_answer_locally(c, &h, m)) {
-                    evbuffer_drain(in, whole);
+                    conn_consume(in, whole);
                     continue;
                 }
             }
@@ -1268,8 +1278,8 @@ void client_process(struct client *c)
             }
             return;
         }
-        struct evbuffer *out = bufferevent_get_output(c->server->bev);
-        if (evbuffer_get_length(out) > NET_HIGH_WATER)
+        struct conn *out = &c->server->conn;
+        if (conn_full(out))
             return;
         if (w->fo->paused && c->role == ROLE_WRITER && c->pending == 0 && c->unsynced == 0 &&
             c->txn_status == 'I') {
@@ -1297,7 +1307,7 @@ void client_process(struct client *c)
             want_bytes(c, need);
             return;
         }
-        const uint8_t *m = evbuffer_pullup(in, (ssize_t)need);
+        const uint8_t *m = conn_data(in);
         inspect_message(c, &h, m, need);
         if (h.type == FE_QUERY || h.type == FE_SYNC || h.type == FE_FUNCTION_CALL) {
             c->batches_sent++;
@@ -1315,13 +1325,14 @@ void client_process(struct client *c)
             /* Statement names rewritten, answers planned (pool/prepared.c). */
             done = plan_client_msg(c, c->server, &h, m, need, out);
             if (done > 0) {
-                evbuffer_drain(in, done);
+                conn_consume(in, done);
                 avail -= done;
             }
         }
         size_t rest = whole - done;
         size_t n = avail < rest ? avail : rest;
-        evbuffer_remove_buffer(in, out, n);
+        if (n > 0)
+            conn_forward(in, out, n);
         w->stats.bytes_client_to_server += n;
         c->fwd_left = (uint32_t)(rest - n);
     }
@@ -1390,7 +1401,7 @@ void client_server_lost(struct client *c, const char *why)
          * waited for now; an idle client learns it at its next request. */
         c->pause_held = 0;
         if (c->pending > 0 || c->unsynced > 0 || c->fwd_left > 0 || c->in_copy_in ||
-            c->txn_status != 'I' || evbuffer_get_length(bufferevent_get_input(c->bev)) > 0)
+            c->txn_status != 'I' || conn_avail(&c->conn) > 0)
             term_wait(c);
         return;
     }

@@ -4,10 +4,9 @@
 
 #include <stdint.h>
 
-#include <event2/bufferevent.h>
-
 #include "client/track.h"
 #include "core/buf.h"
+#include "core/conn.h"
 #include "core/list.h"
 #include "core/worker.h"
 #include "proto/scram.h"
@@ -78,11 +77,12 @@ struct client {
     enum client_state state;
     uint64_t id;
     struct worker *w;
-    struct bufferevent *bev;
+    struct conn conn; /* its socket and buffers */
     char addr[64];
     int role; /* enum endpoint_role */
     int is_admin;
     int over_limit; /* accepted past max_client_conn: refused after its startup packet */
+    uint8_t ssl_done, gss_done; /* encryption requests already answered (PostgreSQL's rule) */
     struct pool *pool;
     struct server *server; /* the linked server, or NULL */
 
@@ -128,7 +128,7 @@ struct client {
     uint64_t batches_sent, batches_done; /* requests (Sync, Query, FunctionCall) and answers */
     int resetup;        /* its startup parameters need applying again (after a RESET) */
     int out_blocked;    /* its input waits until it reads what it was sent */
-    int big_read;       /* the read high-water mark is raised for one large message */
+    int flight_blocked; /* its input waits until answers to what is in flight come back */
     struct prepared *prepared; /* named prepared statements to replay on a new server */
     int n_prepared, cap_prepared;
     size_t prepared_bytes;
@@ -168,6 +168,12 @@ void client_send(struct client *c, const void *p, size_t n);
 /* Send a message pgstay built (unless building it failed) and free the buffer. */
 void client_send_pbuf(struct client *c, struct pbuf *b);
 void client_free(struct client *c);
+/* Messages a client may have in flight (unanswered requests and unsynced messages) before
+ * pgstay stops reading it: bounds what is kept per message. pgjdbc, the heaviest pipeliner,
+ * stops at about 64 kB of expected answers (some 256 requests). */
+#define CLIENT_MAX_IN_FLIGHT 16384
+/* A request of the client was answered: its input may go on. */
+void client_answered(struct client *c);
 /* Periodic: wait, hold and idle timeouts. */
 void client_check_timeouts(struct worker *w, int64_t now);
 struct client *client_find_by_cancel(struct worker *w, uint32_t pid, uint32_t key);

@@ -21,20 +21,6 @@
 #include "server/server.h"
 #include "topology/topology.h"
 
-int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-int64_t now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
 static void reap_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct worker *w = arg;
@@ -112,6 +98,8 @@ int worker_init(struct worker *w, struct config *cfg)
     w->dns = evdns_base_new(w->base, EVDNS_BASE_INITIALIZE_NAMESERVERS);
     if (!w->dns)
         w->dns = evdns_base_new(w->base, 0);
+    if (conn_loop_init(&w->loop, w->base, w->dns) < 0)
+        return -1;
     w->reaper = event_new(w->base, -1, 0, reap_cb, w);
     w->tick = event_new(w->base, -1, EV_PERSIST, tick_cb, w);
     struct timeval tv = {0, 100 * 1000};
@@ -271,6 +259,7 @@ void worker_free(struct worker *w)
     userlist_free(&w->users);
     /* Bufferevents with deferred callbacks finish freeing themselves in the loop. */
     event_base_loop(w->base, EVLOOP_NONBLOCK);
+    conn_loop_free(&w->loop);
     event_free(w->reaper);
     event_free(w->tick);
     if (w->dns)

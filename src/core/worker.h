@@ -9,6 +9,8 @@
 
 #include "config/config.h"
 #include "config/userlist.h"
+#include "core/clock.h"
+#include "core/conn.h"
 #include "core/list.h"
 
 struct topology;
@@ -58,6 +60,7 @@ struct listen_ctx {
 struct worker {
     struct event_base *base;
     struct evdns_base *dns;
+    struct conn_loop loop; /* the connection layer's buffers, flush queue and clock */
     struct config *cfg;
     struct userlist users;
     struct list clients[CL_NSTATES];
@@ -79,8 +82,6 @@ struct worker {
     struct worker_stats stats;
 };
 
-int64_t now_ms(void);
-int64_t now_us(void);
 
 int worker_init(struct worker *w, struct config *cfg);
 /* Arrange for closing objects to be freed once the current callbacks return. */

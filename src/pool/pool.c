@@ -508,7 +508,8 @@ void pool_drop_node(struct worker *w, struct node *nd)
  * never reach another client's statement. */
 struct cancel_conn {
     struct list node; /* on w->cancels */
-    struct bufferevent *bev;
+    struct conn conn;
+    struct event *timer; /* gives up after 5 s */
     struct worker *w;
     uint64_t server_id;
     uint8_t pkt[16];
@@ -539,7 +540,8 @@ static void cancel_free(struct cancel_conn *cc)
 {
     cancel_done(cc->w, cc->server_id);
     list_del(&cc->node);
-    bufferevent_free(cc->bev);
+    conn_close(&cc->conn);
+    event_free(cc->timer);
     free(cc);
 }
 
@@ -550,26 +552,43 @@ void cancel_free_all(struct worker *w)
     {
         struct cancel_conn *cc = container_of(pos, struct cancel_conn, node);
         list_del(&cc->node);
-        bufferevent_free(cc->bev);
+        conn_close(&cc->conn);
+        event_free(cc->timer);
         free(cc);
     }
 }
 
-static void cancel_read_cb(struct bufferevent *bev, void *arg)
+static void cancel_read_cb(void *arg)
 {
     /* PostgreSQL answers nothing to a CancelRequest; whatever comes is dropped. */
-    evbuffer_drain(bufferevent_get_input(bev), evbuffer_get_length(bufferevent_get_input(bev)));
+    struct cancel_conn *cc = arg;
+    conn_consume(&cc->conn, conn_avail(&cc->conn));
 }
 
-static void cancel_event_cb(struct bufferevent *bev, short what, void *arg)
+static void cancel_drain_cb(void *arg)
+{
+}
+
+static void cancel_event_cb(void *arg, int what)
 {
     struct cancel_conn *cc = arg;
-    if (what & BEV_EVENT_CONNECTED) {
-        bufferevent_write(bev, cc->pkt, sizeof(cc->pkt));
+    if (what & CONN_CONNECTED) {
+        conn_write(&cc->conn, cc->pkt, sizeof(cc->pkt));
         return;
     }
-    cancel_free(cc); /* closed by PostgreSQL once handled, or failed, or timed out */
+    cancel_free(cc); /* closed by PostgreSQL once handled, or failed */
 }
+
+static void cancel_timeout_cb(evutil_socket_t fd, short what, void *arg)
+{
+    cancel_free(arg);
+}
+
+static const struct conn_cbs cancel_cbs = {
+    .on_read = cancel_read_cb,
+    .on_drain = cancel_drain_cb,
+    .on_event = cancel_event_cb,
+};
 
 /* A request waiting for a server, or held by a failover or PAUSE, is cancelled right here:
  * it gets 57014 and never runs. */
@@ -618,19 +637,16 @@ void cancel_forward(struct worker *w, uint32_t pid, uint32_t key)
     }
     memcpy(cc->pkt, b.data, b.len);
     pbuf_free(&b);
-    cc->bev = bufferevent_socket_new(w->base, -1, BEV_OPT_CLOSE_ON_FREE);
-    if (!cc->bev) {
+    cc->timer = evtimer_new(w->base, cancel_timeout_cb, cc);
+    if (!cc->timer) {
         free(cc);
         return;
     }
-    bufferevent_setcb(cc->bev, cancel_read_cb, NULL, cancel_event_cb, cc);
-    bufferevent_enable(cc->bev, EV_READ | EV_WRITE);
     struct timeval tv = {5, 0};
-    bufferevent_set_timeouts(cc->bev, &tv, &tv);
+    evtimer_add(cc->timer, &tv);
     s->cancels++;
     list_append(&w->cancels, &cc->node);
     log_info("C-%llu: cancel forwarded to S-%llu (backend pid %u on %s)", (unsigned long long)c->id,
              (unsigned long long)s->id, s->be_pid, s->nd->name);
-    if (bufferevent_socket_connect_hostname(cc->bev, w->dns, AF_UNSPEC, s->nd->host, s->nd->port) < 0)
-        cancel_free(cc);
+    conn_connect(&cc->conn, &w->loop, s->nd->host, s->nd->port, &cancel_cbs, cc);
 }

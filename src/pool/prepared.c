@@ -370,7 +370,7 @@ void plan_server_msg_done(struct server *s, uint8_t type)
 /* ---- client messages ---- */
 
 /* Make sure statement p exists on server s under pgstay's name, preparing it first if not. */
-static void ensure_prepared(struct server *s, const struct prepared *p, struct evbuffer *out)
+static void ensure_prepared(struct server *s, const struct prepared *p, struct conn *out)
 {
     struct stmt_cache *sc = &s->stmts;
     int i = cache_find(sc, p->hash);
@@ -393,7 +393,7 @@ static void ensure_prepared(struct server *s, const struct prepared *p, struct e
     pbuf_put(&b, p->msg + rest_off, p->len - rest_off);
     proto_end_msg(&b, off);
     if (!b.failed)
-        evbuffer_add(out, b.data, b.len);
+        conn_write(out, b.data, b.len);
     pbuf_free(&b);
     cache_add(sc, p->hash);
     struct plan_entry *e = plan_push(s);
@@ -431,13 +431,13 @@ static void unnamed_parsed(struct client *c, struct server *s, const uint8_t *m,
 /* A Bind or Describe of the unnamed statement: transaction mode may have lent the client
  * another server since its Parse (psql's \gdesc: Parse + Sync, then Describe + Sync), so the
  * statement is parsed again here first, its ParseComplete dropped. */
-static void ensure_unnamed(struct client *c, struct server *s, struct evbuffer *out)
+static void ensure_unnamed(struct client *c, struct server *s, struct conn *out)
 {
     if (s->unnamed_owner == c->id && s->unnamed_seq == c->unnamed_seq)
         return;
     if (c->unnamed_len == 0 || s->stmts.skipping)
         return; /* none, or too large to have kept: the server answers as it would */
-    evbuffer_add(out, c->unnamed_msg, c->unnamed_len);
+    conn_write(out, c->unnamed_msg, c->unnamed_len);
     struct plan_entry *e = plan_push(s);
     if (e)
         e->kind = PLAN_SWALLOW;
@@ -445,7 +445,7 @@ static void ensure_unnamed(struct client *c, struct server *s, struct evbuffer *
     s->unnamed_seq = c->unnamed_seq;
 }
 
-static void refuse_parse(struct server *s, const char *name, struct evbuffer *out)
+static void refuse_parse(struct server *s, const char *name, struct conn *out)
 {
     char msg[160];
     snprintf(msg, sizeof(msg), "prepared statement \"%.63s\" already exists", name);
@@ -464,7 +464,7 @@ static void refuse_parse(struct server *s, const char *name, struct evbuffer *ou
     pbuf_put_u16(&b, 0);
     proto_end_msg(&b, off);
     if (!b.failed)
-        evbuffer_add(out, b.data, b.len);
+        conn_write(out, b.data, b.len);
     pbuf_free(&b);
     struct plan_entry *e = plan_push(s);
     if (e)
@@ -472,7 +472,7 @@ static void refuse_parse(struct server *s, const char *name, struct evbuffer *ou
 }
 
 size_t plan_client_msg(struct client *c, struct server *s, const struct msg_hdr *h,
-                       const uint8_t *m, size_t have, struct evbuffer *out)
+                       const uint8_t *m, size_t have, struct conn *out)
 {
     size_t whole = 1 + (size_t)h->len;
     struct msg_reader r;
@@ -536,7 +536,7 @@ size_t plan_client_msg(struct client *c, struct server *s, const struct msg_hdr 
         pbuf_put(&b, m + rest_off, whole - rest_off);
         proto_end_msg(&b, off);
         if (!b.failed)
-            evbuffer_add(out, b.data, b.len);
+            conn_write(out, b.data, b.len);
         pbuf_free(&b);
         cache_add(&s->stmts, hash);
         push_forward(s, END_PARSE, hash);
@@ -565,7 +565,7 @@ size_t plan_client_msg(struct client *c, struct server *s, const struct msg_hdr 
         pbuf_put_str(&b, portal);
         pbuf_put_str(&b, sname);
         if (!b.failed)
-            evbuffer_add(out, b.data, b.len);
+            conn_write(out, b.data, b.len);
         pbuf_free(&b);
         push_forward(s, END_BIND, 0);
         return consumed;
@@ -599,7 +599,7 @@ size_t plan_client_msg(struct client *c, struct server *s, const struct msg_hdr 
         pbuf_put_str(&b, sname);
         proto_end_msg(&b, off);
         if (!b.failed)
-            evbuffer_add(out, b.data, b.len);
+            conn_write(out, b.data, b.len);
         pbuf_free(&b);
         push_forward(s, END_DESCRIBE_S, 0);
         return whole;

@@ -6,8 +6,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include <event2/buffer.h>
 
+#include "core/conn.h"
 #include "proto/proto.h"
 
 struct client;
@@ -62,7 +62,7 @@ struct stmt_cache {
  * Writes what goes to the server into out and returns how many bytes of the original message
  * it dealt with: 0 = forward the message unchanged. */
 size_t plan_client_msg(struct client *c, struct server *s, const struct msg_hdr *h,
-                       const uint8_t *m, size_t have, struct evbuffer *out);
+                       const uint8_t *m, size_t have, struct conn *out);
 
 /* No server is lent: answer a Parse of a statement the pool knows (and the Sync closing such a
  * batch) here. Returns 1 if answered. */

@@ -7,12 +7,11 @@
 #include <string.h>
 #include <sys/socket.h>
 
-#include <event2/buffer.h>
 #include <event2/dns.h>
 
 #include "client/track.h"
 #include "core/log.h"
-#include "core/transport.h"
+#include "core/conn.h"
 #include "failover/failover.h"
 #include "pool/pool.h"
 #include "proto/md5.h"
@@ -40,8 +39,8 @@ void server_change_state(struct server *s, enum server_state st)
 
 void server_send(struct server *s, const void *p, size_t n)
 {
-    if (s->bev && s->state != SV_CLOSING)
-        bufferevent_write(s->bev, p, n);
+    if (s->state != SV_CLOSING)
+        conn_write(&s->conn, p, n);
 }
 
 static void send_pbuf(struct server *s, struct pbuf *b)
@@ -62,16 +61,14 @@ void server_close(struct server *s, const char *reason)
         return;
     enum server_state was = s->state;
     SLOG(info, s, "closing: %s", reason);
-    if (s->bev) {
-        bufferevent_disable(s->bev, EV_READ | EV_WRITE);
-        if (was != SV_CONNECTING && was != SV_CLOSING) {
-            struct pbuf b;
-            pbuf_init(&b);
-            proto_build_terminate(&b);
-            if (!b.failed)
-                bufferevent_write(s->bev, b.data, b.len);
-            pbuf_free(&b);
-        }
+    conn_read_stop(&s->conn);
+    if (was != SV_CONNECTING && was != SV_CLOSING) {
+        struct pbuf b;
+        pbuf_init(&b);
+        proto_build_terminate(&b);
+        if (!b.failed)
+            conn_write(&s->conn, b.data, b.len);
+        pbuf_free(&b);
     }
     if (s->state == SV_IDLE)
         list_del(&s->pool_node);
@@ -103,14 +100,8 @@ void server_close(struct server *s, const char *reason)
 
 void server_free(struct server *s)
 {
-    if (s->bev) {
-        struct evbuffer *out = bufferevent_get_output(s->bev);
-        if (evbuffer_get_length(out) > 0 && bufferevent_getfd(s->bev) >= 0) {
-            evbuffer_unfreeze(out, 1);
-            evbuffer_write(out, bufferevent_getfd(s->bev));
-        }
-        bufferevent_free(s->bev);
-    }
+    conn_flush_now(&s->conn);
+    conn_close(&s->conn);
     list_del(&s->node);
     s->w->n_servers[s->state]--;
     kv_clear(&s->params);
@@ -436,12 +427,12 @@ int server_idle_intact(struct server *s)
 {
     if (s->in_process)
         return 1;
-    if (evbuffer_get_length(bufferevent_get_input(s->bev)) > 0)
-        return 0; /* read, its callback not run yet */
+    if (conn_avail(&s->conn) > 0)
+        return 0; /* read, not looked at yet */
     if (now_ms() - s->last_used < 1)
         return 1; /* just used: the common case costs no system call */
     char byte;
-    ssize_t n = recv(bufferevent_getfd(s->bev), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    ssize_t n = recv(conn_fd(&s->conn), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
     return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
 }
 
@@ -473,6 +464,7 @@ static int observe_forwarded(struct server *s, struct client *c, const struct ms
         client_batch_answered(c);
         if (c->pending > 0)
             c->pending--;
+        client_answered(c);
         c->in_copy_in = 0;
         s->last_used = now_ms();
         return 0;
@@ -587,12 +579,12 @@ void server_process(struct server *s)
 
 static void server_process_loop(struct server *s)
 {
-    struct evbuffer *in = bufferevent_get_input(s->bev);
+    struct conn *in = &s->conn;
     struct worker *w = s->w;
     for (;;) {
         if (s->state == SV_CLOSING)
             return;
-        size_t avail = evbuffer_get_length(in);
+        size_t avail = conn_avail(in);
         struct client *c = s->client;
         int forwarding = s->state == SV_ACTIVE && c && s->swallow == 0;
         if (s->fwd_left > 0) {
@@ -601,29 +593,26 @@ static void server_process_loop(struct server *s)
                 size_t n = avail < s->fwd_left ? avail : s->fwd_left;
                 if (n == 0)
                     return;
-                evbuffer_drain(in, n);
+                conn_consume(in, n);
                 s->fwd_left -= (uint32_t)n;
                 continue;
             }
-            struct evbuffer *out = bufferevent_get_output(c->bev);
-            if (evbuffer_get_length(out) > NET_HIGH_WATER)
-                return; /* resumed from the client's write callback */
+            if (conn_full(&c->conn))
+                return; /* resumed when the client drains (client_drained) */
             size_t n = avail < s->fwd_left ? avail : s->fwd_left;
             if (n == 0)
                 return;
-            evbuffer_remove_buffer(in, out, n);
+            conn_forward(in, &c->conn, n);
             s->fwd_left -= (uint32_t)n;
             w->stats.bytes_server_to_client += n;
             if (s->fwd_left == 0)
                 streamed_done(s, c, s->fwd_type);
             continue;
         }
-        uint8_t hdr[PROTO_HDR_LEN];
         struct msg_hdr h;
         if (avail < PROTO_HDR_LEN)
             return;
-        evbuffer_copyout(in, hdr, PROTO_HDR_LEN);
-        if (proto_parse_header(hdr, PROTO_HDR_LEN, 0x7fffffff, &h) != PROTO_OK ||
+        if (proto_parse_header(conn_data(in), PROTO_HDR_LEN, 0x7fffffff, &h) != PROTO_OK ||
             !proto_be_type_known(h.type)) {
             server_close(s, "the server sent bytes that are not the PostgreSQL protocol");
             return;
@@ -644,42 +633,41 @@ static void server_process_loop(struct server *s)
                 server_close(s, "the server sent an oversized message pgstay reads itself");
                 return;
             }
-            if (avail < whole)
+            if (!conn_has(in, whole))
                 return;
-            uint8_t *m = evbuffer_pullup(in, (ssize_t)whole);
-            int r = handle_internal(s, &h, m + PROTO_HDR_LEN);
+            int r = handle_internal(s, &h, conn_data(in) + PROTO_HDR_LEN);
             if (s->state == SV_CLOSING)
                 return;
-            evbuffer_drain(in, whole);
+            conn_consume(in, whole);
             if (r < 0) {
                 server_close(s, s->state == SV_LOGIN ? "login failed" : "server error");
                 return;
             }
             continue;
         }
-        struct evbuffer *out = bufferevent_get_output(c->bev);
-        if (evbuffer_get_length(out) > NET_HIGH_WATER)
+        struct conn *out = &c->conn;
+        if (conn_full(out))
             return;
         int txn = w->cfg->pool_mode == POOL_TRANSACTION;
         if ((needs_whole(h.type) || (txn && ends_request(h.type))) && whole <= WHOLE_MAX) {
-            if (avail < whole)
+            if (!conn_has(in, whole))
                 return;
-            uint8_t *m = evbuffer_pullup(in, (ssize_t)whole);
+            const uint8_t *m = conn_data(in);
             if (txn && plan_server_msg(s, h.type)) {
                 /* The answer to a Parse pgstay sent itself, or an error it provoked (the
                  * client got pgstay's own, and its request failed). */
                 if (h.type == BE_ERROR)
                     track_error(c);
-                evbuffer_drain(in, whole);
+                conn_consume(in, whole);
                 plan_server_msg_done(s, h.type);
                 continue;
             }
             if (observe_forwarded(s, c, &h, m + PROTO_HDR_LEN) < 0) {
-                evbuffer_drain(in, whole);
+                conn_consume(in, whole);
                 server_close(s, "the server ended the session");
                 return;
             }
-            evbuffer_remove_buffer(in, out, whole);
+            conn_forward(in, out, whole);
             w->stats.bytes_server_to_client += whole;
             if (txn)
                 plan_server_msg_done(s, h.type);
@@ -688,7 +676,7 @@ static void server_process_loop(struct server *s)
             continue;
         }
         size_t n = avail < whole ? avail : whole;
-        evbuffer_remove_buffer(in, out, n);
+        conn_forward(in, out, n);
         w->stats.bytes_server_to_client += n;
         s->fwd_left = (uint32_t)(whole - n);
         s->fwd_type = h.type;
@@ -699,18 +687,25 @@ static void server_process_loop(struct server *s)
 
 /* ---- connecting ---- */
 
-static void server_read_cb(struct bufferevent *bev, void *arg)
+static void server_read_cb(void *arg)
 {
     server_process(arg);
 }
 
-static void server_write_cb(struct bufferevent *bev, void *arg)
+static void server_write_cb(void *arg)
 {
     /* The server drained what the client sent: let the client's traffic flow again. */
     struct server *s = arg;
     if (s->client && s->state == SV_ACTIVE)
         client_process(s->client);
 }
+
+static void server_event_cb(void *arg, int what);
+static const struct conn_cbs server_cbs = {
+    .on_read = server_read_cb,
+    .on_drain = server_write_cb,
+    .on_event = server_event_cb,
+};
 
 static void send_startup(struct server *s)
 {
@@ -732,26 +727,25 @@ static void send_startup(struct server *s)
     send_pbuf(s, &b);
 }
 
-static void server_event_cb(struct bufferevent *bev, short what, void *arg)
+static void server_event_cb(void *arg, int what)
 {
     struct server *s = arg;
-    if (what & BEV_EVENT_CONNECTED) {
-        net_tune_server(bufferevent_getfd(bev), s->w->cfg->tcp_keepalive, s->w->cfg->tcp_user_timeout);
+    if (what & CONN_CONNECTED) {
+        net_tune_server(conn_fd(&s->conn), s->w->cfg->tcp_keepalive, s->w->cfg->tcp_user_timeout);
         server_change_state(s, SV_LOGIN);
         send_startup(s);
         return;
     }
-    if (what & BEV_EVENT_EOF) {
+    if (what & CONN_EOF) {
         server_close(s, s->state == SV_CONNECTING ? "connection refused" : "server closed the connection");
-    } else if (what & BEV_EVENT_ERROR) {
-        int dns = bufferevent_socket_get_dns_error(bev);
+    } else if (what & CONN_ERROR) {
+        int dns = s->conn.dns_err;
         char why[160];
         if (dns)
             snprintf(why, sizeof(why), "cannot resolve %s: %s", s->nd ? s->nd->host : "?",
                      evutil_gai_strerror(dns));
         else
-            snprintf(why, sizeof(why), "%s",
-                     evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+            snprintf(why, sizeof(why), "%s", strerror(s->conn.err));
         server_close(s, why);
     }
 }
@@ -782,19 +776,7 @@ struct server *server_open(struct worker *w, struct pool *p, struct node *nd, co
         nd->n_servers++;
     }
     w->stats.servers_opened++;
-    s->bev = bufferevent_socket_new(w->base, -1, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
-    if (!s->bev) {
-        server_close(s, "out of memory");
-        return NULL;
-    }
-    bufferevent_setcb(s->bev, server_read_cb, server_write_cb, server_event_cb, s);
-    bufferevent_setwatermark(s->bev, EV_READ, 0, NET_HIGH_WATER);
-    bufferevent_setwatermark(s->bev, EV_WRITE, NET_HIGH_WATER / 4, 0);
-    bufferevent_enable(s->bev, EV_READ);
-    if (bufferevent_socket_connect_hostname(s->bev, w->dns, AF_UNSPEC, nd->host, nd->port) < 0) {
-        server_close(s, "cannot start connecting");
-        return NULL;
-    }
+    conn_connect(&s->conn, &w->loop, nd->host, nd->port, &server_cbs, s);
     SLOG(debug, s, "connecting to %s:%d", nd->host, nd->port);
     return s;
 }

@@ -4,9 +4,8 @@
 
 #include <stdint.h>
 
-#include <event2/bufferevent.h>
-
 #include "client/client.h"
+#include "core/conn.h"
 #include "core/list.h"
 #include "core/worker.h"
 #include "pool/prepared.h"
@@ -27,7 +26,7 @@ struct server {
     struct pool *pool;     /* NULL for probes */
     struct client *client; /* linked client */
     struct node *nd;       /* the node it is connected to */
-    struct bufferevent *bev;
+    struct conn conn;      /* its socket and buffers */
     struct event *timer;   /* connect/login timeout */
 
     char *user;            /* login identity (the pool's, or the probe's): owned copies */

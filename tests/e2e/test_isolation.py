@@ -1268,18 +1268,20 @@ def test_reset_returns_to_startup_value(cluster1, make_proxy, mode, reset):
 # ---- 10. resources a client controls ----
 
 def test_client_that_does_not_read_is_not_read(cluster1, make_proxy):
-    """Local answers (here SSLRequest's 'N') stop being produced, and the client's input stops
-    being read, once pgstay holds the high-water mark of answers it does not read."""
-    p = make_proxy(cluster1)
+    """Local answers (here DEALLOCATE's, answered by pgstay in transaction mode) stop being
+    produced, and the client's input stops being read, once pgstay holds the high-water mark
+    of answers it does not read (the kernel's socket buffers aside)."""
+    p = tx(make_proxy, cluster1, 1)
     before = rss_kb(p.proc.pid)
-    s = socket.create_connection(("127.0.0.1", p.port), timeout=5)
+    r = Raw(p.port)
+    r.login_trust()
+    s = r.s
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    ssl_request = struct.pack("!II", 8, 80877103)
-    chunk = ssl_request * 8192  # 64 kB of requests, 8192 answers
+    chunk = Q("DEALLOCATE nosuch_statement") * 2048  # 66 kB of requests, 2048 answers
     sent = 0
     s.settimeout(2)
     try:
-        for _ in range(400):  # up to 26 MB of requests, 3.2 MB of answers
+        for _ in range(400):  # up to 26 MB of requests, 8.8 MB of answers
             s.sendall(chunk)
             sent += len(chunk)
     except (socket.timeout, BlockingIOError):
@@ -1289,6 +1291,29 @@ def test_client_that_does_not_read_is_not_read(cluster1, make_proxy):
     assert sent < 400 * len(chunk), "pgstay kept reading a client that reads nothing"
     assert grown < 4 * 1024, "pgstay grew %d kB for one client" % grown
     exactly_b(p.port)
+
+
+def test_encryption_requests_follow_postgresql(cluster1, make_proxy):
+    """One SSLRequest per negotiation, as PostgreSQL: 'N', then a GSSENCRequest may follow
+    (and SSL again after it); a second SSLRequest in a row is refused with 0A000."""
+    p = make_proxy(cluster1)
+    ssl = struct.pack("!II", 8, 80877103)
+    gss = struct.pack("!II", 8, 80877104)
+    r = Raw(p.port)
+    for req in (ssl, gss, ssl):
+        r.send(req)
+        assert r.read_byte() == b"N"
+    r.login_trust()
+    r.close()
+    r = Raw(p.port)
+    r.send(ssl)
+    assert r.read_byte() == b"N"
+    r.send(ssl)
+    t, body = r.read_msg()
+    assert t == b"E"
+    f = error_fields(body)
+    assert f["C"] == "0A000" and "unsupported frontend protocol 1234.5679" in f["M"], f
+    assert r.closed()
 
 
 def test_pools_of_failed_logins_are_freed(cluster1, make_proxy):
