@@ -988,7 +988,22 @@ static void quiesce(void)
                     unread += unread_bytes(bufferevent_getfd(c->bev));
             }
         }
-        if (moved == 0 && unread == 0) {
+        /* A client whose server was terminated in the middle of something waits (on a timer)
+         * for a probe to tell an administrator's kill from a shutdown: not quiescent until it
+         * knows. (An idle one learns it at its next request, with no timer.) */
+        int verdicts = 0;
+        for (int st = 0; st < CL_CLOSING; st++) {
+            struct list *pos;
+            list_for_each(pos, &w.clients[st])
+            {
+                struct client *c = container_of(pos, struct client, node);
+                if (c->term && c->term_timer && evtimer_pending(c->term_timer, NULL))
+                    verdicts++;
+            }
+        }
+        if (verdicts)
+            usleep(500);
+        if (moved == 0 && unread == 0 && !verdicts) {
             if (++idle >= 3)
                 return;
         } else {
@@ -1366,8 +1381,20 @@ static void step(void)
     } else if (r < 22) {
         struct fconn *f = pick_backend(pct(70));
         if (f) {
-            note("backend %u: connection lost (unanswered %zu, txn %c, unsynced %d)", f->pid,
-                 f->in.len, f->txn, f->unsynced);
+            /* Lost: a crash (the connection just closes), or pg_terminate_backend (a FATAL
+             * 57P01 goes out first, after whatever it had sent). */
+            int fatal = pct(30);
+            note("backend %u: %s (unanswered %zu, txn %c, unsynced %d)", f->pid,
+                 fatal ? "terminated (FATAL 57P01)" : "connection lost", f->in.len, f->txn,
+                 f->unsynced);
+            if (fatal) {
+                struct pbuf b;
+                pbuf_init(&b);
+                proto_build_error(&b, "FATAL", "57P01",
+                                  "terminating connection due to administrator command", NULL);
+                db_pbuf(&f->out, &b);
+                write_some(f->fd, &f->out, SIZE_MAX);
+            }
             f_close(f);
             return;
         }
