@@ -36,7 +36,6 @@
 #include <cmocka.h>
 
 #include <event2/buffer.h>
-#include <event2/bufferevent.h>
 #include <event2/event.h>
 
 #include "client/client.h"
@@ -975,8 +974,8 @@ static void quiesce(void)
             list_for_each(pos, &w.servers[st])
             {
                 struct server *s = container_of(pos, struct server, node);
-                if (s->bev && st != SV_CLOSING)
-                    unread += unread_bytes(bufferevent_getfd(s->bev));
+                if (conn_fd(&s->conn) >= 0 && st != SV_CLOSING)
+                    unread += unread_bytes(conn_fd(&s->conn));
             }
         }
         for (int st = 0; st < CL_NSTATES; st++) {
@@ -984,8 +983,8 @@ static void quiesce(void)
             list_for_each(pos, &w.clients[st])
             {
                 struct client *c = container_of(pos, struct client, node);
-                if (c->bev && st != CL_CLOSING)
-                    unread += unread_bytes(bufferevent_getfd(c->bev));
+                if (conn_fd(&c->conn) >= 0 && st != CL_CLOSING)
+                    unread += unread_bytes(conn_fd(&c->conn));
             }
         }
         /* A client whose server was terminated in the middle of something waits (on a timer)
@@ -1029,9 +1028,9 @@ static void dump_pgstay(void)
                     "%d\n",
                     (unsigned long long)c->id, c->addr, st, c->pending, c->unsynced, c->txn_status,
                     c->server ? (unsigned long long)c->server->id : 0ull, c->fwd_left,
-                    c->bev ? evbuffer_get_length(bufferevent_get_input(c->bev)) : 0,
-                    c->bev ? evbuffer_get_length(bufferevent_get_output(c->bev)) : 0,
-                    c->bev ? unread_bytes(bufferevent_getfd(c->bev)) : 0, c->fail_current,
+                    conn_avail(&c->conn),
+                    conn_unsent(&c->conn),
+                    unread_bytes(conn_fd(&c->conn)), c->fail_current,
                     c->txn_lost, c->skip_left, c->local_batch);
         }
     }
@@ -1046,7 +1045,7 @@ static void dump_pgstay(void)
                     (unsigned long long)s->id, s->be_pid, st,
                     s->client ? (unsigned long long)s->client->id : 0ull, s->swallow, s->fwd_left,
                     s->stmts.tail - s->stmts.head, s->txn_status,
-                    s->bev ? evbuffer_get_length(bufferevent_get_input(s->bev)) : 0);
+                    conn_avail(&s->conn));
         }
     }
     for (int i = 0; i < fs.n; i++) {
@@ -1087,9 +1086,8 @@ static void check_invariant(void)
         {
             struct server *s = container_of(pos, struct server, pool_node);
             char why[200] = "";
-            struct evbuffer *in = bufferevent_get_input(s->bev);
-            struct evbuffer *out = bufferevent_get_output(s->bev);
-            int fd = bufferevent_getfd(s->bev);
+            size_t in = conn_avail(&s->conn), out = conn_unsent(&s->conn);
+            int fd = conn_fd(&s->conn);
             if (s->state != SV_IDLE)
                 snprintf(why, sizeof(why), "state %d on the idle list", s->state);
             else if (s->client)
@@ -1102,12 +1100,12 @@ static void check_invariant(void)
                 snprintf(why, sizeof(why), "transaction status '%c'", s->txn_status);
             else if (s->reset_pending || s->cancel_hold)
                 snprintf(why, sizeof(why), "a reset or cancel pending");
-            else if (evbuffer_get_length(in) || unread_bytes(fd))
+            else if (in || unread_bytes(fd))
                 snprintf(why, sizeof(why), "%zu buffered and %d unread bytes from the server",
-                         evbuffer_get_length(in), unread_bytes(fd));
-            else if (evbuffer_get_length(out))
+                         in, unread_bytes(fd));
+            else if (out)
                 snprintf(why, sizeof(why), "%zu bytes not sent to the server",
-                         evbuffer_get_length(out));
+                         out);
             if (!*why) {
                 /* The ground truth: the fake server's side of that connection. */
                 struct fconn *f = f_by_pid(s->be_pid);
