@@ -1,4 +1,4 @@
-/* Logging to stderr with a microsecond timestamp (failover steps are a few ms apart) and the level. */
+/* Logging to stderr with a microsecond timestamp (failover steps are ms apart) and the level. */
 #include "core/log.h"
 
 #include <stdarg.h>
