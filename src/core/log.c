@@ -1,4 +1,4 @@
-/* Logging to stderr with a millisecond timestamp and the level. */
+/* Logging to stderr with a microsecond timestamp (failover steps are ms apart) and the level. */
 #include "core/log.h"
 
 #include <stdarg.h>
@@ -25,5 +25,5 @@ void log_msg(enum log_level lvl, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(line, sizeof(line), fmt, ap);
     va_end(ap);
-    fprintf(stderr, "%s.%03ld %s %s\n", ts, (long)(tv.tv_usec / 1000), level_names[lvl], line);
+    fprintf(stderr, "%s.%06ld %s %s\n", ts, (long)tv.tv_usec, level_names[lvl], line);
 }

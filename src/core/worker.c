@@ -74,7 +74,7 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
             struct server *s = container_of(pos, struct server, node);
             int limit = s->pool ? w->cfg->server_connect_timeout : w->cfg->health_check_timeout;
             if (now - s->connected_at > limit)
-                server_close(s, "connect timeout");
+                server_close_by(s, EVIDENCE_FAILURE, "connect timeout");
         }
     }
     if (w->shutting_down)

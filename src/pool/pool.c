@@ -331,7 +331,8 @@ static void pool_kick_loop(struct pool *p)
             if (!server_idle_intact(s)) {
                 /* Terminated while idle: its FATAL is waiting to be read. Another server
                  * serves the client, which never hears of it. */
-                server_close(s, "it spoke or closed while idle (terminated)");
+                server_close_by(s, EVIDENCE_TERMINATED,
+                                "it spoke or closed while idle (terminated)");
                 continue;
             }
             struct client *c = container_of(list_first(&p->waiting), struct client, pool_node);

@@ -57,6 +57,11 @@ const char *server_param(struct server *s, const char *name)
 
 void server_close(struct server *s, const char *reason)
 {
+    server_close_by(s, EVIDENCE_NONE, reason);
+}
+
+void server_close_by(struct server *s, enum writer_evidence ev, const char *reason)
+{
     if (s->state == SV_CLOSING)
         return;
     enum server_state was = s->state;
@@ -88,8 +93,8 @@ void server_close(struct server *s, const char *reason)
         /* A writer connection that dies may mean the writer died: look now, not at the next
          * probe. */
         if (p->role == ROLE_WRITER && s->nd && s->nd == s->w->topo->writer &&
-            was != SV_RESETTING && !s->w->shutting_down)
-            topology_probe_now(s->w, reason);
+            was != SV_RESETTING && !s->w->shutting_down && ev != EVIDENCE_NONE)
+            topology_probe_now(s->w, ev, reason);
         s->pool = NULL;
         pool_kick(p);
     } else if (was != SV_CLOSING && s->on_fail) {
@@ -317,6 +322,8 @@ static int handle_internal(struct server *s, const struct msg_hdr *h, const uint
         }
         if (strcmp(e.severity, "FATAL") == 0 || strcmp(e.severity, "PANIC") == 0) {
             SLOG(info, s, "server error: %s %s: %s", e.severity, e.sqlstate, e.message);
+            if (strcmp(e.sqlstate, SQLSTATE_ADMIN_SHUTDOWN) == 0)
+                s->terminated = 1;
             return -1;
         }
         if ((s->state == SV_SETUP || (s->state == SV_ACTIVE && s->swallow > 0)) && s->client) {
@@ -338,6 +345,7 @@ static int handle_internal(struct server *s, const struct msg_hdr *h, const uint
                          e.message);
                 client_close(c, e.sqlstate[0] ? e.sqlstate : SQLSTATE_CONNECTION_FAILURE, msg);
             }
+            s->setup_rejected = 1;
             return -1;
         } else if (s->state == SV_PROBE && s->on_fail) {
             SLOG(info, s, "probe query failed: %s", e.message);
@@ -515,13 +523,16 @@ static int observe_forwarded(struct server *s, struct client *c, const struct ms
             return 0;
         if (strcmp(e.severity, "FATAL") == 0 || strcmp(e.severity, "PANIC") == 0) {
             SLOG(info, s, "server ended the session: %s %s: %s", e.severity, e.sqlstate, e.message);
-            if (strcmp(e.sqlstate, SQLSTATE_ADMIN_SHUTDOWN) == 0)
+            if (strcmp(e.sqlstate, SQLSTATE_ADMIN_SHUTDOWN) == 0) {
+                s->terminated = 1;
                 client_note_terminated(c, e.sqlstate, e.message);
+            }
             return -1;
         }
         track_error(c);
         if (strcmp(e.sqlstate, "25006") == 0 && s->nd == s->w->topo->writer)
-            topology_probe_now(s->w, "the writer answered 25006 (read-only transaction)");
+            topology_probe_now(s->w, EVIDENCE_FAILURE,
+                               "the writer answered 25006 (read-only transaction)");
         return 0;
     }
     default:
@@ -614,14 +625,15 @@ static void server_process_loop(struct server *s)
             return;
         if (proto_parse_header(conn_data(in), PROTO_HDR_LEN, 0x7fffffff, &h) != PROTO_OK ||
             !proto_be_type_known(h.type)) {
-            server_close(s, "the server sent bytes that are not the PostgreSQL protocol");
+            server_close_by(s, EVIDENCE_FAILURE,
+                            "the server sent bytes that are not the PostgreSQL protocol");
             return;
         }
         size_t whole = 1 + (size_t)h.len;
         if (!forwarding) {
             if (s->state == SV_IDLE && h.type != BE_ERROR && h.type != BE_PARAM_STATUS &&
                 h.type != BE_NOTICE) {
-                server_close(s, "the server sent data while idle");
+                server_close_by(s, EVIDENCE_FAILURE, "the server sent data while idle");
                 return;
             }
             if (whole > WHOLE_MAX) {
@@ -630,7 +642,8 @@ static void server_process_loop(struct server *s)
                     s->fwd_left = (uint32_t)whole;
                     continue;
                 }
-                server_close(s, "the server sent an oversized message pgstay reads itself");
+                server_close_by(s, EVIDENCE_FAILURE,
+                                "the server sent an oversized message pgstay reads itself");
                 return;
             }
             if (!conn_has(in, whole))
@@ -640,7 +653,15 @@ static void server_process_loop(struct server *s)
                 return;
             conn_consume(in, whole);
             if (r < 0) {
-                server_close(s, s->state == SV_LOGIN ? "login failed" : "server error");
+                /* A failed login is the login backoff's business; a FATAL on an established
+                 * connection is the node's, unless it is a 57P01 for this backend alone. */
+                if (s->state == SV_LOGIN)
+                    server_close(s, "login failed");
+                else if (s->setup_rejected)
+                    server_close(s, "a client's setting was rejected");
+                else
+                    server_close_by(s, s->terminated ? EVIDENCE_TERMINATED : EVIDENCE_FAILURE,
+                                    "server error");
                 return;
             }
             continue;
@@ -664,7 +685,8 @@ static void server_process_loop(struct server *s)
             }
             if (observe_forwarded(s, c, &h, m + PROTO_HDR_LEN) < 0) {
                 conn_consume(in, whole);
-                server_close(s, "the server ended the session");
+                server_close_by(s, s->terminated ? EVIDENCE_TERMINATED : EVIDENCE_FAILURE,
+                                "the server ended the session");
                 return;
             }
             conn_forward(in, out, whole);
@@ -737,7 +759,8 @@ static void server_event_cb(void *arg, int what)
         return;
     }
     if (what & CONN_EOF) {
-        server_close(s, s->state == SV_CONNECTING ? "connection refused" : "server closed the connection");
+        server_close_by(s, EVIDENCE_FAILURE,
+                        s->state == SV_CONNECTING ? "connection refused" : "server closed the connection");
     } else if (what & CONN_ERROR) {
         int dns = s->conn.dns_err;
         char why[160];
@@ -746,7 +769,7 @@ static void server_event_cb(void *arg, int what)
                      evutil_gai_strerror(dns));
         else
             snprintf(why, sizeof(why), "%s", strerror(s->conn.err));
-        server_close(s, why);
+        server_close_by(s, EVIDENCE_FAILURE, why);
     }
 }
 

@@ -10,6 +10,7 @@
 #include "core/worker.h"
 #include "pool/prepared.h"
 #include "proto/scram.h"
+#include "topology/topology.h"
 
 struct pool;
 struct node;
@@ -47,6 +48,8 @@ struct server {
     int cancel_hold;       /* released, kept out of the pool until they are delivered */
     int in_process;        /* inside server_process (see server_idle_intact) */
     int reset_pending;     /* draining after its client left: roll back and reset when idle */
+    int terminated;        /* its backend sent FATAL 57P01 (pg_terminate_backend or shutdown) */
+    int setup_rejected;    /* a client's setting failed on it: closed by pgstay, not the node */
     struct kvlist applied; /* settings clients left on it: name -> the statement that made it */
     char txn_status;
     int64_t connected_at;
@@ -62,8 +65,11 @@ struct server {
 struct server *server_open(struct worker *w, struct pool *p, struct node *nd, const char *user,
                            const char *database);
 void server_change_state(struct server *s, enum server_state st);
-/* Close with a reason that is logged. */
+/* Close with a reason that is logged: pgstay's own decision (EVIDENCE_NONE). */
 void server_close(struct server *s, const char *reason);
+/* Close a connection the server or the network ended (ev says which way): a writer
+ * connection's end is then evidence about the writer (topology_probe_now). */
+void server_close_by(struct server *s, enum writer_evidence ev, const char *reason);
 void server_send(struct server *s, const void *p, size_t n);
 /* Run sql on the server, consuming its results (setup, reset, probes). */
 void server_run_internal(struct server *s, const char *sql);

@@ -402,6 +402,7 @@ static void send_probe(struct topology *t, struct node *nd)
         return;
     nd->got_row = 0;
     nd->missed = 0;
+    nd->probe_again = 0;
     nd->probe_sent = now_ms();
     nd->probe_sent_us = now_us();
     server_run_internal(nd->probe, PROBE_SQL);
@@ -437,7 +438,9 @@ static void node_answered(struct topology *t, struct node *nd)
     evaluate(t);
     if (nd == t->writer)
         writer_clear(t);
-    if (!t->writer && t->started && nd->role == NODE_STANDBY)
+    if (nd->probe_again)
+        kick_node(nd, 0); /* the answer was to a probe sent before what asked for a new one */
+    else if (!t->writer && t->started && nd->role == NODE_STANDBY)
         kick_node(nd, HOLD_REPROBE_US); /* a promotion is seen within a millisecond */
     if (nd->role == NODE_STANDBY && t->w->cfg->readonly_port > 0)
         pool_kick_all(t->w);
@@ -563,23 +566,14 @@ static void schedule(struct topology *t)
     evtimer_add(t->timer, &tv);
 }
 
-/* Is this the server's own doing (reset, refused, FATAL, closed), not pgstay's? */
-static int server_side(const char *why)
-{
-    static const char *const ours[] = {"released", "its ", "the writer was lost", "login failed",
-                                       "out of memory", "cannot start"};
-    for (size_t i = 0; i < sizeof(ours) / sizeof(ours[0]); i++)
-        if (!strncmp(why, ours[i], strlen(ours[i])))
-            return 0;
-    return 1;
-}
-
-void topology_probe_now(struct worker *w, const char *why)
+void topology_probe_now(struct worker *w, enum writer_evidence ev, const char *why)
 {
     struct topology *t = w->topo;
     struct node *wr = t->writer;
     log_debug("probing every node now: %s", why);
-    if (wr && server_side(why)) {
+    if (wr && ev == EVIDENCE_TERMINATED)
+        wr->probe_again = 1; /* the 57P01 verdict waits for a probe sent after the termination */
+    if (wr && ev == EVIDENCE_FAILURE) {
         if (t->suspect && wr->fails > 0) {
             char b[200];
             snprintf(b, sizeof(b), "%s, while suspect", why);
@@ -595,7 +589,7 @@ void topology_probe_now(struct worker *w, const char *why)
 void topology_node_signal(struct worker *w, struct node *nd, const char *why)
 {
     if (nd && nd == w->topo->writer)
-        topology_probe_now(w, why);
+        topology_probe_now(w, EVIDENCE_FAILURE, why);
 }
 
 void topology_set_fast(struct worker *w, int fast)

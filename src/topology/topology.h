@@ -46,6 +46,7 @@ struct node {
     int claim;              /* what its last answer said: NODE_PRIMARY or NODE_STANDBY; 0 = none */
     int probe_up;           /* the probe connection is logged in */
     int lost_unanswered;    /* the probe connection was lost and no probe answered since */
+    int probe_again;        /* a probe sent from now on is wanted (one in flight is older) */
     uint64_t sysid;         /* pg_control_system().system_identifier */
     char note[200];         /* why it is down, fenced, foreign or rising (SHOW NODES) */
     struct event *kick;     /* reconnect or re-probe this node soon (deferred) */
@@ -78,11 +79,21 @@ struct topology {
     char hold_reason[200]; /* why there is no writer (logged once per change) */
 };
 
+/* What the end of a server connection to the writer (or an answer on one) says about the
+ * writer; given by the caller, who knows why the connection ended. */
+enum writer_evidence {
+    EVIDENCE_NONE,       /* pgstay ended it (role change, reset, client left): nothing */
+    EVIDENCE_FAILURE,    /* the server or the network ended it (EOF, reset, FATAL, timeout) or
+                            the writer answered 25006: the writer is suspect */
+    EVIDENCE_TERMINATED, /* its backend alone was terminated (57P01): the node may be fine, so
+                            nothing is held; a probe sent now tells */
+};
+
 int topology_init(struct worker *w);
 void topology_free(struct worker *w);
-/* A server connection to the writer died, or the writer answered 25006: the writer becomes
- * suspect (lost at once if it already was) and every node is probed now. */
-void topology_probe_now(struct worker *w, const char *why);
+/* Every node is probed now. With EVIDENCE_FAILURE (a server connection to the writer died, or
+ * the writer answered 25006) the writer becomes suspect, lost at once if it already was. */
+void topology_probe_now(struct worker *w, enum writer_evidence ev, const char *why);
 /* A signal from a server connection that the node is going away (57P01/57P02/57P03 at login). */
 void topology_node_signal(struct worker *w, struct node *nd, const char *why);
 /* Health as SHOW NODES names it: up, suspect, down, unknown. */

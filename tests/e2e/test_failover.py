@@ -220,8 +220,12 @@ def test_crash_failover_rejoin(fo_proxy, cluster3):
 
 def test_switchover_zero_errors(fo_proxy, cluster3):
     admin = fo_proxy.dsn(dbname="pgstay")
-    run_event(fo_proxy, cluster3, lambda: cluster3.switchover(proxy=admin), 0)
+    out = []
+    run_event(fo_proxy, cluster3, lambda: out.append(cluster3.switchover(proxy=admin)), 0)
     assert cluster3.primary() != "n1"
+    # Writes resume once the new primary is writable, not after the old one's rejoin.
+    out = out[0]
+    assert out.index("proxy: RESUME") < out.index("rejoined as a standby"), out
 
 
 def test_frozen_primary(fo_proxy, cluster3):

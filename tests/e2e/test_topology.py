@@ -367,6 +367,27 @@ def test_probe_connection_killed_is_not_the_node(lab3, proxies):
     assert "probe connection lost" in p.log()  # reconnected and probed again
 
 
+def test_terminated_pool_server_holds_nothing(lab3, proxies):
+    """pg_terminate_backend of one writer-pool server (a "kill idle sessions" job): the writer's
+    probe still answers, so the writer is not made suspect and nobody's requests are held; the
+    next probe alone would tell if the node were going down."""
+    p = proxies(lab3)
+    with p.connect() as a:
+        pid = a.execute("select pg_backend_pid()").fetchone()[0]
+    # its client left: the server is back in the pool, idle
+    wait_for(lambda: any(r[0] == "n1" and int(r[9]) > 0 for r in p.admin("SHOW NODES")),
+             what="a pool server on n1")
+    with psycopg.connect(lab3.dsn(1), autocommit=True) as c:
+        assert c.execute("select pg_terminate_backend(%s)", (pid,)).fetchone()[0]
+    wait_for(lambda: "57P01" in p.log(), what="the termination seen by pgstay")
+    with p.connect() as b:
+        assert b.execute("select 1").fetchone()[0] == 1
+    time.sleep(0.2)
+    assert "writer n1 is suspect" not in p.log()
+    assert p.admin("SHOW FAILOVERS") == []
+    assert writer_of(p) == "n1"
+
+
 # ---- 3. login backoff ------------------------------------------------------------------------
 
 

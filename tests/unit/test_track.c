@@ -254,7 +254,7 @@ static char m_end(struct model *m)
 
 enum { EV_COMPLETE, EV_ERROR, EV_READY };
 
-struct event {
+struct answer {
     int type;
     char tag[32];
     int null_tag;
@@ -266,7 +266,7 @@ struct event {
 struct run {
     struct client *c;
     struct model m;
-    struct event ev[MAXREQ * (MAXST + 2)];
+    struct answer ev[MAXREQ * (MAXST + 2)];
     int n_ev, n_avail, n_done;
     int inflight;   /* requests sent, ReadyForQuery not delivered */
     int failed;
@@ -297,7 +297,7 @@ static void tk_stmt(const struct gst *s, struct track_stmt *t, char *stmtbuf, si
 
 static void push_ev(struct run *R, int type, const char *tag, int req)
 {
-    struct event *e = &R->ev[R->n_ev++];
+    struct answer *e = &R->ev[R->n_ev++];
     memset(e, 0, sizeof(*e));
     e->type = type;
     e->req = req;
@@ -337,7 +337,7 @@ static void check_sets(struct run *R, const int *want, int req)
 
 static void deliver_one(struct run *R)
 {
-    struct event *e = &R->ev[R->n_done++];
+    struct answer *e = &R->ev[R->n_done++];
     switch (e->type) {
     case EV_COMPLETE: track_complete(R->c, e->null_tag ? NULL : e->tag); break;
     case EV_ERROR: track_error(R->c); break;
@@ -364,7 +364,7 @@ static void end_request(struct run *R, int req)
 {
     char st = m_end(&R->m);
     push_ev(R, EV_READY, "", req);
-    struct event *e = &R->ev[R->n_ev - 1];
+    struct answer *e = &R->ev[R->n_ev - 1];
     e->status = st;
     memcpy(e->committed, R->m.committed, sizeof(e->committed));
     R->n_avail = R->n_ev;

@@ -300,6 +300,11 @@ static int start_pgstay(struct bench *b, const char *mode_arg, const char *work,
             "health_check_user = postgres\nhealth_check_dbname = postgres\n"
             "shutdown_timeout = 5s\n[nodes]\n",
             b->port, b->port + 10, mode, b->pool_size);
+    /* More [pgstay] settings for an investigation, e.g. PGSTAY_BENCH_SETTINGS="verbose = 2"
+     * (newline-separated): the run's pgstay.log then has each step, to the microsecond. */
+    const char *extra = getenv("PGSTAY_BENCH_SETTINGS");
+    if (extra && *extra)
+        fprintf(f, "[pgstay]\n%s\n[nodes]\n", extra);
     for (int i = 1; i <= NODES; i++)
         fprintf(f, "n%d = host=127.0.0.1 port=%d\n", i, node_port(b, i));
     fclose(f);

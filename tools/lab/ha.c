@@ -323,7 +323,7 @@ int cmd_switchover(struct lab *lab, int to, const char *proxy)
     }
     int64_t t0 = now_ms();
     PGconn *pc = NULL;
-    int rc = LAB_EXIT_FAIL;
+    int rc = LAB_EXIT_FAIL, resumed = 0;
     if (proxy) {
         pc = proxy_connect(proxy);
         if (!pc)
@@ -359,13 +359,20 @@ int cmd_switchover(struct lab *lab, int to, const char *proxy)
     printf("n%d: replayed n%d's shutdown checkpoint %s\n", to, p, ck);
     if (do_promote(lab, to, NULL, NULL) < 0)
         goto out;
+    /* The new primary takes commits now: the proxy resumes before the old one is rewound and
+     * restarted as a standby, which takes a second or more and is no reason to hold writes. */
+    if (pc) {
+        resumed = 1;
+        if (proxy_cmd(pc, "RESUME") < 0)
+            goto out;
+    }
     if (do_rejoin(lab, p) < 0)
         goto out;
     rc = 0;
 out:
     if (pc) {
         /* RESUME on every path: a paused proxy is an outage */
-        if (proxy_cmd(pc, "RESUME") < 0)
+        if (!resumed && proxy_cmd(pc, "RESUME") < 0)
             rc = LAB_EXIT_FAIL;
         PQfinish(pc);
     }
