@@ -171,7 +171,7 @@ static void show_clients(struct client *c)
             struct client *x = container_of(pos, struct client, node);
             char id[24], sv[24];
             const char *vals[8] = {I2S(id, x->id), x->user ? x->user : "", x->database ? x->database : "",
-                                   client_state_name(x->state), x->addr,
+                                   client_state_name(x->state), client_addr(x),
                                    x->server ? I2S(sv, x->server->id) : NULL,
                                    (x->held || x->pause_held) ? "yes" : "no",
                                    x->pin_reason ? pin_reason_name(x->pin_reason) : ""};

@@ -294,6 +294,23 @@ static void lost_decide(struct client *c, const char *why, const char *sqlstate,
 
 /* ---- state and teardown ---- */
 
+const char *client_addr(const struct client *c)
+{
+    /* For log lines and SHOW CLIENTS: one at a time per thread. */
+    static __thread char buf[64];
+    char ip[INET6_ADDRSTRLEN];
+    if (c->addr_family == AF_INET) {
+        inet_ntop(AF_INET, c->addr_ip, ip, sizeof(ip));
+        snprintf(buf, sizeof(buf), "%s:%u", ip, c->addr_port);
+    } else if (c->addr_family == AF_INET6) {
+        inet_ntop(AF_INET6, c->addr_ip, ip, sizeof(ip));
+        snprintf(buf, sizeof(buf), "[%s]:%u", ip, c->addr_port);
+    } else {
+        snprintf(buf, sizeof(buf), "unix");
+    }
+    return buf;
+}
+
 void client_change_state(struct client *c, enum client_state st)
 {
     struct worker *w = c->w;
@@ -328,7 +345,7 @@ void client_close(struct client *c, const char *sqlstate, const char *reason)
         client_send_pbuf(c, &b);
     }
     if (sqlstate || c->state == CL_LOGIN)
-        log_info("C-%llu %s: closing: %s", (unsigned long long)c->id, c->addr, reason);
+        log_info("C-%llu %s: closing: %s", (unsigned long long)c->id, client_addr(c), reason);
     else
         log_debug("C-%llu: closing: %s", (unsigned long long)c->id, reason);
     if (c->state == CL_WAITING)
@@ -479,25 +496,23 @@ void client_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr
     c->state = CL_LOGIN;
     list_append(&w->clients[CL_LOGIN], &c->node);
     w->n_clients[CL_LOGIN]++;
+    /* Kept as bytes (an idle client is mostly this struct), shown by client_addr. */
+    c->addr_family = (uint8_t)sa->sa_family;
     if (sa->sa_family == AF_INET) {
-        char ip[INET_ADDRSTRLEN];
         struct sockaddr_in *sin = (struct sockaddr_in *)sa;
-        inet_ntop(AF_INET, &sin->sin_addr, ip, sizeof(ip));
-        snprintf(c->addr, sizeof(c->addr), "%s:%d", ip, ntohs(sin->sin_port));
+        memcpy(c->addr_ip, &sin->sin_addr, 4);
+        c->addr_port = ntohs(sin->sin_port);
     } else if (sa->sa_family == AF_INET6) {
-        char ip[INET6_ADDRSTRLEN];
         struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)sa;
-        inet_ntop(AF_INET6, &sin6->sin6_addr, ip, sizeof(ip));
-        snprintf(c->addr, sizeof(c->addr), "[%s]:%d", ip, ntohs(sin6->sin6_port));
-    } else {
-        snprintf(c->addr, sizeof(c->addr), "unix");
+        memcpy(c->addr_ip, &sin6->sin6_addr, 16);
+        c->addr_port = ntohs(sin6->sin6_port);
     }
     conn_accept(&c->conn, &w->loop, fd, &client_cbs, c);
     w->stats.clients_accepted++;
     /* Over max_client_conn: refused once its startup packet is read, as PostgreSQL does, so
      * the client sees the error and not a broken SSL negotiation. */
     c->over_limit = live >= w->cfg->max_client_conn;
-    log_debug("C-%llu %s: connected to the %s endpoint", (unsigned long long)c->id, c->addr,
+    log_debug("C-%llu %s: connected to the %s endpoint", (unsigned long long)c->id, client_addr(c),
               role == ROLE_WRITER ? "writer" : "reader");
 }
 
@@ -654,7 +669,7 @@ static void login_process(struct client *c)
             if (r == PROTO_BAD) {
                 /* As PostgreSQL does: no reply to what is not a startup packet (node-postgres
                  * sends Terminate first when it ends a connection at once). */
-                log_info("C-%llu %s: closing: %s", (unsigned long long)c->id, c->addr, err);
+                log_info("C-%llu %s: closing: %s", (unsigned long long)c->id, client_addr(c), err);
                 client_close(c, NULL, err);
                 return;
             }
@@ -712,7 +727,7 @@ void client_logged_in(struct client *c)
         return;
     }
     c->pool->n_clients++;
-    log_debug("C-%llu %s: logged in as %s to %s", (unsigned long long)c->id, c->addr, c->user,
+    log_debug("C-%llu %s: logged in as %s to %s", (unsigned long long)c->id, client_addr(c), c->user,
               c->database);
     client_change_state(c, CL_IDLE);
     const struct kvlist *welcome = pool_welcome_find(c->pool, kv_hash(&c->params));

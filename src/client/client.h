@@ -78,10 +78,12 @@ struct client {
     uint64_t id;
     struct worker *w;
     struct conn conn; /* its socket and buffers */
-    char addr[64];
-    int role; /* enum endpoint_role */
-    int is_admin;
-    int over_limit; /* accepted past max_client_conn: refused after its startup packet */
+    uint8_t addr_ip[16]; /* peer address, shown by client_addr() */
+    uint16_t addr_port;
+    uint8_t addr_family;
+    uint8_t role; /* enum endpoint_role */
+    uint8_t is_admin;
+    uint8_t over_limit; /* accepted past max_client_conn: refused after its startup packet */
     uint8_t ssl_done, gss_done; /* encryption requests already answered (PostgreSQL's rule) */
     struct pool *pool;
     struct server *server; /* the linked server, or NULL */
@@ -92,10 +94,10 @@ struct client {
     struct kvlist params;   /* startup parameters to apply on every server it gets */
     struct kvlist reported; /* ParameterStatus values sent to it that differ from its pool's base */
     uint64_t reported_hash; /* the server parameter set it was last brought in line with */
-    int got_welcome;        /* ParameterStatus/BackendKeyData/ReadyForQuery sent */
+    uint8_t got_welcome;        /* ParameterStatus/BackendKeyData/ReadyForQuery sent */
 
     /* Authentication */
-    int auth_step;                /* which message pgstay expects next */
+    uint8_t auth_step;                /* which message pgstay expects next */
     uint8_t md5_salt[4];
     struct scram_server *scram;   /* only during a SCRAM exchange */
 
@@ -106,11 +108,11 @@ struct client {
     uint32_t fwd_left;  /* bytes of the current client message still to forward */
     int pending;        /* requests sent that await ReadyForQuery */
     char txn_status;    /* as last told to the client: 'I', 'T' or 'E' */
-    int in_copy_in;     /* the server is taking COPY data from this client */
-    int pin_reason;     /* why this session's state cannot be rebuilt elsewhere (0: it can) */
+    uint8_t in_copy_in;     /* the server is taking COPY data from this client */
+    uint8_t pin_reason;     /* why this session's state cannot be rebuilt elsewhere (0: it can) */
     int64_t wait_since; /* ms: when it began waiting for a server */
     int64_t last_active;
-    int held;           /* waiting because there is no writer (counted by failover) */
+    uint8_t held;           /* waiting because there is no writer (counted by failover) */
     int unsynced;       /* extended-protocol messages sent since the last Sync */
     struct kvlist sets; /* settings that took effect: name -> the statement to replay */
     struct track track; /* what its statements in flight and its open transaction do to them */
@@ -126,24 +128,24 @@ struct client {
     struct pending_parse *pend; /* session mode: Parses sent, not yet answered */
     int n_pend, cap_pend;
     uint64_t batches_sent, batches_done; /* requests (Sync, Query, FunctionCall) and answers */
-    int resetup;        /* its startup parameters need applying again (after a RESET) */
-    int out_blocked;    /* its input waits until it reads what it was sent */
-    int flight_blocked; /* its input waits until answers to what is in flight come back */
+    uint8_t resetup;        /* its startup parameters need applying again (after a RESET) */
+    uint8_t out_blocked;    /* its input waits until it reads what it was sent */
+    uint8_t flight_blocked; /* its input waits until answers to what is in flight come back */
     struct prepared *prepared; /* named prepared statements to replay on a new server */
     int n_prepared, cap_prepared;
     size_t prepared_bytes;
 
     /* Answered by pgstay itself after the server was lost (failover contract 3) */
     uint32_t skip_left;     /* rest of a message that was half-forwarded: dropped */
-    int txn_lost;           /* the transaction block died with its server: answer until ROLLBACK */
-    int lost_notice_pending;/* the next request learns why */
-    int fail_current;       /* the current request got its error: drop messages up to its end */
-    int discard_copy;       /* drop COPY data of a COPY whose server is gone */
-    int batch_rollback;     /* an extended-protocol ROLLBACK batch answered locally */
-    int batch_error;
-    int local_batch;        /* messages since the last Sync were all answered by pgstay */
-    int pause_held;         /* PAUSE: its next transaction waits for RESUME */
-    int pause_waiting;      /* admin client whose PAUSE awaits in-flight transactions */
+    uint8_t txn_lost;           /* the transaction block died with its server: answer until ROLLBACK */
+    uint8_t lost_notice_pending;/* the next request learns why */
+    uint8_t fail_current;       /* the current request got its error: drop messages up to its end */
+    uint8_t discard_copy;       /* drop COPY data of a COPY whose server is gone */
+    uint8_t batch_rollback;     /* an extended-protocol ROLLBACK batch answered locally */
+    uint8_t batch_error;
+    uint8_t local_batch;        /* messages since the last Sync were all answered by pgstay */
+    uint8_t pause_held;         /* PAUSE: its next transaction waits for RESUME */
+    uint8_t pause_waiting;      /* admin client whose PAUSE awaits in-flight transactions */
 };
 
 
@@ -151,6 +153,8 @@ struct client {
 void client_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen,
                    void *arg);
 void client_change_state(struct client *c, enum client_state st);
+/* The client's address as text ("ip:port"), in a buffer reused by the next call. */
+const char *client_addr(const struct client *c);
 /* Close with a reason that is logged; if sqlstate is set the client is sent a FATAL first. */
 void client_close(struct client *c, const char *sqlstate, const char *reason);
 /* Send an ErrorResponse (severity ERROR) and, when the client awaits one, ReadyForQuery. */

@@ -6,12 +6,16 @@
 
 void pbuf_init(struct pbuf *b)
 {
-    memset(b, 0, sizeof(*b));
+    b->data = b->inl;
+    b->len = 0;
+    b->cap = sizeof(b->inl);
+    b->failed = 0;
 }
 
 void pbuf_free(struct pbuf *b)
 {
-    free(b->data);
+    if (b->data != b->inl)
+        free(b->data);
     pbuf_init(b);
 }
 
@@ -30,11 +34,13 @@ static int pbuf_reserve(struct pbuf *b, size_t n)
     size_t cap = b->cap ? b->cap : 256;
     while (cap < b->len + n)
         cap *= 2;
-    uint8_t *d = realloc(b->data, cap);
+    uint8_t *d = b->data == b->inl ? malloc(cap) : realloc(b->data, cap);
     if (!d) {
         b->failed = 1;
         return -1;
     }
+    if (b->data == b->inl)
+        memcpy(d, b->inl, b->len);
     b->data = d;
     b->cap = cap;
     return 0;

@@ -1,15 +1,20 @@
-/* A growable byte buffer for messages pgstay builds itself (not for forwarded traffic). */
+/* A growable byte buffer for messages pgstay builds itself (not for forwarded traffic). Small
+ * messages stay in the buffer's own storage: building one costs no allocation. A pbuf is
+ * never copied by value (data may point into itself). */
 #ifndef PGSTAY_CORE_BUF_H
 #define PGSTAY_CORE_BUF_H
 
 #include <stddef.h>
 #include <stdint.h>
 
+#define PBUF_INLINE 192
+
 struct pbuf {
     uint8_t *data;
     size_t len;
     size_t cap;
     int failed; /* an allocation failed: the contents are not to be sent */
+    uint8_t inl[PBUF_INLINE];
 };
 
 void pbuf_init(struct pbuf *b);

@@ -458,6 +458,8 @@ void pool_take_back(struct server *s, int pending, int unsynced, int mid_message
     server_change_state(s, SV_RESETTING);
     if (pending == 0)
         server_finish_drain(s);
+    else
+        conn_kick(&s->conn); /* its input may be full of answers the client never read */
 }
 
 void pool_after_ready(struct client *c)

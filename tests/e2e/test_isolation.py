@@ -4,6 +4,7 @@ Each test reproduces one numbered item of the issue with PostgreSQL's own behavi
 reference. Most share one server between clients (pool_size=1) so that anything a client leaves
 on it reaches the next one. Raw wire messages where no driver would send them; every read has a
 timeout so a hang fails the test in seconds."""
+import os
 import signal
 import socket
 import struct
@@ -1272,12 +1273,17 @@ def test_client_that_does_not_read_is_not_read(cluster1, make_proxy):
     produced, and the client's input stops being read, once pgstay holds the high-water mark
     of answers it does not read (the kernel's socket buffers aside)."""
     p = tx(make_proxy, cluster1, 1)
-    before = rss_kb(p.proc.pid)
     r = Raw(p.port)
     r.login_trust()
+    chunk = Q("DEALLOCATE nosuch_statement") * 2048  # 66 kB of requests, 2048 answers
+    # Once while reading: what the workload needs anyway (parser, caches) is not growth.
+    r.send(chunk)
+    for _ in range(2048):
+        while r.read_msg()[0] != b"Z":
+            pass
+    before = rss_kb(p.proc.pid)
     s = r.s
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    chunk = Q("DEALLOCATE nosuch_statement") * 2048  # 66 kB of requests, 2048 answers
     sent = 0
     s.settimeout(2)
     try:
@@ -1289,7 +1295,9 @@ def test_client_that_does_not_read_is_not_read(cluster1, make_proxy):
     grown = rss_kb(p.proc.pid) - before
     s.close()
     assert sent < 400 * len(chunk), "pgstay kept reading a client that reads nothing"
-    assert grown < 4 * 1024, "pgstay grew %d kB for one client" % grown
+    # ASan keeps up to 4 MB of freed blocks in quarantine (conftest's ASAN_OPTIONS).
+    limit = 4 * 1024 + (4 * 1024 if "asan" in os.environ.get("PGSTAY_BUILD", "") else 0)
+    assert grown < limit, "pgstay grew %d kB for one client" % grown
     exactly_b(p.port)
 
 

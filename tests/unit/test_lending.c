@@ -1026,7 +1026,7 @@ static void dump_pgstay(void)
                     "  C-%llu %s state %d pending %d unsynced %d txn %c server S-%llu fwd_left %u "
                     "in %zu out %zu unread %d fail_current %d txn_lost %d skip_left %u local_batch "
                     "%d\n",
-                    (unsigned long long)c->id, c->addr, st, c->pending, c->unsynced, c->txn_status,
+                    (unsigned long long)c->id, client_addr(c), st, c->pending, c->unsynced, c->txn_status,
                     c->server ? (unsigned long long)c->server->id : 0ull, c->fwd_left,
                     conn_avail(&c->conn),
                     conn_unsent(&c->conn),
