@@ -143,12 +143,12 @@ void client_pin(struct client *c, int reason)
 
 static void prepared_del(struct client *c, const char *name)
 {
-    for (int i = 0; i < c->n_prepared; i++) {
-        if (strcmp(c->prepared[i].name, name) == 0) {
-            c->prepared_bytes -= c->prepared[i].len;
-            free(c->prepared[i].name);
-            free(c->prepared[i].msg);
-            c->prepared[i] = c->prepared[--c->n_prepared];
+    for (int i = 0; i < client_more(c)->n_prepared; i++) {
+        if (strcmp(client_more(c)->prepared[i].name, name) == 0) {
+            client_more(c)->prepared_bytes -= client_more(c)->prepared[i].len;
+            free(client_more(c)->prepared[i].name);
+            free(client_more(c)->prepared[i].msg);
+            client_more(c)->prepared[i] = client_more(c)->prepared[--client_more(c)->n_prepared];
             return;
         }
     }
@@ -156,34 +156,34 @@ static void prepared_del(struct client *c, const char *name)
 
 static void prepared_clear(struct client *c)
 {
-    for (int i = 0; i < c->n_prepared; i++) {
-        free(c->prepared[i].name);
-        free(c->prepared[i].msg);
+    for (int i = 0; i < client_more(c)->n_prepared; i++) {
+        free(client_more(c)->prepared[i].name);
+        free(client_more(c)->prepared[i].msg);
     }
-    c->n_prepared = 0;
-    c->prepared_bytes = 0;
+    client_more(c)->n_prepared = 0;
+    client_more(c)->prepared_bytes = 0;
 }
 
 static void prepared_add(struct client *c, const char *name, const uint8_t *m, uint32_t len)
 {
     prepared_del(c, name);
     int keep_msg = 1;
-    if (c->prepared_bytes + len > PREPARED_MAX_BYTES) {
+    if (client_more(c)->prepared_bytes + len > PREPARED_MAX_BYTES) {
         /* Past what pgstay keeps to replay: the session stays on its server, which has the
          * statement; the name (and its server-side name) is still needed for its Binds. */
         if (!c->pin_reason)
             client_pin(c, PIN_PREPARED_LIMIT);
         keep_msg = 0;
     }
-    if (c->n_prepared == c->cap_prepared) {
-        int cap = c->cap_prepared ? c->cap_prepared * 2 : 8;
-        struct prepared *p = realloc(c->prepared, (size_t)cap * sizeof(*p));
+    if (client_more(c)->n_prepared == client_more(c)->cap_prepared) {
+        int cap = client_more(c)->cap_prepared ? client_more(c)->cap_prepared * 2 : 8;
+        struct prepared *p = realloc(client_more(c)->prepared, (size_t)cap * sizeof(*p));
         if (!p)
             return;
-        c->prepared = p;
-        c->cap_prepared = cap;
+        client_more(c)->prepared = p;
+        client_more(c)->cap_prepared = cap;
     }
-    struct prepared *p = &c->prepared[c->n_prepared];
+    struct prepared *p = &client_more(c)->prepared[client_more(c)->n_prepared];
     p->name = strdup(name);
     p->msg = keep_msg ? malloc(len) : NULL;
     p->hash = 0;
@@ -195,22 +195,22 @@ static void prepared_add(struct client *c, const char *name, const uint8_t *m, u
     if (keep_msg)
         memcpy(p->msg, m, len);
     p->len = keep_msg ? len : 0;
-    c->n_prepared++;
-    c->prepared_bytes += p->len;
+    client_more(c)->n_prepared++;
+    client_more(c)->prepared_bytes += p->len;
 }
 
 /* Session mode: a named Parse sent; kept for replay only once the server accepted it. */
 static void parse_sent(struct client *c, const char *name, const uint8_t *m, uint32_t len)
 {
-    if (c->n_pend == c->cap_pend) {
-        int cap = c->cap_pend ? c->cap_pend * 2 : 4;
-        struct pending_parse *pp = realloc(c->pend, (size_t)cap * sizeof(*pp));
+    if (client_more(c)->n_pend == client_more(c)->cap_pend) {
+        int cap = client_more(c)->cap_pend ? client_more(c)->cap_pend * 2 : 4;
+        struct pending_parse *pp = realloc(client_more(c)->pend, (size_t)cap * sizeof(*pp));
         if (!pp)
             return;
-        c->pend = pp;
-        c->cap_pend = cap;
+        client_more(c)->pend = pp;
+        client_more(c)->cap_pend = cap;
     }
-    struct pending_parse *pp = &c->pend[c->n_pend];
+    struct pending_parse *pp = &client_more(c)->pend[client_more(c)->n_pend];
     /* An unnamed Parse waits here too (answers are in order), with nothing to keep. */
     if (!*name)
         len = 0;
@@ -223,32 +223,32 @@ static void parse_sent(struct client *c, const char *name, const uint8_t *m, uin
     }
     memcpy(pp->msg, m, len);
     pp->len = len;
-    pp->batch = c->batches_sent;
-    c->n_pend++;
+    pp->batch = client_more(c)->batches_sent;
+    client_more(c)->n_pend++;
 }
 
 static void pend_pop(struct client *c, int keep)
 {
-    struct pending_parse *pp = &c->pend[0];
+    struct pending_parse *pp = &client_more(c)->pend[0];
     if (keep && pp->len > 0)
         prepared_add(c, pp->name, pp->msg, pp->len);
     free(pp->name);
     free(pp->msg);
-    memmove(c->pend, c->pend + 1, (size_t)(--c->n_pend) * sizeof(*c->pend));
+    memmove(client_more(c)->pend, client_more(c)->pend + 1, (size_t)(--client_more(c)->n_pend) * sizeof(*client_more(c)->pend));
 }
 
 void client_parse_answered(struct client *c)
 {
     /* Answers come in order: a ParseComplete is for the oldest Parse still waiting. */
-    if (c->n_pend > 0)
+    if (client_more(c)->n_pend > 0)
         pend_pop(c, 1);
 }
 
 void client_batch_answered(struct client *c)
 {
-    c->batches_done++;
+    client_more(c)->batches_done++;
     /* What was not accepted by the end of its batch was skipped after an error. */
-    while (c->n_pend > 0 && c->pend[0].batch < c->batches_done)
+    while (client_more(c)->n_pend > 0 && client_more(c)->pend[0].batch < client_more(c)->batches_done)
         pend_pop(c, 0);
 }
 
@@ -263,9 +263,9 @@ void client_stmt_add(struct client *c, const char *name, const uint8_t *msg, uin
 
 const struct prepared *client_stmt_find(struct client *c, const char *name)
 {
-    for (int i = 0; i < c->n_prepared; i++)
-        if (strcmp(c->prepared[i].name, name) == 0)
-            return &c->prepared[i];
+    for (int i = 0; i < client_more(c)->n_prepared; i++)
+        if (strcmp(client_more(c)->prepared[i].name, name) == 0)
+            return &client_more(c)->prepared[i];
     return NULL;
 }
 
@@ -276,9 +276,9 @@ void client_stmt_del(struct client *c, const char *name)
 
 void client_stmt_del_hash(struct client *c, uint64_t hash)
 {
-    for (int i = c->n_prepared - 1; i >= 0; i--)
-        if (c->prepared[i].hash == hash)
-            prepared_del(c, c->prepared[i].name);
+    for (int i = client_more(c)->n_prepared - 1; i >= 0; i--)
+        if (client_more(c)->prepared[i].hash == hash)
+            prepared_del(c, client_more(c)->prepared[i].name);
 }
 
 void client_stmt_clear(struct client *c)
@@ -365,42 +365,48 @@ void client_close(struct client *c, const char *sqlstate, const char *reason)
 
 void client_free(struct client *c)
 {
-    if (c->conn.loop) {
-        /* Push out a final error before the socket goes: one non-blocking write. */
-        if (conn_unsent(&c->conn) > 0 && conn_fd(&c->conn) >= 0) {
-            int fd = conn_fd(&c->conn);
-            conn_flush_now(&c->conn);
-            /* A close with unread input resets the connection, and the peer's kernel drops
-             * the final error it had not read yet: read what is there, end writing first. */
-            shutdown(fd, SHUT_WR);
-            char sink[4096];
-            for (int i = 0; i < 256 && recv(fd, sink, sizeof(sink), MSG_DONTWAIT) > 0; i++)
-                ;
-        }
-        conn_close(&c->conn);
-    }
+    /* A final error (a FATAL) reaches the client before the socket goes. */
+    conn_close_after_send(&c->conn);
     list_del(&c->node);
     c->w->n_clients[c->state]--;
     if (c->pool)
         c->pool->n_clients--;
-    free(c->user);
-    free(c->database);
+    if (!c->names_shared) {
+        free(c->user);
+        free(c->database);
+    }
     kv_clear(&c->params);
-    kv_clear(&c->sets);
     kv_clear(&c->reported);
-    track_free(&c->track);
-    free(c->unnamed_msg);
-    while (c->n_pend > 0)
-        pend_pop(c, 0);
-    free(c->pend);
-    free(c->term);
-    if (c->term_timer)
-        event_free(c->term_timer);
-    stmt_ops_clear(c);
-    prepared_clear(c);
-    free(c->prepared);
+    struct client_more *m = c->more;
+    if (m) {
+        kv_clear(&m->sets);
+        track_free(&m->track);
+        free(m->unnamed_msg);
+        while (m->n_pend > 0)
+            pend_pop(c, 0);
+        free(m->pend);
+        free(m->term);
+        if (m->term_timer)
+            event_free(m->term_timer);
+        stmt_ops_clear(c);
+        prepared_clear(c);
+        free(m->prepared);
+        free(m);
+    }
     free(c->scram);
     free(c);
+}
+
+struct client_more *client_more_alloc(struct client *c)
+{
+    c->more = calloc(1, sizeof(*c->more));
+    if (!c->more) {
+        /* Nearly every path of the session would need an exit for this; none can do better
+         * than stopping, and a proxy that cannot allocate a few hundred bytes cannot serve. */
+        log_error("C-%llu: out of memory for its session state: exiting", (unsigned long long)c->id);
+        abort();
+    }
+    return c->more;
 }
 
 struct client *client_find_by_cancel(struct worker *w, uint32_t pid, uint32_t key)
@@ -727,6 +733,12 @@ void client_logged_in(struct client *c)
         return;
     }
     c->pool->n_clients++;
+    /* The pool's copies serve as long as the client counts in n_clients (pool_gc). */
+    free(c->user);
+    free(c->database);
+    c->user = c->pool->user;
+    c->database = c->pool->database;
+    c->names_shared = 1;
     log_debug("C-%llu %s: logged in as %s to %s", (unsigned long long)c->id, client_addr(c), c->user,
               c->database);
     client_change_state(c, CL_IDLE);
@@ -884,40 +896,40 @@ static void note_deallocate(struct client *c, const struct sql_info *si, int ans
 static struct track_stmt *stmt_op_slot(struct client *c, const char *name, int create)
 {
     if (!*name)
-        return &c->unnamed_op;
-    for (int i = 0; i < c->n_stmt_ops; i++)
-        if (strcmp(c->stmt_ops[i].name, name) == 0)
-            return &c->stmt_ops[i].st;
+        return &client_more(c)->unnamed_op;
+    for (int i = 0; i < client_more(c)->n_stmt_ops; i++)
+        if (strcmp(client_more(c)->stmt_ops[i].name, name) == 0)
+            return &client_more(c)->stmt_ops[i].st;
     if (!create)
         return NULL;
-    if (c->n_stmt_ops == c->cap_stmt_ops) {
-        int cap = c->cap_stmt_ops ? c->cap_stmt_ops * 2 : 4;
-        struct named_op *ops = realloc(c->stmt_ops, (size_t)cap * sizeof(*ops));
+    if (client_more(c)->n_stmt_ops == client_more(c)->cap_stmt_ops) {
+        int cap = client_more(c)->cap_stmt_ops ? client_more(c)->cap_stmt_ops * 2 : 4;
+        struct named_op *ops = realloc(client_more(c)->stmt_ops, (size_t)cap * sizeof(*ops));
         if (!ops)
             return NULL;
-        c->stmt_ops = ops;
-        c->cap_stmt_ops = cap;
+        client_more(c)->stmt_ops = ops;
+        client_more(c)->cap_stmt_ops = cap;
     }
-    struct named_op *op = &c->stmt_ops[c->n_stmt_ops];
+    struct named_op *op = &client_more(c)->stmt_ops[client_more(c)->n_stmt_ops];
     memset(op, 0, sizeof(*op));
     op->name = strdup(name);
     if (!op->name)
         return NULL;
-    c->n_stmt_ops++;
+    client_more(c)->n_stmt_ops++;
     return &op->st;
 }
 
 static void stmt_ops_clear(struct client *c)
 {
-    for (int i = 0; i < c->n_stmt_ops; i++) {
-        free(c->stmt_ops[i].name);
-        track_stmt_clear(&c->stmt_ops[i].st);
+    for (int i = 0; i < client_more(c)->n_stmt_ops; i++) {
+        free(client_more(c)->stmt_ops[i].name);
+        track_stmt_clear(&client_more(c)->stmt_ops[i].st);
     }
-    free(c->stmt_ops);
-    c->stmt_ops = NULL;
-    c->n_stmt_ops = c->cap_stmt_ops = 0;
-    track_stmt_clear(&c->unnamed_op);
-    track_stmt_clear(&c->portal_op);
+    free(client_more(c)->stmt_ops);
+    client_more(c)->stmt_ops = NULL;
+    client_more(c)->n_stmt_ops = client_more(c)->cap_stmt_ops = 0;
+    track_stmt_clear(&client_more(c)->unnamed_op);
+    track_stmt_clear(&client_more(c)->portal_op);
 }
 
 static void inspect_query(struct client *c, const char *q, size_t len)
@@ -970,17 +982,17 @@ static void inspect_message(struct client *c, const struct msg_hdr *h, const uin
     switch (h->type) {
     case FE_QUERY:
         /* A simple Query drops the unnamed statement and portal. */
-        if (c->unnamed_op.kind != TK_OTHER)
-            track_stmt_clear(&c->unnamed_op);
-        if (c->portal_op.kind != TK_OTHER)
-            track_stmt_clear(&c->portal_op);
+        if (client_more(c)->unnamed_op.kind != TK_OTHER)
+            track_stmt_clear(&client_more(c)->unnamed_op);
+        if (client_more(c)->portal_op.kind != TK_OTHER)
+            track_stmt_clear(&client_more(c)->portal_op);
         inspect_query(c, (const char *)m + PROTO_HDR_LEN, h->len - 4);
         break;
     case FE_PARSE:
         inspect_parse(c, m, have, txn);
         break;
     case FE_BIND: {
-        if (c->unnamed_op.kind == TK_OTHER && c->n_stmt_ops == 0 && c->portal_op.kind == TK_OTHER)
+        if (client_more(c)->unnamed_op.kind == TK_OTHER && client_more(c)->n_stmt_ops == 0 && client_more(c)->portal_op.kind == TK_OTHER)
             break; /* nothing the portal could carry, nor carries now */
         const char *portal = mr_str(&r);
         const char *stmt = mr_str(&r);
@@ -988,9 +1000,9 @@ static void inspect_message(struct client *c, const struct msg_hdr *h, const uin
             break;
         struct track_stmt *op = stmt_op_slot(c, stmt, 0);
         if (!*portal) {
-            track_stmt_clear(&c->portal_op);
+            track_stmt_clear(&client_more(c)->portal_op);
             if (op)
-                track_stmt_copy(&c->portal_op, op);
+                track_stmt_copy(&client_more(c)->portal_op, op);
         } else if (op && op->kind != TK_OTHER && !c->pin_reason) {
             client_pin(c, PIN_UNTRACKED_SET); /* named portals are not followed */
         }
@@ -1000,7 +1012,7 @@ static void inspect_message(struct client *c, const struct msg_hdr *h, const uin
         const char *portal = mr_str(&r);
         int faked = txn && c->server && c->server->stmts.fake_unnamed;
         if (!faked) /* a DEALLOCATE pgstay answers itself has no server answer to count */
-            track_execute(c, (!r.bad && !*portal) ? &c->portal_op : NULL);
+            track_execute(c, (!r.bad && !*portal) ? &client_more(c)->portal_op : NULL);
         break;
     }
     case FE_SYNC:
@@ -1178,7 +1190,7 @@ void client_process(struct client *c)
         admin_process(c);
         return;
     }
-    if (c->term && c->state == CL_IDLE && !term_settle(c))
+    if (c->more && c->more->term && c->state == CL_IDLE && !term_settle(c))
         return; /* its last server was terminated: what that means is not known yet */
     struct conn *in = &c->conn;
     struct worker *w = c->w;
@@ -1325,7 +1337,7 @@ void client_process(struct client *c)
         const uint8_t *m = conn_data(in);
         inspect_message(c, &h, m, need);
         if (h.type == FE_QUERY || h.type == FE_SYNC || h.type == FE_FUNCTION_CALL) {
-            c->batches_sent++;
+            client_more(c)->batches_sent++;
             c->pending++;
             c->unsynced = 0;
             w->stats.queries++;
@@ -1405,12 +1417,12 @@ void client_server_lost(struct client *c, const char *why)
         client_close(c, NULL, msg);
         return;
     }
-    if (c->term && c->got_welcome) {
+    if (client_more(c)->term && c->got_welcome) {
         /* The server ended the session with 57P01: an administrator's decision or the node
          * shutting down; which one, the next probes tell (term_verdict). Until then the
          * client's input waits, and an idle client is not even told. */
-        c->term->node = s ? s->nd : NULL;
-        snprintf(c->term->why, sizeof(c->term->why), "%s", why);
+        client_more(c)->term->node = s ? s->nd : NULL;
+        snprintf(client_more(c)->term->why, sizeof(client_more(c)->term->why), "%s", why);
         client_change_state(c, CL_IDLE);
         /* Something to answer or to read (a request held by PAUSE included): the verdict is
          * waited for now; an idle client learns it at its next request. */
@@ -1420,8 +1432,8 @@ void client_server_lost(struct client *c, const char *why)
             term_wait(c);
         return;
     }
-    free(c->term);
-    c->term = NULL;
+    free(client_more(c)->term);
+    client_more(c)->term = NULL;
     lost_decide(c, why, NULL, NULL);
 }
 
@@ -1430,15 +1442,15 @@ void client_server_lost(struct client *c, const char *why)
 static int term_verdict(struct client *c)
 {
     struct worker *w = c->w;
-    struct node *nd = c->term->node;
+    struct node *nd = client_more(c)->term->node;
     /* A suspect writer is not a lost one: the next probe says which. */
     if (!nd || !w->topo->writer || (c->role == ROLE_WRITER && w->topo->writer != nd))
         return -1;
     if (w->fo->paused)
         return -1; /* a planned switchover shutting the node down */
-    if (nd->last_ok_sent_us > c->term->at_us)
+    if (nd->last_ok_sent_us > client_more(c)->term->at_us)
         return 1; /* a probe sent after the termination was answered */
-    if (now_ms() - c->term->at > TERM_VERDICT_MAX_MS)
+    if (now_ms() - client_more(c)->term->at > TERM_VERDICT_MAX_MS)
         return -1;
     return 0;
 }
@@ -1451,8 +1463,8 @@ static int term_settle(struct client *c)
         term_wait(c);
         return 0;
     }
-    struct client_term *t = c->term;
-    c->term = NULL;
+    struct client_term *t = client_more(c)->term;
+    client_more(c)->term = NULL;
     if (v < 0) {
         log_info("C-%llu: its server was terminated as its node went down: a failover",
                  (unsigned long long)c->id);
@@ -1472,29 +1484,29 @@ static int term_settle(struct client *c)
 static void term_timer_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct client *c = arg;
-    if (c->term && term_settle(c))
+    if (client_more(c)->term && term_settle(c))
         client_process(c);
 }
 
 static void term_wait(struct client *c)
 {
-    if (!c->term_timer)
-        c->term_timer = evtimer_new(c->w->base, term_timer_cb, c);
+    if (!client_more(c)->term_timer)
+        client_more(c)->term_timer = evtimer_new(c->w->base, term_timer_cb, c);
     struct timeval tv = {0, 10 * 1000};
-    if (c->term_timer)
-        evtimer_add(c->term_timer, &tv);
+    if (client_more(c)->term_timer)
+        evtimer_add(client_more(c)->term_timer, &tv);
 }
 
 void client_note_terminated(struct client *c, const char *sqlstate, const char *message)
 {
-    free(c->term);
-    c->term = calloc(1, sizeof(*c->term));
-    if (!c->term)
+    free(client_more(c)->term);
+    client_more(c)->term = calloc(1, sizeof(*client_more(c)->term));
+    if (!client_more(c)->term)
         return;
-    c->term->at = now_ms();
-    c->term->at_us = now_us();
-    snprintf(c->term->sqlstate, sizeof(c->term->sqlstate), "%s", sqlstate);
-    snprintf(c->term->message, sizeof(c->term->message), "%s", message);
+    client_more(c)->term->at = now_ms();
+    client_more(c)->term->at_us = now_us();
+    snprintf(client_more(c)->term->sqlstate, sizeof(client_more(c)->term->sqlstate), "%s", sqlstate);
+    snprintf(client_more(c)->term->message, sizeof(client_more(c)->term->message), "%s", message);
 }
 
 /* What a client sees of a lost server (the failover contract), or, with sqlstate and message,
@@ -1503,12 +1515,12 @@ static void lost_decide(struct client *c, const char *why, const char *sqlstate,
 {
     int in_flight = c->pending > 0 || c->unsynced > 0 || c->fwd_left > 0 || c->in_copy_in;
     int in_block = c->txn_status == 'T' || c->txn_status == 'E';
-    int commit_in_flight = (c->pending > 0 || c->unsynced > 0) && track_commit_in_flight(&c->track);
+    int commit_in_flight = (c->pending > 0 || c->unsynced > 0) && track_commit_in_flight(&client_more(c)->track);
     /* Nothing in flight will be answered, and an open transaction died with its server. */
     track_lost(c, in_block);
-    while (c->n_pend > 0)
+    while (client_more(c)->n_pend > 0)
         pend_pop(c, 0);
-    c->batches_done = c->batches_sent;
+    client_more(c)->batches_done = client_more(c)->batches_sent;
     client_change_state(c, CL_IDLE);
     if (!c->got_welcome) {
         /* Lost during setup: the session never started; try again on the next writer. */

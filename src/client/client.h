@@ -71,6 +71,28 @@ struct client_term {
     char why[160];
 };
 
+/* What a client's statements did and may do to its session: made when first needed (most
+ * idle clients never need it, and an idle client's memory is mostly struct client). */
+struct client_more {
+    struct kvlist sets; /* settings that took effect: name -> the statement to replay */
+    struct track track; /* what its statements in flight and its open transaction do to them */
+    struct track_stmt unnamed_op; /* what the unnamed statement does to the session */
+    struct track_stmt portal_op;  /* and the unnamed portal */
+    struct named_op *stmt_ops;    /* named statements that do something to the session */
+    int n_stmt_ops, cap_stmt_ops;
+    struct client_term *term; /* its last server was terminated: verdict pending */
+    struct event *term_timer;
+    uint8_t *unnamed_msg; /* transaction mode: its last unnamed Parse, to re-create it */
+    uint32_t unnamed_len, unnamed_cap;
+    uint64_t unnamed_seq;  /* which of its unnamed Parses that is */
+    struct pending_parse *pend; /* session mode: Parses sent, not yet answered */
+    int n_pend, cap_pend;
+    uint64_t batches_sent, batches_done; /* requests (Sync, Query, FunctionCall) and answers */
+    struct prepared *prepared; /* named prepared statements to replay on a new server */
+    int n_prepared, cap_prepared;
+    size_t prepared_bytes;
+};
+
 struct client {
     struct list node;      /* on w->clients[state] */
     struct list pool_node; /* on pool->waiting while CL_WAITING */
@@ -94,6 +116,7 @@ struct client {
     struct kvlist params;   /* startup parameters to apply on every server it gets */
     struct kvlist reported; /* ParameterStatus values sent to it that differ from its pool's base */
     uint64_t reported_hash; /* the server parameter set it was last brought in line with */
+    uint8_t names_shared;       /* user and database point to its pool's strings */
     uint8_t got_welcome;        /* ParameterStatus/BackendKeyData/ReadyForQuery sent */
 
     /* Authentication */
@@ -114,26 +137,10 @@ struct client {
     int64_t last_active;
     uint8_t held;           /* waiting because there is no writer (counted by failover) */
     int unsynced;       /* extended-protocol messages sent since the last Sync */
-    struct kvlist sets; /* settings that took effect: name -> the statement to replay */
-    struct track track; /* what its statements in flight and its open transaction do to them */
-    struct track_stmt unnamed_op; /* what the unnamed statement does to the session */
-    struct track_stmt portal_op;  /* and the unnamed portal */
-    struct named_op *stmt_ops;    /* named statements that do something to the session */
-    int n_stmt_ops, cap_stmt_ops;
-    struct client_term *term; /* its last server was terminated: verdict pending */
-    struct event *term_timer;
-    uint8_t *unnamed_msg; /* transaction mode: its last unnamed Parse, to re-create it */
-    uint32_t unnamed_len, unnamed_cap;
-    uint64_t unnamed_seq;  /* which of its unnamed Parses that is */
-    struct pending_parse *pend; /* session mode: Parses sent, not yet answered */
-    int n_pend, cap_pend;
-    uint64_t batches_sent, batches_done; /* requests (Sync, Query, FunctionCall) and answers */
+    struct client_more *more; /* session state, made at its first use: see client_more() */
     uint8_t resetup;        /* its startup parameters need applying again (after a RESET) */
     uint8_t out_blocked;    /* its input waits until it reads what it was sent */
     uint8_t flight_blocked; /* its input waits until answers to what is in flight come back */
-    struct prepared *prepared; /* named prepared statements to replay on a new server */
-    int n_prepared, cap_prepared;
-    size_t prepared_bytes;
 
     /* Answered by pgstay itself after the server was lost (failover contract 3) */
     uint32_t skip_left;     /* rest of a message that was half-forwarded: dropped */
@@ -172,6 +179,12 @@ void client_send(struct client *c, const void *p, size_t n);
 /* Send a message pgstay built (unless building it failed) and free the buffer. */
 void client_send_pbuf(struct client *c, struct pbuf *b);
 void client_free(struct client *c);
+/* c->more, made on first use (out of memory: pgstay cannot go on, and says so). */
+struct client_more *client_more_alloc(struct client *c);
+static inline struct client_more *client_more(struct client *c)
+{
+    return c->more ? c->more : client_more_alloc(c);
+}
 /* Messages a client may have in flight (unanswered requests and unsynced messages) before
  * pgstay stops reading it: bounds what is kept per message. pgjdbc, the heaviest pipeliner,
  * stops at about 64 kB of expected answers (some 256 requests). */

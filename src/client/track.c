@@ -113,7 +113,7 @@ static void push_request(struct track *t, struct track_rec *r)
 
 void track_query(struct client *c, const struct track_stmt *stmts, int n)
 {
-    struct track *t = &c->track;
+    struct track *t = &client_more(c)->track;
     struct track_rec r;
     memset(&r, 0, sizeof(r));
     for (int i = 0; i < n && i < 65535; i++)
@@ -124,7 +124,7 @@ void track_query(struct client *c, const struct track_stmt *stmts, int n)
 
 void track_execute(struct client *c, const struct track_stmt *st)
 {
-    struct track *t = &c->track;
+    struct track *t = &client_more(c)->track;
     if (st && track_wants(t, st))
         rec_add(&t->batch, t->batch_execs, st);
     if (t->batch_execs < 65535)
@@ -133,7 +133,7 @@ void track_execute(struct client *c, const struct track_stmt *st)
 
 void track_sync(struct client *c)
 {
-    struct track *t = &c->track;
+    struct track *t = &client_more(c)->track;
     push_request(t, &t->batch);
     t->batch_execs = 0;
 }
@@ -183,25 +183,25 @@ static int find_savepoint(const struct track *t, const char *name)
  * server that ran them. */
 static void txn_commit(struct client *c)
 {
-    struct track *t = &c->track;
+    struct track *t = &client_more(c)->track;
     struct kvlist *applied = c->server ? &c->server->applied : NULL;
     for (int i = 0; i < t->n_txn; i++) {
         const struct track_stmt *st = &t->txn[i].st;
         switch (st->kind) {
         case TK_SET:
-            kv_set(&c->sets, st->name, st->stmt);
+            kv_set(&client_more(c)->sets, st->name, st->stmt);
             if (applied)
                 kv_set(applied, st->name, st->stmt);
             break;
         case TK_RESET:
-            kv_del(&c->sets, st->name);
+            kv_del(&client_more(c)->sets, st->name);
             if (applied)
                 kv_del(applied, st->name);
             if (kv_get(&c->params, st->name))
                 c->resetup = 1; /* the server's default now, the startup value next */
             break;
         case TK_RESET_ALL:
-            kv_clear(&c->sets);
+            kv_clear(&client_more(c)->sets);
             if (applied)
                 kv_clear(applied);
             if (c->params.n > 0)
@@ -216,7 +216,7 @@ static void txn_commit(struct client *c)
 
 static void apply(struct client *c, const struct track_stmt *st, const char *tag)
 {
-    struct track *t = &c->track;
+    struct track *t = &client_more(c)->track;
     int i;
     switch (st->kind) {
     case TK_SET:
@@ -267,7 +267,7 @@ static void apply(struct client *c, const struct track_stmt *st, const char *tag
 
 void track_complete(struct client *c, const char *tag)
 {
-    struct track_rec *r = head_rec(&c->track);
+    struct track_rec *r = head_rec(&client_more(c)->track);
     if (!r || r->dead)
         return;
     uint16_t pos = r->pos++;
@@ -278,7 +278,7 @@ void track_complete(struct client *c, const char *tag)
 
 void track_error(struct client *c)
 {
-    struct track *t = &c->track;
+    struct track *t = &client_more(c)->track;
     t->resp_error = 1;
     struct track_rec *r = head_rec(t);
     if (r)
@@ -287,7 +287,7 @@ void track_error(struct client *c)
 
 void track_ready(struct client *c, char status)
 {
-    struct track *t = &c->track;
+    struct track *t = &client_more(c)->track;
     if (t->n > 0) {
         struct track_rec *r = &t->recs[t->head];
         if (r->plain_before > 0) {
@@ -313,7 +313,7 @@ void track_ready(struct client *c, char status)
 
 void track_lost(struct client *c, int in_block)
 {
-    struct track *t = &c->track;
+    struct track *t = &client_more(c)->track;
     while (t->n > 0) {
         rec_clear(&t->recs[t->head]);
         t->head = (t->head + 1) % t->cap;

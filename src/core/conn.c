@@ -30,10 +30,22 @@ static long plain_write(struct conn *c, const void *p, size_t n)
     return (long)send(c->fd, p, n, MSG_NOSIGNAL);
 }
 
+static void plain_shutdown(struct conn *c)
+{
+    shutdown(c->fd, SHUT_WR);
+}
+
+static void plain_close(struct conn *c)
+{
+    close(c->fd);
+}
+
 const struct transport_ops transport_plain = {
     .name = "plain",
     .read = plain_read,
     .write = plain_write,
+    .shutdown = plain_shutdown,
+    .close = plain_close,
 };
 
 /* ---- buffers ---- */
@@ -421,7 +433,7 @@ void conn_close(struct conn *c)
         event_del(&c->ev);
     c->armed = 0;
     if (c->fd >= 0)
-        close(c->fd);
+        c->tr->close(c);
     c->fd = -1;
     c->dead = 1;
     cbuf_release(c->loop, &c->in);
@@ -432,6 +444,29 @@ void conn_flush_now(struct conn *c)
 {
     if (conn_unsent(c) > 0 && c->fd >= 0 && !c->dead && !c->connecting)
         flush_one(c);
+}
+
+void conn_close_after_send(struct conn *c)
+{
+    if (!c->loop)
+        return;
+    if (conn_unsent(c) > 0 && c->fd >= 0 && !c->dead && !c->connecting) {
+        flush_one(c);
+        c->tr->shutdown(c);
+        char sink[4096];
+        for (int i = 0; i < 256 && recv(c->fd, sink, sizeof(sink), MSG_DONTWAIT) > 0; i++)
+            ;
+    }
+    conn_close(c);
+}
+
+int conn_quiet(struct conn *c)
+{
+    if (conn_avail(c) > 0 || c->fd < 0 || c->dead)
+        return 0;
+    char byte;
+    long n = (long)recv(c->fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
 }
 
 void conn_consume(struct conn *c, size_t n)
@@ -474,8 +509,24 @@ void conn_write(struct conn *c, const void *p, size_t n)
 
 void conn_forward(struct conn *from, struct conn *to, size_t n)
 {
-    conn_write(to, conn_data(from), n);
-    conn_consume(from, n);
+    /* Small messages are copied and go with everything else queued this turn (one send for
+     * all); a large run goes straight from the source's buffer while the peer accepts it. */
+    if (n >= CONN_DIRECT_MIN && conn_unsent(to) == 0 && !to->dead && !to->connecting &&
+        to->fd >= 0 && to->loop) {
+        long w = to->tr->write(to, conn_data(from), n);
+        if (w > 0) {
+            conn_consume(from, (size_t)w);
+            n -= (size_t)w;
+        } else if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+            report_later(to, errno);
+            conn_consume(from, n);
+            return;
+        }
+    }
+    if (n > 0) {
+        conn_write(to, conn_data(from), n);
+        conn_consume(from, n);
+    }
 }
 
 void conn_kick(struct conn *c)

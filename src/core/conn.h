@@ -27,6 +27,8 @@
 #define NET_LOW_WATER (NET_HIGH_WATER / 4)
 /* Size of the I/O buffers a loop lends (a larger message gets a buffer of its own size). */
 #define CONN_BLOCK (16 * 1024)
+/* Forwarded runs at least this long are sent straight from the source's buffer. */
+#define CONN_DIRECT_MIN (8 * 1024)
 
 struct conn;
 
@@ -59,6 +61,8 @@ struct transport_ops {
     const char *name;
     long (*read)(struct conn *c, void *p, size_t n);
     long (*write)(struct conn *c, const void *p, size_t n);
+    void (*shutdown)(struct conn *c); /* end writing (TLS: close_notify first) */
+    void (*close)(struct conn *c);
 };
 extern const struct transport_ops transport_plain;
 
@@ -108,6 +112,13 @@ int conn_connect(struct conn *c, struct conn_loop *l, const char *host, int port
 void conn_close(struct conn *c);
 /* One last non-blocking attempt to send what is queued (a final error before a close). */
 void conn_flush_now(struct conn *c);
+/* Close after one last attempt to send what is queued, so that the peer reads it: writing is
+ * ended first and unread input drained (a close with unread input resets the connection, and
+ * the peer's kernel would drop the final message it had not read yet). */
+void conn_close_after_send(struct conn *c);
+/* The socket has nothing to read and is not closed (one MSG_PEEK, no byte taken): an idle
+ * server that speaks (a FATAL) or ends is not to be lent. */
+int conn_quiet(struct conn *c);
 
 static inline size_t conn_avail(const struct conn *c)
 {

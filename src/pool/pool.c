@@ -189,7 +189,7 @@ static void build_setup(struct server *s, struct client *c, struct pbuf *b)
 {
     for (int i = s->applied.n - 1; i >= 0; i--) {
         const char *name = s->applied.items[i].name;
-        if (kv_get(&c->sets, name) || kv_get(&c->params, name))
+        if (kv_get(&client_more(c)->sets, name) || kv_get(&c->params, name))
             continue;
         char stmt[128];
         snprintf(stmt, sizeof(stmt), "RESET %s;", name);
@@ -198,7 +198,7 @@ static void build_setup(struct server *s, struct client *c, struct pbuf *b)
     }
     for (int i = 0; i < c->params.n; i++) {
         const char *name = c->params.items[i].name, *value = c->params.items[i].value;
-        if (kv_get(&c->sets, name) || !name_ok(name))
+        if (kv_get(&client_more(c)->sets, name) || !name_ok(name))
             continue; /* a SET of the same name comes after and wins */
         struct pbuf stmt;
         pbuf_init(&stmt);
@@ -210,8 +210,8 @@ static void build_setup(struct server *s, struct client *c, struct pbuf *b)
             setup_add(s, b, name, (char *)stmt.data);
         pbuf_free(&stmt);
     }
-    for (int i = 0; i < c->sets.n; i++) {
-        const char *name = c->sets.items[i].name, *stmt = c->sets.items[i].value;
+    for (int i = 0; c->more && i < c->more->sets.n; i++) {
+        const char *name = client_more(c)->sets.items[i].name, *stmt = client_more(c)->sets.items[i].value;
         const char *have = kv_get(&s->applied, name);
         if (have && strcmp(have, stmt) == 0)
             continue;
@@ -262,9 +262,9 @@ static void link_pair(struct pool *p, struct server *s, struct client *c)
     if (p->w->cfg->pool_mode == POOL_TRANSACTION)
         n_ready += plan_evict(s, &wire);
     /* Session mode: the protocol-level prepared statements it had on its previous server. */
-    else if (c->n_prepared > 0) {
-        for (int i = 0; i < c->n_prepared; i++)
-            pbuf_put(&wire, c->prepared[i].msg, c->prepared[i].len);
+    else if (client_more(c)->n_prepared > 0) {
+        for (int i = 0; i < client_more(c)->n_prepared; i++)
+            pbuf_put(&wire, client_more(c)->prepared[i].msg, client_more(c)->prepared[i].len);
         size_t off = proto_begin_msg(&wire, FE_SYNC);
         proto_end_msg(&wire, off);
         n_ready++;

@@ -410,22 +410,22 @@ static void ensure_prepared(struct server *s, const struct prepared *p, struct c
  * keep). PostgreSQL keeps it across Syncs until the next unnamed Parse or simple Query. */
 static void unnamed_parsed(struct client *c, struct server *s, const uint8_t *m, size_t whole)
 {
-    c->unnamed_len = 0;
+    client_more(c)->unnamed_len = 0;
     if (m && whole <= UNNAMED_KEEP_MAX) {
-        if (c->unnamed_cap < whole) {
-            uint8_t *b = realloc(c->unnamed_msg, whole);
+        if (client_more(c)->unnamed_cap < whole) {
+            uint8_t *b = realloc(client_more(c)->unnamed_msg, whole);
             if (b) {
-                c->unnamed_msg = b;
-                c->unnamed_cap = (uint32_t)whole;
+                client_more(c)->unnamed_msg = b;
+                client_more(c)->unnamed_cap = (uint32_t)whole;
             }
         }
-        if (c->unnamed_cap >= whole) {
-            memcpy(c->unnamed_msg, m, whole);
-            c->unnamed_len = (uint32_t)whole;
+        if (client_more(c)->unnamed_cap >= whole) {
+            memcpy(client_more(c)->unnamed_msg, m, whole);
+            client_more(c)->unnamed_len = (uint32_t)whole;
         }
     }
     s->unnamed_owner = c->id;
-    s->unnamed_seq = ++c->unnamed_seq;
+    s->unnamed_seq = ++client_more(c)->unnamed_seq;
 }
 
 /* A Bind or Describe of the unnamed statement: transaction mode may have lent the client
@@ -433,16 +433,16 @@ static void unnamed_parsed(struct client *c, struct server *s, const uint8_t *m,
  * statement is parsed again here first, its ParseComplete dropped. */
 static void ensure_unnamed(struct client *c, struct server *s, struct conn *out)
 {
-    if (s->unnamed_owner == c->id && s->unnamed_seq == c->unnamed_seq)
+    if (s->unnamed_owner == c->id && s->unnamed_seq == client_more(c)->unnamed_seq)
         return;
-    if (c->unnamed_len == 0 || s->stmts.skipping)
+    if (client_more(c)->unnamed_len == 0 || s->stmts.skipping)
         return; /* none, or too large to have kept: the server answers as it would */
-    conn_write(out, c->unnamed_msg, c->unnamed_len);
+    conn_write(out, client_more(c)->unnamed_msg, client_more(c)->unnamed_len);
     struct plan_entry *e = plan_push(s);
     if (e)
         e->kind = PLAN_SWALLOW;
     s->unnamed_owner = c->id;
-    s->unnamed_seq = c->unnamed_seq;
+    s->unnamed_seq = client_more(c)->unnamed_seq;
 }
 
 static void refuse_parse(struct server *s, const char *name, struct conn *out)
@@ -610,8 +610,8 @@ size_t plan_client_msg(struct client *c, struct server *s, const struct msg_hdr 
     case FE_QUERY:
         /* A simple Query destroys the unnamed statement, on the server and for the client. */
         s->unnamed_owner = 0;
-        c->unnamed_len = 0;
-        c->unnamed_seq++;
+        client_more(c)->unnamed_len = 0;
+        client_more(c)->unnamed_seq++;
         push_forward(s, END_READY, 0);
         return 0;
     case FE_SYNC:

@@ -439,9 +439,7 @@ int server_idle_intact(struct server *s)
         return 0; /* read, not looked at yet */
     if (now_ms() - s->last_used < 1)
         return 1; /* just used: the common case costs no system call */
-    char byte;
-    ssize_t n = recv(conn_fd(&s->conn), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
-    return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+    return conn_quiet(&s->conn);
 }
 
 void server_finish_drain(struct server *s)

@@ -996,7 +996,7 @@ static void quiesce(void)
             list_for_each(pos, &w.clients[st])
             {
                 struct client *c = container_of(pos, struct client, node);
-                if (c->term && c->term_timer && evtimer_pending(c->term_timer, NULL))
+                if (client_more(c)->term && client_more(c)->term_timer && evtimer_pending(client_more(c)->term_timer, NULL))
                     verdicts++;
             }
         }

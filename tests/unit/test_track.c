@@ -4,7 +4,7 @@
  * (session values, block state I/T/E, implicit transactions, savepoint stack). The model also
  * plays the server: which statements complete with which tag, where an error stops the
  * request, which ReadyForQuery status ends it. After every ReadyForQuery the settings the
- * tracker kept (c->sets) must be exactly the values the model committed.
+ * tracker kept (c->more->sets) must be exactly the values the model committed.
  *
  * A failing random sequence is shrunk to a minimal one and printed as a readable script.
  * Environment: TRACK_SEED (first seed), TRACK_RUNS (sequences per random test). */
@@ -314,23 +314,23 @@ static void check_sets(struct run *R, const int *want, int req)
     int n_want = 0;
     for (int v = 0; v < NV; v++) {
         char exp[64];
-        const char *got = kv_get(&R->c->sets, VNAME[v]);
+        const char *got = kv_get(&client_more(R->c)->sets, VNAME[v]);
         if (want[v]) {
             n_want++;
             snprintf(exp, sizeof(exp), "SET %s TO '%d'", VNAME[v], want[v]);
         }
         if ((want[v] == 0) != (got == NULL) || (got && strcmp(got, exp) != 0)) {
             snprintf(R->why, sizeof(R->why),
-                     "after the ReadyForQuery of request #%d: %s is %s in c->sets, PostgreSQL "
+                     "after the ReadyForQuery of request #%d: %s is %s in the kept settings, PostgreSQL "
                      "has %s",
                      req, VNAME[v], got ? got : "(unset)", want[v] ? exp : "(default)");
             R->failed = 1;
             return;
         }
     }
-    if (R->c->sets.n != n_want) {
-        snprintf(R->why, sizeof(R->why), "after request #%d: c->sets has %d entries, want %d", req,
-                 R->c->sets.n, n_want);
+    if (client_more(R->c)->sets.n != n_want) {
+        snprintf(R->why, sizeof(R->why), "after request #%d: the kept settings have %d entries, want %d", req,
+                 client_more(R->c)->sets.n, n_want);
         R->failed = 1;
     }
 }
@@ -430,16 +430,17 @@ static int run_scenario(const struct scenario *sc, char *why, size_t whylen)
         }
     }
     deliver_all(R);
-    if (!R->failed && (R->c->track.n != 0 || R->c->track.plain_tail != 0)) {
+    if (!R->failed && (client_more(R->c)->track.n != 0 || client_more(R->c)->track.plain_tail != 0)) {
         snprintf(R->why, sizeof(R->why), "all answered, yet the tracker has %d records and %u "
-                 "plain requests in flight", R->c->track.n, R->c->track.plain_tail);
+                 "plain requests in flight", client_more(R->c)->track.n, client_more(R->c)->track.plain_tail);
         R->failed = 1;
     }
     int failed = R->failed;
     if (why)
         snprintf(why, whylen, "%s", R->why);
-    track_free(&R->c->track);
-    kv_clear(&R->c->sets);
+    track_free(&client_more(R->c)->track);
+    kv_clear(&client_more(R->c)->sets);
+    free(R->c->more);
     free(R->c);
     free(R);
     return failed;
