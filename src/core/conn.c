@@ -147,8 +147,8 @@ static void report_later(struct conn *c, int err)
         return;
     c->err = err;
     c->dead = 1;
-    if (c->armed)
-        event_del(&c->ev);
+    if (c->assigned)
+        event_del(&c->ev); /* pending or merely activated (conn_kick) */
     c->armed = 0;
     c->assigned = 1;
     event_assign(&c->ev, c->loop->base, -1, 0, conn_cb, c);
