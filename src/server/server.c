@@ -10,6 +10,7 @@
 #include <event2/dns.h>
 
 #include "client/track.h"
+#include "config/userlist.h"
 #include "core/log.h"
 #include "core/conn.h"
 #include "failover/failover.h"
@@ -137,7 +138,7 @@ void server_run_internal(struct server *s, const char *sql)
 
 static const struct user_secret *secret_for(struct server *s)
 {
-    return userlist_find(&s->w->users, s->user);
+    return userlist_find(s->w->users, s->user);
 }
 
 static int answer_auth(struct server *s, const uint8_t *body, size_t len)

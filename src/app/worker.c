@@ -1,5 +1,6 @@
-/* Per-loop state: lists by state, deferred frees, housekeeping tick, listeners, reload. */
-#include "core/worker.h"
+/* Per-loop state: lists by state, deferred frees, housekeeping tick, listeners, reload. It sits
+ * above every other layer (it creates and frees them all), so nothing below includes it. */
+#include "app/worker.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -13,6 +14,8 @@
 
 #include "admin/admin.h"
 #include "client/client.h"
+#include "config/config.h"
+#include "config/userlist.h"
 #include "core/log.h"
 #include "proto/sqlclass.h"
 #include "failover/failover.h"
@@ -42,11 +45,6 @@ static void reap_cb(evutil_socket_t fd, short what, void *arg)
             event_base_loopexit(w->base, NULL);
         }
     }
-}
-
-void worker_schedule_reap(struct worker *w)
-{
-    event_active(w->reaper, EV_TIMEOUT, 0);
 }
 
 static void tick_cb(evutil_socket_t fd, short what, void *arg)
@@ -85,6 +83,8 @@ int worker_init(struct worker *w, struct config *cfg)
 {
     memset(w, 0, sizeof(*w));
     w->cfg = cfg;
+    w->reload = worker_reload;
+    w->begin_shutdown = worker_begin_shutdown;
     for (int i = 0; i < CL_NSTATES; i++)
         list_init(&w->clients[i]);
     for (int i = 0; i < SV_NSTATES; i++)
@@ -105,8 +105,11 @@ int worker_init(struct worker *w, struct config *cfg)
     struct timeval tv = {0, 100 * 1000};
     event_add(w->tick, &tv);
     w->next_cancel_pid = (uint32_t)(now_ms() & 0x3fffffff) | 1;
+    w->users = calloc(1, sizeof(*w->users));
+    if (!w->users)
+        return -1;
     char err[512];
-    if (userlist_load(cfg->auth_file, &w->users, err, sizeof(err)) < 0) {
+    if (userlist_load(cfg->auth_file, w->users, err, sizeof(err)) < 0) {
         if (cfg->auth_type != AUTH_TRUST) {
             log_error("%s", err);
             return -1;
@@ -222,8 +225,8 @@ int worker_reload(struct worker *w)
     }
     config_apply_reload(w->cfg, fresh);
     free(fresh);
-    userlist_free(&w->users);
-    w->users = ul;
+    userlist_free(w->users);
+    *w->users = ul;
     log_verbosity = w->cfg->verbose > 0 ? LOG_DEBUG : LOG_INFO;
     log_info("configuration reloaded from %s", w->cfg->path);
     pool_kick_all(w);
@@ -256,7 +259,10 @@ void worker_free(struct worker *w)
     failover_free(w);
     cancel_free_all(w);
     sql_classify_cleanup();
-    userlist_free(&w->users);
+    if (w->users) {
+        userlist_free(w->users);
+        free(w->users);
+    }
     /* Bufferevents with deferred callbacks finish freeing themselves in the loop. */
     event_base_loop(w->base, EVLOOP_NONBLOCK);
     conn_loop_free(&w->loop);
