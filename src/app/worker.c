@@ -17,12 +17,36 @@
 #include "config/config.h"
 #include "config/userlist.h"
 #include "core/log.h"
-#include "proto/sqlclass.h"
 #include "failover/failover.h"
+#include "pool/backoff.h"
 #include "pool/pool.h"
 #include "proto/proto.h"
+#include "proto/sqlclass.h"
 #include "server/server.h"
 #include "topology/topology.h"
+
+/* The upward calls of the layers below, wired here because the program is the one place that
+ * knows every layer (see tools/layers.sh). Static: the same for every loop. */
+static const struct session_hooks session_hooks = {
+    .holding = failover_holding,
+    .paused = failover_paused,
+    .note_held = failover_note_held,
+    .note_served = failover_note_served,
+    .note_failed_in_flight = failover_note_failed_in_flight,
+    .note_timed_out = failover_note_timed_out,
+    .admin_welcome = admin_welcome,
+    .admin_process = admin_process,
+};
+
+static const struct topology_hooks topology_hooks = {
+    .writer_lost = failover_writer_lost,
+    .writer_found = failover_writer_found,
+    .open_ahead = failover_open_ahead,
+    .kick_all = pool_kick_all,
+    .node_dropped = pool_drop_node,
+    .backoff_due = login_backoff_due,
+    .backoff_free = login_backoff_free,
+};
 
 static void reap_cb(evutil_socket_t fd, short what, void *arg)
 {
@@ -83,6 +107,7 @@ int worker_init(struct worker *w, struct config *cfg)
 {
     memset(w, 0, sizeof(*w));
     w->cfg = cfg;
+    w->session = &session_hooks;
     w->reload = worker_reload;
     w->begin_shutdown = worker_begin_shutdown;
     for (int i = 0; i < CL_NSTATES; i++)
@@ -116,7 +141,7 @@ int worker_init(struct worker *w, struct config *cfg)
         }
         log_warn("%s (auth_type is trust: continuing without passwords)", err);
     }
-    if (failover_init(w) < 0 || topology_init(w) < 0)
+    if (failover_init(w) < 0 || topology_init(w, &topology_hooks) < 0)
         return -1;
     return 0;
 }

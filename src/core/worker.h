@@ -78,6 +78,9 @@ struct worker {
     struct event *tick;                  /* 1 s housekeeping: timeouts */
     struct topology *topo;
     struct failover *fo;
+    /* What the session layer (client, server, pool) asks of the layers above it, set by the
+     * program (src/app/worker.c) before anything runs: see struct session_hooks. */
+    const struct session_hooks *session;
     uint64_t next_id;
     uint32_t next_cancel_pid;
     int shutting_down;      /* SIGTERM: accept nothing new, exit when clients are gone */

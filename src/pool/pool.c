@@ -8,9 +8,8 @@
 #include <string.h>
 
 #include "core/log.h"
-#include "failover/failover.h"
+#include "pool/backoff.h"
 #include "proto/proto.h"
-#include "topology/backoff.h"
 #include "topology/topology.h"
 
 static int session_releasable(const struct client *c)
@@ -242,7 +241,7 @@ static void link_pair(struct pool *p, struct server *s, struct client *c)
     p->n_waiting--;
     if (c->held) {
         c->held = 0;
-        failover_note_served(p->w);
+        p->w->session->note_served(p->w);
     }
     c->server = s;
     s->client = c;
@@ -295,7 +294,7 @@ static void mark_held(struct pool *p)
         struct client *c = container_of(pos, struct client, pool_node);
         if (!c->held) {
             c->held = 1;
-            failover_note_held(p->w);
+            p->w->session->note_held(p->w);
         }
     }
 }
@@ -316,7 +315,7 @@ static void pool_kick_loop(struct pool *p)
 {
     struct worker *w = p->w;
     while (!list_empty(&p->waiting)) {
-        if (p->role == ROLE_WRITER && failover_holding(w)) {
+        if (p->role == ROLE_WRITER && w->session->holding(w)) {
             mark_held(p);
             return;
         }
@@ -491,14 +490,16 @@ void pool_login_failed(struct pool *p, const uint8_t *err_msg, size_t len, const
     }
 }
 
-void pool_drop_node(struct worker *w, struct node *nd)
+void pool_drop_node(struct worker *w, struct node *nd, const char *why)
 {
     struct list *pos, *tmp;
-    list_for_each_safe(pos, tmp, &w->servers[SV_IDLE])
-    {
-        struct server *s = container_of(pos, struct server, node);
-        if (s->nd == nd)
-            server_close(s, "its node changed role");
+    for (int st = SV_CONNECTING; st <= SV_RESETTING; st++) {
+        list_for_each_safe(pos, tmp, &w->servers[st])
+        {
+            struct server *s = container_of(pos, struct server, node);
+            if (s->nd == nd && s->pool)
+                server_close(s, why);
+        }
     }
 }
 
@@ -599,7 +600,7 @@ static int cancel_waiting(struct client *c)
         return 0; /* still logging in: there is no request to cancel */
     if (c->state == CL_WAITING) {
         if (c->held)
-            failover_note_served(c->w);
+            c->w->session->note_served(c->w);
         pool_cancel_wait(c);
         client_change_state(c, CL_IDLE);
     } else if (!(c->state == CL_ACTIVE && c->pause_held)) {

@@ -92,7 +92,7 @@ void pool_login_failed(struct pool *p, const uint8_t *err_msg, size_t len, const
 void pool_kick_all(struct worker *w);
 void pool_kick(struct pool *p);
 /* Close idle servers of every pool on node nd (it lost its role). */
-void pool_drop_node(struct worker *w, struct node *nd);
+void pool_drop_node(struct worker *w, struct node *nd, const char *why);
 /* At exit: cancel connections still on their way. */
 void cancel_free_all(struct worker *w);
 /* Handle a CancelRequest packet with pgstay's key. */

@@ -11,13 +11,12 @@
 
 #include "client/track.h"
 #include "config/userlist.h"
-#include "core/log.h"
 #include "core/conn.h"
-#include "failover/failover.h"
+#include "core/log.h"
+#include "pool/backoff.h"
 #include "pool/pool.h"
 #include "proto/md5.h"
 #include "proto/proto.h"
-#include "topology/backoff.h"
 #include "topology/topology.h"
 
 /* Messages pgstay reads whole from a server (login, errors, its own queries' rows). */
