@@ -123,7 +123,7 @@ int worker_init(struct worker *w, struct config *cfg)
     w->dns = evdns_base_new(w->base, EVDNS_BASE_INITIALIZE_NAMESERVERS);
     if (!w->dns)
         w->dns = evdns_base_new(w->base, 0);
-    if (conn_loop_init(&w->loop, w->base, w->dns) < 0)
+    if (conn_loop_init(&w->loop, w->base, w->dns) < 0 || defer_init(&w->defer, w->base) < 0)
         return -1;
     w->reaper = event_new(w->base, -1, 0, reap_cb, w);
     w->tick = event_new(w->base, -1, EV_PERSIST, tick_cb, w);
@@ -291,6 +291,7 @@ void worker_free(struct worker *w)
     /* Bufferevents with deferred callbacks finish freeing themselves in the loop. */
     event_base_loop(w->base, EVLOOP_NONBLOCK);
     conn_loop_free(&w->loop);
+    defer_free(&w->defer);
     event_free(w->reaper);
     event_free(w->tick);
     if (w->dns)

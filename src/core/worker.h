@@ -11,6 +11,7 @@
 
 #include "core/clock.h"
 #include "core/conn.h"
+#include "core/defer.h"
 #include "core/list.h"
 
 struct config;
@@ -76,6 +77,7 @@ struct worker {
     struct listen_ctx listen_ctx[2];
     struct event *reaper;                /* frees closing objects outside their callbacks */
     struct event *tick;                  /* 1 s housekeeping: timeouts */
+    struct defer_queue defer;            /* work run once the current callbacks return */
     struct topology *topo;
     struct failover *fo;
     /* What the session layer (client, server, pool) asks of the layers above it, set by the

@@ -76,6 +76,7 @@ static void forget_backoffs(struct pool *p)
 void pool_free(struct pool *p)
 {
     forget_backoffs(p);
+    defer_cancel(&p->kick);
     list_del(&p->node);
     kv_clear(&p->base);
     for (int i = 0; i < p->n_welcomes; i++)
@@ -96,6 +97,8 @@ void pool_gc(struct worker *w)
             pool_free(p);
     }
 }
+
+static void kick_run(struct deferred *d);
 
 struct pool *pool_get(struct worker *w, const char *database, const char *user, int role)
 {
@@ -121,6 +124,8 @@ struct pool *pool_get(struct worker *w, const char *database, const char *user, 
     }
     list_init(&p->idle);
     list_init(&p->waiting);
+    list_init(&p->kick.node);
+    p->kick.run = kick_run;
     list_append(&w->pools, &p->node);
     return p;
 }
@@ -301,14 +306,16 @@ static void mark_held(struct pool *p)
 
 void pool_kick(struct pool *p)
 {
-    /* Lending can release a server again (a client that only logged in gives it straight
-     * back), which kicks this pool: the loop below picks that server up instead of a nested
-     * call per waiting client. */
-    if (p->kicking)
-        return;
-    p->kicking = 1;
-    pool_kick_loop(p);
-    p->kicking = 0;
+    /* Deferred to the end of the current callbacks (same loop turn): lending can release a
+     * server again (a client that only logged in gives it straight back), which kicks this
+     * pool, and a kick from inside a server's close or a failover step would otherwise lend
+     * while its caller is half done. Kicked many times before it runs, it runs once. */
+    defer(&p->w->defer, &p->kick);
+}
+
+static void kick_run(struct deferred *d)
+{
+    pool_kick_loop(container_of(d, struct pool, kick));
 }
 
 static void pool_kick_loop(struct pool *p)

@@ -3,6 +3,7 @@
 #define PGSTAY_POOL_POOL_H
 
 #include "client/client.h"
+#include "core/defer.h"
 #include "core/list.h"
 #include "server/server.h"
 
@@ -17,7 +18,7 @@ struct pool {
     int role;              /* enum endpoint_role */
     struct list idle;      /* servers ready to lend (SV_IDLE) */
     struct list waiting;   /* clients waiting for a server, in arrival order */
-    int kicking;           /* inside pool_kick: a nested kick is the running loop's work */
+    struct deferred kick;  /* pool_kick queued: lending runs once the current callbacks return */
     int n_clients;         /* logged-in clients that use it: an unused empty pool is freed */
     int n_servers;         /* every server of this pool, whatever its state */
     int n_connecting;      /* in SV_CONNECTING or SV_LOGIN */
