@@ -2,7 +2,7 @@
 #
 #   make          build/pgstay, build/pgstay-lab, build/pgstay-bench
 #   make asan     the same under AddressSanitizer + UBSan, in build-asan/
-#   make check    install deps, build, run unit and end-to-end tests
+#   make check    layer check, install deps, build, run unit and end-to-end tests
 #   make demo     install deps, build, run the failover experiment
 #   make bench    throughput and memory side by side with PgBouncer
 
@@ -39,7 +39,7 @@ UNIT_BIN  := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
 
 BINS := $(BUILD)/pgstay $(BUILD)/pgstay-lab $(BUILD)/pgstay-bench
 
-.PHONY: all asan deps check check-unit check-e2e asan-check demo demo-quick bench format clean
+.PHONY: all asan deps check check-layers check-unit check-e2e asan-check demo demo-quick bench format clean
 all: $(BINS)
 
 $(BUILD)/obj/src/%.o: src/%.c $(wildcard src/*/*.h)
@@ -78,7 +78,11 @@ check-unit: $(UNIT_BIN)
 check-e2e: all
 	PGSTAY_BUILD=$(BUILD) $(PYTHON) -m pytest -q tests/e2e $(PYTEST_ARGS)
 
-check: deps
+# No #include may run against the layer order written in tools/layers.py (issue 16).
+check-layers:
+	$(PYTHON) tools/layers.py
+
+check: check-layers deps
 	$(MAKE) all
 	$(MAKE) check-unit
 	$(MAKE) check-e2e

@@ -6,9 +6,10 @@
 
 #include <event2/event.h>
 
+#include "app/worker.h"
 #include "config/config.h"
+#include "config/userlist.h"
 #include "core/log.h"
-#include "core/worker.h"
 
 #ifndef PGSTAY_VERSION
 #define PGSTAY_VERSION "0.1.0"

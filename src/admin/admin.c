@@ -374,7 +374,7 @@ static int run_command(struct client *c, char *q)
         return 0;
     }
     if (!strcmp(q, "RELOAD")) {
-        if (worker_reload(c->w) < 0)
+        if (c->w->reload(c->w) < 0)
             error(c, "reload failed: the running configuration is kept (see the log)");
         else
             simple_ok(c, "RELOAD");
@@ -382,7 +382,7 @@ static int run_command(struct client *c, char *q)
     }
     if (!strcmp(q, "SHUTDOWN")) {
         simple_ok(c, "SHUTDOWN");
-        worker_begin_shutdown(c->w);
+        c->w->begin_shutdown(c->w);
         return 0;
     }
     error(c, "unknown command: SHOW …, PAUSE, RESUME, RELOAD, SHUTDOWN");

@@ -4,8 +4,6 @@
 
 #include "core/worker.h"
 
-#define ADMIN_DBNAME "pgstay"
-
 struct client;
 
 /* Logged in to the admin database: parameters and ReadyForQuery. */

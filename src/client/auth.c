@@ -69,7 +69,7 @@ static void ask_scram(struct client *c, const struct user_secret *us)
 void auth_begin(struct client *c)
 {
     struct worker *w = c->w;
-    const struct user_secret *us = userlist_find(&w->users, c->user);
+    const struct user_secret *us = userlist_find(w->users, c->user);
     switch (w->cfg->auth_type) {
     case AUTH_TRUST:
         client_logged_in(c);
@@ -94,7 +94,7 @@ void auth_begin(struct client *c)
 
 static void check_md5(struct client *c, const uint8_t *body, size_t len)
 {
-    const struct user_secret *us = userlist_find(&c->w->users, c->user);
+    const struct user_secret *us = userlist_find(c->w->users, c->user);
     if (len == 0 || body[len - 1] != 0 || !us || us->kind == SECRET_SCRAM) {
         auth_fail(c);
         return;
@@ -150,7 +150,7 @@ static void sasl_final(struct client *c, const uint8_t *body, size_t len)
         client_close(c, SQLSTATE_PROTOCOL_VIOLATION, "malformed SCRAM message");
         return;
     }
-    const struct user_secret *us = userlist_find(&c->w->users, c->user);
+    const struct user_secret *us = userlist_find(c->w->users, c->user);
     if (r < 0 || !us) {
         auth_fail(c);
         return;

@@ -12,18 +12,16 @@
 #include <event2/buffer.h>
 #include <openssl/rand.h>
 
-#include "admin/admin.h"
 #include "client/auth.h"
 #include "client/track.h"
-#include "core/log.h"
 #include "core/conn.h"
-#include "failover/failover.h"
+#include "core/log.h"
+#include "pool/backoff.h"
 #include "pool/pool.h"
 #include "pool/prepared.h"
 #include "proto/proto.h"
 #include "proto/sqlclass.h"
 #include "server/server.h"
-#include "topology/backoff.h"
 #include "topology/topology.h"
 
 /* A Query or Parse this small is looked at whole (SET tracking, pins, COMMIT). */
@@ -724,7 +722,7 @@ void client_logged_in(struct client *c)
         c->cancel_key = (uint32_t)now_us();
     if (c->is_admin) {
         client_change_state(c, CL_IDLE);
-        admin_welcome(c);
+        c->w->session->admin_welcome(c);
         return;
     }
     c->pool = pool_get(c->w, c->database, c->user, c->role);
@@ -1187,7 +1185,7 @@ void client_process(struct client *c)
     if (c->state == CL_CLOSING)
         return;
     if (c->is_admin) {
-        admin_process(c);
+        c->w->session->admin_process(c);
         return;
     }
     if (c->more && c->more->term && c->state == CL_IDLE && !term_settle(c))
@@ -1308,7 +1306,7 @@ void client_process(struct client *c)
         struct conn *out = &c->server->conn;
         if (conn_full(out))
             return;
-        if (w->fo->paused && c->role == ROLE_WRITER && c->pending == 0 && c->unsynced == 0 &&
+        if (w->session->paused(w) && c->role == ROLE_WRITER && c->pending == 0 && c->unsynced == 0 &&
             c->txn_status == 'I') {
             /* PAUSE: a new transaction waits for RESUME (planned switchover). */
             c->pause_held = 1;
@@ -1446,7 +1444,7 @@ static int term_verdict(struct client *c)
     /* A suspect writer is not a lost one: the next probe says which. */
     if (!nd || !w->topo->writer || (c->role == ROLE_WRITER && w->topo->writer != nd))
         return -1;
-    if (w->fo->paused)
+    if (w->session->paused(w))
         return -1; /* a planned switchover shutting the node down */
     if (nd->last_ok_sent_us > client_more(c)->term->at_us)
         return 1; /* a probe sent after the termination was answered */
@@ -1553,7 +1551,7 @@ static void lost_decide(struct client *c, const char *why, const char *sqlstate,
         client_close(c, SQLSTATE_CONNECTION_FAILURE, msg);
         return;
     }
-    failover_note_failed_in_flight(c->w);
+    c->w->session->note_failed_in_flight(c->w);
     char msg[256];
     const char *state = SQLSTATE_CONNECTION_FAILURE;
     if (commit_in_flight) {
@@ -1631,7 +1629,7 @@ void client_check_timeouts(struct worker *w, int64_t now)
                                     "for a new primary"
                                   : "query_wait_timeout: no server connection became free in time";
         if (holding)
-            failover_note_timed_out(w);
+            w->session->note_timed_out(w);
         /* The server's own error when its logins are failing. */
         const struct login_backoff *lb = holding ? NULL : login_backoff_of(c->pool);
         const char *state = holding ? SQLSTATE_CONNECTION_FAILURE : SQLSTATE_QUERY_WAIT_TIMEOUT;

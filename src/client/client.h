@@ -14,6 +14,27 @@
 struct pool;
 struct server;
 
+/* The database name that reaches the admin console rather than a pool. */
+#define ADMIN_DBNAME "pgstay"
+
+/* Calls from the session layer (client, server, pool) up to failover and the admin console,
+ * which sit above it (see tools/layers.sh). The program registers them once per loop
+ * (w->session); each is called where the named function was, so behaviour is unchanged. */
+struct session_hooks {
+    /* Is the writer endpoint holding new requests (no writer, a suspect writer, or paused)? */
+    int (*holding)(struct worker *w);
+    /* PAUSE is in effect: new writer transactions wait for RESUME. */
+    int (*paused)(struct worker *w);
+    /* Failover event counters. */
+    void (*note_held)(struct worker *w);
+    void (*note_served)(struct worker *w);
+    void (*note_failed_in_flight)(struct worker *w);
+    void (*note_timed_out)(struct worker *w);
+    /* The admin console's client: welcome once logged in, then run its queries. */
+    void (*admin_welcome)(struct client *c);
+    void (*admin_process)(struct client *c);
+};
+
 /* Which endpoint the client came in through. */
 enum endpoint_role { ROLE_WRITER = 0, ROLE_READER = 1 };
 

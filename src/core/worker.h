@@ -1,4 +1,6 @@
-/* Per-event-loop state: everything a worker owns, so one loop per thread needs no rewrite. */
+/* Per-event-loop state: everything a worker owns, so one loop per thread needs no rewrite.
+ * Core knows nothing above it: the layers' own state hangs here by pointer only, and the
+ * program (src/app/worker.c) creates, wires and frees it. */
 #ifndef PGSTAY_CORE_WORKER_H
 #define PGSTAY_CORE_WORKER_H
 
@@ -7,14 +9,16 @@
 #include <event2/event.h>
 #include <event2/listener.h>
 
-#include "config/config.h"
-#include "config/userlist.h"
 #include "core/clock.h"
 #include "core/conn.h"
+#include "core/defer.h"
 #include "core/list.h"
 
+struct config;
+struct userlist;
 struct topology;
 struct failover;
+struct session_hooks;
 
 /* Client states: the list a client is on. */
 enum client_state {
@@ -62,7 +66,7 @@ struct worker {
     struct evdns_base *dns;
     struct conn_loop loop; /* the connection layer's buffers, flush queue and clock */
     struct config *cfg;
-    struct userlist users;
+    struct userlist *users; /* auth_file; replaced whole on reload */
     struct list clients[CL_NSTATES];
     int n_clients[CL_NSTATES];
     struct list servers[SV_NSTATES];
@@ -73,25 +77,28 @@ struct worker {
     struct listen_ctx listen_ctx[2];
     struct event *reaper;                /* frees closing objects outside their callbacks */
     struct event *tick;                  /* 1 s housekeeping: timeouts */
+    struct defer_queue defer;            /* work run once the current callbacks return */
     struct topology *topo;
     struct failover *fo;
+    /* What the session layer (client, server, pool) asks of the layers above it, set by the
+     * program (src/app/worker.c) before anything runs: see struct session_hooks. */
+    const struct session_hooks *session;
     uint64_t next_id;
     uint32_t next_cancel_pid;
     int shutting_down;      /* SIGTERM: accept nothing new, exit when clients are gone */
     int64_t shutdown_deadline;
     struct worker_stats stats;
+    /* The program's control verbs, set by worker_init (src/app) so that the admin console (RELOAD,
+     * SHUTDOWN), which sits below the program, can reach them. */
+    int (*reload)(struct worker *w);
+    void (*begin_shutdown)(struct worker *w);
 };
 
-
-int worker_init(struct worker *w, struct config *cfg);
-/* Arrange for closing objects to be freed once the current callbacks return. */
-void worker_schedule_reap(struct worker *w);
-void worker_free(struct worker *w);
-/* Re-read config and auth_file (SIGHUP, RELOAD). */
-int worker_reload(struct worker *w);
-int worker_listen(struct worker *w);
-void worker_stop_listening(struct worker *w);
-/* SIGTERM: stop accepting, let clients finish up to shutdown_timeout. */
-void worker_begin_shutdown(struct worker *w);
+/* Arrange for closing objects to be freed once the current callbacks return. The reaper event
+ * and what it frees belong to the program (src/app/worker.c); core only activates it. */
+static inline void worker_schedule_reap(struct worker *w)
+{
+    event_active(w->reaper, EV_TIMEOUT, 0);
+}
 
 #endif

@@ -7,9 +7,9 @@
 
 #include "client/client.h"
 #include "core/log.h"
+#include "pool/backoff.h"
 #include "pool/pool.h"
 #include "server/server.h"
-#include "topology/backoff.h"
 #include "topology/topology.h"
 
 int failover_init(struct worker *w)
@@ -22,6 +22,11 @@ void failover_free(struct worker *w)
 {
     free(w->fo);
     w->fo = NULL;
+}
+
+int failover_paused(struct worker *w)
+{
+    return w->fo->paused;
 }
 
 int failover_holding(struct worker *w)

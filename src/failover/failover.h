@@ -47,6 +47,8 @@ void failover_open_ahead(struct worker *w);
 void failover_writer_found(struct worker *w, struct node *nd);
 /* Is the writer endpoint holding new requests (no writer, a suspect writer, or paused)? */
 int failover_holding(struct worker *w);
+/* PAUSE is in effect (until RESUME). */
+int failover_paused(struct worker *w);
 void failover_note_held(struct worker *w);
 void failover_note_served(struct worker *w);
 void failover_note_failed_in_flight(struct worker *w);

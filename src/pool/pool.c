@@ -8,9 +8,8 @@
 #include <string.h>
 
 #include "core/log.h"
-#include "failover/failover.h"
+#include "pool/backoff.h"
 #include "proto/proto.h"
-#include "topology/backoff.h"
 #include "topology/topology.h"
 
 static int session_releasable(const struct client *c)
@@ -77,6 +76,7 @@ static void forget_backoffs(struct pool *p)
 void pool_free(struct pool *p)
 {
     forget_backoffs(p);
+    defer_cancel(&p->kick);
     list_del(&p->node);
     kv_clear(&p->base);
     for (int i = 0; i < p->n_welcomes; i++)
@@ -97,6 +97,8 @@ void pool_gc(struct worker *w)
             pool_free(p);
     }
 }
+
+static void kick_run(struct deferred *d);
 
 struct pool *pool_get(struct worker *w, const char *database, const char *user, int role)
 {
@@ -122,6 +124,8 @@ struct pool *pool_get(struct worker *w, const char *database, const char *user, 
     }
     list_init(&p->idle);
     list_init(&p->waiting);
+    list_init(&p->kick.node);
+    p->kick.run = kick_run;
     list_append(&w->pools, &p->node);
     return p;
 }
@@ -242,7 +246,7 @@ static void link_pair(struct pool *p, struct server *s, struct client *c)
     p->n_waiting--;
     if (c->held) {
         c->held = 0;
-        failover_note_served(p->w);
+        p->w->session->note_served(p->w);
     }
     c->server = s;
     s->client = c;
@@ -295,28 +299,30 @@ static void mark_held(struct pool *p)
         struct client *c = container_of(pos, struct client, pool_node);
         if (!c->held) {
             c->held = 1;
-            failover_note_held(p->w);
+            p->w->session->note_held(p->w);
         }
     }
 }
 
 void pool_kick(struct pool *p)
 {
-    /* Lending can release a server again (a client that only logged in gives it straight
-     * back), which kicks this pool: the loop below picks that server up instead of a nested
-     * call per waiting client. */
-    if (p->kicking)
-        return;
-    p->kicking = 1;
-    pool_kick_loop(p);
-    p->kicking = 0;
+    /* Deferred to the end of the current callbacks (same loop turn): lending can release a
+     * server again (a client that only logged in gives it straight back), which kicks this
+     * pool, and a kick from inside a server's close or a failover step would otherwise lend
+     * while its caller is half done. Kicked many times before it runs, it runs once. */
+    defer(&p->w->defer, &p->kick);
+}
+
+static void kick_run(struct deferred *d)
+{
+    pool_kick_loop(container_of(d, struct pool, kick));
 }
 
 static void pool_kick_loop(struct pool *p)
 {
     struct worker *w = p->w;
     while (!list_empty(&p->waiting)) {
-        if (p->role == ROLE_WRITER && failover_holding(w)) {
+        if (p->role == ROLE_WRITER && w->session->holding(w)) {
             mark_held(p);
             return;
         }
@@ -493,14 +499,16 @@ void pool_login_failed(struct pool *p, const uint8_t *err_msg, size_t len, const
     }
 }
 
-void pool_drop_node(struct worker *w, struct node *nd)
+void pool_drop_node(struct worker *w, struct node *nd, const char *why)
 {
     struct list *pos, *tmp;
-    list_for_each_safe(pos, tmp, &w->servers[SV_IDLE])
-    {
-        struct server *s = container_of(pos, struct server, node);
-        if (s->nd == nd)
-            server_close(s, "its node changed role");
+    for (int st = SV_CONNECTING; st <= SV_RESETTING; st++) {
+        list_for_each_safe(pos, tmp, &w->servers[st])
+        {
+            struct server *s = container_of(pos, struct server, node);
+            if (s->nd == nd && s->pool)
+                server_close(s, why);
+        }
     }
 }
 
@@ -601,7 +609,7 @@ static int cancel_waiting(struct client *c)
         return 0; /* still logging in: there is no request to cancel */
     if (c->state == CL_WAITING) {
         if (c->held)
-            failover_note_served(c->w);
+            c->w->session->note_served(c->w);
         pool_cancel_wait(c);
         client_change_state(c, CL_IDLE);
     } else if (!(c->state == CL_ACTIVE && c->pause_held)) {

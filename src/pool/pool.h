@@ -3,6 +3,7 @@
 #define PGSTAY_POOL_POOL_H
 
 #include "client/client.h"
+#include "core/defer.h"
 #include "core/list.h"
 #include "server/server.h"
 
@@ -17,7 +18,7 @@ struct pool {
     int role;              /* enum endpoint_role */
     struct list idle;      /* servers ready to lend (SV_IDLE) */
     struct list waiting;   /* clients waiting for a server, in arrival order */
-    int kicking;           /* inside pool_kick: a nested kick is the running loop's work */
+    struct deferred kick;  /* pool_kick queued: lending runs once the current callbacks return */
     int n_clients;         /* logged-in clients that use it: an unused empty pool is freed */
     int n_servers;         /* every server of this pool, whatever its state */
     int n_connecting;      /* in SV_CONNECTING or SV_LOGIN */
@@ -92,7 +93,7 @@ void pool_login_failed(struct pool *p, const uint8_t *err_msg, size_t len, const
 void pool_kick_all(struct worker *w);
 void pool_kick(struct pool *p);
 /* Close idle servers of every pool on node nd (it lost its role). */
-void pool_drop_node(struct worker *w, struct node *nd);
+void pool_drop_node(struct worker *w, struct node *nd, const char *why);
 /* At exit: cancel connections still on their way. */
 void cancel_free_all(struct worker *w);
 /* Handle a CancelRequest packet with pgstay's key. */

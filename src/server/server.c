@@ -10,13 +10,13 @@
 #include <event2/dns.h>
 
 #include "client/track.h"
-#include "core/log.h"
+#include "config/userlist.h"
 #include "core/conn.h"
-#include "failover/failover.h"
+#include "core/log.h"
+#include "pool/backoff.h"
 #include "pool/pool.h"
 #include "proto/md5.h"
 #include "proto/proto.h"
-#include "topology/backoff.h"
 #include "topology/topology.h"
 
 /* Messages pgstay reads whole from a server (login, errors, its own queries' rows). */
@@ -137,7 +137,7 @@ void server_run_internal(struct server *s, const char *sql)
 
 static const struct user_secret *secret_for(struct server *s)
 {
-    return userlist_find(&s->w->users, s->user);
+    return userlist_find(s->w->users, s->user);
 }
 
 static int answer_auth(struct server *s, const uint8_t *body, size_t len)

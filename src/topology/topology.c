@@ -8,10 +8,7 @@
 #include <string.h>
 
 #include "core/log.h"
-#include "failover/failover.h"
-#include "pool/pool.h"
 #include "server/server.h"
-#include "topology/backoff.h"
 
 /* Role, timeline, WAL position and cluster identity in one round trip. pg_walfile_name() carries
  * the insert timeline on a primary; a standby's is the newer of its control file's and the one
@@ -93,20 +90,6 @@ static void kick_node(struct node *nd, int us)
     evtimer_add(nd->kick, &tv);
 }
 
-/* Every pool connection to nd goes (it is down, fenced or another cluster's). */
-static void close_pool_servers(struct worker *w, struct node *nd, const char *why)
-{
-    struct list *pos, *tmp;
-    for (int st = SV_CONNECTING; st <= SV_RESETTING; st++) {
-        list_for_each_safe(pos, tmp, &w->servers[st])
-        {
-            struct server *s = container_of(pos, struct server, node);
-            if (s->nd == nd && s->pool)
-                server_close(s, why);
-        }
-    }
-}
-
 static void writer_suspect(struct topology *t, const char *why)
 {
     if (t->suspect || !t->writer)
@@ -128,7 +111,7 @@ static void writer_clear(struct topology *t)
     t->suspect = 0;
     t->corroborated = 0;
     topology_set_fast(t->w, 0);
-    pool_kick_all(t->w);
+    t->hooks->kick_all(t->w);
 }
 
 /* The writer is no longer the writer: held requests wait for the next one. */
@@ -136,7 +119,7 @@ static void lose_writer(struct topology *t, const char *why)
 {
     struct node *old = t->writer;
     /* failover_writer_lost reads suspect_since for when the hold started. */
-    failover_writer_lost(t->w, old, why);
+    t->hooks->writer_lost(t->w, old, why);
     t->writer = NULL;
     t->suspect = 0;
     t->corroborated = 0;
@@ -169,7 +152,7 @@ static void set_role(struct topology *t, struct node *nd, int role)
         nd->generation++;
     nd->role = role;
     if (role == NODE_FENCED || role == NODE_FOREIGN)
-        close_pool_servers(t->w, nd, "its node is fenced");
+        t->hooks->node_dropped(t->w, nd, "its node is fenced");
     if (role == NODE_PRIMARY || role == NODE_STANDBY)
         nd->note[0] = 0;
 }
@@ -322,7 +305,7 @@ static void evaluate(struct topology *t)
     if (writer) {
         t->writer = writer;
         writer->generation++;
-        failover_writer_found(w, writer);
+        t->hooks->writer_found(w, writer);
     }
 }
 
@@ -348,7 +331,7 @@ static void mark_down(struct topology *t, struct node *nd, const char *why)
     if (nd == t->writer)
         lose_writer(t, why);
     /* Reader connections to it are as dead as writer ones. */
-    close_pool_servers(t->w, nd, "its node is down");
+    t->hooks->node_dropped(t->w, nd, "its node is down");
     evaluate(t);
 }
 
@@ -443,7 +426,7 @@ static void node_answered(struct topology *t, struct node *nd)
     else if (!t->writer && t->started && nd->role == NODE_STANDBY)
         kick_node(nd, HOLD_REPROBE_US); /* a promotion is seen within a millisecond */
     if (nd->role == NODE_STANDBY && t->w->cfg->readonly_port > 0)
-        pool_kick_all(t->w);
+        t->hooks->kick_all(t->w);
 }
 
 static void probe_on_ready(struct server *s)
@@ -543,8 +526,8 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct topology *t = arg;
     probe_all(t);
-    login_backoff_due(t->w);
-    failover_open_ahead(t->w);
+    t->hooks->backoff_due(t->w);
+    t->hooks->open_ahead(t->w);
     schedule(t);
 }
 
@@ -618,12 +601,13 @@ struct node *topology_pick_reader(struct worker *w)
     return best;
 }
 
-int topology_init(struct worker *w)
+int topology_init(struct worker *w, const struct topology_hooks *hooks)
 {
     struct topology *t = calloc(1, sizeof(*t));
     if (!t)
         return -1;
     t->w = w;
+    t->hooks = hooks;
     w->topo = t;
     t->n_nodes = w->cfg->n_nodes;
     t->start_ms = now_ms();
@@ -657,7 +641,7 @@ void topology_free(struct worker *w)
         }
         if (nd->kick)
             event_free(nd->kick);
-        login_backoff_free(nd);
+        t->hooks->backoff_free(nd);
     }
     event_free(t->timer);
     free(t);

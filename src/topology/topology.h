@@ -58,6 +58,7 @@ struct node {
 
 struct topology {
     struct worker *w;
+    const struct topology_hooks *hooks;
     struct node nodes[CONFIG_MAX_NODES];
     int n_nodes;
     struct node *writer; /* NULL while there is none (hold) */
@@ -89,7 +90,23 @@ enum writer_evidence {
                             nothing is held; a probe sent now tells */
 };
 
-int topology_init(struct worker *w);
+/* Calls from topology up to failover and the session layer, which sit above it (see
+ * tools/layers.sh); the program registers them at topology_init, before the first probe. */
+struct topology_hooks {
+    /* failover: the writer went (old may be NULL at start-up) or was found; standbys get
+     * servers opened ahead while there is none. */
+    void (*writer_lost)(struct worker *w, struct node *old, const char *why);
+    void (*writer_found)(struct worker *w, struct node *nd);
+    void (*open_ahead)(struct worker *w);
+    /* session: pools may lend again; every pool connection to nd goes (down, fenced, foreign). */
+    void (*kick_all)(struct worker *w);
+    void (*node_dropped)(struct worker *w, struct node *nd, const char *why);
+    /* session: login backoffs, per node: kick the pools whose wait ended; free a node's. */
+    void (*backoff_due)(struct worker *w);
+    void (*backoff_free)(struct node *nd);
+};
+
+int topology_init(struct worker *w, const struct topology_hooks *hooks);
 void topology_free(struct worker *w);
 /* Every node is probed now. With EVIDENCE_FAILURE (a server connection to the writer died, or
  * the writer answered 25006) the writer becomes suspect, lost at once if it already was. */

@@ -41,7 +41,7 @@
 #include "client/client.h"
 #include "config/config.h"
 #include "core/log.h"
-#include "core/worker.h"
+#include "app/worker.h"
 #include "pool/pool.h"
 #include "pool/prepared.h"
 #include "proto/proto.h"

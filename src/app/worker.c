@@ -1,5 +1,6 @@
-/* Per-loop state: lists by state, deferred frees, housekeeping tick, listeners, reload. */
-#include "core/worker.h"
+/* Per-loop state: lists by state, deferred frees, housekeeping tick, listeners, reload. It sits
+ * above every other layer (it creates and frees them all), so nothing below includes it. */
+#include "app/worker.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -13,13 +14,39 @@
 
 #include "admin/admin.h"
 #include "client/client.h"
+#include "config/config.h"
+#include "config/userlist.h"
 #include "core/log.h"
-#include "proto/sqlclass.h"
 #include "failover/failover.h"
+#include "pool/backoff.h"
 #include "pool/pool.h"
 #include "proto/proto.h"
+#include "proto/sqlclass.h"
 #include "server/server.h"
 #include "topology/topology.h"
+
+/* The upward calls of the layers below, wired here because the program is the one place that
+ * knows every layer (see tools/layers.sh). Static: the same for every loop. */
+static const struct session_hooks session_hooks = {
+    .holding = failover_holding,
+    .paused = failover_paused,
+    .note_held = failover_note_held,
+    .note_served = failover_note_served,
+    .note_failed_in_flight = failover_note_failed_in_flight,
+    .note_timed_out = failover_note_timed_out,
+    .admin_welcome = admin_welcome,
+    .admin_process = admin_process,
+};
+
+static const struct topology_hooks topology_hooks = {
+    .writer_lost = failover_writer_lost,
+    .writer_found = failover_writer_found,
+    .open_ahead = failover_open_ahead,
+    .kick_all = pool_kick_all,
+    .node_dropped = pool_drop_node,
+    .backoff_due = login_backoff_due,
+    .backoff_free = login_backoff_free,
+};
 
 static void reap_cb(evutil_socket_t fd, short what, void *arg)
 {
@@ -42,11 +69,6 @@ static void reap_cb(evutil_socket_t fd, short what, void *arg)
             event_base_loopexit(w->base, NULL);
         }
     }
-}
-
-void worker_schedule_reap(struct worker *w)
-{
-    event_active(w->reaper, EV_TIMEOUT, 0);
 }
 
 static void tick_cb(evutil_socket_t fd, short what, void *arg)
@@ -85,6 +107,9 @@ int worker_init(struct worker *w, struct config *cfg)
 {
     memset(w, 0, sizeof(*w));
     w->cfg = cfg;
+    w->session = &session_hooks;
+    w->reload = worker_reload;
+    w->begin_shutdown = worker_begin_shutdown;
     for (int i = 0; i < CL_NSTATES; i++)
         list_init(&w->clients[i]);
     for (int i = 0; i < SV_NSTATES; i++)
@@ -98,22 +123,25 @@ int worker_init(struct worker *w, struct config *cfg)
     w->dns = evdns_base_new(w->base, EVDNS_BASE_INITIALIZE_NAMESERVERS);
     if (!w->dns)
         w->dns = evdns_base_new(w->base, 0);
-    if (conn_loop_init(&w->loop, w->base, w->dns) < 0)
+    if (conn_loop_init(&w->loop, w->base, w->dns) < 0 || defer_init(&w->defer, w->base) < 0)
         return -1;
     w->reaper = event_new(w->base, -1, 0, reap_cb, w);
     w->tick = event_new(w->base, -1, EV_PERSIST, tick_cb, w);
     struct timeval tv = {0, 100 * 1000};
     event_add(w->tick, &tv);
     w->next_cancel_pid = (uint32_t)(now_ms() & 0x3fffffff) | 1;
+    w->users = calloc(1, sizeof(*w->users));
+    if (!w->users)
+        return -1;
     char err[512];
-    if (userlist_load(cfg->auth_file, &w->users, err, sizeof(err)) < 0) {
+    if (userlist_load(cfg->auth_file, w->users, err, sizeof(err)) < 0) {
         if (cfg->auth_type != AUTH_TRUST) {
             log_error("%s", err);
             return -1;
         }
         log_warn("%s (auth_type is trust: continuing without passwords)", err);
     }
-    if (failover_init(w) < 0 || topology_init(w) < 0)
+    if (failover_init(w) < 0 || topology_init(w, &topology_hooks) < 0)
         return -1;
     return 0;
 }
@@ -222,8 +250,8 @@ int worker_reload(struct worker *w)
     }
     config_apply_reload(w->cfg, fresh);
     free(fresh);
-    userlist_free(&w->users);
-    w->users = ul;
+    userlist_free(w->users);
+    *w->users = ul;
     log_verbosity = w->cfg->verbose > 0 ? LOG_DEBUG : LOG_INFO;
     log_info("configuration reloaded from %s", w->cfg->path);
     pool_kick_all(w);
@@ -256,10 +284,14 @@ void worker_free(struct worker *w)
     failover_free(w);
     cancel_free_all(w);
     sql_classify_cleanup();
-    userlist_free(&w->users);
+    if (w->users) {
+        userlist_free(w->users);
+        free(w->users);
+    }
     /* Bufferevents with deferred callbacks finish freeing themselves in the loop. */
     event_base_loop(w->base, EVLOOP_NONBLOCK);
     conn_loop_free(&w->loop);
+    defer_free(&w->defer);
     event_free(w->reaper);
     event_free(w->tick);
     if (w->dns)

@@ -1,6 +1,6 @@
 /* Login backoff per (pool, node): PgBouncer's server_login_retry, with a short first retry for
  * the errors that clear by themselves (starting up, too many connections). */
-#include "topology/backoff.h"
+#include "pool/backoff.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -1,6 +1,6 @@
 /* Login backoff: a server login that failed is not retried at loop speed (server_login_retry). */
-#ifndef PGSTAY_TOPOLOGY_BACKOFF_H
-#define PGSTAY_TOPOLOGY_BACKOFF_H
+#ifndef PGSTAY_POOL_BACKOFF_H
+#define PGSTAY_POOL_BACKOFF_H
 
 #include <stdint.h>
 

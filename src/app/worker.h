@@ -1,0 +1,18 @@
+/* The program's side of a worker: create, listen, reload, shut down and free one event loop. */
+#ifndef PGSTAY_APP_WORKER_H
+#define PGSTAY_APP_WORKER_H
+
+#include "core/worker.h"
+
+struct config;
+
+int worker_init(struct worker *w, struct config *cfg);
+void worker_free(struct worker *w);
+/* Re-read config and auth_file (SIGHUP, RELOAD). */
+int worker_reload(struct worker *w);
+int worker_listen(struct worker *w);
+void worker_stop_listening(struct worker *w);
+/* SIGTERM: stop accepting, let clients finish up to shutdown_timeout. */
+void worker_begin_shutdown(struct worker *w);
+
+#endif
