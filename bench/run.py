@@ -576,8 +576,8 @@ class Bench:
                                       % (name, r["error"]))
         L.append("")
         L.append("Design targets: transaction mode 32 clients pool 8 pgstay ≥ 1.1 × "
-                 "PgBouncer; CPU per 1k tx ≤ 0.8 × PgBouncer; idle memory ≤ 0.85 kB per client; "
-                 "added latency ≤ 20 µs; syscalls per transaction ≤ PgBouncer's.")
+                 "PgBouncer; CPU per 1k tx ≤ 0.8 × PgBouncer; idle memory ≤ 0.6 kB per client; "
+                 "added latency ≤ PgBouncer's; syscalls per transaction ≤ PgBouncer's.")
         tl = self.tx_label
         b, s = self.m(tl, "pgbouncer", "tps"), self.m(tl, "pgstay", "tps")
         cb, cs = cpu_per_k(tl, "pgbouncer"), cpu_per_k(tl, "pgstay")
@@ -591,7 +591,7 @@ class Bench:
             L.append("- syscalls per transaction pgstay / PgBouncer: %s (%s / %s; target ≤ 1.00)"
                      % (f(ratio(ss, sb), "%.2f"), f(ss, "%.2f"), f(sb, "%.2f")))
         if self.idle.get("pgstay"):
-            L.append("- idle memory pgstay: %.3f kB per client (target ≤ 0.85)" %
+            L.append("- idle memory pgstay: %.3f kB per client (target ≤ 0.6)" %
                      med([v["per_client_kb"] for v in self.idle["pgstay"]]))
         if self.notes:
             L.append("")
