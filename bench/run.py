@@ -436,11 +436,19 @@ class Bench:
         # Protocol-level prepared statements multiplexed over 8 servers (PgBouncer 1.18 has no
         # prepared-statement support in transaction mode: its row shows what that costs).
         label_prep = "transaction prepared, 256 clients, pool 8"
+        # The rest of issue 16's rows: prepared at 32, simple at 256, a connection per
+        # transaction (-C).
+        tx_more = [("transaction prepared, 32 clients, pool 8", 32, True, False),
+                   ("transaction simple, 256 clients, pool 8", 256, False, False),
+                   ("transaction simple, 32 clients, pool 8, -C", 32, False, True)]
         for k in range(a.runs):
             say("run %d/%d: transaction mode, pool_size 8" % (k + 1, a.runs))
             self.measure(label, targets, 32)
             self.measure(label_prep, targets, 256, prepared=True)
+            for l2, c2, prep2, conn2 in tx_more:
+                self.measure(l2, targets, c2, prep2, conn2)
         self.tx_label = label
+        self.tx_more = [t[0] for t in tx_more]
 
         # Syscalls per transaction in the same case, in a separate short run per proxy so the
         # counting (perf stat on syscall tracepoints, or strace -c -f if perf cannot) does not
@@ -471,7 +479,7 @@ class Bench:
         for p in (bouncer, stay):
             if p:
                 p.stop()
-        self.configs = [c[0] for c in configs] + [label, label_prep]
+        self.configs = [c[0] for c in configs] + [label, label_prep] + self.tx_more
 
     def cleanup(self):
         for p in self.proxies:
