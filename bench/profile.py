@@ -25,6 +25,17 @@ BENCH = os.path.dirname(os.path.abspath(__file__))
 if BENCH not in sys.path:
     sys.path.insert(0, BENCH)
 import run  # noqa: E402  (bench/run.py: the lab, the proxies, pgbench)
+
+
+def stop_tool(p, timeout):
+    """End a measuring tool (perf, strace) the way it writes its results: SIGINT, then kill."""
+    if p.poll() is None:
+        p.send_signal(signal.SIGINT)
+    try:
+        p.wait(timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
 from run import (PGBIN, REPO, Lab, PgBouncer, Pgstay, build_dir, free_port_base,  # noqa: E402
                  machine, pgbench, pgbouncer_prepared, raise_nofile, say, setup_lab)
 
@@ -114,13 +125,7 @@ def _perf_stat_count(proxy, events, run_load):
         os.write(cfd, b"disable\n")
         _read_ack(afd, 30)
     finally:
-        if p.poll() is None:
-            p.send_signal(signal.SIGINT)
-        try:
-            p.wait(30)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+        stop_tool(p, 30)
         os.close(cfd)
         os.close(afd)
     counts, total = {}, None
@@ -161,13 +166,7 @@ def _strace_count(proxy, run_load):
         time.sleep(0.2)  # all threads attached
         r = run_load()
     finally:
-        if p.poll() is None:
-            p.send_signal(signal.SIGINT)
-        try:
-            p.wait(30)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+        stop_tool(p, 30)
     counts, total = {}, None
     with open(out) as f:
         for line in f:
@@ -233,13 +232,7 @@ def perf_profile(proxy, clients=32, seconds=5, prepared=False, top=25, keep=None
                     p.stderr.read().decode(errors="replace")[-300:]}
         r = pgbench(proxy.port, clients, seconds, prepared)
     finally:
-        if p.poll() is None:
-            p.send_signal(signal.SIGINT)
-        try:
-            p.wait(60)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+        stop_tool(p, 60)
     rep = subprocess.run([PERF, "report", "-i", data, "--stdio", "--no-children", "--sort",
                           "dso,sym", "-g", "none", "--percent-limit", "0"],
                          capture_output=True, text=True, timeout=300)
@@ -520,13 +513,7 @@ def main():
         return 1
     finally:
         pr.cleanup()
-    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-    tmp = a.out + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, a.out)
-    print(text)
-    say("written %s" % a.out)
+    run.write_report(a.out, text)
     return 0
 
 

@@ -350,6 +350,17 @@ def machine():
             "pgbench": ver([os.path.join(PGBIN, "pgbench"), "--version"])}
 
 
+def write_report(path, text):
+    """Write a report whole (never half a file on an interrupted run) and print it."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    print(text)
+    say("written %s" % path)
+
+
 def med(vals):
     vals = [v for v in vals if v is not None]
     return statistics.median(vals) if vals else None
@@ -660,13 +671,7 @@ def main():
         return 1
     finally:
         b.cleanup()
-    os.makedirs(os.path.dirname(a.out), exist_ok=True)
-    tmp = a.out + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, a.out)
-    print(text)
-    say("written %s" % a.out)
+    write_report(a.out, text)
     return 0
 
 

@@ -26,7 +26,7 @@
 #include "topology/topology.h"
 
 /* The upward calls of the layers below, wired here because the program is the one place that
- * knows every layer (see tools/layers.sh). Static: the same for every loop. */
+ * knows every layer (see tools/layers.py). Static: the same for every loop. */
 static const struct session_hooks session_hooks = {
     .holding = failover_holding,
     .paused = failover_paused,

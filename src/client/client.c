@@ -1154,8 +1154,6 @@ void client_fail_request(struct client *c, const char *sqlstate, const char *msg
     c->fail_current = 1;
 }
 
-#define CLIENT_REFUSED_MAX (64 * 1024)
-
 void client_answered(struct client *c)
 {
     if (c->flight_blocked && c->pending + c->unsynced < CLIENT_MAX_IN_FLIGHT / 2) {
@@ -1168,9 +1166,7 @@ void client_answered(struct client *c)
  * make pgstay buffer more than the high-water mark for it (local answers included). */
 static int output_full(struct client *c)
 {
-    /* Once its socket refused bytes, a client is not read past a smaller mark: answers pgstay
-     * makes itself can be far smaller than the requests they answer (an SSLRequest's 'N'). */
-    if (!conn_full(&c->conn) && !(c->conn.refused && conn_unsent(&c->conn) > CLIENT_REFUSED_MAX))
+    if (!conn_full(&c->conn))
         return 0;
     c->out_blocked = 1; /* resumed from client_write_cb */
     return 1;

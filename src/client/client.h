@@ -18,7 +18,7 @@ struct server;
 #define ADMIN_DBNAME "pgstay"
 
 /* Calls from the session layer (client, server, pool) up to failover and the admin console,
- * which sit above it (see tools/layers.sh). The program registers them once per loop
+ * which sit above it (see tools/layers.py). The program registers them once per loop
  * (w->session); each is called where the named function was, so behaviour is unchanged. */
 struct session_hooks {
     /* Is the writer endpoint holding new requests (no writer, a suspect writer, or paused)? */

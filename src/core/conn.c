@@ -395,7 +395,6 @@ int conn_connect(struct conn *c, struct conn_loop *l, const char *host, int port
                  const struct conn_cbs *cbs, void *arg)
 {
     conn_setup(c, l, -1, cbs, arg);
-    c->port = port;
     char portstr[16];
     snprintf(portstr, sizeof(portstr), "%d", port);
     struct evutil_addrinfo hints, *res = NULL;

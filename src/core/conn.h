@@ -93,7 +93,6 @@ struct conn {
     struct cbuf in, out;
     struct list dirty_node;
     struct evdns_getaddrinfo_request *dns_req;
-    int port; /* while resolving */
 };
 
 int conn_loop_init(struct conn_loop *l, struct event_base *base, struct evdns_base *dns);

@@ -91,7 +91,7 @@ enum writer_evidence {
 };
 
 /* Calls from topology up to failover and the session layer, which sit above it (see
- * tools/layers.sh); the program registers them at topology_init, before the first probe. */
+ * tools/layers.py); the program registers them at topology_init, before the first probe. */
 struct topology_hooks {
     /* failover: the writer went (old may be NULL at start-up) or was found; standbys get
      * servers opened ahead while there is none. */
