@@ -1373,9 +1373,6 @@ void client_linked(struct client *c)
     struct server *s = c->server;
     struct pbuf b;
     pbuf_init(&b);
-    if (c->pool && c->pool->base.n == 0)
-        for (int i = 0; i < s->params.n; i++)
-            kv_set(&c->pool->base, s->params.items[i].name, s->params.items[i].value);
     /* Linked once its setup was answered (pool.c link_pair): s->params are the client's. */
     if (c->reported_hash != s->params_hash || !c->got_welcome) {
         for (int i = 0; i < s->params.n; i++) {

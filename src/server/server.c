@@ -257,6 +257,11 @@ static void login_done(struct server *s)
     }
     s->pool->n_connecting--;
     login_backoff_ok(s->pool, s->nd);
+    /* The pool's base is what a server reports before any client's parameters are applied
+     * (not what the first client set): a client that asks for nothing stores nothing. */
+    if (s->pool->base.n == 0)
+        for (int i = 0; i < s->params.n; i++)
+            kv_set(&s->pool->base, s->params.items[i].name, s->params.items[i].value);
     SLOG(debug, s, "logged in (backend pid %u)", s->be_pid);
     pool_server_ready(s);
 }

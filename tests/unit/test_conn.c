@@ -292,6 +292,40 @@ static void test_frame_next(void **state)
     conn_consume(in, 5);
 }
 
+/* After a burst, the buffers nobody borrows again go back to the kernel, down to a reserve;
+ * those in use between two trims are kept. */
+static void test_trim_after_burst(void **state)
+{
+    struct fixture *f = *state;
+    enum { N = 40 };
+    static struct owner o[N]; /* static: still valid in teardown if an assertion fails */
+    static int peers[N];
+    for (int i = 0; i < N; i++) {
+        int sv[2];
+        assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+        memset(&o[i], 0, sizeof(o[i]));
+        conn_accept(&o[i].c, &f->loop, sv[0], &cbs, &o[i]);
+        peers[i] = sv[1];
+        conn_write(&o[i].c, "x", 1); /* each borrows a buffer */
+    }
+    turn(f); /* all sent: every buffer is free again */
+    assert_int_equal(f->loop.n_free, N);
+    conn_loop_trim(&f->loop); /* they were all borrowed in this period: kept */
+    assert_int_equal(f->loop.n_free, N);
+    conn_write(&o[0].c, "y", 1); /* one borrowed and given back in the next period */
+    turn(f);
+    conn_loop_trim(&f->loop);
+    assert_int_equal(f->loop.n_free, 17); /* RESERVE_BLOCKS and the one borrowed */
+    conn_loop_trim(&f->loop);
+    assert_int_equal(f->loop.n_free, 16);
+    conn_loop_trim(&f->loop);
+    assert_int_equal(f->loop.n_free, 16); /* the reserve stays */
+    for (int i = 0; i < N; i++) {
+        conn_close(&o[i].c);
+        close(peers[i]);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -304,6 +338,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_kick, setup, teardown),
         cmocka_unit_test_setup_teardown(test_forward, setup, teardown),
         cmocka_unit_test_setup_teardown(test_frame_next, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_trim_after_burst, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
