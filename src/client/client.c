@@ -728,6 +728,22 @@ static void login_process(struct client *c)
     }
 }
 
+/* A secret cancel key, unpredictable as RAND_bytes makes it, drawn from a batch. */
+static uint32_t next_cancel_key(struct worker *w)
+{
+    if (w->n_cancel_keys == 0) {
+        if (RAND_bytes((unsigned char *)w->cancel_keys, sizeof(w->cancel_keys)) != 1) {
+            /* No randomness (should not happen): a key nobody can guess is impossible; one
+             * that at least differs per client is the fallback, as before. */
+            return (uint32_t)now_us();
+        }
+        w->n_cancel_keys = (int)(sizeof(w->cancel_keys) / sizeof(w->cancel_keys[0]));
+    }
+    uint32_t k = w->cancel_keys[--w->n_cancel_keys];
+    w->cancel_keys[w->n_cancel_keys] = 0; /* a used key does not linger in memory */
+    return k;
+}
+
 /* Authentication succeeded: AuthenticationOk, then a server (or the admin console). */
 void client_logged_in(struct client *c)
 {
@@ -736,8 +752,7 @@ void client_logged_in(struct client *c)
     proto_build_auth(&b, AUTH_REQ_OK, NULL, 0);
     client_send_pbuf(c, &b);
     c->cancel_pid = c->w->next_cancel_pid++;
-    if (RAND_bytes((unsigned char *)&c->cancel_key, sizeof(c->cancel_key)) != 1)
-        c->cancel_key = (uint32_t)now_us();
+    c->cancel_key = next_cancel_key(c->w);
     if (c->is_admin) {
         client_change_state(c, CL_IDLE);
         c->w->session->admin_welcome(c);

@@ -413,7 +413,6 @@ static void conn_setup(struct conn *c, struct conn_loop *l, int fd, const struct
 void conn_accept(struct conn *c, struct conn_loop *l, int fd, const struct conn_cbs *cbs, void *arg)
 {
     conn_setup(c, l, fd, cbs, arg);
-    evutil_make_socket_nonblocking(fd);
     c->reading = 1;
     rearm(c);
 }

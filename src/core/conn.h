@@ -106,7 +106,8 @@ void conn_loop_trim(struct conn_loop *l);
 /* Send everything queued this turn (called at the end of every connection callback). */
 void conn_loop_flush(struct conn_loop *l);
 
-/* Take an accepted socket; reading starts at once. */
+/* Take an accepted socket, already non-blocking (evconnlistener accepts with accept4 and
+ * SOCK_NONBLOCK: no fcntl per client); reading starts at once. */
 void conn_accept(struct conn *c, struct conn_loop *l, int fd, const struct conn_cbs *cbs,
                  void *arg);
 /* Connect to host:port (resolved through the loop's resolver unless numeric); CONN_CONNECTED

@@ -1,6 +1,7 @@
 /* The connection layer (core/conn.c) on socket pairs: buffers lent and given back, one send
  * per turn, backpressure and on_drain, whole large messages, EOF, kicks, direct forwarding. */
 #include <errno.h>
+#include <fcntl.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -48,6 +49,11 @@ static void on_event(void *arg, int what)
 
 static const struct conn_cbs cbs = {on_read, on_drain, on_event};
 
+static void nonblocking(int fd)
+{
+    assert_int_equal(fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK), 0);
+}
+
 struct fixture {
     struct event_base *base;
     struct conn_loop loop;
@@ -62,6 +68,7 @@ static int setup(void **state)
     assert_int_equal(conn_loop_init(&f->loop, f->base, NULL), 0);
     int sv[2];
     assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    nonblocking(sv[0]); /* as accept4(SOCK_NONBLOCK) leaves it */
     conn_accept(&f->o.c, &f->loop, sv[0], &cbs, &f->o);
     f->peer = sv[1];
     *state = f;
@@ -215,6 +222,7 @@ static void test_forward(void **state)
     struct owner o2 = {0};
     int sv[2];
     assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    nonblocking(sv[0]); /* as accept4(SOCK_NONBLOCK) leaves it */
     conn_accept(&o2.c, &f->loop, sv[0], &cbs, &o2);
     size_t total = 3 * CONN_BLOCK;
     uint8_t *big = malloc(total);
@@ -303,6 +311,7 @@ static void test_trim_after_burst(void **state)
     for (int i = 0; i < N; i++) {
         int sv[2];
         assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    nonblocking(sv[0]); /* as accept4(SOCK_NONBLOCK) leaves it */
         memset(&o[i], 0, sizeof(o[i]));
         conn_accept(&o[i].c, &f->loop, sv[0], &cbs, &o[i]);
         peers[i] = sv[1];
