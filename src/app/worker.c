@@ -250,6 +250,7 @@ int worker_reload(struct worker *w)
     }
     config_apply_reload(w->cfg, fresh);
     free(fresh);
+    userlist_keep_mock(&ul, w->users);
     userlist_free(w->users);
     *w->users = ul;
     log_verbosity = w->cfg->verbose > 0 ? LOG_DEBUG : LOG_INFO;
