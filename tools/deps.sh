@@ -3,7 +3,7 @@
 set -e
 PKGS="build-essential pkg-config libevent-dev libssl-dev libpq-dev postgresql postgresql-15 postgresql-client-15 \
 libcmocka-dev libpg-query-dev libprotobuf-c-dev python3-pytest python3-psycopg python3-asyncpg pgbouncer iptables iproute2 procps util-linux \
-default-jdk-headless libpostgresql-jdbc-java"
+default-jdk-headless libpostgresql-jdbc-java prometheus-pgbouncer-exporter python3-prometheus-client"
 missing=""
 for p in $PKGS; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed"; then

@@ -492,6 +492,7 @@ void client_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr
     net_tune_client(fd);
     c->w = w;
     c->id = ++w->next_id;
+    c->connect_s = (uint32_t)(now_ms() / 1000);
     c->role = role;
     c->txn_status = 'I';
     c->last_active = now_ms();
@@ -646,13 +647,20 @@ static void handle_startup(struct client *c, const uint8_t *pkt, uint32_t len)
         }
         kv_set(&c->params, n, sp.values[i]);
     }
-    c->is_admin = strcmp(c->database, ADMIN_DBNAME) == 0;
+    c->is_admin = !strcmp(c->database, ADMIN_DBNAME) || !strcmp(c->database, ADMIN_DBNAME_ALIAS);
     if (c->is_admin && !config_list_has(c->w->cfg->admin_users, c->user)) {
         client_close(c, SQLSTATE_INVALID_AUTH, "not allowed to connect to the pgstay admin database");
         return;
     }
     if (c->w->shutting_down) {
         client_close(c, SQLSTATE_ADMIN_SHUTDOWN, "pgstay is shutting down");
+        return;
+    }
+    if (!c->is_admin && c->w->session->db_disabled(c->w, c->database)) {
+        /* DISABLE db: PgBouncer's words and SQLSTATE. */
+        char msg[160];
+        snprintf(msg, sizeof(msg), "database does not allow connections: %s", c->database);
+        client_close(c, SQLSTATE_PROTOCOL_VIOLATION, msg);
         return;
     }
     c->auth_step = AUTH_STEP_METHOD;
@@ -1218,6 +1226,7 @@ void client_process(struct client *c)
             conn_forward(in, &c->server->conn, n);
             c->fwd_left -= (uint32_t)n;
             w->stats.bytes_client_to_server += n;
+            c->pool->stats.bytes_recv += n;
             continue;
         }
         struct msg_hdr h;
@@ -1335,6 +1344,7 @@ void client_process(struct client *c)
             c->pending++;
             c->unsynced = 0;
             w->stats.queries++;
+            stats_request(c->server);
         } else if (h.type != FE_COPY_DATA && h.type != FE_COPY_DONE && h.type != FE_COPY_FAIL &&
                    h.type != FE_FLUSH) {
             c->unsynced++;
@@ -1355,6 +1365,7 @@ void client_process(struct client *c)
         if (n > 0)
             conn_forward(in, out, n);
         w->stats.bytes_client_to_server += n;
+        c->pool->stats.bytes_recv += n;
         c->fwd_left = (uint32_t)(rest - n);
     }
 }
@@ -1547,7 +1558,6 @@ static void lost_decide(struct client *c, const char *why, const char *sqlstate,
         client_close(c, SQLSTATE_CONNECTION_FAILURE, msg);
         return;
     }
-    c->w->session->note_failed_in_flight(c->w);
     char msg[256];
     const char *state = SQLSTATE_CONNECTION_FAILURE;
     if (commit_in_flight) {
@@ -1568,6 +1578,7 @@ static void lost_decide(struct client *c, const char *why, const char *sqlstate,
     } else {
         snprintf(msg, sizeof(msg), "the server connection was lost (%s): the transaction was rolled back", why);
     }
+    c->w->session->note_failed_in_flight(c->w, state);
     log_info("C-%llu: %s", (unsigned long long)c->id, msg);
     if (c->fwd_left > 0) {
         c->skip_left = c->fwd_left;

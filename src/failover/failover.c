@@ -12,6 +12,10 @@
 #include "server/server.h"
 #include "topology/topology.h"
 
+const int64_t failover_hold_bucket_ms[FAILOVER_HOLD_BUCKETS - 1] = {
+    100, 250, 500, 1000, 2000, 5000, 10000, 20000, 30000, 60000, 120000,
+};
+
 int failover_init(struct worker *w)
 {
     w->fo = calloc(1, sizeof(*w->fo));
@@ -97,6 +101,12 @@ void failover_writer_found(struct worker *w, struct node *nd)
         snprintf(ev->new_writer, sizeof(ev->new_writer), "%s", nd->name);
         ev->new_writer_seen = now;
         ev->hold_ended = now;
+        int64_t held = now - ev->hold_started;
+        int b = 0;
+        while (b < FAILOVER_HOLD_BUCKETS - 1 && held > failover_hold_bucket_ms[b])
+            b++;
+        fo->hold_hist[b]++;
+        fo->hold_ms_sum += (uint64_t)held;
         log_warn("failover #%d: new writer %s seen (timeline %u) %lld ms after the writer was lost; "
                  "resuming %d held clients",
                  ev->id, nd->name, nd->timeline, (long long)(now - ev->writer_lost), ev->clients_held);
@@ -115,6 +125,7 @@ void failover_writer_found(struct worker *w, struct node *nd)
 
 void failover_note_held(struct worker *w)
 {
+    w->fo->clients_held_total++;
     if (w->fo->current)
         w->fo->current->clients_held++;
 }
@@ -129,16 +140,29 @@ void failover_note_served(struct worker *w)
     }
 }
 
-void failover_note_failed_in_flight(struct worker *w)
+void failover_note_failed_in_flight(struct worker *w, const char *sqlstate)
 {
-    struct failover_event *ev = w->fo->current ? w->fo->current : w->fo->last;
+    struct failover *fo = w->fo;
+    struct failover_event *ev = fo->current ? fo->current : fo->last;
     if (ev)
         ev->failed_in_flight++;
+    int i = 0;
+    while (i < fo->n_failed && strcmp(fo->failed[i].sqlstate, sqlstate))
+        i++;
+    if (i == fo->n_failed) {
+        if (fo->n_failed == FAILOVER_MAX_STATES)
+            i = FAILOVER_MAX_STATES - 1; /* more kinds than expected: the last one takes them */
+        else
+            snprintf(fo->failed[fo->n_failed++].sqlstate, sizeof(fo->failed[0].sqlstate), "%s",
+                     sqlstate);
+    }
+    fo->failed[i].n++;
 }
 
 void failover_note_timed_out(struct worker *w)
 {
     struct failover_event *ev = w->fo->current ? w->fo->current : w->fo->last;
+    w->fo->timed_out_total++;
     if (ev)
         ev->timed_out++;
 }

@@ -9,6 +9,12 @@
 struct node;
 
 #define FAILOVER_MAX_EVENTS 64
+/* Hold durations (ms) as a histogram for /metrics: upper bounds, the last bucket is +Inf. */
+#define FAILOVER_HOLD_BUCKETS 12
+extern const int64_t failover_hold_bucket_ms[FAILOVER_HOLD_BUCKETS - 1];
+/* Distinct SQLSTATEs counted for requests failed in flight (a handful exist: 08006, 08007, and
+ * a terminated backend's own). */
+#define FAILOVER_MAX_STATES 8
 
 /* One failover, with the time of each phase (ms since the epoch; 0 = not yet). */
 struct failover_event {
@@ -33,6 +39,16 @@ struct failover {
     struct failover_event *last;    /* the last completed one (first_served comes after) */
     int paused;                     /* PAUSE: hold new transactions */
     int64_t pause_started;
+    /* Totals for the process's lifetime (the event ring forgets): /metrics. */
+    uint64_t hold_hist[FAILOVER_HOLD_BUCKETS]; /* per bucket, not cumulative */
+    uint64_t hold_ms_sum;
+    uint64_t clients_held_total;
+    uint64_t timed_out_total;
+    struct {
+        char sqlstate[6];
+        uint64_t n;
+    } failed[FAILOVER_MAX_STATES];
+    int n_failed;
 };
 
 int failover_init(struct worker *w);
@@ -51,7 +67,7 @@ int failover_holding(struct worker *w);
 int failover_paused(struct worker *w);
 void failover_note_held(struct worker *w);
 void failover_note_served(struct worker *w);
-void failover_note_failed_in_flight(struct worker *w);
+void failover_note_failed_in_flight(struct worker *w, const char *sqlstate);
 void failover_note_timed_out(struct worker *w);
 void failover_pause(struct worker *w);
 void failover_resume(struct worker *w);
