@@ -1365,7 +1365,7 @@ void client_process(struct client *c)
         if (n > 0)
             conn_forward(in, out, n);
         w->stats.bytes_client_to_server += n;
-        c->pool->stats.bytes_recv += n;
+        c->pool->stats.bytes_recv += n + done; /* rewritten messages came from the client too */
         c->fwd_left = (uint32_t)(rest - n);
     }
 }
