@@ -445,7 +445,10 @@ enum section { SEC_NONE, SEC_PGSTAY, SEC_NODES };
 static const struct {
     const char *name;
     enum section sec;
-} sections[] = {{"pgstay", SEC_PGSTAY}, {"nodes", SEC_NODES}};
+} sections[] = {{"pgstay", SEC_PGSTAY},
+                {"nodes", SEC_NODES},
+                /* PgBouncer's name for the main section, so its settings read as they are */
+                {"pgbouncer", SEC_PGSTAY}};
 
 static char *trim(char *s)
 {
@@ -771,5 +774,26 @@ int config_set(struct config *cfg, const char *name, const char *value, char *er
     free(basedir);
     if (r == 0)
         log_info("config: %s set to \"%s\" (SET)", k->name, value);
+    return r;
+}
+
+const char *config_canonical_key(const char *name)
+{
+    const struct key_def *k = find_key(name);
+    return k ? k->name : NULL;
+}
+
+int config_check_value(const char *name, const char *value, char *err, size_t errlen)
+{
+    const struct key_def *k = find_key(name);
+    if (k == NULL) {
+        snprintf(err, errlen, "unknown key \"%s\"", name);
+        return -1;
+    }
+    struct config scratch;
+    memset(&scratch, 0, sizeof(scratch));
+    int r = set_value(&scratch, k, value, NULL, err, errlen);
+    if (is_string(k))
+        store_str(&scratch, k, NULL);
     return r;
 }

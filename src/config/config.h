@@ -3,6 +3,7 @@
 #define PGSTAY_CONFIG_CONFIG_H
 
 #include <stddef.h>
+#include <stdio.h>
 
 enum pool_mode { POOL_SESSION = 0, POOL_TRANSACTION = 1 };
 enum auth_type { AUTH_TRUST = 0, AUTH_MD5 = 1, AUTH_SCRAM = 2 };
@@ -82,6 +83,15 @@ int config_n_keys(void);
 int config_key_show(const struct config *cfg, int i, struct config_key_view *out);
 /* SET key = value from the admin console: reloadable keys only (PgBouncer's names accepted). */
 int config_set(struct config *cfg, const char *name, const char *value, char *err, size_t errlen);
+
+/* The table's name for a key or one of its aliases (PgBouncer's names); NULL if unknown. */
+const char *config_canonical_key(const char *name);
+/* Would value be accepted for key? -1 with the reason in err. */
+int config_check_value(const char *name, const char *value, char *err, size_t errlen);
+/* Print an equivalent pgstay.ini for a PgBouncer configuration file (config/pgbouncer.c), with
+ * what cannot be carried over listed as comments, and on err. 0, or -1 if there is nothing to
+ * convert (unreadable, or no server to make [nodes] of). */
+int config_from_pgbouncer(const char *path, FILE *out, FILE *err);
 
 /* Is name (a comma-separated list member) in list? */
 int config_list_has(const char *list, const char *name);
