@@ -1,11 +1,14 @@
-"""metrics_listen: Prometheus's text format over HTTP, scraped for real during a workload and
-after a lab failover."""
+"""metrics_listen: Prometheus's text format over HTTP, scraped for real (urllib, and Debian's
+Prometheus server) during a workload and through a lab failover."""
+import json
 import os
 import shutil
+import subprocess
 import tempfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import psycopg
@@ -189,3 +192,69 @@ def test_metrics_after_failover(cluster2, make_proxy):
     assert len(fo) == 1 and fo[0]["old_writer"] == "n1" and fo[0]["new_writer"] == "n2"
     idle.close()
     busy.close()
+
+
+PROMETHEUS = "/usr/bin/prometheus"
+
+
+def prom_query(port, q):
+    url = "http://127.0.0.1:%d/api/v1/query?%s" % (port, urllib.parse.urlencode({"query": q}))
+    with urllib.request.urlopen(url, timeout=5) as r:
+        res = json.load(r)
+    assert res["status"] == "success", res
+    return [float(x["value"][1]) for x in res["data"]["result"]]
+
+
+@pytest.mark.skipif(not os.path.exists(PROMETHEUS), reason="prometheus missing")
+def test_prometheus_server_sees_failover(cluster2, make_proxy, tmp_path):
+    """Debian's Prometheus scraping pgstay every second through a lab failover."""
+    p = metrics_proxy(make_proxy, cluster2, failover_timeout="20s", health_check_timeout="500ms")
+    prom_port = free_port()
+    (tmp_path / "prometheus.yml").write_text(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+        "scrape_configs:\n  - job_name: pgstay\n    static_configs:\n"
+        "      - targets: ['127.0.0.1:%d']\n" % p.metrics_port)
+    log = open(str(tmp_path / "prometheus.log"), "wb")
+    prom = subprocess.Popen([PROMETHEUS, "--config.file=%s" % (tmp_path / "prometheus.yml"),
+                             "--storage.tsdb.path=%s" % (tmp_path / "tsdb"),
+                             "--web.listen-address=127.0.0.1:%d" % prom_port],
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 30
+        while not prom_query_ok(prom_port, "pgstay_failovers_total"):
+            assert time.time() < deadline and prom.poll() is None, \
+                open(str(tmp_path / "prometheus.log")).read()[-3000:]
+            time.sleep(0.3)
+        time.sleep(2)  # a few samples from before
+        with p.connect() as c:
+            c.execute("select 1")
+            cluster2.failover(delay_ms=500)
+            assert c.execute("select pg_is_in_recovery()").fetchone() == (False,)
+        deadline = time.time() + 20
+        while prom_query(prom_port, "pgstay_failovers_total") != [1.0]:
+            assert time.time() < deadline
+            time.sleep(0.3)
+        time.sleep(2.5)
+        inc = prom_query(prom_port, "increase(pgstay_failovers_total[1m])")
+        assert len(inc) == 1 and 1.0 <= inc[0] < 1.5, inc
+        assert prom_query(prom_port, "pgstay_failover_hold_seconds_count") == [1.0]
+        assert prom_query(prom_port, "pgstay_failover_hold_seconds_sum")[0] >= 0.4
+        q = prom_query(prom_port, "histogram_quantile(0.5, pgstay_failover_hold_seconds_bucket)")
+        assert len(q) == 1 and 0.25 <= q[0] <= 5, q
+        assert prom_query(prom_port, 'pgstay_node_writer{node="n2"}') == [1.0]
+        assert prom_query(prom_port, 'up{job="pgstay"}') == [1.0]
+    finally:
+        prom.terminate()
+        try:
+            prom.wait(10)
+        except subprocess.TimeoutExpired:
+            prom.kill()
+            prom.wait()
+        log.close()
+
+
+def prom_query_ok(port, q):
+    try:
+        return bool(prom_query(port, q))
+    except (OSError, ValueError):
+        return False
