@@ -801,7 +801,7 @@ static void show_databases(struct client *c)
         cell_s(&v, mode_name(w));
         cell_i(&v, 0);
         cell_i(&v, conns);
-        cell_i(&v, w->fo->paused);
+        cell_i(&v, failover_paused(w, dbs[i]));
         cell_i(&v, admin_db_disabled(w, dbs[i]));
         cell_s(&v, wr ? wr->name : NULL);
         res_row(&r, v.v);
@@ -1299,26 +1299,38 @@ static int run_command(struct client *c, char *q)
         return 0;
     }
     if (!strcasecmp(verb, "PAUSE")) {
-        if (has_arg) {
-            /* pgstay's PAUSE holds the writer endpoint as a whole (a planned switchover). */
-            error(c, "PAUSE with a database is not supported: PAUSE holds every database");
+        struct admin *a = w->admin;
+        if (a->n_pauses == ADMIN_MAX_PAUSES) {
+            error(c, "too many PAUSE commands waiting at once");
             return 0;
         }
-        failover_pause(w);
-        if (failover_pause_done(w)) {
+        if (has_arg)
+            failover_pause_db(w, arg);
+        else
+            failover_pause(w);
+        if (failover_pause_done(w, has_arg ? arg : NULL)) {
             simple_ok(c, "PAUSE");
             return 0;
         }
+        /* Answered by admin_check_pause once the transactions in flight are done. */
+        struct admin_pause *ap = &a->pauses[a->n_pauses++];
+        ap->client = c->id;
+        snprintf(ap->database, sizeof(ap->database), "%s", has_arg ? arg : "");
         c->pause_waiting = 1;
         c->wait_since = now_ms();
         return 1;
     }
     if (!strcasecmp(verb, "RESUME")) {
         if (has_arg) {
-            error(c, "RESUME with a database is not supported: RESUME releases every database");
+            if (failover_resume_db(w, arg) < 0)
+                error(c, w->fo->paused ? "that database is not paused on its own: pgstay is "
+                                         "paused as a whole (RESUME)"
+                                       : "that database is not paused");
+            else
+                simple_ok(c, "RESUME");
             return 0;
         }
-        if (!w->fo->paused) {
+        if (!w->fo->paused && !w->fo->n_paused_dbs) {
             error(c, "pgstay is not paused");
             return 0;
         }
@@ -1419,20 +1431,42 @@ void admin_check_pause(struct worker *w)
     int64_t now = now_ms();
     if (now - w->admin->period_start >= w->cfg->stats_period)
         roll_averages(w, now);
-    struct list *pos, *tmp;
-    list_for_each_safe(pos, tmp, &w->clients[CL_IDLE])
-    {
-        struct client *c = container_of(pos, struct client, node);
-        if (!c->is_admin || !c->pause_waiting)
+    struct admin *a = w->admin;
+    for (int i = 0; i < a->n_pauses;) {
+        struct admin_pause *ap = &a->pauses[i];
+        struct client *c = NULL;
+        struct list *pos, *tmp;
+        list_for_each_safe(pos, tmp, &w->clients[CL_IDLE])
+        {
+            struct client *x = container_of(pos, struct client, node);
+            if (x->id == ap->client && x->is_admin && x->pause_waiting)
+                c = x;
+        }
+        /* Its client is gone, or this is its answer: the entry goes first (the answer may run
+         * the client's next PAUSE, which adds one). */
+        char db[sizeof(ap->database)];
+        snprintf(db, sizeof(db), "%s", ap->database);
+        const char *database = db[0] ? db : NULL;
+        int done = c && failover_pause_done(w, database);
+        int late = c && !done && now_ms() - c->wait_since > w->cfg->pause_timeout;
+        if (c && !done && !late) {
+            i++;
             continue;
-        if (failover_pause_done(w)) {
+        }
+        a->pauses[i] = a->pauses[--a->n_pauses];
+        if (!c)
+            continue;
+        if (done) {
             c->pause_waiting = 0;
             simple_ok(c, "PAUSE");
             ready(c);
             admin_process(c);
-        } else if (now_ms() - c->wait_since > w->cfg->pause_timeout) {
+        } else {
             c->pause_waiting = 0;
-            failover_resume(w);
+            if (database)
+                failover_resume_db(w, database);
+            else
+                failover_resume(w);
             client_send_error(
                 c, "57014",
                 "PAUSE timed out waiting for transactions to finish (pause_timeout): resumed");

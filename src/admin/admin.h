@@ -19,7 +19,16 @@ struct admin_db_avg {
     int seen; /* still has pools or kept counters (else dropped at the next period) */
 };
 
+/* A PAUSE waiting for the transactions in flight (of one database, or "" for all). */
+struct admin_pause {
+    uint64_t client;
+    char database[128];
+};
+#define ADMIN_MAX_PAUSES 16
+
 struct admin {
+    struct admin_pause pauses[ADMIN_MAX_PAUSES];
+    int n_pauses;
     char **disabled; /* DISABLE db: refused at login until ENABLE */
     int n_disabled;
     struct admin_db_avg *avgs;

@@ -1311,8 +1311,8 @@ void client_process(struct client *c)
         struct conn *out = &c->server->conn;
         if (conn_full(out))
             return;
-        if (w->session->paused(w) && c->role == ROLE_WRITER && c->pending == 0 && c->unsynced == 0 &&
-            c->txn_status == 'I') {
+        if (w->session->paused(w, c->database) && c->role == ROLE_WRITER && c->pending == 0 &&
+            c->unsynced == 0 && c->txn_status == 'I') {
             /* PAUSE: a new transaction waits for RESUME (planned switchover). */
             c->pause_held = 1;
             return;
@@ -1451,7 +1451,7 @@ static int term_verdict(struct client *c)
     /* A suspect writer is not a lost one: the next probe says which. */
     if (!nd || !w->topo->writer || (c->role == ROLE_WRITER && w->topo->writer != nd))
         return -1;
-    if (w->session->paused(w))
+    if (w->session->paused(w, c->database))
         return -1; /* a planned switchover shutting the node down */
     if (nd->last_ok_sent_us > client_more(c)->term->at_us)
         return 1; /* a probe sent after the termination was answered */

@@ -23,10 +23,12 @@ struct server;
  * which sit above it (see tools/layers.py). The program registers them once per loop
  * (w->session); each is called where the named function was, so behaviour is unchanged. */
 struct session_hooks {
-    /* Is the writer endpoint holding new requests (no writer, a suspect writer, or paused)? */
-    int (*holding)(struct worker *w);
-    /* PAUSE is in effect: new writer transactions wait for RESUME. */
-    int (*paused)(struct worker *w);
+    /* Is the writer endpoint holding new requests of this database (no writer, a suspect
+     * writer, or paused)? */
+    int (*holding)(struct worker *w, const char *database);
+    /* PAUSE (of every database, or of this one) is in effect: new writer transactions wait for
+     * RESUME. */
+    int (*paused)(struct worker *w, const char *database);
     /* Failover event counters. */
     void (*note_held)(struct worker *w);
     void (*note_served)(struct worker *w);

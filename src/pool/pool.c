@@ -326,7 +326,7 @@ static void pool_kick_loop(struct pool *p)
 {
     struct worker *w = p->w;
     while (!list_empty(&p->waiting)) {
-        if (p->role == ROLE_WRITER && w->session->holding(w)) {
+        if (p->role == ROLE_WRITER && w->session->holding(w, p->database)) {
             mark_held(p);
             return;
         }

@@ -190,8 +190,13 @@ def test_reconnect(proxy):
         pid = c.execute("select pg_backend_pid()").fetchone()[0]
         with proxy.connect() as idle:
             idle.execute("select 1")
-        idle_pids = [r["remote_pid"] for r in proxy.admin_rows("SHOW SERVERS")
-                     if r["state"] == "idle"]
+        deadline = time.time() + 5
+        while True:  # its server runs server_reset_query ("tested") before it is idle
+            idle_pids = [r["remote_pid"] for r in proxy.admin_rows("SHOW SERVERS")
+                         if r["state"] == "idle"]
+            if idle_pids or time.time() > deadline:
+                break
+            time.sleep(0.05)
         assert idle_pids
         with admin_conn(proxy) as a:
             a.execute("RECONNECT postgres")
@@ -227,8 +232,8 @@ def test_pause_resume_reload_and_errors(proxy):
         assert show(a, "DATABASES") == [] or all(r["paused"] == 1 for r in show(a, "DATABASES"))
         assert a.execute("RESUME").statusmessage == "RESUME"
         assert a.execute("RELOAD").statusmessage == "RELOAD"
-        with pytest.raises(psycopg.Error, match="not supported"):
-            a.execute("PAUSE postgres")
+        with pytest.raises(psycopg.Error, match="not paused"):
+            a.execute("RESUME")
         with pytest.raises(psycopg.Error, match="unknown SHOW"):
             a.execute("SHOW NOTHING")
         with pytest.raises(psycopg.Error, match="unknown command"):
@@ -302,3 +307,44 @@ def test_debian_pgbouncer_exporter(txp, tmp_path):
             exp.kill()
             exp.wait()
         log.close()
+
+
+def test_pause_resume_one_database(cluster1, make_proxy):
+    """PAUSE db holds that database's new transactions only; it answers once the database's
+    transactions in flight are done; RESUME db releases them."""
+    import threading
+    p = make_proxy(cluster1, pool_mode="transaction")
+    other = p.connect()  # database postgres: never held
+    app = psycopg.connect(p.dsn(dbname="app", user="app"), autocommit=True)
+    app.execute("begin")
+    app.execute("select 1")
+    answered = []
+    with admin_conn(p) as a:
+        t = threading.Thread(target=lambda: answered.append(
+            admin_conn(p).execute("PAUSE app").statusmessage))
+        t.start()
+        time.sleep(0.5)
+        assert not answered  # app's transaction is still open
+        assert other.execute("select 1").fetchone() == (1,)
+        app.execute("commit")
+        t.join(5)
+        assert answered == ["PAUSE"]
+        dbs = {r["name"]: r["paused"] for r in show(a, "DATABASES")}
+        assert dbs["app"] == 1 and dbs["postgres"] == 0
+        done = []
+        t = threading.Thread(target=lambda: done.append(app.execute("select 2").fetchone()))
+        t.start()
+        time.sleep(0.5)
+        assert not done  # held
+        assert other.execute("select 3").fetchone() == (3,)
+        with pytest.raises(psycopg.Error, match="not paused"):
+            a.execute("RESUME postgres")
+        assert a.execute("RESUME app").statusmessage == "RESUME"
+        t.join(5)
+        assert done == [(2,)]
+        # RESUME without a database ends a database's PAUSE too
+        a.execute("PAUSE app")
+        a.execute("RESUME")
+        assert app.execute("select 4").fetchone() == (4,)
+    app.close()
+    other.close()
