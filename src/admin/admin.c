@@ -91,7 +91,9 @@ static void res_begin_typed(struct result *r, int n, const struct col *cols)
 {
     const char *names[64];
     uint32_t oids[64];
-    for (int i = 0; i < n && i < 64; i++) {
+    if (n > 64)
+        n = 64; /* no SHOW has that many */
+    for (int i = 0; i < n; i++) {
         names[i] = cols[i].name;
         oids[i] = cols[i].oid;
     }
@@ -1110,8 +1112,7 @@ static int reconnect(struct worker *w, const char *db)
                 continue;
             n++;
             if (st == SV_IDLE) {
-                list_del(&s->pool_node);
-                server_close(s, "RECONNECT");
+                server_close(s, "RECONNECT"); /* takes it off its pool's idle list */
             } else {
                 s->close_needed = 1;
             }
@@ -1140,11 +1141,8 @@ static void kill_db(struct worker *w, const char *db)
         list_for_each_safe(pos, tmp, &w->servers[st])
         {
             struct server *s = container_of(pos, struct server, node);
-            if (s->pool && !strcmp(s->pool->database, db)) {
-                if (s->state == SV_IDLE)
-                    list_del(&s->pool_node);
+            if (s->pool && !strcmp(s->pool->database, db))
                 server_close(s, "KILL");
-            }
         }
     }
 }
@@ -1216,7 +1214,9 @@ static void set_key(struct client *c, const char *args)
         error(c, err);
         return;
     }
-    /* A larger pool_size or a shorter wait may let waiting clients in now. */
+    /* What RELOAD does after its keys change: the log level, and waiting clients (a larger
+     * pool_size may let them in now). */
+    log_verbosity = c->w->cfg->verbose > 0 ? LOG_DEBUG : LOG_INFO;
     pool_kick_all(c->w);
     simple_ok(c, "SET");
 }
