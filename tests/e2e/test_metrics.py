@@ -258,3 +258,31 @@ def prom_query_ok(port, q):
         return bool(prom_query(port, q))
     except (OSError, ValueError):
         return False
+
+
+@pytest.mark.parametrize("mode", ["simple", "prepared"])
+def test_metrics_under_pgbench(cluster1, make_proxy, mode):
+    """The counters move as pgbench says they should, and agree with SHOW STATS."""
+    out = subprocess.run(["pgbench", "-i", "-s", "1", "-q", cluster1.dsn(1)], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    p = metrics_proxy(make_proxy, cluster1, pool_mode="transaction", pool_size=4)
+    before = scrape(p)
+    x0 = val(before, "pgstay_transactions_total", **POOL) or 0
+    q0 = val(before, "pgstay_queries_total", **POOL) or 0
+    out = subprocess.run(["pgbench", "-n", "-S", "-M", mode, "-c", "8", "-j", "2", "-t", "100",
+                          p.dsn()], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    after = scrape(p)
+    dx = val(after, "pgstay_transactions_total", **POOL) - x0
+    dq = val(after, "pgstay_queries_total", **POOL) - q0
+    # 800 transactions of one statement each, and what pgbench asks first (its scale; with
+    # -M prepared, one Parse and Sync per client)
+    assert 800 <= dx <= 800 + 16, (dx, out.stdout)
+    assert dx <= dq <= dx + 16, (dq, dx)
+    assert val(after, "pgstay_query_duration_seconds_count", **POOL) >= 800
+    stats = [r for r in p.admin_rows("SHOW STATS") if r["database"] == "postgres"][0]
+    assert int(stats["total_xact_count"]) == val(after, "pgstay_transactions_total", **POOL)
+    assert int(stats["total_query_count"]) == val(after, "pgstay_queries_total", **POOL)
+    assert int(stats["total_received"]) == \
+        val(after, "pgstay_client_received_bytes_total", **POOL)
