@@ -131,6 +131,8 @@ void failover_writer_found(struct worker *w, struct node *nd)
     if (!fo->paused) {
         pool_kick_all(w);
         release_paused(w, NULL);
+    } else {
+        failover_open_ahead(w); /* RESUME finds the new writer's servers logged in */
     }
     if (ev)
         log_warn("failover #%d: completed: hold ended, %d clients held, %d requests failed in "
@@ -274,10 +276,35 @@ static int servers_of(struct worker *w, struct pool *p, struct node *nd)
     return n;
 }
 
+/* Clients of p that PAUSE holds with no server: each needs one at RESUME. */
+static int paused_without_server(struct worker *w, struct pool *p)
+{
+    int n = 0;
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, &w->clients[CL_ACTIVE])
+    {
+        struct client *c = container_of(pos, struct client, node);
+        if (c->pause_held && c->pool == p && !c->server)
+            n++;
+    }
+    return n;
+}
+
+/*
+ * Server connections opened before they are asked for, so that the first request after a
+ * failover does not pay for a login (tens of ms on a just-promoted node, more than the rest of
+ * the switch). While there is no writer: to every standby, since a backend that logged in on a
+ * standby carries on, writable, once that standby is promoted. While PAUSE holds (a planned
+ * switchover): the same, and once the new writer is seen, to it, as many as RESUME will need.
+ */
 void failover_open_ahead(struct worker *w)
 {
     struct topology *t = w->topo;
-    if (t->writer || !t->started || w->fo->paused || w->shutting_down)
+    struct failover *fo = w->fo;
+    if (!t->started || w->shutting_down)
+        return;
+    /* With a writer: only a writer found during this PAUSE (not the one about to be stopped). */
+    if (t->writer && !(fo->paused && fo->last && fo->last->new_writer_seen >= fo->pause_started))
         return;
     struct list *pos, *tmp;
     list_for_each_safe(pos, tmp, &w->pools)
@@ -285,12 +312,15 @@ void failover_open_ahead(struct worker *w)
         struct pool *p = container_of(pos, struct pool, node);
         if (p->role != ROLE_WRITER)
             continue;
-        int want = p->n_waiting > 0 ? p->n_waiting : 1;
+        int want = p->n_waiting + (fo->paused ? paused_without_server(w, p) : 0);
+        if (want == 0 && !t->writer)
+            want = 1;
         if (want > w->cfg->server_connect_concurrency)
             want = w->cfg->server_connect_concurrency;
         for (int i = 0; i < t->n_nodes; i++) {
             struct node *nd = &t->nodes[i];
-            if (nd->role != NODE_STANDBY || nd->suspect || login_backoff_wait(p, nd))
+            int usable = t->writer ? nd == t->writer : nd->role == NODE_STANDBY;
+            if (!usable || nd->suspect || login_backoff_wait(p, nd))
                 continue;
             for (int have = servers_of(w, p, nd); have < want && p->n_servers < w->cfg->pool_size; have++)
                 if (!server_open(w, p, nd, p->user, p->database))

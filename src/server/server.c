@@ -16,6 +16,7 @@
 #include "pool/backoff.h"
 #include "pool/pool.h"
 #include "proto/md5.h"
+#include "proto/frame.h"
 #include "proto/proto.h"
 #include "topology/topology.h"
 
@@ -620,10 +621,11 @@ static void server_process_loop(struct server *s)
             continue;
         }
         struct msg_hdr h;
-        if (avail < PROTO_HDR_LEN)
+        static const struct frame_rules rules = {0x7fffffff, proto_be_type_known};
+        enum frame_result fr = frame_next(in, &rules, &h);
+        if (fr == FRAME_MORE)
             return;
-        if (proto_parse_header(conn_data(in), PROTO_HDR_LEN, 0x7fffffff, &h) != PROTO_OK ||
-            !proto_be_type_known(h.type)) {
+        if (fr != FRAME_OK) {
             server_close_by(s, EVIDENCE_FAILURE,
                             "the server sent bytes that are not the PostgreSQL protocol");
             return;

@@ -7,6 +7,7 @@ import threading
 import time
 
 import psycopg
+import psycopg.rows
 import pytest
 
 from conftest import Pgstay
@@ -100,6 +101,13 @@ class Reader(threading.Thread):
     def stop(self):
         self.halt.set()
         self.join(10)
+
+
+def show(proxy, cmd):
+    """An admin SHOW as a list of dicts, so that tests name the columns they read."""
+    with psycopg.connect(proxy.dsn(dbname="pgstay"), autocommit=True, prepare_threshold=None,
+                         row_factory=psycopg.rows.dict_row) as c:
+        return c.execute(cmd).fetchall()
 
 
 def idle_clients(proxy, n=20):
@@ -226,6 +234,46 @@ def test_switchover_zero_errors(fo_proxy, cluster3):
     # Writes resume once the new primary is writable, not after the old one's rejoin.
     out = out[0]
     assert out.index("proxy: RESUME") < out.index("rejoined as a standby"), out
+
+
+def test_pause_opens_the_new_writers_servers_ahead(fo_proxy, cluster3):
+    """A planned switchover by hand: PAUSE, the primary stops, a standby is promoted. Before
+    RESUME, pgstay has logged in on the new writer as many servers as the held clients need, so
+    RESUME costs them no login (issue 10: the new writer used within milliseconds)."""
+    conns = [fo_proxy.connect() for _ in range(3)]
+    for c in conns:
+        c.execute("select 1")
+    fo_proxy.admin("PAUSE")
+    done = []
+
+    def one(c, i):
+        c.execute("insert into writes (client, seq) values (%s, 1)", (900 + i,))
+        done.append(i)
+
+    threads = [threading.Thread(target=one, args=(c, i), daemon=True) for i, c in enumerate(conns)]
+    try:
+        for th in threads:
+            th.start()
+        cluster3.stop("n1")
+        cluster3.promote("n2")
+        deadline = time.time() + 20
+        ready = 0
+        while time.time() < deadline:
+            rows = show(fo_proxy, "SHOW SERVERS")
+            ready = sum(1 for r in rows
+                        if r["node"] == "n2" and r["state"] == "idle" and r["user"] == "postgres")
+            if ready >= len(conns):
+                break
+            time.sleep(0.05)
+        assert ready >= len(conns), rows
+        assert done == [], "PAUSE let a transaction through"
+    finally:
+        fo_proxy.admin("RESUME")
+        for th in threads:
+            th.join(10)
+    assert sorted(done) == [0, 1, 2]
+    for c in conns:
+        c.close()
 
 
 def test_frozen_primary(fo_proxy, cluster3):

@@ -15,6 +15,7 @@
 #include <event2/event.h>
 
 #include "core/conn.h"
+#include "proto/frame.h"
 
 struct owner {
     struct conn c;
@@ -240,6 +241,57 @@ static void test_forward(void **state)
     free(big);
 }
 
+static int only_query(uint8_t t)
+{
+    return t == 'Q';
+}
+
+/* Framing (proto/frame.c) over a conn's input: a header in pieces waits, lengths below 4,
+ * above the limit or negative are refused, a type outside the rules is refused, and a whole
+ * message is waited for without being consumed. */
+static void test_frame_next(void **state)
+{
+    struct fixture *f = *state;
+    struct conn *in = &f->o.c;
+    const struct frame_rules rules = {100, only_query};
+    struct msg_hdr h;
+    assert_int_equal(send(f->peer, "Q\0\0", 3, 0), 3);
+    turn(f);
+    assert_int_equal(frame_next(in, &rules, &h), FRAME_MORE);
+    assert_int_equal(send(f->peer, "\0\x0aSELE", 6, 0), 6);
+    turn(f);
+    assert_int_equal(frame_next(in, &rules, &h), FRAME_OK);
+    assert_int_equal(h.type, 'Q');
+    assert_int_equal(h.len, 10);
+    assert_false(frame_whole(in, &h)); /* 9 of 11 bytes */
+    assert_int_equal(send(f->peer, "CT", 2, 0), 2);
+    turn(f);
+    assert_true(frame_whole(in, &h));
+    assert_memory_equal(frame_data(in) + PROTO_HDR_LEN, "SELECT", 6);
+    conn_consume(in, 11);
+
+    static const struct {
+        const char *bytes;
+        enum frame_result want;
+    } bad[] = {
+        {"Q\0\0\0\x03", FRAME_BAD_LENGTH},       /* shorter than its own length field */
+        {"Q\0\0\0\x65", FRAME_BAD_LENGTH},       /* 101 > 100 */
+        {"Q\xff\xff\xff\xfc", FRAME_BAD_LENGTH}, /* negative */
+        {"P\0\0\0\x04", FRAME_BAD_TYPE},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        assert_int_equal(send(f->peer, bad[i].bytes, 5, 0), 5);
+        turn(f);
+        assert_int_equal(frame_next(in, &rules, &h), bad[i].want);
+        conn_consume(in, 5);
+    }
+    const struct frame_rules any = {100, NULL};
+    assert_int_equal(send(f->peer, "P\0\0\0\x04", 5, 0), 5);
+    turn(f);
+    assert_int_equal(frame_next(in, &any, &h), FRAME_OK);
+    conn_consume(in, 5);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -251,6 +303,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_eof, setup, teardown),
         cmocka_unit_test_setup_teardown(test_kick, setup, teardown),
         cmocka_unit_test_setup_teardown(test_forward, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_frame_next, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -49,9 +49,11 @@ static void repoint_standbys(struct lab *lab, int t, const struct node_state *st
 
 /*
  * Promote standby t, repoint the others, fix synchronous_standby_names and
- * wait until a commit succeeds there. Times are unix ms.
+ * wait until a commit succeeds there. Times are unix ms. on_promoted, when set, runs the
+ * moment the node has left recovery (before the standbys are repointed).
  */
-int do_promote(struct lab *lab, int t, int64_t *promoted_ms, int64_t *writable_ms)
+int do_promote(struct lab *lab, int t, int64_t *promoted_ms, int64_t *writable_ms,
+               void (*on_promoted)(void *), void *arg)
 {
     char err[512], v[64];
     struct node_state st[LAB_MAX_NODES + 1];
@@ -90,8 +92,13 @@ int do_promote(struct lab *lab, int t, int64_t *promoted_ms, int64_t *writable_m
     int64_t promoted = now_ms();
     if (promoted_ms)
         *promoted_ms = promoted;
+    /* Stamped now (pgstay-bench reads the instant off this line), before anything slower. */
+    printf("n%d: promoted (out of recovery) in %lld ms\n", t, (long long)(promoted - t0));
+    fflush(stdout);
+    if (on_promoted)
+        on_promoted(arg);
     probe(lab, t, &st[t]);
-    printf("n%d: promoted (timeline %u) in %lld ms\n", t, st[t].tli, (long long)(promoted - t0));
+    printf("n%d: on timeline %u\n", t, st[t].tli);
     for (int j = 1; j <= lab->nodes; j++)
         if (j != t && st[j].role == ROLE_PRIMARY)
             fprintf(stderr, "warning: n%d is still a running primary (split brain); run rejoin n%d\n",
@@ -116,7 +123,7 @@ int do_promote(struct lab *lab, int t, int64_t *promoted_ms, int64_t *writable_m
 
 int cmd_promote(struct lab *lab, int t)
 {
-    return do_promote(lab, t, NULL, NULL) < 0 ? LAB_EXIT_FAIL : 0;
+    return do_promote(lab, t, NULL, NULL, NULL, NULL) < 0 ? LAB_EXIT_FAIL : 0;
 }
 
 /* Most advanced running standby by flushed-received (>= replayed) WAL, excluding `exclude`. */
@@ -179,7 +186,7 @@ int cmd_failover(struct lab *lab, int to, int delay_ms, bool rejoin)
         printf("failover: n%d is the most advanced standby (%s)\n", to, l);
     }
     int64_t promoted = 0, writable = 0;
-    if (do_promote(lab, to, &promoted, &writable) < 0)
+    if (do_promote(lab, to, &promoted, &writable, NULL, NULL) < 0)
         return LAB_EXIT_FAIL;
     printf("failover: crash->promoted %lld ms, crash->writable %lld ms\n",
            (long long)(promoted - crashed), (long long)(writable - crashed));
@@ -302,6 +309,19 @@ static int proxy_cmd(PGconn *pc, const char *cmd)
     return 0;
 }
 
+struct resume_ctx {
+    PGconn *pc;
+    int resumed, failed;
+};
+
+static void resume_proxy(void *arg)
+{
+    struct resume_ctx *r = arg;
+    r->resumed = 1;
+    if (proxy_cmd(r->pc, "RESUME") < 0)
+        r->failed = 1;
+}
+
 int cmd_switchover(struct lab *lab, int to, const char *proxy)
 {
     struct node_state st[LAB_MAX_NODES + 1];
@@ -357,15 +377,14 @@ int cmd_switchover(struct lab *lab, int to, const char *proxy)
         sleep_ms(LAB_POLL_MS);
     }
     printf("n%d: replayed n%d's shutdown checkpoint %s\n", to, p, ck);
-    if (do_promote(lab, to, NULL, NULL) < 0)
+    /* The new primary takes commits as soon as it has left recovery (they wait in it for the
+     * synchronous standby, as a direct client's would): the proxy resumes then, not after the
+     * lab's own test commit, nor after the old primary is rewound and restarted as a standby. */
+    struct resume_ctx rc_ctx = {pc, 0, 0};
+    int prc = do_promote(lab, to, NULL, NULL, pc ? resume_proxy : NULL, &rc_ctx);
+    resumed = rc_ctx.resumed;
+    if (prc < 0 || rc_ctx.failed)
         goto out;
-    /* The new primary takes commits now: the proxy resumes before the old one is rewound and
-     * restarted as a standby, which takes a second or more and is no reason to hold writes. */
-    if (pc) {
-        resumed = 1;
-        if (proxy_cmd(pc, "RESUME") < 0)
-            goto out;
-    }
     if (do_rejoin(lab, p) < 0)
         goto out;
     rc = 0;

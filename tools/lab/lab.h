@@ -88,7 +88,8 @@ int update_sync_names(const struct lab *lab, int primary, const struct node_stat
 int wait_streaming(const struct lab *lab, int primary, int i, int timeout_ms);
 
 /* ha.c: promotion, failover, switchover, rejoin */
-int do_promote(struct lab *lab, int t, int64_t *promoted_ms, int64_t *writable_ms);
+int do_promote(struct lab *lab, int t, int64_t *promoted_ms, int64_t *writable_ms,
+               void (*on_promoted)(void *), void *arg);
 int do_rejoin(struct lab *lab, int i);
 int cmd_promote(struct lab *lab, int t);
 int cmd_failover(struct lab *lab, int to, int delay_ms, bool rejoin);
