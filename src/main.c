@@ -17,11 +17,13 @@
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: pgstay [-v] CONFIG_FILE\n"
-               "       pgstay --check-config CONFIG_FILE\n"
-               "       pgstay --version\n"
-               "signals: SIGTERM drains clients (shutdown_timeout) and exits, SIGINT exits at once,\n"
-               "         SIGHUP reloads the configuration and auth_file\n");
+    fprintf(f,
+            "usage: pgstay [-v] CONFIG_FILE\n"
+            "       pgstay --check-config CONFIG_FILE\n"
+            "       pgstay --from-pgbouncer PGBOUNCER_INI   (prints an equivalent pgstay.ini)\n"
+            "       pgstay --version\n"
+            "signals: SIGTERM drains clients (shutdown_timeout) and exits, SIGINT exits at once,\n"
+            "         SIGHUP reloads the configuration and auth_file\n");
 }
 
 static void on_signal(evutil_socket_t sig, short what, void *arg)
@@ -54,6 +56,12 @@ int main(int argc, char **argv)
         } else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             usage(stdout);
             return 0;
+        } else if (!strcmp(argv[i], "--from-pgbouncer")) {
+            if (i + 1 >= argc) {
+                usage(stderr);
+                return 2;
+            }
+            return config_from_pgbouncer(argv[i + 1], stdout, stderr) < 0 ? 1 : 0;
         } else if (!strcmp(argv[i], "--check-config")) {
             check_only = 1;
         } else if (!strcmp(argv[i], "-v")) {

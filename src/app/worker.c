@@ -13,6 +13,7 @@
 #include <event2/dns.h>
 
 #include "admin/admin.h"
+#include "admin/metrics.h"
 #include "client/client.h"
 #include "config/config.h"
 #include "config/userlist.h"
@@ -20,6 +21,7 @@
 #include "failover/failover.h"
 #include "pool/backoff.h"
 #include "pool/pool.h"
+#include "pool/stats.h"
 #include "proto/proto.h"
 #include "proto/sqlclass.h"
 #include "server/server.h"
@@ -36,6 +38,7 @@ static const struct session_hooks session_hooks = {
     .note_timed_out = failover_note_timed_out,
     .admin_welcome = admin_welcome,
     .admin_process = admin_process,
+    .db_disabled = admin_db_disabled,
 };
 
 static const struct topology_hooks topology_hooks = {
@@ -115,6 +118,7 @@ int worker_init(struct worker *w, struct config *cfg)
     for (int i = 0; i < SV_NSTATES; i++)
         list_init(&w->servers[i]);
     list_init(&w->pools);
+    list_init(&w->stats_kept);
     list_init(&w->cancels);
     w->base = event_base_new();
     if (!w->base)
@@ -141,7 +145,7 @@ int worker_init(struct worker *w, struct config *cfg)
         }
         log_warn("%s (auth_type is trust: continuing without passwords)", err);
     }
-    if (failover_init(w) < 0 || topology_init(w, &topology_hooks) < 0)
+    if (failover_init(w) < 0 || admin_init(w) < 0 || topology_init(w, &topology_hooks) < 0)
         return -1;
     return 0;
 }
@@ -194,7 +198,7 @@ int worker_listen(struct worker *w)
         if (!w->listeners[1])
             return -1;
     }
-    return 0;
+    return metrics_start(w);
 }
 
 void worker_stop_listening(struct worker *w)
@@ -282,6 +286,9 @@ void worker_free(struct worker *w)
     {
         pool_free(container_of(pos, struct pool, node));
     }
+    stats_free_kept(w);
+    metrics_stop(w);
+    admin_free(w);
     failover_free(w);
     cancel_free_all(w);
     sql_classify_cleanup();

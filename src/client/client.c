@@ -493,6 +493,7 @@ void client_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr
     net_tune_client(fd);
     c->w = w;
     c->id = ++w->next_id;
+    c->connect_s = (uint32_t)(now_ms() / 1000);
     c->role = role;
     c->txn_status = 'I';
     c->last_active = now_ms();
@@ -647,13 +648,20 @@ static void handle_startup(struct client *c, const uint8_t *pkt, uint32_t len)
         }
         kv_set(&c->params, n, sp.values[i]);
     }
-    c->is_admin = strcmp(c->database, ADMIN_DBNAME) == 0;
+    c->is_admin = !strcmp(c->database, ADMIN_DBNAME) || !strcmp(c->database, ADMIN_DBNAME_ALIAS);
     if (c->is_admin && !config_list_has(c->w->cfg->admin_users, c->user)) {
         client_close(c, SQLSTATE_INVALID_AUTH, "not allowed to connect to the pgstay admin database");
         return;
     }
     if (c->w->shutting_down) {
         client_close(c, SQLSTATE_ADMIN_SHUTDOWN, "pgstay is shutting down");
+        return;
+    }
+    if (!c->is_admin && c->w->session->db_disabled(c->w, c->database)) {
+        /* DISABLE db: PgBouncer's words and SQLSTATE. */
+        char msg[160];
+        snprintf(msg, sizeof(msg), "database does not allow connections: %s", c->database);
+        client_close(c, SQLSTATE_PROTOCOL_VIOLATION, msg);
         return;
     }
     c->auth_step = AUTH_STEP_METHOD;
@@ -1251,6 +1259,7 @@ void client_process(struct client *c)
             conn_forward(in, &c->server->conn, n);
             c->fwd_left -= (uint32_t)n;
             w->stats.bytes_client_to_server += n;
+            c->pool->stats.bytes_recv += n;
             continue;
         }
         struct msg_hdr h;
@@ -1325,8 +1334,8 @@ void client_process(struct client *c)
         struct conn *out = &c->server->conn;
         if (conn_full(out))
             return;
-        if (w->session->paused(w) && c->role == ROLE_WRITER && c->pending == 0 && c->unsynced == 0 &&
-            c->txn_status == 'I') {
+        if (w->session->paused(w, c->database) && c->role == ROLE_WRITER && c->pending == 0 &&
+            c->unsynced == 0 && c->txn_status == 'I') {
             /* PAUSE: a new transaction waits for RESUME (planned switchover). */
             c->pause_held = 1;
             return;
@@ -1358,6 +1367,7 @@ void client_process(struct client *c)
             c->pending++;
             c->unsynced = 0;
             w->stats.queries++;
+            stats_request(c->server);
         } else if (h.type != FE_COPY_DATA && h.type != FE_COPY_DONE && h.type != FE_COPY_FAIL &&
                    h.type != FE_FLUSH) {
             c->unsynced++;
@@ -1378,6 +1388,7 @@ void client_process(struct client *c)
         if (n > 0)
             conn_forward(in, out, n);
         w->stats.bytes_client_to_server += n;
+        c->pool->stats.bytes_recv += n + done; /* rewritten messages came from the client too */
         c->fwd_left = (uint32_t)(rest - n);
     }
 }
@@ -1460,7 +1471,7 @@ static int term_verdict(struct client *c)
     /* A suspect writer is not a lost one: the next probe says which. */
     if (!nd || !w->topo->writer || (c->role == ROLE_WRITER && w->topo->writer != nd))
         return -1;
-    if (w->session->paused(w))
+    if (w->session->paused(w, c->database))
         return -1; /* a planned switchover shutting the node down */
     if (nd->last_ok_sent_us > client_more(c)->term->at_us)
         return 1; /* a probe sent after the termination was answered */
@@ -1567,7 +1578,6 @@ static void lost_decide(struct client *c, const char *why, const char *sqlstate,
         client_close(c, SQLSTATE_CONNECTION_FAILURE, msg);
         return;
     }
-    c->w->session->note_failed_in_flight(c->w);
     char msg[256];
     const char *state = SQLSTATE_CONNECTION_FAILURE;
     if (commit_in_flight) {
@@ -1588,6 +1598,7 @@ static void lost_decide(struct client *c, const char *why, const char *sqlstate,
     } else {
         snprintf(msg, sizeof(msg), "the server connection was lost (%s): the transaction was rolled back", why);
     }
+    c->w->session->note_failed_in_flight(c->w, state);
     log_info("C-%llu: %s", (unsigned long long)c->id, msg);
     if (c->fwd_left > 0) {
         c->skip_left = c->fwd_left;

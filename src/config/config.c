@@ -76,6 +76,18 @@ static const struct key_def keys[] = {
     {"max_replica_lag", KT_BYTES, FIELD(max_replica_lag), "16MB", 1, NULL, 0, LONG_MAX},
     {"readonly_fallback", KT_ENUM, FIELD(readonly_fallback), "writer", 1, "writer|error", 0, 0},
     {"verbose", KT_INT, FIELD(verbose), "0", 1, NULL, 0, INT_MAX},
+    /* PgBouncer's: the period of SHOW STATS_AVERAGES (and the avg_ columns of SHOW STATS). */
+    {"stats_period", KT_DURATION, FIELD(stats_period), "60s", 1, "s", 1000, INT_MAX},
+    /* host:port of the Prometheus endpoint (GET /metrics); empty = none. */
+    {"metrics_listen", KT_STRING, FIELD(metrics_listen), "", 0, NULL, 0, 0},
+};
+
+/* PgBouncer's names for keys pgstay shares with it, so that its settings carry over. */
+static const struct {
+    const char *alias;
+    const char *name;
+} key_aliases[] = {
+    {"default_pool_size", "pool_size"},
 };
 
 #define N_KEYS (sizeof(keys) / sizeof(keys[0]))
@@ -295,6 +307,9 @@ static const struct key_def *find_key(const char *name)
     for (size_t i = 0; i < N_KEYS; i++)
         if (strcasecmp(keys[i].name, name) == 0)
             return &keys[i];
+    for (size_t i = 0; i < sizeof(key_aliases) / sizeof(key_aliases[0]); i++)
+        if (strcasecmp(key_aliases[i].alias, name) == 0)
+            return find_key(key_aliases[i].name);
     return NULL;
 }
 
@@ -430,7 +445,10 @@ enum section { SEC_NONE, SEC_PGSTAY, SEC_NODES };
 static const struct {
     const char *name;
     enum section sec;
-} sections[] = {{"pgstay", SEC_PGSTAY}, {"nodes", SEC_NODES}};
+} sections[] = {{"pgstay", SEC_PGSTAY},
+                {"nodes", SEC_NODES},
+                /* PgBouncer's name for the main section, so its settings read as they are */
+                {"pgbouncer", SEC_PGSTAY}};
 
 static char *trim(char *s)
 {
@@ -680,4 +698,102 @@ int config_list_has(const char *list, const char *name)
         p += len;
     }
     return 0;
+}
+
+int config_n_keys(void)
+{
+    return (int)N_KEYS;
+}
+
+/* The stored value as text that set_value reads back unchanged (durations in ms). */
+static void format_value(const struct config *cfg, const struct key_def *k, char *out, size_t cap)
+{
+    if (is_string(k)) {
+        const char *v = *(char *const *)cfield(cfg, k);
+        snprintf(out, cap, "%s", v ? v : "");
+        return;
+    }
+    long v = load_num(cfg, k);
+    switch (k->type) {
+    case KT_BOOL:
+        snprintf(out, cap, "%s", v ? "on" : "off");
+        return;
+    case KT_ENUM: {
+        const char *p = k->extra;
+        for (long i = 0; i < v && *p; i++) {
+            p += strcspn(p, "|");
+            if (*p == '|')
+                p++;
+        }
+        snprintf(out, cap, "%.*s", (int)strcspn(p, "|"), p);
+        return;
+    }
+    case KT_DURATION:
+        snprintf(out, cap, "%ldms", v);
+        return;
+    default:
+        snprintf(out, cap, "%ld", v);
+        return;
+    }
+}
+
+int config_key_show(const struct config *cfg, int i, struct config_key_view *out)
+{
+    if (i < 0 || i >= (int)N_KEYS)
+        return -1;
+    const struct key_def *k = &keys[i];
+    out->name = k->name;
+    out->reloadable = k->reloadable;
+    format_value(cfg, k, out->value, sizeof(out->value));
+    /* The default as the file would give it, normalised the same way. */
+    struct config d;
+    memset(&d, 0, sizeof(d));
+    char msg[256];
+    if (set_value(&d, k, k->def, NULL, msg, sizeof(msg)) < 0)
+        snprintf(out->def, sizeof(out->def), "%s", k->def);
+    else
+        format_value(&d, k, out->def, sizeof(out->def));
+    if (is_string(k))
+        store_str(&d, k, NULL);
+    return 0;
+}
+
+int config_set(struct config *cfg, const char *name, const char *value, char *err, size_t errlen)
+{
+    const struct key_def *k = find_key(name);
+    if (k == NULL) {
+        snprintf(err, errlen, "unknown key \"%s\"", name);
+        return -1;
+    }
+    if (!k->reloadable) {
+        snprintf(err, errlen, "%s cannot be changed while pgstay runs (restart it)", k->name);
+        return -1;
+    }
+    char *basedir = cfg->path ? config_dir(cfg->path) : NULL;
+    int r = set_value(cfg, k, value, basedir, err, errlen);
+    free(basedir);
+    if (r == 0)
+        log_info("config: %s set to \"%s\" (SET)", k->name, value);
+    return r;
+}
+
+const char *config_canonical_key(const char *name)
+{
+    const struct key_def *k = find_key(name);
+    return k ? k->name : NULL;
+}
+
+int config_check_value(const char *name, const char *value, char *err, size_t errlen)
+{
+    const struct key_def *k = find_key(name);
+    if (k == NULL) {
+        snprintf(err, errlen, "unknown key \"%s\"", name);
+        return -1;
+    }
+    struct config scratch;
+    memset(&scratch, 0, sizeof(scratch));
+    int r = set_value(&scratch, k, value, NULL, err, errlen);
+    if (is_string(k))
+        store_str(&scratch, k, NULL);
+    return r;
 }

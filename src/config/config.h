@@ -3,6 +3,7 @@
 #define PGSTAY_CONFIG_CONFIG_H
 
 #include <stddef.h>
+#include <stdio.h>
 
 enum pool_mode { POOL_SESSION = 0, POOL_TRANSACTION = 1 };
 enum auth_type { AUTH_TRUST = 0, AUTH_MD5 = 1, AUTH_SCRAM = 2 };
@@ -53,6 +54,8 @@ struct config {
     long max_replica_lag;        /* bytes of replay lag past which a standby serves no reads */
     int readonly_fallback;       /* enum readonly_fallback */
     int verbose;                 /* 0 = LOG, 1+ = DEBUG */
+    int stats_period;            /* ms: SHOW STATS_AVERAGES covers this long */
+    char *metrics_listen;        /* host:port of GET /metrics; empty = none */
     struct node_conf nodes[CONFIG_MAX_NODES];
     int n_nodes;
 };
@@ -67,6 +70,28 @@ void config_free(struct config *cfg);
 /* Take from fresh every reloadable key into cur; for each non-reloadable key
  * whose value changed, log a warning naming it and keep cur's. fresh is freed. */
 void config_apply_reload(struct config *cur, struct config *fresh);
+
+/* One key as SHOW CONFIG shows it. */
+struct config_key_view {
+    const char *name;
+    char value[512];
+    char def[128];
+    int reloadable;
+};
+int config_n_keys(void);
+/* The i-th key of the table with cfg's value; -1 past the last. */
+int config_key_show(const struct config *cfg, int i, struct config_key_view *out);
+/* SET key = value from the admin console: reloadable keys only (PgBouncer's names accepted). */
+int config_set(struct config *cfg, const char *name, const char *value, char *err, size_t errlen);
+
+/* The table's name for a key or one of its aliases (PgBouncer's names); NULL if unknown. */
+const char *config_canonical_key(const char *name);
+/* Would value be accepted for key? -1 with the reason in err. */
+int config_check_value(const char *name, const char *value, char *err, size_t errlen);
+/* Print an equivalent pgstay.ini for a PgBouncer configuration file (config/pgbouncer.c), with
+ * what cannot be carried over listed as comments, and on err. 0, or -1 if there is nothing to
+ * convert (unreadable, or no server to make [nodes] of). */
+int config_from_pgbouncer(const char *path, FILE *out, FILE *err);
 
 /* Is name (a comma-separated list member) in list? */
 int config_list_has(const char *list, const char *name);

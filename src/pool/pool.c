@@ -75,6 +75,7 @@ static void forget_backoffs(struct pool *p)
 
 void pool_free(struct pool *p)
 {
+    stats_keep(p);
     forget_backoffs(p);
     defer_cancel(&p->kick);
     list_del(&p->node);
@@ -127,6 +128,7 @@ struct pool *pool_get(struct worker *w, const char *database, const char *user, 
     list_init(&p->kick.node);
     p->kick.run = kick_run;
     list_append(&w->pools, &p->node);
+    stats_adopt(p);
     return p;
 }
 
@@ -251,6 +253,8 @@ static void link_pair(struct pool *p, struct server *s, struct client *c)
     c->server = s;
     s->client = c;
     s->last_used = now_ms();
+    s->query_start = s->xact_start = 0;
+    stats_waited(p, c->wait_since);
     log_debug("C-%llu: gets S-%llu on %s", (unsigned long long)c->id, (unsigned long long)s->id,
               s->nd->name);
     struct pbuf sql, wire;
@@ -322,7 +326,7 @@ static void pool_kick_loop(struct pool *p)
 {
     struct worker *w = p->w;
     while (!list_empty(&p->waiting)) {
-        if (p->role == ROLE_WRITER && w->session->holding(w)) {
+        if (p->role == ROLE_WRITER && w->session->holding(w, p->database)) {
             mark_held(p);
             return;
         }
@@ -471,6 +475,8 @@ void pool_take_back(struct server *s, int pending, int unsynced, int mid_message
 void pool_after_ready(struct client *c)
 {
     struct server *s = c->server;
+    if (s)
+        stats_ready(s, c);
     if (!s || !POOL_OPS(c->w)->releasable(c) || !plan_empty(s))
         return;
     c->server = NULL;
@@ -482,6 +488,11 @@ void pool_after_ready(struct client *c)
 void pool_server_ready(struct server *s)
 {
     struct pool *p = s->pool;
+    if (s->close_needed) {
+        server_close(s, "RECONNECT: closed once its client was done with it");
+        pool_kick(p);
+        return;
+    }
     server_change_state(s, SV_IDLE);
     list_append(&p->idle, &s->pool_node);
     pool_kick(p);

@@ -5,6 +5,7 @@
 #include "client/client.h"
 #include "core/defer.h"
 #include "core/list.h"
+#include "pool/stats.h"
 #include "server/server.h"
 
 /* Startup-parameter sets remembered per pool for welcoming clients at once. */
@@ -44,6 +45,7 @@ struct pool {
      * with a SCRAM auth_file secret and no plain password. */
     unsigned char client_key[32];
     int have_client_key;
+    struct pool_stats stats; /* SHOW STATS and /metrics (pool/stats.c) */
 };
 
 /* What differs between pool modes, as a table rather than ifs spread over the code. */

@@ -170,6 +170,9 @@ void proto_build_negotiate_version(struct pbuf *b, uint32_t minor, int n_opts, c
 void proto_build_startup(struct pbuf *b, int n, const char *const *names, const char *const *values);
 /* Result sets for the admin console. */
 void proto_build_row_desc(struct pbuf *b, int n, const char *const *names);
+/* The same with a type OID per column (NULL: all text); values are still sent as text. */
+void proto_build_row_desc_typed(struct pbuf *b, int n, const char *const *names,
+                                const uint32_t *oids);
 void proto_build_data_row(struct pbuf *b, int n, const char *const *values); /* NULL = SQL NULL */
 void proto_build_command_complete(struct pbuf *b, const char *tag);
 void proto_build_empty_query(struct pbuf *b);

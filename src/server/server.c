@@ -620,6 +620,7 @@ static void server_process_loop(struct server *s)
             conn_forward(in, &c->conn, n);
             s->fwd_left -= (uint32_t)n;
             w->stats.bytes_server_to_client += n;
+            s->pool->stats.bytes_sent += n;
             if (s->fwd_left == 0)
                 streamed_done(s, c, s->fwd_type);
             continue;
@@ -696,6 +697,7 @@ static void server_process_loop(struct server *s)
             }
             conn_forward(in, out, whole);
             w->stats.bytes_server_to_client += whole;
+            s->pool->stats.bytes_sent += whole;
             if (txn)
                 plan_server_msg_done(s, h.type);
             if (h.type == BE_READY)
@@ -705,6 +707,7 @@ static void server_process_loop(struct server *s)
         size_t n = avail < whole ? avail : whole;
         conn_forward(in, out, n);
         w->stats.bytes_server_to_client += n;
+        s->pool->stats.bytes_sent += n;
         s->fwd_left = (uint32_t)(whole - n);
         s->fwd_type = h.type;
         if (s->fwd_left == 0 && whole > WHOLE_MAX)

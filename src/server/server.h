@@ -50,10 +50,12 @@ struct server {
     int reset_pending;     /* draining after its client left: roll back and reset when idle */
     int terminated;        /* its backend sent FATAL 57P01 (pg_terminate_backend or shutdown) */
     int setup_rejected;    /* a client's setting failed on it: closed by pgstay, not the node */
+    int close_needed;      /* RECONNECT: closed instead of going back to its pool */
     struct kvlist applied; /* settings clients left on it: name -> the statement that made it */
     char txn_status;
     int64_t connected_at;
     int64_t last_used;
+    int64_t query_start, xact_start; /* µs: requests / a transaction in flight (pool/stats.c) */
     /* Probe state (SV_PROBE) */
     void (*on_row)(struct server *s, int ncols, const char **vals);
     void (*on_ready)(struct server *s);

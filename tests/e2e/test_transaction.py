@@ -128,7 +128,7 @@ def test_pgbench(pgbench_tables, make_proxy, mode, clients):
     try:
         out = pgbench(p, "-M", mode, "-c", str(clients), "-j", "2", "-T", "3", timeout=15)
     except subprocess.TimeoutExpired:
-        lent = [r for r in p.admin("SHOW SERVERS") if r[6]]
+        lent = [r for r in p.admin_rows("SHOW SERVERS") if r["client"]]
         waiting = [r for r in p.admin("SHOW CLIENTS") if r[3] == "waiting"]
         pytest.fail("pgbench stalled: %d servers lent, %d clients waiting" % (len(lent), len(waiting)))
     check_pgbench(p, out, clients)
@@ -429,7 +429,7 @@ def test_set_forms_do_not_leak(cluster1, make_proxy, sql, setting, value):
                 a_pids.add(pid)
                 assert v == value
             h.commit()
-        pinned = [r[7] for r in p.admin("SHOW CLIENTS") if r[7]]
+        pinned = [r["pinned"] for r in p.admin_rows("SHOW CLIENTS") if r["pinned"]]
     a.close()
     assert seen == {dflt}, "%s leaked to another client: %s" % (sql, seen)
     if pinned:
@@ -562,10 +562,10 @@ def test_pin(cluster1, make_proxy, reason):
     assert {k: v for k, v in after.items() if k != reason} == \
         {k: v for k, v in before.items() if k != reason}
     pinned = backend_pid(c)
-    srv = [r for r in p.admin("SHOW SERVERS") if r[5] == str(pinned)]
+    srv = [r for r in p.admin_rows("SHOW SERVERS") if r["remote_pid"] == pinned]
     assert len(srv) == 1
-    cl = [r for r in p.admin("SHOW CLIENTS") if r[7]]
-    assert len(cl) == 1 and cl[0][7] == reason and cl[0][5] == srv[0][0], cl
+    cl = [r for r in p.admin_rows("SHOW CLIENTS") if r["pinned"]]
+    assert len(cl) == 1 and cl[0]["pinned"] == reason and cl[0]["server"] == srv[0]["id"], cl
     # others cycle through the pool while the pinned client keeps running transactions
     churn = Churn(p, 3)
     try:
