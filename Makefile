@@ -36,6 +36,9 @@ LAB_OBJ   := $(patsubst %.c,$(BUILD)/obj/%.o,$(LAB_SRC))
 BENCH_OBJ := $(patsubst %.c,$(BUILD)/obj/%.o,$(BENCH_SRC))
 UNIT_SRC  := $(sort $(wildcard tests/unit/test_*.c))
 UNIT_BIN  := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
+# The in-process worker and fake PostgreSQL server shared by unit tests and fuzz targets.
+HARNESS_SRC := $(sort $(wildcard tests/harness/*.c))
+HARNESS_OBJ := $(patsubst %.c,$(BUILD)/obj/%.o,$(HARNESS_SRC))
 
 BINS := $(BUILD)/pgstay $(BUILD)/pgstay-lab $(BUILD)/pgstay-bench
 
@@ -59,9 +62,13 @@ $(BUILD)/pgstay-lab: $(LAB_OBJ)
 $(BUILD)/pgstay-bench: $(BENCH_OBJ)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(TOOLS_LIBS)
 
-$(BUILD)/tests/%: tests/unit/%.c $(OBJ)
+$(BUILD)/obj/tests/harness/%.o: tests/harness/%.c tests/harness/%.h $(wildcard src/*/*.h)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS_ALL) $(PROXY_CFLAGS) -o $@ $< $(OBJ) $(LDFLAGS_ALL) $(PROXY_LIBS) $(SQL_LIBS) -lcmocka
+	$(CC) $(CFLAGS_ALL) $(PROXY_CFLAGS) -c $< -o $@
+
+$(BUILD)/tests/%: tests/unit/%.c $(OBJ) $(HARNESS_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) $(PROXY_CFLAGS) -o $@ $< $(OBJ) $(HARNESS_OBJ) $(LDFLAGS_ALL) $(PROXY_LIBS) $(SQL_LIBS) -lcmocka
 
 asan:
 	$(MAKE) BUILD=build-asan OPT=-O1 SANITIZE="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" all unit-bins
