@@ -538,6 +538,21 @@ static int observe_forwarded(struct server *s, struct client *c, const struct ms
     }
 }
 
+/* A ReadyForQuery the client cannot take: with a status PostgreSQL never sends, or (session
+ * mode, where nothing in pgstay's plan answers for it) for no request of the client's. The
+ * server is then not speaking to this session any more (found by tests/fuzz/fuzz_backend). */
+static const char *ready_violation(struct server *s, struct client *c, const struct msg_hdr *h,
+                                   const uint8_t *body)
+{
+    if (h->type != BE_READY)
+        return NULL;
+    if (h->len != 5 || (body[0] != 'I' && body[0] != 'T' && body[0] != 'E'))
+        return "the server sent a malformed ReadyForQuery";
+    if (s->w->cfg->pool_mode == POOL_SESSION && c->pending == 0)
+        return "the server sent a ReadyForQuery for no request";
+    return NULL;
+}
+
 static int needs_whole(uint8_t type)
 {
     return type == BE_READY || type == BE_PARAM_STATUS || type == BE_ERROR || type == BE_COPY_IN ||
@@ -621,7 +636,10 @@ static void server_process_loop(struct server *s)
         struct msg_hdr h;
         if (avail < PROTO_HDR_LEN)
             return;
-        if (proto_parse_header(conn_data(in), PROTO_HDR_LEN, 0x7fffffff, &h) != PROTO_OK ||
+        /* PostgreSQL never sends a message past 1 GB (MaxAllocSize), nor does libpq take one:
+         * a longer one would reach the client as a stream it cannot frame (found by
+         * tests/fuzz/fuzz_backend). */
+        if (proto_parse_header(conn_data(in), PROTO_HDR_LEN, PROTO_MSG_MAX, &h) != PROTO_OK ||
             !proto_be_type_known(h.type)) {
             server_close_by(s, EVIDENCE_FAILURE,
                             "the server sent bytes that are not the PostgreSQL protocol");
@@ -667,11 +685,22 @@ static void server_process_loop(struct server *s)
         struct conn *out = &c->conn;
         if (conn_full(out))
             return;
+        if (h.type == BE_AUTH || h.type == BE_KEY_DATA || h.type == BE_NEGOTIATE_VERSION) {
+            /* Login messages after the login: forwarded, they would make the client believe
+             * it is logging in again (found by tests/fuzz/fuzz_backend). */
+            server_close_by(s, EVIDENCE_FAILURE, "the server sent a login message after login");
+            return;
+        }
         int txn = w->cfg->pool_mode == POOL_TRANSACTION;
         if ((needs_whole(h.type) || (txn && ends_request(h.type))) && whole <= WHOLE_MAX) {
             if (!conn_has(in, whole))
                 return;
             const uint8_t *m = conn_data(in);
+            const char *bad = ready_violation(s, c, &h, m + PROTO_HDR_LEN);
+            if (bad) {
+                server_close_by(s, EVIDENCE_FAILURE, bad);
+                return;
+            }
             if (txn && plan_server_msg(s, h.type)) {
                 /* The answer to a Parse pgstay sent itself, or an error it provoked (the
                  * client got pgstay's own, and its request failed). */
