@@ -78,8 +78,6 @@ void fz_init(const char *settings)
     log_verbosity = getenv("FUZZ_VERBOSE")
                         ? LOG_DEBUG
                         : -1; /* -1: not even errors (a fuzzed peer makes many) */
-    /* SCRAM exchanges the seed corpus recorded replay only with a known client nonce. */
-    scram_set_test_nonce("fuzzfuzzfuzzfuzzfuzzfuzz");
     harness_pump_extra = pump_clients;
     harness_dump_extra = dump_clients;
     fs_start();
@@ -286,15 +284,16 @@ void fz_client_read(struct fz_client *c)
         if (c->in.len < 5)
             break;
         uint32_t len = rd32(c->in.p + 1);
-        if (len < 4 || len > (1u << 26))
+        if (len < 4 || len > PROTO_MSG_MAX)
             FAILF("a message with length %u reached the client", len);
         if (c->in.len < 1 + (size_t)len)
             break;
         check_msg(c, c->in.p[0], c->in.p + 5, len - 4);
         db_eat(&c->in, 1 + (size_t)len);
     }
-    if (c->eof && c->in.len)
-        FAILF("the client's stream ends within a message (%zu bytes)", c->in.len);
+    /* At EOF a last message may be cut short: pgstay closes a client whose server was lost
+     * in the middle of forwarding one (nothing could follow it that the client would read
+     * right), as a network failure would. */
 }
 
 void fz_bystander(void)
@@ -361,7 +360,7 @@ static void expire_drains(void)
     {
         struct server *s = container_of(pos, struct server, node);
         /* Only where the backend (the ground truth) will indeed never answer. */
-        struct fconn *f = f_by_pid(s->be_pid);
+        struct fconn *f = f_by_socket(conn_fd(&s->conn));
         if (!f || !(f->skipping || f->script))
             FAILF("S-%llu is stuck finishing a departed client's requests, though its backend "
                   "owes it nothing",

@@ -16,6 +16,9 @@
 #define FZ_SETTINGS                                                                                \
     "pool_mode = transaction\npool_size = 2\nserver_login_retry = 0\nmax_packet_size = 1MB\n"
 
+/* The SCRAM nonce pgstay uses in a run (scram_set_test_nonce), as tests/fuzz/seeds.py has it. */
+#define FZ_NONCE "fuzzfuzzfuzzfuzzfuzzfuzz"
+
 /* Bytes a target takes from one input: bounded so that one run stays fast. */
 #define FZ_MAX_INPUT 65536
 

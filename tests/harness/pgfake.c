@@ -223,6 +223,21 @@ void f_close(struct fconn *c)
     c->cap_stmts = 0;
 }
 
+struct fconn *f_by_socket(int server_fd)
+{
+    struct sockaddr_in a, b;
+    socklen_t la = sizeof(a);
+    if (server_fd < 0 || getsockname(server_fd, (struct sockaddr *)&a, &la) < 0)
+        return NULL;
+    for (int i = 0; i < fs.n; i++) {
+        socklen_t lb = sizeof(b);
+        if (fs.c[i].fd >= 0 && getpeername(fs.c[i].fd, (struct sockaddr *)&b, &lb) == 0 &&
+            a.sin_port == b.sin_port)
+            return &fs.c[i];
+    }
+    return NULL;
+}
+
 struct fconn *f_by_pid(uint32_t pid)
 {
     for (int i = 0; i < fs.n; i++)
@@ -883,7 +898,7 @@ void check_invariant(void)
                 snprintf(why, sizeof(why), "%zu bytes not sent to the server", out);
             if (!*why) {
                 /* The ground truth: the fake server's side of that connection. */
-                struct fconn *f = f_by_pid(s->be_pid);
+                struct fconn *f = f_by_socket(fd);
                 if (!f)
                     snprintf(why, sizeof(why), "its backend (pid %u) is gone", s->be_pid);
                 else if (f_unanswered(f) || f->obuf.len || f->out.len)

@@ -110,6 +110,8 @@ struct fs {
 extern struct fs fs;
 
 struct fconn *f_by_pid(uint32_t pid);
+/* The fake server's end of a pgstay server socket (a scripted backend's pid is its script's). */
+struct fconn *f_by_socket(int server_fd);
 void f_close(struct fconn *c);
 void f_error(struct dbuf *o, const char *state, const char *msg);
 /* Has the backend received something it owes an answer to? */
