@@ -307,7 +307,9 @@ static int handle_internal(struct server *s, const struct msg_hdr *h, const uint
         return 0;
     case BE_ERROR: {
         struct pg_error e;
-        proto_parse_error(body, len, &e);
+        /* A malformed one is never relayed as it is: the client would get bytes it cannot
+         * parse (found by tests/fuzz/fuzz_backend). Its fields read so far still name it. */
+        int well_formed = proto_parse_error(body, len, &e) == PROTO_OK;
         if (s->state == SV_LOGIN) {
             SLOG(info, s, "login failed: %s %s: %s", e.severity, e.sqlstate, e.message);
             if (s->pool && s->nd)
@@ -315,8 +317,9 @@ static int handle_internal(struct server *s, const struct msg_hdr *h, const uint
             /* Bad database, user or password: the waiting clients get the server's words.
              * Anything else (starting up, shutting down, too many connections) is the
              * node's state, not the client's fault: they stay waiting. */
-            if (s->pool && (strncmp(e.sqlstate, "28", 2) == 0 || strncmp(e.sqlstate, "3D", 2) == 0 ||
-                            strncmp(e.sqlstate, "42", 2) == 0 || strncmp(e.sqlstate, "22", 2) == 0))
+            if (s->pool && well_formed &&
+                (strncmp(e.sqlstate, "28", 2) == 0 || strncmp(e.sqlstate, "3D", 2) == 0 ||
+                 strncmp(e.sqlstate, "42", 2) == 0 || strncmp(e.sqlstate, "22", 2) == 0))
                 pool_login_failed(s->pool, body - PROTO_HDR_LEN, h->len + 1, e.message);
             return -1;
         }
@@ -538,12 +541,16 @@ static int observe_forwarded(struct server *s, struct client *c, const struct ms
     }
 }
 
-/* A ReadyForQuery the client cannot take: with a status PostgreSQL never sends, or (session
- * mode, where nothing in pgstay's plan answers for it) for no request of the client's. The
- * server is then not speaking to this session any more (found by tests/fuzz/fuzz_backend). */
-static const char *ready_violation(struct server *s, struct client *c, const struct msg_hdr *h,
-                                   const uint8_t *body)
+/* A message the client cannot take: an ErrorResponse it cannot parse, a ReadyForQuery with a
+ * status PostgreSQL never sends or (session mode, where nothing in pgstay's plan answers for
+ * it) for no request of the client's. The server is then not speaking to this session any
+ * more (found by tests/fuzz/fuzz_backend). */
+static const char *forward_violation(struct server *s, struct client *c, const struct msg_hdr *h,
+                                     const uint8_t *body)
 {
+    struct pg_error e;
+    if (h->type == BE_ERROR && proto_parse_error(body, h->len - 4, &e) != PROTO_OK)
+        return "the server sent a malformed ErrorResponse";
     if (h->type != BE_READY)
         return NULL;
     if (h->len != 5 || (body[0] != 'I' && body[0] != 'T' && body[0] != 'E'))
@@ -696,7 +703,7 @@ static void server_process_loop(struct server *s)
             if (!conn_has(in, whole))
                 return;
             const uint8_t *m = conn_data(in);
-            const char *bad = ready_violation(s, c, &h, m + PROTO_HDR_LEN);
+            const char *bad = forward_violation(s, c, &h, m + PROTO_HDR_LEN);
             if (bad) {
                 server_close_by(s, EVIDENCE_FAILURE, bad);
                 return;

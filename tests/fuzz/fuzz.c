@@ -223,8 +223,12 @@ static void check_msg(struct fz_client *c, uint8_t t, const uint8_t *body, size_
         break;
     case BE_ERROR: {
         struct pg_error e;
-        if (proto_parse_error(body, blen, &e) != PROTO_OK)
-            FAILF("a malformed ErrorResponse reached the client");
+        if (proto_parse_error(body, blen, &e) != PROTO_OK) {
+            char hex[200] = "";
+            for (size_t i = 0; i < blen && i < 64; i++)
+                snprintf(hex + 3 * i, 4, "%02x ", body[i]);
+            FAILF("a malformed ErrorResponse reached the client: %s", hex);
+        }
         c->errors++;
         if (e.severity && (!strcmp(e.severity, "FATAL") || !strcmp(e.severity, "PANIC")))
             c->fatal = 1;

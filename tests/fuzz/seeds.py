@@ -235,6 +235,8 @@ def backend_seeds():
         "copy-in-then-close": [auth(0) + WELCOME, msg("G", b"\0\0\1\0\0")],
         "negotiate-version": [msg("v", struct.pack("!II", 0, 1) + cstr("_pq_.x")) + auth(0) +
                               WELCOME, result("a") + ready()],
+        "malformed-error": [auth(0) + WELCOME, row_desc("token") + msg("E", b"SERROR\0C2201") +
+                            ready()],
         "partial-row": [auth(0) + WELCOME, row_desc("token") + data_row("abcdef")[:9]],
     }
     for name, chunks in bad.items():
