@@ -175,7 +175,9 @@ static int answer_auth(struct server *s, const uint8_t *body, size_t len)
     }
     case AUTH_REQ_SASL: {
         int offered = 0;
-        while (mr_left(&r) > 1) {
+        /* !r.bad: a mechanism without its NUL is not consumed, and the loop would spin
+         * forever, freezing every client of the loop (found by tests/fuzz/fuzz_backend). */
+        while (mr_left(&r) > 1 && !r.bad) {
             const char *mech = mr_str(&r);
             if (strcmp(mech, SCRAM_MECHANISM) == 0)
                 offered = 1;
