@@ -184,6 +184,10 @@ static int answer_auth(struct server *s, const uint8_t *body, size_t len)
         }
         if (!offered || !us)
             goto no_password;
+        /* A second SASL request within one login: the exchange cannot start over (the first
+         * one's state leaked; found by tests/fuzz/fuzz_backend). */
+        if (s->scram)
+            goto bad;
         s->scram = calloc(1, sizeof(*s->scram));
         if (!s->scram)
             goto bad;

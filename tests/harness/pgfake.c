@@ -81,6 +81,8 @@ void harness_fail(const char *fmt, ...)
 
 void db_add(struct dbuf *b, const void *p, size_t n)
 {
+    if (n == 0)
+        return; /* an empty script chunk: no pointer arithmetic on an empty buffer */
     if (b->len + n > b->cap) {
         size_t cap = b->cap ? b->cap * 2 : 256;
         while (cap < b->len + n)
