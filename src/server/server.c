@@ -397,6 +397,14 @@ static int handle_internal(struct server *s, const struct msg_hdr *h, const uint
             s->swallow--;
         if (s->swallow > 0)
             return 0;
+        if (s->txn_status != 'I' &&
+            (s->state == SV_SETUP || (s->state == SV_RESETTING && !s->reset_pending))) {
+            /* pgstay's own setup or reset ended inside a transaction block: the server would
+             * go to a client (or back to the pool) in the middle of one (found by
+             * tests/fuzz/fuzz_backend with a recorded pgjdbc session's answers). */
+            server_close(s, "its setup or reset ended inside a transaction block");
+            return 0;
+        }
         if (s->state == SV_SETUP) {
             server_change_state(s, SV_ACTIVE);
             if (s->client)
