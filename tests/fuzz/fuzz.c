@@ -352,10 +352,10 @@ void fz_set_pool_mode(int mode)
 }
 
 /* Servers still finishing what a departed client left (SV_RESETTING) once nothing moves wait
- * for an answer that will not come: e.g. a client's Query after an extended-protocol error it
- * never synced, which PostgreSQL ignores up to a Sync that never comes. pgstay bounds that
- * with SERVER_DRAIN_TIMEOUT_MS; the run makes that time pass (no real sleep) and lets the
- * housekeeping tick close them, as it would 10 s later. */
+ * for an answer that will not come: a client's Query after an extended-protocol error it had
+ * not synced, which PostgreSQL ignores (no ReadyForQuery, ever), while pgstay counted it as a
+ * request. pgstay bounds that with SERVER_DRAIN_TIMEOUT_MS; the run makes that time pass (no
+ * real sleep) and lets the housekeeping tick close them, as it would 10 s later. */
 static void expire_drains(void)
 {
     struct list *pos;
@@ -365,7 +365,7 @@ static void expire_drains(void)
         struct server *s = container_of(pos, struct server, node);
         /* Only where the backend (the ground truth) will indeed never answer. */
         struct fconn *f = f_by_socket(conn_fd(&s->conn));
-        if (!f || !(f->skipping || f->script))
+        if (!f || !(f->skipping || f->ignored || f->script))
             FAILF("S-%llu is stuck finishing a departed client's requests, though its backend "
                   "owes it nothing",
                   (unsigned long long)s->id);

@@ -515,6 +515,8 @@ static void f_message(struct fconn *c, uint8_t type, const uint8_t *body, size_t
          * Query included (the test clients sync before a Query, as libpq does). */
         if (type != FE_FLUSH)
             c->unsynced++;
+        if (type == FE_QUERY || type == FE_FUNCTION_CALL)
+            c->ignored++; /* a request that gets no ReadyForQuery, ever */
         return;
     }
     if (type == FE_QUERY) {
@@ -707,6 +709,8 @@ static void f_process(struct fconn *c)
         HCHECK(m);
         memcpy(m, c->in.p + 5, len - 4);
         db_eat(&c->in, 1 + (size_t)len);
+        if (!c->probe)
+            note("backend %u: got '%c' (%u bytes)", c->pid, type, len);
         f_message(c, type, m, len - 4);
         free(m);
     }

@@ -86,6 +86,7 @@ struct fconn {
     char txn;               /* 'I', 'T', 'E' */
     int skipping;           /* an extended-protocol error: messages ignored up to Sync */
     int unsynced;           /* extended-protocol messages since the last Sync */
+    int ignored;            /* Query/FunctionCall ignored after an extended-protocol error */
     int copy_in;            /* COPY FROM STDIN: CopyData/CopyDone/CopyFail expected */
     struct fscript *script; /* set: answers with this script, not as PostgreSQL would */
     struct fstmt *stmts;
