@@ -287,7 +287,7 @@ def frontend_seeds():
 
 
 def startup_seeds():
-    """fuzz_startup: flags (bits 0-1 auth: trust, md5, SCRAM; bits 2-4 piece size), stream."""
+    """fuzz_startup: flags (bits 0-1 auth: trust, md5, SCRAM; bits 2-4 pieces), stream."""
     base = [("user", "app"), ("database", "app")]
     streams = {
         "plain": startup(base) + query("SELECT 1") + TERMINATE,
@@ -315,7 +315,7 @@ def startup_seeds():
     for name, s in streams.items():
         for auth_kind in (0, 1, 2):
             write("fuzz_startup", "%s-%d" % (name, auth_kind), bytes([auth_kind]) + s)
-    write("fuzz_startup", "plain-pieces", bytes([3 << 2]) + streams["plain"])
+    write("fuzz_startup", "plain-pieces", bytes([6 << 2]) + streams["plain"])
 
 
 def sqlclass_seeds():
