@@ -49,9 +49,9 @@ static long pump_clients(void)
         struct fz_client *c = live[i];
         if (!c || c->fd < 0 || c->eof)
             continue;
-        size_t before = c->in.len;
+        size_t before = c->received;
         fz_client_read(c);
-        moved += c->in.len != before || c->eof;
+        moved += (long)(c->received - before) + c->eof;
     }
     return moved;
 }
@@ -275,8 +275,11 @@ void fz_client_read(struct fz_client *c)
 {
     if (c->fd < 0)
         return;
-    if (read_some(c->fd, &c->in) < 0)
+    ssize_t n = read_some(c->fd, &c->in);
+    if (n < 0)
         c->eof = 1;
+    else
+        c->received += (size_t)n;
     for (;;) {
         /* Before login, each SSLRequest or GSSENCRequest gets one byte (no TLS offered). */
         if (!c->logged_in && c->encrypt_ask > 0 && c->in.len >= 1 && c->in.p[0] == 'N' &&

@@ -26,6 +26,7 @@
 struct fz_client {
     int fd;          /* -1: closed */
     struct dbuf in;  /* received, not checked yet */
+    size_t received; /* bytes received in all (the loop is quiescent when it stops growing) */
     int logged_in;   /* its first ReadyForQuery came */
     int requests;    /* Query, Sync, FunctionCall sent after login: each earns one ReadyForQuery */
     int readies;     /* ReadyForQuery received after login */
