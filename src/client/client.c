@@ -608,7 +608,9 @@ static void handle_startup(struct client *c, const uint8_t *pkt, uint32_t len)
         int n = 0;
         struct msg_reader r;
         mr_init(&r, pkt + 8, len - 8);
-        while (mr_left(&r) > 1 && n < STARTUP_MAX_PARAMS) {
+        /* !r.bad: proto_parse_startup checked every string, but a string without its NUL
+         * would not be consumed and the loop would never end. */
+        while (mr_left(&r) > 1 && n < STARTUP_MAX_PARAMS && !r.bad) {
             const char *name = mr_str(&r);
             mr_str(&r);
             if (strncmp(name, "_pq_.", 5) == 0)

@@ -66,6 +66,9 @@ enum auth_code {
 };
 
 #define PROTO_HDR_LEN 5
+/* The longest message either side may send: PostgreSQL's MaxAllocSize less one (1 GB), the
+ * most libpq and PostgreSQL take. */
+#define PROTO_MSG_MAX 0x3fffffffu
 /* PostgreSQL's MAX_STARTUP_PACKET_LENGTH. */
 #define PROTO_STARTUP_MAX 10000
 #define PROTO_VERSION(major, minor) (((uint32_t)(major) << 16) | (uint32_t)(minor))

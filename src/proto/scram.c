@@ -524,7 +524,9 @@ int scram_client_final(struct scram_client *c, const char *server_first, size_t 
             goto out;
         iterations = iterations * 10 + (iter[i] - '0');
     }
-    if (iterations < 1)
+    /* PBKDF2 runs on the event loop: a server asking for 10^9 iterations would stall every
+     * client of the loop for minutes (found by tests/fuzz/fuzz_backend). */
+    if (iterations < 1 || iterations > SCRAM_MAX_ITERATIONS)
         goto out;
 
     if (!c->have_keys) {

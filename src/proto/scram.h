@@ -6,6 +6,9 @@
 
 #define SCRAM_KEY_LEN    32
 #define SCRAM_MAX_SALT   64
+/* The most PBKDF2 iterations pgstay computes for a server's SCRAM challenge (PBKDF2 runs on
+ * the event loop): 24 times PostgreSQL's default, some 50 ms of one core per server login. */
+#define SCRAM_MAX_ITERATIONS 100000
 #define SCRAM_ITERATIONS 4096 /* what PostgreSQL uses by default for the secrets it makes */
 #define SCRAM_SALT_LEN   16
 #define SCRAM_MECHANISM  "SCRAM-SHA-256"

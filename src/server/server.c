@@ -176,13 +176,19 @@ static int answer_auth(struct server *s, const uint8_t *body, size_t len)
     }
     case AUTH_REQ_SASL: {
         int offered = 0;
-        while (mr_left(&r) > 1) {
+        /* !r.bad: a mechanism without its NUL is not consumed, and the loop would spin
+         * forever, freezing every client of the loop (found by tests/fuzz/fuzz_backend). */
+        while (mr_left(&r) > 1 && !r.bad) {
             const char *mech = mr_str(&r);
             if (strcmp(mech, SCRAM_MECHANISM) == 0)
                 offered = 1;
         }
         if (!offered || !us)
             goto no_password;
+        /* A second SASL request within one login: the exchange cannot start over (the first
+         * one's state leaked; found by tests/fuzz/fuzz_backend). */
+        if (s->scram)
+            goto bad;
         s->scram = calloc(1, sizeof(*s->scram));
         if (!s->scram)
             goto bad;
@@ -313,7 +319,9 @@ static int handle_internal(struct server *s, const struct msg_hdr *h, const uint
         return 0;
     case BE_ERROR: {
         struct pg_error e;
-        proto_parse_error(body, len, &e);
+        /* A malformed one is never relayed as it is: the client would get bytes it cannot
+         * parse (found by tests/fuzz/fuzz_backend). Its fields read so far still name it. */
+        int well_formed = proto_parse_error(body, len, &e) == PROTO_OK;
         if (s->state == SV_LOGIN) {
             SLOG(info, s, "login failed: %s %s: %s", e.severity, e.sqlstate, e.message);
             if (s->pool && s->nd)
@@ -321,8 +329,9 @@ static int handle_internal(struct server *s, const struct msg_hdr *h, const uint
             /* Bad database, user or password: the waiting clients get the server's words.
              * Anything else (starting up, shutting down, too many connections) is the
              * node's state, not the client's fault: they stay waiting. */
-            if (s->pool && (strncmp(e.sqlstate, "28", 2) == 0 || strncmp(e.sqlstate, "3D", 2) == 0 ||
-                            strncmp(e.sqlstate, "42", 2) == 0 || strncmp(e.sqlstate, "22", 2) == 0))
+            if (s->pool && well_formed &&
+                (strncmp(e.sqlstate, "28", 2) == 0 || strncmp(e.sqlstate, "3D", 2) == 0 ||
+                 strncmp(e.sqlstate, "42", 2) == 0 || strncmp(e.sqlstate, "22", 2) == 0))
                 pool_login_failed(s->pool, body - PROTO_HDR_LEN, h->len + 1, e.message);
             return -1;
         }
@@ -394,6 +403,14 @@ static int handle_internal(struct server *s, const struct msg_hdr *h, const uint
             s->swallow--;
         if (s->swallow > 0)
             return 0;
+        if (s->txn_status != 'I' &&
+            (s->state == SV_SETUP || (s->state == SV_RESETTING && !s->reset_pending))) {
+            /* pgstay's own setup or reset ended inside a transaction block: the server would
+             * go to a client (or back to the pool) in the middle of one (found by
+             * tests/fuzz/fuzz_backend with a recorded pgjdbc session's answers). */
+            server_close(s, "its setup or reset ended inside a transaction block");
+            return 0;
+        }
         if (s->state == SV_SETUP) {
             server_change_state(s, SV_ACTIVE);
             if (s->client)
@@ -544,6 +561,25 @@ static int observe_forwarded(struct server *s, struct client *c, const struct ms
     }
 }
 
+/* A message the client cannot take: an ErrorResponse it cannot parse, a ReadyForQuery with a
+ * status PostgreSQL never sends or (session mode, where nothing in pgstay's plan answers for
+ * it) for no request of the client's. The server is then not speaking to this session any
+ * more (found by tests/fuzz/fuzz_backend). */
+static const char *forward_violation(struct server *s, struct client *c, const struct msg_hdr *h,
+                                     const uint8_t *body)
+{
+    struct pg_error e;
+    if (h->type == BE_ERROR && proto_parse_error(body, h->len - 4, &e) != PROTO_OK)
+        return "the server sent a malformed ErrorResponse";
+    if (h->type != BE_READY)
+        return NULL;
+    if (h->len != 5 || (body[0] != 'I' && body[0] != 'T' && body[0] != 'E'))
+        return "the server sent a malformed ReadyForQuery";
+    if (s->w->cfg->pool_mode == POOL_SESSION && c->pending == 0)
+        return "the server sent a ReadyForQuery for no request";
+    return NULL;
+}
+
 static int needs_whole(uint8_t type)
 {
     return type == BE_READY || type == BE_PARAM_STATUS || type == BE_ERROR || type == BE_COPY_IN ||
@@ -626,7 +662,10 @@ static void server_process_loop(struct server *s)
             continue;
         }
         struct msg_hdr h;
-        static const struct frame_rules rules = {0x7fffffff, proto_be_type_known};
+        /* PostgreSQL never sends a message past 1 GB (MaxAllocSize), nor does libpq take one:
+         * a longer one would reach the client as a stream it cannot frame (found by
+         * tests/fuzz/fuzz_backend). */
+        static const struct frame_rules rules = {PROTO_MSG_MAX, proto_be_type_known};
         enum frame_result fr = frame_next(in, &rules, &h);
         if (fr == FRAME_MORE)
             return;
@@ -675,11 +714,22 @@ static void server_process_loop(struct server *s)
         struct conn *out = &c->conn;
         if (conn_full(out))
             return;
+        if (h.type == BE_AUTH || h.type == BE_KEY_DATA || h.type == BE_NEGOTIATE_VERSION) {
+            /* Login messages after the login: forwarded, they would make the client believe
+             * it is logging in again (found by tests/fuzz/fuzz_backend). */
+            server_close_by(s, EVIDENCE_FAILURE, "the server sent a login message after login");
+            return;
+        }
         int txn = w->cfg->pool_mode == POOL_TRANSACTION;
         if ((needs_whole(h.type) || (txn && ends_request(h.type))) && whole <= WHOLE_MAX) {
             if (!conn_has(in, whole))
                 return;
             const uint8_t *m = conn_data(in);
+            const char *bad = forward_violation(s, c, &h, m + PROTO_HDR_LEN);
+            if (bad) {
+                server_close_by(s, EVIDENCE_FAILURE, bad);
+                return;
+            }
             if (txn && plan_server_msg(s, h.type)) {
                 /* The answer to a Parse pgstay sent itself, or an error it provoked (the
                  * client got pgstay's own, and its request failed). */
