@@ -88,6 +88,9 @@ void failover_writer_lost(struct worker *w, struct node *old, const char *why)
             if (c->held)
                 ev->clients_held++;
         }
+        if (fo->pending_failed && w->topo->suspect && fo->pending_since == w->topo->suspect_since)
+            ev->failed_in_flight += fo->pending_failed;
+        fo->pending_failed = 0;
         fo->current = ev;
         log_warn("failover #%d: started: writer %s lost (%s); holding requests until a new writer "
                  "is seen",
@@ -170,9 +173,20 @@ void failover_note_served(struct worker *w)
 void failover_note_failed_in_flight(struct worker *w, const char *sqlstate)
 {
     struct failover *fo = w->fo;
-    struct failover_event *ev = fo->current ? fo->current : fo->last;
-    if (ev)
-        ev->failed_in_flight++;
+    struct topology *t = w->topo;
+    if (fo->current) {
+        fo->current->failed_in_flight++;
+    } else if (t->suspect) {
+        /* No event yet: the failure that made the writer suspect comes before the event its
+         * loss opens (failover_writer_lost takes these over). */
+        if (fo->pending_since != t->suspect_since) {
+            fo->pending_since = t->suspect_since;
+            fo->pending_failed = 0;
+        }
+        fo->pending_failed++;
+    } else if (fo->last) {
+        fo->last->failed_in_flight++; /* after the hold: a replay that failed on the new writer */
+    }
     int i = 0;
     while (i < fo->n_failed && strcmp(fo->failed[i].sqlstate, sqlstate))
         i++;

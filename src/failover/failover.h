@@ -38,6 +38,10 @@ struct failover {
     struct failover_event *current; /* the one in progress, or NULL */
     struct failover_event *last;    /* the last completed one (first_served comes after) */
     int paused;                     /* PAUSE: hold new transactions */
+    /* Requests failed in flight while the writer was only suspect: the event that follows (if
+     * the writer is then lost) counts them; pending_since is the suspicion they belong to. */
+    int pending_failed;
+    int64_t pending_since;
     int64_t pause_started;
     char **paused_dbs; /* PAUSE db: hold new transactions of these databases */
     int n_paused_dbs;

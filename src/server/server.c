@@ -82,20 +82,22 @@ void server_close_by(struct server *s, enum writer_evidence ev, const char *reas
     if (s->nd && s->pool)
         s->nd->n_servers--;
     struct client *c = s->client;
-    if (c) {
-        s->client = NULL;
-        client_server_lost(c, reason);
-    }
-    if (s->pool) {
-        struct pool *p = s->pool;
+    s->client = NULL;
+    struct pool *p = s->pool;
+    if (p) {
         p->n_servers--;
         if (was == SV_CONNECTING || was == SV_LOGIN)
             p->n_connecting--;
         /* A writer connection that dies may mean the writer died: look now, not at the next
-         * probe. */
+         * probe; and before its client is told, so that the failure counts in the failover it
+         * starts (or the suspicion before it). */
         if (p->role == ROLE_WRITER && s->nd && s->nd == s->w->topo->writer &&
             was != SV_RESETTING && !s->w->shutting_down && ev != EVIDENCE_NONE)
             topology_probe_now(s->w, ev, reason);
+    }
+    if (c)
+        client_server_lost(c, reason);
+    if (p) {
         s->pool = NULL;
         pool_kick(p);
     } else if (was != SV_CLOSING && s->on_fail) {

@@ -391,6 +391,35 @@ def test_in_flight_transaction(fo_proxy, cluster3):
     c.close()
 
 
+def test_in_flight_failure_counted_in_its_failover(fo_proxy, cluster3):
+    """A statement running when the writer crashes fails with 08006, and SHOW FAILOVERS counts
+    it in that failover (its connection's reset is what starts the event, so the count must
+    not depend on which of the two pgstay handles first)."""
+    c = fo_proxy.connect()
+    got = []
+
+    def slow():
+        try:
+            c.execute("select pg_sleep(30)")
+        except psycopg.Error as e:
+            got.append(e.sqlstate)
+
+    th = threading.Thread(target=slow, daemon=True)
+    th.start()
+    with psycopg.connect(cluster3.dsn(1), autocommit=True) as mon:
+        deadline = time.time() + 10
+        while time.time() < deadline and not mon.execute(
+                "select count(*) from pg_stat_activity where state = 'active' "
+                "and query like 'select pg_sleep%%'").fetchone()[0]:
+            time.sleep(0.05)
+    cluster3.failover(delay_ms=300)
+    th.join(20)
+    assert got == ["08006"]
+    ev = show(fo_proxy, "SHOW FAILOVERS")
+    assert len(ev) == 1 and int(ev[0]["failed_in_flight"]) == 1, ev
+    c.close()
+
+
 def test_hold_times_out(fo_proxy, cluster3, tmp_path):
     """No writer for longer than failover_timeout: 08006 naming the reason, connection usable."""
     p = Pgstay(cluster3, str(tmp_path / "b"), failover_timeout="1s")
