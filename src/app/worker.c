@@ -91,6 +91,21 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
                 server_close(s, "its reset did not finish in time");
         }
     }
+    /* Idle pooled servers: unused for server_idle_timeout, or older than server_lifetime
+     * (PgBouncer's keys: backends do not live forever, a pool shrinks after a burst). */
+    if (w->cfg->server_idle_timeout > 0 || w->cfg->server_lifetime > 0) {
+        struct list *pos, *tmp;
+        list_for_each_safe(pos, tmp, &w->servers[SV_IDLE])
+        {
+            struct server *s = container_of(pos, struct server, node);
+            if (!s->pool)
+                continue;
+            if (w->cfg->server_idle_timeout > 0 && now - s->last_used > w->cfg->server_idle_timeout)
+                server_close(s, "server_idle_timeout");
+            else if (w->cfg->server_lifetime > 0 && now - s->connected_at > w->cfg->server_lifetime)
+                server_close(s, "server_lifetime");
+        }
+    }
     /* Servers stuck connecting or logging in past server_connect_timeout. */
     for (int st = SV_CONNECTING; st <= SV_LOGIN; st++) {
         struct list *pos, *tmp;

@@ -1674,6 +1674,34 @@ void client_check_timeouts(struct worker *w, int64_t now)
         client_fail_request(c, state, why);
         client_process(c);
     }
+    if (w->cfg->query_timeout > 0 || w->cfg->idle_transaction_timeout > 0) {
+        int64_t now_u = now_us();
+        list_for_each_safe(pos, tmp, &w->clients[CL_ACTIVE])
+        {
+            struct client *c = container_of(pos, struct client, node);
+            struct server *s = c->server;
+            if (!s || c->is_admin)
+                continue;
+            /* PgBouncer's query_timeout: a request running this long (a network problem,
+             * statement_timeout being the server's own) ends both connections. */
+            if (w->cfg->query_timeout > 0 && s->query_start &&
+                now_u - s->query_start > (int64_t)w->cfg->query_timeout * 1000) {
+                client_close(c, SQLSTATE_QUERY_CANCELED, "query_timeout: the request ran too long");
+                if (s->state != SV_CLOSING)
+                    server_close(s, "query_timeout"); /* not drained: its query may run on */
+                continue;
+            }
+            /* idle_transaction_timeout: inside a transaction, nothing asked since the last
+             * answer; PostgreSQL's idle_in_transaction_session_timeout says it with 25P03. */
+            if (w->cfg->idle_transaction_timeout > 0 && (c->txn_status == 'T' || c->txn_status == 'E') &&
+                c->pending == 0 && !s->query_start) {
+                int64_t since = c->last_active * 1000 > s->ready_at ? c->last_active * 1000 : s->ready_at;
+                if (now_u - since > (int64_t)w->cfg->idle_transaction_timeout * 1000)
+                    client_close(c, SQLSTATE_IDLE_IN_TXN_TIMEOUT,
+                                 "terminating connection due to idle_transaction_timeout");
+            }
+        }
+    }
     if (w->cfg->client_idle_timeout > 0) {
         list_for_each_safe(pos, tmp, &w->clients[CL_ACTIVE])
         {

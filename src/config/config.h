@@ -36,6 +36,10 @@ struct config {
     int query_wait_timeout;      /* ms; 0 = wait forever */
     int client_idle_timeout;     /* ms; 0 = never */
     int client_login_timeout;    /* ms */
+    int idle_transaction_timeout; /* ms; 0 = never: a client idle inside a transaction */
+    int query_timeout;           /* ms; 0 = never: a request running longer is cancelled */
+    int server_idle_timeout;     /* ms; 0 = never: an idle pooled server unused this long */
+    int server_lifetime;         /* ms; 0 = never: a pooled server this old, once idle */
     int shutdown_timeout;        /* ms: SIGTERM lets clients finish this long */
     int max_packet_size;         /* bytes: a longer client message is a protocol violation */
     int tcp_keepalive;           /* bool */

@@ -34,6 +34,8 @@ void stats_ready(struct server *s, const struct client *c)
     stats_observe(st->query_hist, q);
     /* Pipelined requests still unanswered keep the server busy from now on. */
     s->query_start = c->pending > 0 ? now : 0;
+    if (!s->query_start)
+        s->ready_at = now;
     if (s->txn_status == 'I' && s->xact_start && !s->query_start) {
         st->xact_count++;
         st->xact_us += (uint64_t)(now - s->xact_start);

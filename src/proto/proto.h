@@ -94,6 +94,7 @@ enum proto_result { PROTO_OK = 0, PROTO_MORE = 1, PROTO_BAD = -1 };
 #define SQLSTATE_SYNTAX_ERROR "42601"
 #define SQLSTATE_QUERY_WAIT_TIMEOUT "08P01"
 #define SQLSTATE_IDLE_TIMEOUT "57P05"
+#define SQLSTATE_IDLE_IN_TXN_TIMEOUT "25P03"
 
 /* A message header: type byte and the length that follows it (which counts itself). */
 struct msg_hdr {

@@ -56,6 +56,7 @@ struct server {
     int64_t connected_at;
     int64_t last_used;
     int64_t query_start, xact_start; /* µs: requests / a transaction in flight (pool/stats.c) */
+    int64_t ready_at;                /* µs: its last request answered (idle_transaction_timeout) */
     /* Probe state (SV_PROBE) */
     void (*on_row)(struct server *s, int ncols, const char **vals);
     void (*on_ready)(struct server *s);

@@ -415,6 +415,87 @@ def test_query_wait_timeout(cluster1, make_proxy):
     second.close()
 
 
+def backends(lab, app):
+    """Backend pids of the node serving application_name app (pgstay's servers carry the
+    client's application_name while lent, and keep it set afterwards)."""
+    with psycopg.connect(lab.dsn(1), autocommit=True) as c:
+        return {r[0] for r in c.execute(
+            "select pid from pg_stat_activity where usename = 'app' and backend_type = "
+            "'client backend'").fetchall()}
+
+
+def wait_for(pred, timeout=10.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return pred()
+
+
+@pytest.mark.parametrize("key", ["server_idle_timeout", "server_lifetime"])
+def test_server_idle_timeout_and_lifetime(cluster1, make_proxy, key):
+    """PgBouncer's keys: an idle pooled server unused for server_idle_timeout, or older than
+    server_lifetime, is closed; a lent one is not (its client keeps working)."""
+    p = make_proxy(cluster1, pool_mode="transaction", pool_size=4, **{key: "1s"})
+    busy = p.connect(user="app", dbname="app")
+    with busy.transaction():
+        busy_pid = busy.execute("select pg_backend_pid()").fetchone()[0]
+        c = p.connect(user="app", dbname="app")
+        idle_pid = c.execute("select pg_backend_pid()").fetchone()[0]  # back in the pool
+        assert idle_pid != busy_pid
+        assert wait_for(lambda: idle_pid not in backends(cluster1, "app"))
+        # the lent one, in its transaction for longer than the limit, is untouched
+        assert busy.execute("select pg_backend_pid()").fetchone()[0] == busy_pid
+    assert c.execute("select 1").fetchone()[0] == 1  # a new server
+    busy.close()
+    c.close()
+
+
+def test_idle_transaction_timeout(cluster1, make_proxy):
+    """A client idle inside a transaction longer than idle_transaction_timeout is closed with
+    25P03 (PostgreSQL's idle_in_transaction_session_timeout) and its transaction rolled back;
+    one idle outside a transaction, or busy in a request inside one, is not."""
+    p = make_proxy(cluster1, pool_mode="session", idle_transaction_timeout="1s")
+    idle_ok = p.connect(user="app", dbname="app")
+    busy = p.connect(user="app", dbname="app", autocommit=False)
+    c = p.connect(user="app", dbname="app", autocommit=False)
+    c.execute("create temp table t_itt (x int)")  # in a transaction from here, then idle
+    busy.execute("select pg_sleep(2.5)")  # in its transaction, but in a request: not idle
+    busy.execute("select 1")
+    busy.rollback()
+    assert wait_for(lambda: len([r for r in p.admin_rows("SHOW CLIENTS")
+                                 if r["user"] == "app"]) == 2)
+    with pytest.raises(psycopg.OperationalError) as e:
+        c.execute("select 1")
+    assert "idle_transaction_timeout" in str(e.value)
+    assert idle_ok.execute("select 1").fetchone()[0] == 1
+    with p.connect(user="app", dbname="app") as d:  # the rolled back table is not there
+        assert d.execute("select to_regclass('t_itt')").fetchone()[0] is None
+    busy.close()
+    idle_ok.close()
+
+
+def test_query_timeout(cluster1, make_proxy):
+    """A request running longer than query_timeout: the client gets 57014 and is closed (as
+    PgBouncer does), the server too (its query is not waited for); others go on."""
+    p = make_proxy(cluster1, pool_mode="transaction", query_timeout="1s")
+    other = p.connect(user="app", dbname="app")
+    c = p.connect(user="app", dbname="app")
+    with pytest.raises(psycopg.OperationalError) as e:
+        c.execute("select pg_sleep(30)")
+    assert "query_timeout" in str(e.value)
+    # libpq does not keep a FATAL's SQLSTATE: read it off the wire
+    r = Raw(p.port, timeout=10)
+    r.login_trust()
+    r.send(msg(b"Q", b"select pg_sleep(30)\0"))
+    err = r.read_until_error_or_close()
+    assert err["C"] == "57014" and err["S"] == "FATAL", err
+    assert r.closed()
+    assert other.execute("select 2").fetchone()[0] == 2
+    other.close()
+
+
 def test_max_client_conn(cluster1, make_proxy):
     p = make_proxy(cluster1, max_client_conn=2)
     a, b = p.connect(), p.connect()
