@@ -78,10 +78,11 @@ dns_max_ttl = 15
     assert main["listen_addr"] == "*" and main["listen_port"] == "6432"
     assert main["query_wait_timeout"] == "500ms"  # PgBouncer's fractional seconds
     assert main["server_connect_timeout"] == "15"  # PgBouncer's default, not pgstay's
+    assert main["server_lifetime"] == "3600" and main["server_idle_timeout"] == "600"
     for key, why in [("logfile", "stderr"), ("pidfile", "pidfile"),
                      ("unix_socket_dir", "TCP only"), ("stats_users", "admin_users"),
                      ("ignore_startup_parameters", "not supported"),
-                     ("reserve_pool_size", "not supported"), ("server_lifetime", "not supported"),
+                     ("reserve_pool_size", "not supported"),
                      ("client_tls_sslmode", "TLS"), ("dns_max_ttl", "libevent"),
                      ("reports: pool_size=5", "per-database pool_size")]:
         assert any(key in line and why in line for line in out.splitlines()
