@@ -273,6 +273,10 @@ int worker_reload(struct worker *w)
     userlist_free(w->users);
     *w->users = ul;
     log_verbosity = w->cfg->verbose > 0 ? LOG_DEBUG : LOG_INFO;
+    /* logfile: opened again (a rotated file is let go, a new name is taken) */
+    char lerr[300];
+    if (log_to_file(w->cfg->logfile, lerr, sizeof(lerr)) < 0)
+        log_error("%s: keeping the current log", lerr);
     log_info("configuration reloaded from %s", w->cfg->path);
     pool_kick_all(w);
     return 0;

@@ -80,6 +80,8 @@ static const struct key_def keys[] = {
     {"max_replica_lag", KT_BYTES, FIELD(max_replica_lag), "16MB", 1, NULL, 0, LONG_MAX},
     {"readonly_fallback", KT_ENUM, FIELD(readonly_fallback), "writer", 1, "writer|error", 0, 0},
     {"verbose", KT_INT, FIELD(verbose), "0", 1, NULL, 0, INT_MAX},
+    {"pidfile", KT_PATH, FIELD(pidfile), "", 0, NULL, 0, 0},
+    {"logfile", KT_PATH, FIELD(logfile), "", 1, NULL, 0, 0},
     /* PgBouncer's: the period of SHOW STATS_AVERAGES (and the avg_ columns of SHOW STATS). */
     {"stats_period", KT_DURATION, FIELD(stats_period), "60s", 1, "s", 1000, INT_MAX},
     /* host:port of the Prometheus endpoint (GET /metrics); empty = none. */

@@ -60,6 +60,8 @@ struct config {
     int verbose;                 /* 0 = LOG, 1+ = DEBUG */
     int stats_period;            /* ms: SHOW STATS_AVERAGES covers this long */
     char *metrics_listen;        /* host:port of GET /metrics; empty = none */
+    char *pidfile;               /* absolute; written at start, removed at exit; empty = none */
+    char *logfile;               /* absolute; the log, reopened on SIGHUP; empty = stderr */
     struct node_conf nodes[CONFIG_MAX_NODES];
     int n_nodes;
 };

@@ -15,9 +15,7 @@ static const struct {
     const char *key;
     const char *why;
 } reasons[] = {
-    {"logfile", "pgstay logs to stderr: redirect it, or let systemd's journal keep it"},
-    {"pidfile", "pgstay writes no pidfile"},
-    {"syslog", "pgstay logs to stderr"},
+    {"syslog", "pgstay logs to stderr or logfile: let systemd's journal keep it"},
     {"syslog_ident", "pgstay logs to stderr"},
     {"syslog_facility", "pgstay logs to stderr"},
     {"unix_socket_dir", "pgstay listens on TCP only"},

@@ -496,6 +496,26 @@ def test_query_timeout(cluster1, make_proxy):
     other.close()
 
 
+def test_pidfile_and_logfile(cluster1, make_proxy, tmp_path):
+    """PgBouncer's pidfile and logfile: the pid written at start and removed at exit, a second
+    pgstay on the same pidfile refused; the log in logfile, reopened on SIGHUP after a
+    rotation."""
+    pidfile, logfile = str(tmp_path / "pgstay.pid"), str(tmp_path / "pgstay-file.log")
+    p = make_proxy(cluster1, pidfile=pidfile, logfile=logfile)
+    assert open(pidfile).read().strip() == str(p.proc.pid)
+    assert "started" in open(logfile).read()
+    second = subprocess.run([os.path.join(build_dir(), "pgstay"), p.conf_path],
+                            capture_output=True, text=True, timeout=20)
+    assert second.returncode != 0
+    assert "already running as pid %d" % p.proc.pid in open(logfile).read() + second.stderr
+    os.rename(logfile, logfile + ".1")
+    p.signal(signal.SIGHUP)
+    assert wait_for(lambda: os.path.exists(logfile) and "reloaded" in open(logfile).read())
+    p.stop()
+    assert not os.path.exists(pidfile)
+    assert "pgstay stopped" in open(logfile).read()
+
+
 def test_max_client_conn(cluster1, make_proxy):
     p = make_proxy(cluster1, max_client_conn=2)
     a, b = p.connect(), p.connect()
