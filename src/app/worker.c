@@ -100,12 +100,14 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
             struct server *s = container_of(pos, struct server, node);
             if (!s->pool)
                 continue;
-            if (w->cfg->server_idle_timeout > 0 && now - s->last_used > w->cfg->server_idle_timeout)
+            if (w->cfg->server_idle_timeout > 0 && now - s->last_used > w->cfg->server_idle_timeout &&
+                s->pool->n_servers > w->cfg->min_pool_size)
                 server_close(s, "server_idle_timeout");
             else if (w->cfg->server_lifetime > 0 && now - s->connected_at > w->cfg->server_lifetime)
                 server_close(s, "server_lifetime");
         }
     }
+    pool_keep_min(w);
     /* Servers stuck connecting or logging in past server_connect_timeout. */
     for (int st = SV_CONNECTING; st <= SV_LOGIN; st++) {
         struct list *pos, *tmp;

@@ -370,6 +370,27 @@ static void pool_kick_loop(struct pool *p)
     }
 }
 
+void pool_keep_min(struct worker *w)
+{
+    int min = w->cfg->min_pool_size;
+    if (min <= 0 || w->shutting_down)
+        return;
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, &w->pools)
+    {
+        struct pool *p = container_of(pos, struct pool, node);
+        if (p->role == ROLE_WRITER && w->session->holding(w, p->database))
+            continue;
+        struct node *nd = target_node(p);
+        if (!nd || login_backoff_wait(p, nd))
+            continue;
+        int cap = min < w->cfg->pool_size ? min : w->cfg->pool_size;
+        while (p->n_servers < cap && p->n_connecting < w->cfg->server_connect_concurrency)
+            if (!server_open(w, p, nd, p->user, p->database))
+                break;
+    }
+}
+
 void pool_kick_all(struct worker *w)
 {
     struct list *pos, *tmp;

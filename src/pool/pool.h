@@ -93,6 +93,9 @@ void pool_server_ready(struct server *s);
 /* A server login failed with an error the waiting clients must see (bad db/user/password). */
 void pool_login_failed(struct pool *p, const uint8_t *err_msg, size_t len, const char *why);
 /* Try to serve waiting clients of every pool (after a writer appears, RESUME, a server frees). */
+/* min_pool_size (PgBouncer's): open servers until each pool has that many (the 1 s tick), so
+ * that load coming back after total inactivity finds them logged in. */
+void pool_keep_min(struct worker *w);
 void pool_kick_all(struct worker *w);
 void pool_kick(struct pool *p);
 /* Close idle servers of every pool on node nd (it lost its role). */

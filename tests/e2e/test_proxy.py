@@ -452,6 +452,20 @@ def test_server_idle_timeout_and_lifetime(cluster1, make_proxy, key):
     c.close()
 
 
+def test_min_pool_size(cluster1, make_proxy):
+    """PgBouncer's min_pool_size: a pool in use keeps that many servers logged in, and
+    server_idle_timeout does not close below it."""
+    p = make_proxy(cluster1, pool_mode="transaction", pool_size=5, min_pool_size=3,
+                   server_idle_timeout="1s")
+    c = p.connect(user="app", dbname="app")
+    assert c.execute("select 1").fetchone()[0] == 1
+    assert wait_for(lambda: len(backends(cluster1, "app")) == 3)
+    first = backends(cluster1, "app")
+    time.sleep(2.5)  # past server_idle_timeout: the three stay
+    assert backends(cluster1, "app") == first
+    c.close()
+
+
 def test_idle_transaction_timeout(cluster1, make_proxy):
     """A client idle inside a transaction longer than idle_transaction_timeout is closed with
     25P03 (PostgreSQL's idle_in_transaction_session_timeout) and its transaction rolled back;
