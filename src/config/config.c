@@ -45,6 +45,8 @@ static const struct key_def keys[] = {
     {"pool_mode", KT_ENUM, FIELD(pool_mode), "session", 0, "session|transaction", 0, 0},
     {"pool_size", KT_INT, FIELD(pool_size), "20", 1, NULL, 1, INT_MAX},
     {"min_pool_size", KT_INT, FIELD(min_pool_size), "0", 1, NULL, 0, INT_MAX},
+    {"max_db_connections", KT_INT, FIELD(max_db_connections), "0", 1, NULL, 0, INT_MAX},
+    {"max_user_connections", KT_INT, FIELD(max_user_connections), "0", 1, NULL, 0, INT_MAX},
     {"max_client_conn", KT_INT, FIELD(max_client_conn), "10000", 1, NULL, 1, INT_MAX},
     {"auth_type", KT_ENUM, FIELD(auth_type), "scram-sha-256", 1, "trust|md5|scram-sha-256", 0, 0},
     {"auth_file", KT_PATH, FIELD(auth_file), "userlist.txt", 1, NULL, 0, 0},

@@ -144,6 +144,54 @@ static struct node *target_node(struct pool *p)
     return nd;
 }
 
+/* Servers of every pool with p's database (db) or user (!db). */
+static int shared_servers(struct pool *p, int db)
+{
+    int n = 0;
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, &p->w->pools)
+    {
+        struct pool *q = container_of(pos, struct pool, node);
+        if (!strcmp(db ? q->database : q->user, db ? p->database : p->user))
+            n += q->n_servers;
+    }
+    return n;
+}
+
+static int at_shared_limit(struct pool *p)
+{
+    const struct config *cfg = p->w->cfg;
+    return (cfg->max_db_connections > 0 && shared_servers(p, 1) >= cfg->max_db_connections) ||
+           (cfg->max_user_connections > 0 && shared_servers(p, 0) >= cfg->max_user_connections);
+}
+
+/* Close an idle server of another pool that shares p's limited database or user (the one
+ * idle longest), as PgBouncer does, so that p can open one. 1 if one was closed. */
+static int evict_idle_for(struct pool *p)
+{
+    const struct config *cfg = p->w->cfg;
+    int by_db = cfg->max_db_connections > 0 && shared_servers(p, 1) >= cfg->max_db_connections;
+    int by_user = cfg->max_user_connections > 0 && shared_servers(p, 0) >= cfg->max_user_connections;
+    struct server *victim = NULL;
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, &p->w->servers[SV_IDLE])
+    {
+        struct server *s = container_of(pos, struct server, node);
+        struct pool *q = s->pool;
+        if (!q || q == p)
+            continue;
+        if ((by_db && strcmp(q->database, p->database)) || (by_user && strcmp(q->user, p->user)))
+            continue;
+        if (!victim || s->last_used < victim->last_used)
+            victim = s;
+    }
+    if (!victim)
+        return 0;
+    server_close(victim, by_db ? "max_db_connections: room for another pool of its database"
+                               : "max_user_connections: room for another pool of its user");
+    return 1;
+}
+
 /* May a server on nd serve this pool now? (A demoted or fenced node no longer may.) */
 static int node_fits(struct pool *p, struct node *nd)
 {
@@ -360,6 +408,10 @@ static void pool_kick_loop(struct pool *p)
         int want = p->n_waiting - p->n_connecting;
         while (want > 0 && p->n_servers < w->cfg->pool_size &&
                p->n_connecting < w->cfg->server_connect_concurrency) {
+            /* max_db_connections / max_user_connections: at the limit, an idle server of
+             * another pool of the same database or user makes room, or the clients wait. */
+            if (at_shared_limit(p) && !evict_idle_for(p))
+                break;
             /* Opened with the pool's neutral parameters: a client's own are applied when it
              * is lent the server, and undone before the next one. */
             if (!server_open(w, p, nd, p->user, p->database))
@@ -506,6 +558,23 @@ void pool_after_ready(struct client *c)
     pool_release(s, s->state == SV_ACTIVE && s->txn_status == 'I' && s->fwd_left == 0);
 }
 
+void pool_kick_sharing(struct pool *p)
+{
+    pool_kick(p);
+    const struct config *cfg = p->w->cfg;
+    if (cfg->max_db_connections <= 0 && cfg->max_user_connections <= 0)
+        return;
+    /* A server freed or closed here may be the room another pool at the limit waits for. */
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, &p->w->pools)
+    {
+        struct pool *q = container_of(pos, struct pool, node);
+        if (q != p && q->n_waiting > 0 &&
+            (!strcmp(q->database, p->database) || !strcmp(q->user, p->user)))
+            pool_kick(q);
+    }
+}
+
 void pool_server_ready(struct server *s)
 {
     struct pool *p = s->pool;
@@ -516,7 +585,7 @@ void pool_server_ready(struct server *s)
     }
     server_change_state(s, SV_IDLE);
     list_append(&p->idle, &s->pool_node);
-    pool_kick(p);
+    pool_kick_sharing(p);
 }
 
 void pool_login_failed(struct pool *p, const uint8_t *err_msg, size_t len, const char *why)

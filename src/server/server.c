@@ -99,7 +99,7 @@ void server_close_by(struct server *s, enum writer_evidence ev, const char *reas
         client_server_lost(c, reason);
     if (p) {
         s->pool = NULL;
-        pool_kick(p);
+        pool_kick_sharing(p);
     } else if (was != SV_CLOSING && s->on_fail) {
         s->on_fail(s, reason);
     }

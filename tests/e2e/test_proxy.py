@@ -466,6 +466,41 @@ def test_min_pool_size(cluster1, make_proxy):
     c.close()
 
 
+def db_backends(lab, db):
+    with psycopg.connect(lab.dsn(1), autocommit=True) as c:
+        return c.execute("select count(*) from pg_stat_activity where datname = %s and "
+                         "backend_type = 'client backend'", (db,)).fetchone()[0]
+
+
+def test_max_db_connections(cluster1, make_proxy):
+    """PgBouncer's max_db_connections: the servers of every pool of a database stay within it;
+    a client over it waits for one to free; a pool at the limit closes another pool's idle
+    server to open its own."""
+    p = make_proxy(cluster1, pool_mode="transaction", pool_size=5, max_db_connections=2)
+    a1 = p.connect(user="app", dbname="app", autocommit=False)
+    a2 = p.connect(user="app", dbname="app", autocommit=False)
+    a1.execute("select 1")
+    a2.execute("select 1")  # two servers, both in transactions: the limit
+    got = []
+
+    def other_pool():  # a new pool's first client waits for a server at login already
+        with p.connect(user="postgres", dbname="app") as other:
+            got.append(other.execute("select 3").fetchone()[0])
+
+    th = threading.Thread(target=other_pool, daemon=True)
+    th.start()
+    th.join(1.5)
+    assert got == [], "a third server was opened for the database"
+    assert db_backends(cluster1, "app") == 2
+    a1.commit()  # idle in the app pool: evicted for the postgres pool
+    th.join(10)
+    assert got == [3]
+    assert db_backends(cluster1, "app") <= 2
+    a2.commit()
+    for c in (a1, a2):
+        c.close()
+
+
 def test_idle_transaction_timeout(cluster1, make_proxy):
     """A client idle inside a transaction longer than idle_transaction_timeout is closed with
     25P03 (PostgreSQL's idle_in_transaction_session_timeout) and its transaction rolled back;
