@@ -1313,6 +1313,12 @@ void client_process(struct client *c)
             }
         }
         if (!c->server || c->state != CL_ACTIVE) {
+            /* A Flush with nothing asked of any server since the last Sync has nothing to
+             * push out: it needs no server (it would wait for one in a busy pool). */
+            if (c->state == CL_IDLE && h.type == FE_FLUSH && c->pending == 0 && c->unsynced == 0) {
+                conn_consume(in, whole);
+                continue;
+            }
             /* Transaction mode: a Parse of a statement the pool already knows, and the Sync
              * after it, need no server (PQprepare must not wait for one). */
             if (c->state == CL_IDLE && w->cfg->pool_mode == POOL_TRANSACTION && c->pending == 0 &&

@@ -676,3 +676,28 @@ def test_psycopg_statement_cache_overflow(cluster1, make_proxy):
         c.execute("deallocate all")
         assert c.execute("select 41 + 1").fetchone()[0] == 42
     other.close()
+
+
+def test_bare_flush_needs_no_server(cluster1, make_proxy):
+    """An idle client's Flush, with nothing asked since its last Sync, has nothing to push out:
+    it does not wait for a server (here the only one is in another client's transaction), and
+    the client's next query still works once one is free."""
+    from wire import Raw, msg
+    p = tx_proxy(make_proxy, cluster1, 1)
+    a = p.connect(autocommit=False)
+    a.execute("select 1")  # holds the only server
+    r = Raw(p.port)
+    r.login_trust()
+    r.send(msg(b"H"))
+    time.sleep(0.5)
+    pools = [x for x in p.admin_rows("SHOW POOLS") if x["database"] == "postgres"
+             and x["user"] == "postgres"]
+    assert sum(x["cl_waiting"] for x in pools) == 0, pools
+    a.commit()
+    r.send(msg(b"Q", b"select 7\0"))
+    t, body = r.read_msg()
+    while t != b"D":
+        t, body = r.read_msg()
+    assert body.endswith(b"7")
+    r.close()
+    a.close()
