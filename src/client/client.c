@@ -640,6 +640,9 @@ static void handle_startup(struct client *c, const uint8_t *pkt, uint32_t len)
         const char *n = sp.names[i];
         if (!strcmp(n, "user") || !strcmp(n, "database") || !strcmp(n, "replication"))
             continue;
+        /* PgBouncer's ignore_startup_parameters: dropped, as if the client had not sent it. */
+        if (config_list_has(c->w->cfg->ignore_startup_parameters, n))
+            continue;
         if (!strcmp(n, "options")) {
             if (parse_options(c, sp.values[i]) < 0) {
                 client_close(c, SQLSTATE_FEATURE_NOT_SUPPORTED,

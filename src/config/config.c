@@ -51,6 +51,7 @@ static const struct key_def keys[] = {
     {"auth_type", KT_ENUM, FIELD(auth_type), "scram-sha-256", 1, "trust|md5|scram-sha-256", 0, 0},
     {"auth_file", KT_PATH, FIELD(auth_file), "userlist.txt", 1, NULL, 0, 0},
     {"admin_users", KT_STRING, FIELD(admin_users), "", 1, NULL, 0, 0},
+    {"ignore_startup_parameters", KT_STRING, FIELD(ignore_startup_parameters), "", 1, NULL, 0, 0},
     {"server_reset_query", KT_STRING, FIELD(server_reset_query), "DISCARD ALL", 1, NULL, 0, 0},
     {"server_connect_timeout", KT_DURATION, FIELD(server_connect_timeout), "5s", 1, "s", 0,
      INT_MAX},

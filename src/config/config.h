@@ -31,6 +31,7 @@ struct config {
     int auth_type;               /* enum auth_type */
     char *auth_file;             /* absolute, resolved against the config file's folder */
     char *admin_users;           /* comma-separated */
+    char *ignore_startup_parameters; /* comma-separated: startup parameters dropped */
     char *server_reset_query;
     int server_connect_timeout;  /* ms */
     int query_wait_timeout;      /* ms; 0 = wait forever */

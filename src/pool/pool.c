@@ -211,18 +211,23 @@ static int name_ok(const char *n)
     return 1;
 }
 
-/* "SET name = 'value'" for a startup parameter, quoted as a literal. */
+/*
+ * A startup parameter as PostgreSQL applies one: set_config() takes the value as raw text, as
+ * the startup packet does, where SET name = '...' would take it as one element (a
+ * search_path of 'a, b' would become the single schema "a, b"). name passed name_ok.
+ */
 static void build_param_set(struct pbuf *b, const char *name, const char *value)
 {
-    pbuf_put(b, "SET ", 4);
+    static const char head[] = "SELECT pg_catalog.set_config('";
+    pbuf_put(b, head, sizeof(head) - 1);
     pbuf_put(b, name, strlen(name));
-    pbuf_put(b, " = '", 4);
+    pbuf_put(b, "', '", 4);
     for (const char *v = value; *v; v++) {
         if (*v == '\'')
             pbuf_put_u8(b, '\'');
         pbuf_put_u8(b, (uint8_t)*v);
     }
-    pbuf_put_u8(b, '\'');
+    pbuf_put(b, "', false)", 9);
     pbuf_put_u8(b, 0);
 }
 

@@ -565,6 +565,26 @@ def test_pidfile_and_logfile(cluster1, make_proxy, tmp_path):
     assert "pgstay stopped" in open(logfile).read()
 
 
+@pytest.mark.parametrize("ignored", [False, True])
+def test_ignore_startup_parameters(cluster1, make_proxy, ignored):
+    """PgBouncer's ignore_startup_parameters: a startup parameter listed there is dropped as if
+    the client had not sent it; one not listed takes effect, as it does directly."""
+    settings = {"ignore_startup_parameters": "search_path, extra_float_digits"} if ignored else {}
+    p = make_proxy(cluster1, **settings)
+
+    async def go():
+        c = await asyncpg.connect(host="127.0.0.1", port=p.port, user="postgres",
+                                  database="postgres", password="postgres",
+                                  server_settings={"search_path": "nowhere, public"})
+        try:
+            return await c.fetchval("show search_path")
+        finally:
+            await c.close()
+
+    got = asyncio.run(go())
+    assert got == ('"$user", public' if ignored else "nowhere, public")
+
+
 def test_max_client_conn(cluster1, make_proxy):
     p = make_proxy(cluster1, max_client_conn=2)
     a, b = p.connect(), p.connect()
