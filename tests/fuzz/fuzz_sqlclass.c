@@ -33,12 +33,24 @@ static void well_formed(const struct sql_info *in)
         HCHECK(in->n == 0);
 }
 
-/* A parameter name PostgreSQL takes: no empty component around a dot (valid_custom_variable_name).
- * A statement naming another fails on the server, so its SET is never tracked nor replayed. */
+/* A parameter name PostgreSQL takes (valid_custom_variable_name): no empty part around a dot,
+ * no part starting with a digit or '$'. A statement naming another fails on the server, so its
+ * SET is never tracked nor replayed. */
 static int pg_takes_name(const char *n)
 {
-    size_t len = strlen(n);
-    return len > 0 && n[0] != '.' && n[len - 1] != '.' && !strstr(n, "..");
+    int start = 1;
+    for (; *n; n++) {
+        if (*n == '.') {
+            if (start)
+                return 0;
+            start = 1;
+            continue;
+        }
+        if (start && ((*n >= '0' && *n <= '9') || *n == '$'))
+            return 0;
+        start = 0;
+    }
+    return !start;
 }
 
 static int same(const char *a, const char *b)
