@@ -128,6 +128,7 @@ struct client {
     uint8_t is_admin;
     uint8_t over_limit; /* accepted past max_client_conn: refused after its startup packet */
     uint8_t ssl_done, gss_done; /* encryption requests already answered (PostgreSQL's rule) */
+    uint8_t tls_direct;         /* TLS began without an SSLRequest (PostgreSQL 17 clients) */
     struct pool *pool;
     struct server *server; /* the linked server, or NULL */
 

@@ -4,6 +4,8 @@
 
 #include <stddef.h>
 
+#include "core/tls.h"
+
 enum pool_mode { POOL_SESSION = 0, POOL_TRANSACTION = 1 };
 enum auth_type { AUTH_TRUST = 0, AUTH_MD5 = 1, AUTH_SCRAM = 2 };
 enum readonly_fallback { FALLBACK_WRITER = 0, FALLBACK_ERROR = 1 };
@@ -53,6 +55,20 @@ struct config {
     long max_replica_lag;        /* bytes of replay lag past which a standby serves no reads */
     int readonly_fallback;       /* enum readonly_fallback */
     int verbose;                 /* 0 = LOG, 1+ = DEBUG */
+    /* TLS towards clients: 'S' to an SSLRequest once a certificate and key are set. */
+    int client_tls_sslmode; /* enum tls_mode */
+    char *client_tls_cert_file;
+    char *client_tls_key_file;
+    char *client_tls_ca_file; /* verifies client certificates (verify-ca, verify-full) */
+    char *client_tls_protocols;
+    char *client_tls_ciphers;
+    /* TLS towards servers and probes. */
+    int server_tls_sslmode;     /* enum tls_mode; allow is not offered */
+    char *server_tls_cert_file; /* for servers that ask for a client certificate */
+    char *server_tls_key_file;
+    char *server_tls_ca_file; /* verifies the servers (verify-ca, verify-full) */
+    char *server_tls_protocols;
+    char *server_tls_ciphers;
     struct node_conf nodes[CONFIG_MAX_NODES];
     int n_nodes;
 };

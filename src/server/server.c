@@ -13,6 +13,7 @@
 #include "config/userlist.h"
 #include "core/conn.h"
 #include "core/log.h"
+#include "core/tls.h"
 #include "pool/backoff.h"
 #include "pool/pool.h"
 #include "proto/md5.h"
@@ -586,6 +587,50 @@ void server_process(struct server *s)
         s->in_process = 0;
 }
 
+static void send_startup(struct server *s);
+
+/* The server's one-byte answer to pgstay's SSLRequest: 0 to go on reading, -1 to stop (TLS
+ * handshake started, or the server closed). */
+static int tls_answer(struct server *s)
+{
+    struct conn *in = &s->conn;
+    int mode = s->w->cfg->server_tls_sslmode;
+    uint8_t a = conn_data(in)[0];
+    if (a == 'S') {
+        /* Bytes after the 'S' came before the handshake: not from the server we will verify
+         * (CVE-2021-23222), never read as its answers. */
+        if (conn_avail(in) > 1) {
+            server_close_by(s, EVIDENCE_FAILURE, "received unencrypted data after SSL response");
+            return -1;
+        }
+        conn_consume(in, 1);
+        s->tls_step = SV_TLS_HANDSHAKE;
+        if (conn_start_tls(in, s->w->server_tls, 0, mode == TLS_VERIFY_FULL,
+                           s->nd ? s->nd->host : NULL, 0) < 0) {
+            server_close_by(s, EVIDENCE_FAILURE, "cannot start TLS");
+            return -1;
+        }
+        return -1;
+    }
+    if (a == 'N') {
+        conn_consume(in, 1);
+        if (mode >= TLS_REQUIRE) {
+            server_close_by(
+                s, EVIDENCE_FAILURE,
+                "server does not support SSL, but SSL was required (server_tls_sslmode)");
+            return -1;
+        }
+        s->tls_step = SV_TLS_NONE;
+        send_startup(s);
+        return 0;
+    }
+    char why[96];
+    snprintf(why, sizeof(why), "received invalid response to SSL negotiation: %c",
+             a >= 32 && a < 127 ? a : '?');
+    server_close_by(s, EVIDENCE_FAILURE, why);
+    return -1;
+}
+
 static void server_process_loop(struct server *s)
 {
     struct conn *in = &s->conn;
@@ -594,6 +639,11 @@ static void server_process_loop(struct server *s)
         if (s->state == SV_CLOSING)
             return;
         size_t avail = conn_avail(in);
+        if (s->tls_step) {
+            if (s->tls_step != SV_TLS_ANSWER || avail == 0 || tls_answer(s) < 0)
+                return;
+            continue;
+        }
         struct client *c = s->client;
         int forwarding = s->state == SV_ACTIVE && c && s->swallow == 0;
         if (s->fwd_left > 0) {
@@ -753,6 +803,20 @@ static void server_event_cb(void *arg, int what)
     if (what & CONN_CONNECTED) {
         net_tune_server(conn_fd(&s->conn), s->w->cfg->tcp_keepalive, s->w->cfg->tcp_user_timeout);
         server_change_state(s, SV_LOGIN);
+        if (s->w->server_tls && s->w->cfg->server_tls_sslmode != TLS_DISABLE) {
+            /* SSLRequest: length 8, code 1234.5679; the answer is one byte (tls_answer). */
+            static const uint8_t ssl_request[8] = {0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f};
+            s->tls_step = SV_TLS_ANSWER;
+            server_send(s, ssl_request, sizeof(ssl_request));
+            return;
+        }
+        send_startup(s);
+        return;
+    }
+    if (what & CONN_TLS) {
+        s->tls_step = SV_TLS_NONE;
+        SLOG(debug, s, "TLS established (%s, %s)", conn_tls_version(&s->conn),
+             conn_tls_cipher(&s->conn));
         send_startup(s);
         return;
     }
@@ -766,7 +830,7 @@ static void server_event_cb(void *arg, int what)
             snprintf(why, sizeof(why), "cannot resolve %s: %s", s->nd ? s->nd->host : "?",
                      evutil_gai_strerror(dns));
         else
-            snprintf(why, sizeof(why), "%s", strerror(s->conn.err));
+            snprintf(why, sizeof(why), "%s", conn_strerror(&s->conn));
         server_close_by(s, EVIDENCE_FAILURE, why);
     }
 }
