@@ -102,14 +102,15 @@ def psql(dsn, sql, env=None):
     return subprocess.run(["psql", "-X", "-A", "-t", dsn, "-c", sql], capture_output=True,
                           text=True, timeout=60, env=e)
 
-#-- -- client side -- --
+
+# ---- client side ----
 
 def test_require_psycopg_psql_asyncpg(cluster1, make_proxy, certs):
     p = make_proxy(cluster1, **tls_settings(certs))
     with psycopg.connect(p.dsn(sslmode="require")) as c:
         assert c.pgconn.ssl_in_use
         assert c.execute("select 1").fetchone()[0] == 1
-#verify - full : the client checks pgstay's certificate against the CA and the host name
+    # verify-full: the client checks pgstay's certificate against the CA and the host name
     for host in ("localhost", "127.0.0.1"):
         dsn = "host=%s port=%d dbname=postgres user=postgres sslmode=verify-full sslrootcert=%s" % (
             host, p.port, certs("ca.crt"))
@@ -160,7 +161,7 @@ def test_plaintext_refused_when_required(cluster1, make_proxy, certs):
     with pytest.raises(psycopg.OperationalError) as e:
         psycopg.connect(p.dsn(sslmode="disable"))
     assert "no encryption" in str(e.value)
-#A CancelRequest is still taken in plaintext(libpq before 17 never encrypts them).
+    # A CancelRequest is still taken in plaintext (libpq before 17 never encrypts them).
     with psycopg.connect(p.dsn(sslmode="require")) as c:
         t0 = time.time()
         with pytest.raises(psycopg.errors.QueryCanceled):
@@ -181,7 +182,7 @@ def test_plaintext_after_sslrequest_refused(cluster1, make_proxy, certs):
     assert t == b"E" and f["C"] == "08P01", f
     assert "received unencrypted data after SSL request" in f["M"]
     assert r.closed()
-#After the 'S', plaintext is taken as TLS(and fails as such) : no session ever starts.
+    # After the 'S', plaintext is taken as TLS (and fails as such): no session ever starts.
     s = socket.create_connection(("127.0.0.1", p.port), timeout=5)
     s.sendall(SSL_REQUEST)
     assert s.recv(1) == b"S"
@@ -199,7 +200,7 @@ def test_plaintext_after_sslrequest_refused(cluster1, make_proxy, certs):
     assert not got.startswith(b"R") and b"SELECT" not in got, got
     assert got == b"" or got[0] == 0x15, got  # nothing, or a TLS alert
     assert "TLS handshake failed" in p.log()
-#pgstay is fine for the next client
+    # pgstay is fine for the next client
     with psycopg.connect(p.dsn(sslmode="require")) as c:
         assert c.execute("select 1").fetchone()[0] == 1
 
@@ -214,7 +215,7 @@ def test_second_sslrequest_refused(cluster1, make_proxy, certs):
     assert t == b"E" and f["C"] == "0A000", f
     assert "unsupported frontend protocol 1234.5679" in f["M"]
     assert r.closed()
-#Over TLS, a raw client logs in and queries.
+    # Over TLS, a raw client logs in and queries.
     r = TlsRaw(raw_tls(p.port))
     r.login_trust()
     r.send(msg(b"Q", b"select 1\0"))
@@ -236,12 +237,12 @@ def test_direct_tls(cluster1, make_proxy, certs):
     r = TlsRaw(s)
     r.login_trust()
     r.close()
-#Without ALPN : refused, as PostgreSQL 17 does.
+    # Without ALPN: refused, as PostgreSQL 17 does.
     r = TlsRaw(raw_tls(p.port, direct=True))
     r.send(startup_packet())
     f = r.read_until_error_or_close()
     assert f and f["C"] == "08P01" and "ALPN" in f["M"], f
-#Another protocol asked for : the handshake itself fails.
+    # Another protocol asked for: the handshake itself fails.
     with pytest.raises(ssl.SSLError):
         raw_tls(p.port, alpn=["http/1.1"], direct=True)
 
@@ -257,7 +258,7 @@ def test_wrong_ca_refused(cluster1, make_proxy, certs):
 
 @pytest.mark.parametrize("mode", ["verify-ca", "verify-full"])
 def test_client_certificates(cluster1, make_proxy, certs, mode, monkeypatch):
-#The fixture's own admin connection (is pgstay up?) needs a certificate too.
+    # The fixture's own admin connection (is pgstay up?) needs a certificate too.
     monkeypatch.setenv("PGSSLCERT", certs("client_postgres.crt"))
     monkeypatch.setenv("PGSSLKEY", certs("client_postgres.key"))
     p = make_proxy(cluster1, **tls_settings(certs, mode, client_tls_ca_file=certs("ca.crt")))
@@ -272,7 +273,7 @@ def test_client_certificates(cluster1, make_proxy, certs, mode, monkeypatch):
     with pytest.raises(psycopg.OperationalError):  # signed by a CA pgstay does not trust
         psycopg.connect(p.dsn(sslmode="require", sslcert=certs("rogue_postgres.crt"),
                               sslkey=certs("rogue_postgres.key")))
-#app's certificate used to log in as postgres: verify-full checks the CN, verify-ca not
+    # app's certificate used to log in as postgres: verify-full checks the CN, verify-ca not
     other = dict(sslmode="require", sslcert=certs("client_app.crt"), sslkey=certs("client_app.key"))
     if mode == "verify-full":
         with pytest.raises(psycopg.OperationalError) as e:
@@ -304,7 +305,7 @@ def test_large_result_and_copy_through_tls(cluster1, make_proxy, certs):
                 h_out.update(data)
         assert h_in.hexdigest() == h_out.hexdigest()
         c.execute("drop table t_tls_copy")
-#A reader slower than pgstay : its socket refuses bytes, TLS writes are retried.
+    # A reader slower than pgstay: its socket refuses bytes, TLS writes are retried.
     out = subprocess.run(
         "psql -X '%s' -c \"copy (select repeat('z', 500) from generate_series(1, 100000)) to "
         "stdout\" | (sleep 1; wc -c)" % p.dsn(sslmode="require"),
@@ -350,7 +351,7 @@ def test_sighup_reloads_certificates(cluster1, make_proxy, certs, tmp_path):
         time.sleep(0.05)
     assert served_cert() != first
     assert held.execute("select 1").fetchone()[0] == 1
-#A broken file : the reload is refused and the running certificate stays.
+    # A broken file: the reload is refused and the running certificate stays.
     with open(key, "w") as f:
         f.write("not a key\n")
     now = served_cert()
@@ -369,7 +370,8 @@ def test_bad_tls_config_refused(cluster1, make_proxy, certs):
                          capture_output=True, text=True)
     assert out.returncode != 0 and "client_tls_cert_file" in out.stderr, out.stderr
 
-#-- -- server side -- --
+
+# ---- server side ----
 
 @pytest.fixture(scope="module")
 def ssl_cluster(certs):
@@ -391,7 +393,7 @@ def test_server_tls_verify_full(ssl_cluster, make_proxy, certs):
         row = c.execute("select ssl, version from pg_stat_ssl where pid = pg_backend_pid()")
         ssl_on, version = row.fetchone()
         assert ssl_on and version in ("TLSv1.2", "TLSv1.3")
-#The probes use the same settings.
+    # The probes use the same settings.
     with psycopg.connect(ssl_cluster.dsn(1)) as c:
         rows = c.execute("select s.ssl from pg_stat_ssl s join pg_stat_activity a using (pid) "
                          "where a.application_name = 'pgstay-probe'").fetchall()
