@@ -360,6 +360,22 @@ void conn_tls_alpn(const struct conn *c, char *buf, size_t cap)
     buf[n] = 0;
 }
 
+int conn_tls_server_end_point(const struct conn *c, unsigned char *out, size_t cap)
+{
+    struct tls_conn *t = c->tls ? tc_of(c) : NULL;
+    X509 *cert = t ? SSL_get_certificate(t->ssl) : NULL;
+    int algo = NID_undef;
+    if (!cert || !OBJ_find_sigid_algs(X509_get_signature_nid(cert), &algo, NULL))
+        return -1;
+    if (algo == NID_md5 || algo == NID_sha1)
+        algo = NID_sha256;
+    const EVP_MD *md = EVP_get_digestbynid(algo);
+    unsigned int n = 0;
+    if (!md || (size_t)EVP_MD_get_size(md) > cap || X509_digest(cert, md, out, &n) != 1)
+        return -1;
+    return (int)n;
+}
+
 int conn_tls_peer_cn(const struct conn *c, char *buf, size_t cap)
 {
     struct tls_conn *t = c->tls ? tc_of(c) : NULL;

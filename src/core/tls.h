@@ -55,6 +55,10 @@ const char *conn_tls_version(const struct conn *c);
 const char *conn_tls_cipher(const struct conn *c);
 /* The ALPN protocol agreed on ("postgresql"), "" when none. */
 void conn_tls_alpn(const struct conn *c, char *buf, size_t cap);
+/* Channel binding tls-server-end-point (RFC 5929) of the certificate this side showed: its hash
+ * with the certificate's own signature digest (SHA-256 where that is MD5 or SHA-1). The length,
+ * or -1 (not TLS, no certificate). */
+int conn_tls_server_end_point(const struct conn *c, unsigned char *out, size_t cap);
 /* The peer certificate's common name: 1 when there is a verified certificate with one. */
 int conn_tls_peer_cn(const struct conn *c, char *buf, size_t cap);
 

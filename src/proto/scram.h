@@ -9,6 +9,9 @@
 #define SCRAM_ITERATIONS 4096 /* what PostgreSQL uses by default for the secrets it makes */
 #define SCRAM_SALT_LEN   16
 #define SCRAM_MECHANISM  "SCRAM-SHA-256"
+/* With channel binding tls-server-end-point (RFC 5929): offered over TLS, as PostgreSQL does. */
+#define SCRAM_MECHANISM_PLUS "SCRAM-SHA-256-PLUS"
+#define SCRAM_CBIND_MAX      64 /* a certificate hash: SHA-512 at most */
 
 /* What pg_authid stores: enough to verify a client, not enough to impersonate one. */
 struct scram_secret {
@@ -42,7 +45,12 @@ enum scram_server_state {
 struct scram_server {
     int state; /* enum scram_server_state: each message is accepted once, in order */
     struct scram_secret secret;
-    char cbind_flag; /* 'n' or 'y': client-final's c= must repeat the same header */
+    char cbind_flag; /* 'n', 'y' or 'p': client-final's c= must repeat the same header */
+    char gs2[32];    /* that header as the client sent it ("n,,", "p=tls-server-end-point,,") */
+    int cb_offered;  /* SCRAM_MECHANISM_PLUS was offered: 'y' from the client is a downgrade */
+    int cb_selected; /* the client chose SCRAM_MECHANISM_PLUS: it must bind to cb_data */
+    unsigned char cb_data[SCRAM_CBIND_MAX]; /* tls-server-end-point: hash of our certificate */
+    size_t cb_len;
     char client_nonce[128];
     char server_nonce[64];
     char client_first_bare[512];             /* kept for the AuthMessage */
@@ -53,8 +61,14 @@ struct scram_server {
 
 int scram_server_init(struct scram_server *s, const struct scram_secret *secret);
 
+/* Over TLS: SCRAM_MECHANISM_PLUS is offered, bound to data (the tls-server-end-point hash of
+ * pgstay's certificate). 0 ok, -1 data too long. */
+int scram_server_offer_plus(struct scram_server *s, const unsigned char *data, size_t len);
+
 /* client-first -> server-first into out (NUL-terminated, *outlen without the NUL).
- * 0 ok, -1 malformed or unsupported (channel binding "p=", authzid, "m=" extension). */
+ * 0 ok, -1 malformed or unsupported (authzid, "m=" extension), or channel binding that does
+ * not match the mechanism: "p=tls-server-end-point" only with SCRAM_MECHANISM_PLUS (cb_selected),
+ * "n"/"y" only without it, and "y" not when PLUS was offered (a downgrade, as PostgreSQL). */
 int scram_server_handle_first(struct scram_server *s, const char *msg, size_t len, char *out,
                               size_t cap, size_t *outlen);
 

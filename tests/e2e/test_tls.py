@@ -284,6 +284,46 @@ def test_client_certificates(cluster1, make_proxy, certs, mode, monkeypatch):
             assert c.execute("select 1").fetchone()[0] == 1
 
 
+def test_scram_channel_binding(cluster1, make_proxy, certs):
+    """SCRAM-SHA-256-PLUS (tls-server-end-point) over TLS: a client that requires channel
+    binding logs in, also with the server's SCRAM secret in auth_file (the ClientKey recovered
+    from a -PLUS proof logs pgstay into the server); without TLS it stops on its side."""
+    with psycopg.connect(cluster1.dsn(1), autocommit=True) as c:
+        secret = c.execute("select rolpassword from pg_authid where rolname = 'app'").fetchone()[0]
+    p = make_proxy(cluster1, start=False, auth_type="scram-sha-256",
+                   **tls_settings(certs, "prefer"))
+    p.userlist["app"] = secret
+    p.start()
+    for user in ("app", "postgres"):  # a SCRAM secret, a plain password
+        with psycopg.connect(p.dsn(user=user, password=user, dbname="postgres",
+                                   sslmode="require", channel_binding="require")) as c:
+            assert c.pgconn.ssl_in_use
+            assert c.execute("select current_user").fetchone()[0] == user
+    with pytest.raises(psycopg.OperationalError) as e:
+        psycopg.connect(p.dsn(user="app", password="wrong", sslmode="require",
+                              channel_binding="require"))
+    assert "password authentication failed" in str(e.value)
+    with pytest.raises(psycopg.OperationalError) as e:
+        psycopg.connect(p.dsn(user="app", password="app", sslmode="disable",
+                              channel_binding="require"))
+    assert "channel binding" in str(e.value)
+    # Over TLS without channel_binding=require, libpq still picks -PLUS; over plaintext the
+    # plain mechanism is the only one offered.
+    with psycopg.connect(p.dsn(user="app", password="app", sslmode="disable")) as c:
+        assert c.execute("select 1").fetchone()[0] == 1
+    # A raw client that says "y" (binding supported, server thought not to) is refused: pgstay
+    # did offer -PLUS over this TLS session, so someone took it off the list.
+    r = TlsRaw(raw_tls(p.port))
+    r.send(startup_packet(user="app", database="postgres"))
+    t, body = r.read_msg()
+    assert t == b"R" and struct.unpack("!I", body[:4])[0] == 10
+    assert body[4:].split(b"\0")[:2] == [b"SCRAM-SHA-256-PLUS", b"SCRAM-SHA-256"]
+    first = b"y,,n=,r=abcdefghijkl"
+    r.send(msg(b"p", b"SCRAM-SHA-256\0" + struct.pack("!I", len(first)) + first))
+    f = r.read_until_error_or_close()
+    assert f and f["C"] == "08P01", f
+
+
 def test_large_result_and_copy_through_tls(cluster1, make_proxy, certs):
     """Many records per read (read-ahead: SSL_pending) and writes the socket takes in part."""
     p = make_proxy(cluster1, **tls_settings(certs))

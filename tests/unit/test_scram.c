@@ -193,6 +193,31 @@ static void test_malformed_first(void **state)
     /* "y,," is accepted: the client supports binding but thinks we don't. */
     scram_server_init(&s, &sec);
     assert_int_equal(scram_server_handle_first(&s, "y,,n=,r=abc", 11, out, sizeof(out), &n), 0);
+
+    /* Channel binding (-PLUS offered over TLS): the header must match the mechanism chosen. */
+    static const unsigned char cb[32] = {1, 2, 3};
+    static const char *const plus_first = "p=tls-server-end-point,,n=,r=abc";
+    struct {
+        const char *first;
+        int selected, rc;
+    } cases[] = {
+        {plus_first, 1, 0},                /* -PLUS with its binding */
+        {plus_first, 0, -1},               /* binding data under the plain mechanism */
+        {"n,,n=,r=abc", 1, -1},            /* -PLUS chosen, no binding */
+        {"n,,n=,r=abc", 0, 0},             /* plain SCRAM over TLS: allowed, as PostgreSQL */
+        {"y,,n=,r=abc", 0, -1},            /* "you do not support binding": a downgrade */
+        {"p=tls-unique,,n=,r=abc", 1, -1}, /* another binding type */
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        scram_server_init(&s, &sec);
+        assert_int_equal(scram_server_offer_plus(&s, cb, sizeof(cb)), 0);
+        s.cb_selected = cases[i].selected;
+        int rc = scram_server_handle_first(&s, cases[i].first, strlen(cases[i].first), out,
+                                           sizeof(out), &n);
+        if (rc != cases[i].rc)
+            fail_msg("client-first \"%s\" (selected %d): %d", cases[i].first, cases[i].selected,
+                     rc);
+    }
 }
 
 static void test_malformed_final(void **state)
