@@ -91,6 +91,8 @@ static const struct key_def keys[] = {
     {"server_tls_ca_file", KT_PATH, FIELD(server_tls_ca_file), "", 1, NULL, 0, 0},
     {"server_tls_protocols", KT_STRING, FIELD(server_tls_protocols), "secure", 1, NULL, 0, 0},
     {"server_tls_ciphers", KT_STRING, FIELD(server_tls_ciphers), "default", 1, NULL, 0, 0},
+    {"server_allow_plaintext_password", KT_BOOL, FIELD(server_allow_plaintext_password), "off", 1,
+     NULL, 0, 0},
 };
 
 #define N_KEYS (sizeof(keys) / sizeof(keys[0]))

@@ -69,6 +69,7 @@ struct config {
     char *server_tls_ca_file; /* verifies the servers (verify-ca, verify-full) */
     char *server_tls_protocols;
     char *server_tls_ciphers;
+    int server_allow_plaintext_password; /* bool: answer cleartext and md5 requests without TLS */
     struct node_conf nodes[CONFIG_MAX_NODES];
     int n_nodes;
 };

@@ -141,12 +141,41 @@ static const struct user_secret *secret_for(struct server *s)
     return userlist_find(s->w->users, s->user);
 }
 
+/* The waiting clients of s's pool get this FATAL (a probe has none). */
+static void fail_pool_login(struct server *s, const char *sqlstate, const char *msg)
+{
+    if (!s->pool)
+        return;
+    struct pbuf e;
+    pbuf_init(&e);
+    proto_build_error(&e, "FATAL", sqlstate, msg, NULL);
+    pool_login_failed(s->pool, e.data, e.len, msg);
+    pbuf_free(&e);
+}
+
 static int answer_auth(struct server *s, const uint8_t *body, size_t len)
 {
     struct msg_reader r;
     mr_init(&r, body, len);
     uint32_t code = mr_u32(&r);
     const struct user_secret *us = secret_for(s);
+    if ((code == AUTH_REQ_CLEARTEXT || code == AUTH_REQ_MD5) && !conn_is_tls(&s->conn) &&
+        !s->w->cfg->server_allow_plaintext_password) {
+        /* A password in clear (or an md5 hash, as good as one to whoever reads it) is sent
+         * only where nobody on the path can read it. */
+        const char *what = code == AUTH_REQ_MD5 ? "md5" : "password";
+        SLOG(error, s,
+             "the server asks for %s authentication over a connection without TLS: no password "
+             "sent (server_tls_sslmode, or server_allow_plaintext_password = on)",
+             what);
+        char msg[200];
+        snprintf(msg, sizeof(msg),
+                 "pgstay does not send a password to the server without TLS (the server asks "
+                 "for %s authentication)",
+                 what);
+        fail_pool_login(s, SQLSTATE_INVALID_AUTH, msg);
+        return -1;
+    }
     struct pbuf b;
     pbuf_init(&b);
     switch (code) {
@@ -226,14 +255,10 @@ static int answer_auth(struct server *s, const uint8_t *body, size_t len)
     }
 no_password:
     SLOG(error, s, "the server asks for a password and auth_file has none usable for \"%s\"", s->user);
-    if (s->pool) {
-        struct pbuf e;
-        pbuf_init(&e);
+    {
         char msg[256];
         snprintf(msg, sizeof(msg), "pgstay has no usable password for user \"%s\" to log into the server", s->user);
-        proto_build_error(&e, "FATAL", SQLSTATE_INVALID_PASSWORD, msg, NULL);
-        pool_login_failed(s->pool, e.data, e.len, msg);
-        pbuf_free(&e);
+        fail_pool_login(s, SQLSTATE_INVALID_PASSWORD, msg);
     }
     pbuf_free(&b);
     return -1;

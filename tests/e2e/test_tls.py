@@ -474,3 +474,39 @@ def test_server_tls_required_but_not_offered(cluster1, make_proxy, certs):
     p2 = make_proxy(cluster1, server_tls_sslmode="prefer")
     with psycopg.connect(p2.dsn()) as c:
         assert c.execute("select 1").fetchone()[0] == 1
+
+
+def test_server_plaintext_password_only_over_tls(ssl_cluster, make_proxy):
+    """A node that asks for a password in clear (or md5) gets it only over TLS, unless
+    server_allow_plaintext_password = on. Probes follow the same rule."""
+    hba = os.path.join(ssl_cluster.dir, "n1", "pg_hba.conf")
+    with open(hba) as f:
+        orig = f.read()
+    with open(hba, "w") as f:
+        f.write(orig.replace("host  all         all  127.0.0.1/32  scram-sha-256",
+                             "host  all         all  127.0.0.1/32  password"))
+
+    def reload():
+        with psycopg.connect(ssl_cluster.dsn(1), autocommit=True) as c:
+            c.execute("select pg_reload_conf()")
+        time.sleep(0.3)
+
+    reload()
+    try:
+        p = make_proxy(ssl_cluster, start=False)
+        p.start(wait_writer=False)
+        deadline = time.time() + 5
+        while "without TLS: no password sent" not in p.log() and time.time() < deadline:
+            time.sleep(0.1)
+        assert "asks for password authentication over a connection without TLS" in p.log()
+        p.stop()
+        for settings in ({"server_tls_sslmode": "require"},
+                         {"server_allow_plaintext_password": "on"}):
+            p2 = make_proxy(ssl_cluster, **settings)
+            with psycopg.connect(p2.dsn()) as c:
+                assert c.execute("select 1").fetchone()[0] == 1
+            p2.stop()
+    finally:
+        with open(hba, "w") as f:
+            f.write(orig)
+        reload()
