@@ -293,6 +293,29 @@ static void test_handshake_failure_reported(void **state)
     assert_non_null(strstr(conn_strerror(&f->o.c), "TLS handshake failed"));
 }
 
+/* A TLS 1.3 KeyUpdate from the peer mid-stream (it asks for ours too): data goes on both ways. */
+static void test_key_update(void **state)
+{
+    struct fixture *f = *state;
+    assert_int_equal(conn_start_tls(&f->o.c, f->sctx, 1, 0, NULL, 0), 0);
+    handshake(f);
+    assert_int_equal(SSL_key_update(f->pssl, SSL_KEY_UPDATE_REQUESTED), 1);
+    assert_int_equal(SSL_write(f->pssl, "abc", 3), 3);
+    turn(f);
+    assert_int_equal(f->o.n_got, 3);
+    conn_write(&f->o.c, "def", 3);
+    turn(f);
+    char buf[8];
+    int n = -1;
+    for (int i = 0; i < 10 && n <= 0; i++) {
+        n = SSL_read(f->pssl, buf, sizeof(buf));
+        turn(f);
+    }
+    assert_int_equal(n, 3);
+    assert_memory_equal(buf, "def", 3);
+    assert_int_equal(f->o.errors, 0);
+}
+
 /* EOF after TLS: close_notify or a bare close both read as CONN_EOF. */
 static void test_eof(void **state)
 {
@@ -313,6 +336,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_partial_writes_retried, setup, teardown),
         cmocka_unit_test_setup_teardown(test_direct_hello_handed_over, setup, teardown),
         cmocka_unit_test_setup_teardown(test_handshake_failure_reported, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_key_update, setup, teardown),
         cmocka_unit_test_setup_teardown(test_eof, setup, teardown),
     };
     return cmocka_run_group_tests(tests, make_cert, remove_cert);
