@@ -12,6 +12,7 @@
 
 #include "client/client.h"
 #include "core/log.h"
+#include "core/tls.h"
 #include "failover/failover.h"
 #include "pool/pool.h"
 #include "proto/proto.h"
@@ -161,20 +162,25 @@ static const char *server_state_name(int st)
 
 static void show_clients(struct client *c)
 {
-    static const char *const cols[] = {"id", "user", "database", "state", "addr", "server", "held", "pinned"};
+    static const char *const cols[] = {"id",     "user", "database", "state", "addr",
+                                       "server", "held", "pinned",   "tls"};
     struct result r;
-    res_begin(&r, 8, cols);
+    res_begin(&r, 9, cols);
     for (int st = 0; st < CL_CLOSING; st++) {
         struct list *pos, *tmp;
         list_for_each_safe(pos, tmp, &c->w->clients[st])
         {
             struct client *x = container_of(pos, struct client, node);
             char id[24], sv[24];
-            const char *vals[8] = {I2S(id, x->id), x->user ? x->user : "", x->database ? x->database : "",
-                                   client_state_name(x->state), client_addr(x),
+            const char *vals[9] = {I2S(id, x->id),
+                                   x->user ? x->user : "",
+                                   x->database ? x->database : "",
+                                   client_state_name(x->state),
+                                   client_addr(x),
                                    x->server ? I2S(sv, x->server->id) : NULL,
                                    (x->held || x->pause_held) ? "yes" : "no",
-                                   x->pin_reason ? pin_reason_name(x->pin_reason) : ""};
+                                   x->pin_reason ? pin_reason_name(x->pin_reason) : "",
+                                   conn_is_tls(&x->conn) ? conn_tls_version(&x->conn) : NULL};
             res_row(&r, vals);
         }
     }
@@ -183,18 +189,24 @@ static void show_clients(struct client *c)
 
 static void show_servers(struct client *c)
 {
-    static const char *const cols[] = {"id", "user", "database", "state", "node", "backend_pid", "client"};
+    static const char *const cols[] = {"id",   "user",        "database", "state",
+                                       "node", "backend_pid", "client",   "tls"};
     struct result r;
-    res_begin(&r, 7, cols);
+    res_begin(&r, 8, cols);
     for (int st = 0; st < SV_CLOSING; st++) {
         struct list *pos, *tmp;
         list_for_each_safe(pos, tmp, &c->w->servers[st])
         {
             struct server *s = container_of(pos, struct server, node);
             char id[24], pid[24], cl[24];
-            const char *vals[7] = {I2S(id, s->id), s->user, s->database, server_state_name(s->state),
-                                   s->nd ? s->nd->name : "", I2S(pid, s->be_pid),
-                                   s->client ? I2S(cl, s->client->id) : NULL};
+            const char *vals[8] = {I2S(id, s->id),
+                                   s->user,
+                                   s->database,
+                                   server_state_name(s->state),
+                                   s->nd ? s->nd->name : "",
+                                   I2S(pid, s->be_pid),
+                                   s->client ? I2S(cl, s->client->id) : NULL,
+                                   conn_is_tls(&s->conn) ? conn_tls_version(&s->conn) : NULL};
             res_row(&r, vals);
         }
     }

@@ -119,6 +119,9 @@ def test_require_psycopg_psql_asyncpg(cluster1, make_proxy, certs):
         assert out.stdout.strip() == "42"
     with psycopg.connect(p.dsn(sslmode="verify-ca", sslrootcert=certs("ca.crt"))) as c:
         assert c.pgconn.ssl_in_use
+        # SHOW CLIENTS names the TLS version of each client (column tls)
+        rows = p.admin("SHOW CLIENTS")
+        assert any(r[8] in ("TLSv1.2", "TLSv1.3") for r in rows), rows
 
     async def main():
         ctx = ssl.create_default_context(cafile=certs("ca.crt"))
@@ -141,6 +144,8 @@ def test_prefer_default_and_disable(cluster1, make_proxy, certs):
     with psycopg.connect(p.dsn(sslmode="disable")) as c:
         assert not c.pgconn.ssl_in_use
         assert c.execute("select 1").fetchone()[0] == 1
+        rows = p.admin("SHOW CLIENTS")
+        assert any(r[8] is None for r in rows), rows  # this one, in plaintext
     p2 = make_proxy(cluster1, **tls_settings(certs, "disable"))
     r = Raw(p2.port)
     r.send(SSL_REQUEST)
@@ -433,6 +438,8 @@ def test_server_tls_verify_full(ssl_cluster, make_proxy, certs):
         row = c.execute("select ssl, version from pg_stat_ssl where pid = pg_backend_pid()")
         ssl_on, version = row.fetchone()
         assert ssl_on and version in ("TLSv1.2", "TLSv1.3")
+        servers = p.admin("SHOW SERVERS")
+        assert servers and all(r[7] in ("TLSv1.2", "TLSv1.3") for r in servers), servers
     # The probes use the same settings.
     with psycopg.connect(ssl_cluster.dsn(1)) as c:
         rows = c.execute("select s.ssl from pg_stat_ssl s join pg_stat_activity a using (pid) "
