@@ -128,7 +128,6 @@ struct client {
     uint8_t is_admin;
     uint8_t over_limit; /* accepted past max_client_conn: refused after its startup packet */
     uint8_t ssl_done, gss_done; /* encryption requests already answered (PostgreSQL's rule) */
-    uint8_t tls_direct;         /* TLS began without an SSLRequest (PostgreSQL 17 clients) */
     struct pool *pool;
     struct server *server; /* the linked server, or NULL */
 
@@ -140,6 +139,7 @@ struct client {
     uint64_t reported_hash; /* the server parameter set it was last brought in line with */
     uint8_t names_shared;       /* user and database point to its pool's strings */
     uint8_t got_welcome;        /* ParameterStatus/BackendKeyData/ReadyForQuery sent */
+    uint8_t tls_direct;         /* TLS began without an SSLRequest (PostgreSQL 17 clients) */
 
     /* Authentication */
     uint8_t auth_step;                /* which message pgstay expects next */

@@ -98,11 +98,13 @@ struct conn {
     uint8_t dead;        /* EOF or error reported: no more reading or writing */
     uint8_t assigned;    /* ev was given to libevent (event_del is safe) */
     uint8_t kicked;      /* conn_kick: on_read is owed */
-    uint8_t tls;         /* the transport is TLS: it may hold read bytes (pending) */
-    uint8_t handshaking; /* a TLS handshake runs: no reading or writing until it ends */
-    uint8_t hs_want;     /* the readiness (EV_READ/EV_WRITE) the handshake waits for */
-    uint8_t rd_wants_wr; /* a read must wait for the socket to be writable (TLS) */
-    uint8_t wr_wants_rd; /* a write must wait for the socket to be readable (TLS) */
+    /* TLS, in bits so that they fit in the padding before err (an idle client pays only
+     * tls_state): */
+    uint8_t tls : 1;         /* the transport is TLS: it may hold read bytes (pending) */
+    uint8_t handshaking : 1; /* a TLS handshake runs: no reading or writing until it ends */
+    uint8_t rd_wants_wr : 1; /* a read must wait for the socket to be writable */
+    uint8_t wr_wants_rd : 1; /* a write must wait for the socket to be readable */
+    uint8_t hs_want;         /* the readiness (EV_READ/EV_WRITE) the handshake waits for */
     int err;             /* errno of the failure reported as CONN_ERROR */
     int dns_err;         /* getaddrinfo error while resolving (CONN_ERROR) */
     uint32_t in_want;    /* capacity the owner asked for: a whole large message */
