@@ -401,7 +401,9 @@ def test_sighup_reloads_certificates(cluster1, make_proxy, certs, tmp_path):
         f.write("not a key\n")
     now = served_cert()
     p.signal(signal.SIGHUP)
-    time.sleep(0.3)
+    deadline = time.time() + 5
+    while "reload failed" not in p.log() and time.time() < deadline:
+        time.sleep(0.05)
     assert "reload failed" in p.log()
     assert served_cert() == now
     assert held.execute("select 2").fetchone()[0] == 2
@@ -493,12 +495,23 @@ def test_server_plaintext_password_only_over_tls(ssl_cluster, make_proxy):
         f.write(orig.replace("host  all         all  127.0.0.1/32  scram-sha-256",
                              "host  all         all  127.0.0.1/32  password"))
 
-    def reload():
+    def auth_code():
+        """What the node asks a TCP client for now: 3 cleartext password, 10 SASL."""
+        r = Raw(ssl_cluster.node_port(1))
+        r.send(startup_packet())
+        t, body = r.read_msg()
+        r.close()
+        return struct.unpack("!I", body[:4])[0] if t == b"R" else None
+
+    def reload(code):
         with psycopg.connect(ssl_cluster.dsn(1), autocommit=True) as c:
             c.execute("select pg_reload_conf()")
-        time.sleep(0.3)
+        deadline = time.time() + 10
+        while auth_code() != code and time.time() < deadline:
+            time.sleep(0.05)
+        assert auth_code() == code
 
-    reload()
+    reload(3)
     try:
         p = make_proxy(ssl_cluster, start=False)
         p.start(wait_writer=False)
@@ -516,4 +529,4 @@ def test_server_plaintext_password_only_over_tls(ssl_cluster, make_proxy):
     finally:
         with open(hba, "w") as f:
             f.write(orig)
-        reload()
+        reload(10)
