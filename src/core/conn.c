@@ -355,8 +355,7 @@ static void conn_cb(evutil_socket_t fd, short what, void *arg)
             flush_one(c);
             if (conn_unsent(c) <= NET_LOW_WATER && !c->dead) {
                 c->refused = conn_unsent(c) > 0;
-                rearm(c);
-                keep_pending(c);
+                rearm(c); /* and keep_pending: on_drain may end the turn */
                 c->cbs->on_drain(c->arg);
                 goto out;
             }
