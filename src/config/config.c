@@ -93,6 +93,8 @@ static const struct key_def keys[] = {
     {"server_tls_ciphers", KT_STRING, FIELD(server_tls_ciphers), "default", 1, NULL, 0, 0},
     {"server_allow_plaintext_password", KT_BOOL, FIELD(server_allow_plaintext_password), "off", 1,
      NULL, 0, 0},
+    {"server_scram_max_iterations", KT_INT, FIELD(server_scram_max_iterations), "100000", 1, NULL,
+     1, INT_MAX},
 };
 
 #define N_KEYS (sizeof(keys) / sizeof(keys[0]))

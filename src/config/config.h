@@ -70,6 +70,7 @@ struct config {
     char *server_tls_protocols;
     char *server_tls_ciphers;
     int server_allow_plaintext_password; /* bool: answer cleartext and md5 requests without TLS */
+    int server_scram_max_iterations; /* a server's SCRAM iteration count above this is refused */
     struct node_conf nodes[CONFIG_MAX_NODES];
     int n_nodes;
 };

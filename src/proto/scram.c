@@ -511,17 +511,24 @@ int scram_client_final(struct scram_client *c, const char *server_first, size_t 
     if (salt_len <= 0)
         goto out;
     long iterations = 0;
-    if (iter_len == 0 || iter_len > 9)
+    if (iter_len == 0 || iter_len > 10)
         goto out;
     for (size_t i = 0; i < iter_len; i++) {
         if (iter[i] < '0' || iter[i] > '9')
             goto out;
         iterations = iterations * 10 + (iter[i] - '0');
     }
-    if (iterations < 1)
+    if (iterations < 1 || iterations > INT_MAX)
         goto out;
+    c->iterations = iterations;
 
     if (!c->have_keys) {
+        /* A hostile or misconfigured server could ask for 10^9 rounds of PBKDF2: refused before
+         * they are spent (keys given up front cost nothing whatever the count). */
+        if (c->max_iterations > 0 && iterations > c->max_iterations) {
+            rc = -2;
+            goto out;
+        }
         if (salt_password(c->password, salt, salt_len, (int)iterations, c->salted_password) < 0 ||
             keys_from_salted(c->salted_password, c->client_key, c->server_key) < 0)
             goto out;

@@ -94,7 +94,10 @@ struct scram_client {
     char password[256]; /* used when have_keys is 0 */
     unsigned char client_key[SCRAM_KEY_LEN];
     unsigned char server_key[SCRAM_KEY_LEN];
-    int have_keys; /* keys given up front: no password, no PBKDF2 */
+    int have_keys;       /* keys given up front: no password, no PBKDF2 */
+    long max_iterations; /* a server asking for more is refused (PBKDF2 would stall the loop);
+                          * 0 = no ceiling */
+    long iterations;     /* what the server asked for (for the caller's log) */
     char client_nonce[64];
     char client_first_bare[256];
     char server_first[512];
@@ -116,7 +119,9 @@ int scram_client_set_user(struct scram_client *c, const char *user);
 /* "n,,n=,r=<nonce>". 0 ok, -1 buffer too small or wrong state. */
 int scram_client_first(struct scram_client *c, char *out, size_t cap, size_t *outlen);
 
-/* server-first -> client-final. -1 malformed, nonce mismatch, or an iteration count below 1. */
+/* server-first -> client-final. -1 malformed, nonce mismatch, or an iteration count below 1;
+ * -2 an iteration count above max_iterations while a password must be salted (c->iterations
+ * says how many). */
 int scram_client_final(struct scram_client *c, const char *server_first, size_t len, char *out,
                        size_t cap, size_t *outlen);
 

@@ -180,6 +180,14 @@ static int answer_auth(struct server *s, const uint8_t *body, size_t len)
     pbuf_init(&b);
     switch (code) {
     case AUTH_REQ_OK:
+        if (s->scram && s->scram->state != SCRAM_CLI_DONE) {
+            /* Only a server that proved it knows the secret (its SCRAM signature) may say the
+             * login is done: anyone else on the path could say so too. */
+            SLOG(error, s,
+                 "the server sent AuthenticationOk before its SCRAM signature was "
+                 "verified: refused");
+            return -1;
+        }
         return 0;
     case AUTH_REQ_CLEARTEXT:
         if (!us || us->kind != SECRET_PLAIN)
@@ -236,8 +244,17 @@ static int answer_auth(struct server *s, const uint8_t *body, size_t len)
     case AUTH_REQ_SASL_CONTINUE: {
         char out[512];
         size_t outlen = 0;
-        if (!s->scram ||
-            scram_client_final(s->scram, (const char *)body + 4, len - 4, out, sizeof(out), &outlen) < 0)
+        if (!s->scram)
+            goto bad;
+        s->scram->max_iterations = s->w->cfg->server_scram_max_iterations;
+        int rc = scram_client_final(s->scram, (const char *)body + 4, len - 4, out, sizeof(out),
+                                    &outlen);
+        if (rc == -2)
+            SLOG(error, s,
+                 "the server asks for %ld SCRAM iterations, above server_scram_max_iterations "
+                 "(%ld): refused",
+                 s->scram->iterations, s->scram->max_iterations);
+        if (rc < 0)
             goto bad;
         proto_build_sasl_response(&b, out, outlen);
         send_pbuf(s, &b);

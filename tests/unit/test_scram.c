@@ -332,6 +332,30 @@ static void test_user_escaping(void **state)
     assert_string_equal(out, "n,,n=a=2Cb=3Dc,r=abc");
 }
 
+/* A server asking for more PBKDF2 rounds than max_iterations is refused before any is spent;
+ * keys given up front (no PBKDF2) are not limited. */
+static void test_iteration_ceiling(void **state)
+{
+    const char *sf = "r=" RFC_CLIENT_NONCE "srv,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=1000000000";
+    struct scram_client c;
+    char out[512];
+    size_t n;
+    scram_client_init_password(&c, "pencil");
+    c.max_iterations = 100000;
+    scram_set_test_nonce(RFC_CLIENT_NONCE);
+    assert_int_equal(scram_client_first(&c, out, sizeof(out), &n), 0);
+    scram_set_test_nonce(NULL);
+    assert_int_equal(scram_client_final(&c, sf, strlen(sf), out, sizeof(out), &n), -2);
+    assert_int_equal(c.iterations, 1000000000);
+    unsigned char ck[SCRAM_KEY_LEN] = {1}, sk[SCRAM_KEY_LEN] = {2};
+    scram_client_init_keys(&c, ck, sk);
+    c.max_iterations = 100000;
+    scram_set_test_nonce(RFC_CLIENT_NONCE);
+    assert_int_equal(scram_client_first(&c, out, sizeof(out), &n), 0);
+    scram_set_test_nonce(NULL);
+    assert_int_equal(scram_client_final(&c, sf, strlen(sf), out, sizeof(out), &n), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -344,6 +368,7 @@ int main(void)
         cmocka_unit_test(test_client_rejects_bad_server_first),
         cmocka_unit_test(test_parse_secret),
         cmocka_unit_test(test_user_escaping),
+        cmocka_unit_test(test_iteration_ceiling),
     };
     return cmocka_run_group_tests_name("scram", tests, NULL, NULL);
 }
