@@ -12,7 +12,7 @@ PYTHON   ?= /usr/bin/python3
 OPT      ?= -O2
 SANITIZE ?=
 
-PKG_PROXY := libevent openssl
+PKG_PROXY := libevent openssl libidn
 PKG_TOOLS := libpq
 
 CFLAGS_ALL := -std=gnu11 $(OPT) -g -Wall -Wextra -Werror -Wno-unused-parameter \

@@ -2,7 +2,7 @@
 # Install from Debian's packages whatever pgstay's build, tests, demo and bench need; quick when all is present.
 set -e
 PKGS="build-essential pkg-config libevent-dev libssl-dev libpq-dev postgresql postgresql-15 postgresql-client-15 \
-libcmocka-dev libpg-query-dev libprotobuf-c-dev openssl python3-pytest python3-psycopg python3-asyncpg pgbouncer iptables iproute2 procps util-linux \
+libcmocka-dev libidn-dev libpg-query-dev libprotobuf-c-dev openssl python3-pytest python3-psycopg python3-asyncpg pgbouncer iptables iproute2 procps util-linux \
 default-jdk-headless libpostgresql-jdbc-java"
 missing=""
 for p in $PKGS; do

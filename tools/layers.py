@@ -7,7 +7,8 @@ start (struct topology_hooks, struct session_hooks, w->reload / w->begin_shutdow
 
   core      event loop glue, conn, buffers, clock, log, lists, the deferred work queue, struct
             worker, the TLS transport: libevent, OpenSSL and libc only
-  proto     the v3 codec, SCRAM, md5, the SQL classifier: no sockets, no loop
+  proto     the v3 codec, SCRAM, md5, the SQL classifier, and framing (the next message on a
+            conn's input, checked once for every reader): no sockets of its own, no loop
   config    the key table and the auth file (the auth file parses SCRAM secrets: proto)
   topology  probes, writer choice, fencing: it reads config and hands the layers above its
             verdicts (writer lost/found, node dropped) through struct topology_hooks

@@ -405,17 +405,11 @@ void admin_process(struct client *c)
 {
     struct conn *in = &c->conn;
     while (c->state != CL_CLOSING && !c->pause_waiting) {
-        size_t avail = conn_avail(in);
         struct msg_hdr h;
-        if (avail < PROTO_HDR_LEN)
+        static const struct frame_rules rules = {64 * 1024, proto_fe_type_known};
+        if (!frame_ok(c, frame_next(in, &rules, &h), &h, "frontend") || !frame_whole(in, &h))
             return;
-        if (proto_parse_header(conn_data(in), PROTO_HDR_LEN, 64 * 1024, &h) != PROTO_OK) {
-            client_close(c, SQLSTATE_PROTOCOL_VIOLATION, "invalid message length");
-            return;
-        }
-        if (!conn_has(in, 1 + (size_t)h.len))
-            return;
-        const uint8_t *m = conn_data(in);
+        const uint8_t *m = frame_data(in);
         if (h.type == FE_TERMINATE) {
             client_close(c, NULL, "admin client sent Terminate");
             return;

@@ -307,6 +307,7 @@ int worker_reload(struct worker *w)
     }
     config_apply_reload(w->cfg, fresh);
     free(fresh);
+    userlist_keep_mock(&ul, w->users);
     userlist_free(w->users);
     *w->users = ul;
     tls_ctx_free(w->client_tls);

@@ -20,6 +20,7 @@
 #include "pool/backoff.h"
 #include "pool/pool.h"
 #include "pool/prepared.h"
+#include "proto/frame.h"
 #include "proto/proto.h"
 #include "proto/sqlclass.h"
 #include "server/server.h"
@@ -751,6 +752,33 @@ static void handle_startup(struct client *c, const uint8_t *pkt, uint32_t len)
     auth_begin(c);
 }
 
+static int is_password_message(uint8_t t)
+{
+    return t == FE_PASSWORD;
+}
+
+int frame_ok(struct client *c, enum frame_result r, const struct msg_hdr *h, const char *expected)
+{
+    char msg[96];
+    switch (r) {
+    case FRAME_OK:
+        return 1;
+    case FRAME_MORE:
+        return 0;
+    case FRAME_BAD_LENGTH:
+        client_close(c, SQLSTATE_PROTOCOL_VIOLATION, "invalid message length");
+        return 0;
+    case FRAME_BAD_TYPE:
+        if (!strcmp(expected, "frontend"))
+            snprintf(msg, sizeof(msg), "invalid frontend message type %d", h->type);
+        else
+            snprintf(msg, sizeof(msg), "expected %s, got message type %d", expected, h->type);
+        client_close(c, SQLSTATE_PROTOCOL_VIOLATION, msg);
+        return 0;
+    }
+    return 0;
+}
+
 static void login_process(struct client *c)
 {
     struct conn *in = &c->conn;
@@ -787,25 +815,31 @@ static void login_process(struct client *c)
         }
         /* Authentication answers: 'p' messages, small. */
         struct msg_hdr h;
-        if (avail < PROTO_HDR_LEN)
-            return;
-        if (proto_parse_header(conn_data(in), PROTO_HDR_LEN, AUTH_MSG_MAX, &h) != PROTO_OK) {
-            client_close(c, SQLSTATE_PROTOCOL_VIOLATION, "invalid message length");
-            return;
-        }
-        if (h.type != FE_PASSWORD) {
-            char msg[96];
-            snprintf(msg, sizeof(msg), "expected password response, got message type %d", h.type);
-            client_close(c, SQLSTATE_PROTOCOL_VIOLATION, msg);
-            return;
-        }
-        if (avail < 1 + (size_t)h.len)
+        static const struct frame_rules rules = {AUTH_MSG_MAX, is_password_message};
+        if (!frame_ok(c, frame_next(in, &rules, &h), &h, "password response") ||
+            !frame_whole(in, &h))
             return;
         uint8_t m[PROTO_HDR_LEN + AUTH_MSG_MAX];
-        memcpy(m, conn_data(in), 1 + h.len);
+        memcpy(m, frame_data(in), 1 + h.len);
         conn_consume(in, 1 + h.len);
         auth_handle(c, m + PROTO_HDR_LEN, h.len - 4);
     }
+}
+
+/* A secret cancel key, unpredictable as RAND_bytes makes it, drawn from a batch. */
+static uint32_t next_cancel_key(struct worker *w)
+{
+    if (w->n_cancel_keys == 0) {
+        if (RAND_bytes((unsigned char *)w->cancel_keys, sizeof(w->cancel_keys)) != 1) {
+            /* No randomness (should not happen): a key nobody can guess is impossible; one
+             * that at least differs per client is the fallback, as before. */
+            return (uint32_t)now_us();
+        }
+        w->n_cancel_keys = (int)(sizeof(w->cancel_keys) / sizeof(w->cancel_keys[0]));
+    }
+    uint32_t k = w->cancel_keys[--w->n_cancel_keys];
+    w->cancel_keys[w->n_cancel_keys] = 0; /* a used key does not linger in memory */
+    return k;
 }
 
 /* Authentication succeeded: AuthenticationOk, then a server (or the admin console). */
@@ -816,8 +850,7 @@ void client_logged_in(struct client *c)
     proto_build_auth(&b, AUTH_REQ_OK, NULL, 0);
     client_send_pbuf(c, &b);
     c->cancel_pid = c->w->next_cancel_pid++;
-    if (RAND_bytes((unsigned char *)&c->cancel_key, sizeof(c->cancel_key)) != 1)
-        c->cancel_key = (uint32_t)now_us();
+    c->cancel_key = next_cancel_key(c->w);
     if (c->is_admin) {
         client_change_state(c, CL_IDLE);
         c->w->session->admin_welcome(c);
@@ -1319,19 +1352,9 @@ void client_process(struct client *c)
             continue;
         }
         struct msg_hdr h;
-        if (avail < PROTO_HDR_LEN)
+        const struct frame_rules rules = {(uint32_t)w->cfg->max_packet_size, proto_fe_type_known};
+        if (!frame_ok(c, frame_next(in, &rules, &h), &h, "frontend"))
             return;
-        if (proto_parse_header(conn_data(in), PROTO_HDR_LEN, (uint32_t)w->cfg->max_packet_size,
-                               &h) != PROTO_OK) {
-            client_close(c, SQLSTATE_PROTOCOL_VIOLATION, "invalid message length");
-            return;
-        }
-        if (!proto_fe_type_known(h.type)) {
-            char msg[64];
-            snprintf(msg, sizeof(msg), "invalid frontend message type %d", h.type);
-            client_close(c, SQLSTATE_PROTOCOL_VIOLATION, msg);
-            return;
-        }
         if (h.type == FE_TERMINATE) {
             client_close(c, NULL, "client sent Terminate");
             return;
@@ -1463,9 +1486,6 @@ void client_linked(struct client *c)
     struct server *s = c->server;
     struct pbuf b;
     pbuf_init(&b);
-    if (c->pool && c->pool->base.n == 0)
-        for (int i = 0; i < s->params.n; i++)
-            kv_set(&c->pool->base, s->params.items[i].name, s->params.items[i].value);
     /* Linked once its setup was answered (pool.c link_pair): s->params are the client's. */
     if (c->reported_hash != s->params_hash || !c->got_welcome) {
         for (int i = 0; i < s->params.n; i++) {

@@ -9,6 +9,7 @@
 #include "core/conn.h"
 #include "core/list.h"
 #include "core/worker.h"
+#include "proto/frame.h"
 #include "proto/scram.h"
 
 struct pool;
@@ -186,6 +187,10 @@ void client_change_state(struct client *c, enum client_state st);
 const char *client_addr(const struct client *c);
 /* Close with a reason that is logged; if sqlstate is set the client is sent a FATAL first. */
 void client_close(struct client *c, const char *sqlstate, const char *reason);
+/* What frame_next said about c's input: 1 to go on with h; 0 to wait, or after closing c with
+ * PostgreSQL's message for a bad length or type (expected: what c's state accepts, or
+ * "frontend" for any frontend message). */
+int frame_ok(struct client *c, enum frame_result r, const struct msg_hdr *h, const char *expected);
 /* Send an ErrorResponse (severity ERROR) and, when the client awaits one, ReadyForQuery. */
 void client_send_error(struct client *c, const char *sqlstate, const char *msg);
 /* The pool gives this client a server (already set up with the client's parameters). */

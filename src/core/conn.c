@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -19,6 +20,10 @@
 
 /* Lent buffers kept for reuse: enough for a busy loop, bounded so a burst gives memory back. */
 #define MAX_FREE_BLOCKS 256
+/* Free buffers kept however long they sit unused, and how often the others are looked at: an
+ * idle pgstay holds 256 kB of buffers, not the high-water mark of its last burst. */
+#define RESERVE_BLOCKS 16
+#define TRIM_PERIOD_MS 250
 
 static long plain_read(struct conn *c, void *p, size_t n)
 {
@@ -50,22 +55,73 @@ const struct transport_ops transport_plain = {
 
 /* ---- buffers ---- */
 
+/*
+ * Lent buffers are mapped one by one rather than taken from malloc: a 16 kB chunk freed in the
+ * middle of the heap stays resident, a munmap'd one does not, so the memory of a burst (10,000
+ * logins at once) goes back instead of counting against every idle client afterwards.
+ */
+static uint8_t *block_map(void)
+{
+    void *p = mmap(NULL, CONN_BLOCK, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+static void arm_trim(struct conn_loop *l)
+{
+    if (l->trim_armed || !l->base)
+        return;
+    struct timeval tv = {0, TRIM_PERIOD_MS * 1000};
+    evtimer_add(&l->trim_ev, &tv);
+    l->trim_armed = 1;
+}
+
 static uint8_t *block_get(struct conn_loop *l)
 {
-    if (l->n_free > 0)
-        return l->free_blocks[--l->n_free];
-    return malloc(CONN_BLOCK);
+    if (l->n_free == 0)
+        return block_map();
+    uint8_t *b = l->free_blocks[--l->n_free];
+    if (l->n_free < l->low_free)
+        l->low_free = l->n_free;
+    return b;
 }
 
 static void cbuf_release(struct conn_loop *l, struct cbuf *b)
 {
     if (b->data) {
-        if (b->cap == CONN_BLOCK && l->n_free < l->max_free)
-            l->free_blocks[l->n_free++] = b->data;
-        else
+        if (b->cap != CONN_BLOCK) {
             free(b->data);
+        } else if (l->n_free < l->max_free) {
+            l->free_blocks[l->n_free++] = b->data;
+            if (l->n_free > RESERVE_BLOCKS)
+                arm_trim(l);
+        } else {
+            munmap(b->data, CONN_BLOCK);
+        }
     }
     memset(b, 0, sizeof(*b));
+}
+
+void conn_loop_trim(struct conn_loop *l)
+{
+    int unused = l->low_free - RESERVE_BLOCKS;
+    if (unused > 0) {
+        /* the oldest first: the bottom of the stack */
+        for (int i = 0; i < unused; i++)
+            munmap(l->free_blocks[i], CONN_BLOCK);
+        memmove(l->free_blocks, l->free_blocks + unused,
+                (size_t)(l->n_free - unused) * sizeof(void *));
+        l->n_free -= unused;
+    }
+    l->low_free = l->n_free;
+}
+
+static void trim_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct conn_loop *l = arg;
+    l->trim_armed = 0;
+    conn_loop_trim(l);
+    if (l->n_free > RESERVE_BLOCKS)
+        arm_trim(l);
 }
 
 /* Room for n more bytes after the last one; 0 or -1 (out of memory). */
@@ -386,6 +442,7 @@ int conn_loop_init(struct conn_loop *l, struct event_base *base, struct evdns_ba
     if (!l->free_blocks)
         return -1;
     event_assign(&l->flush_ev, base, -1, 0, flush_cb, l);
+    evtimer_assign(&l->trim_ev, base, trim_cb, l);
     return 0;
 }
 
@@ -393,8 +450,10 @@ void conn_loop_free(struct conn_loop *l)
 {
     if (l->flush_armed)
         event_del(&l->flush_ev);
+    if (l->trim_armed)
+        event_del(&l->trim_ev);
     for (int i = 0; i < l->n_free; i++)
-        free(l->free_blocks[i]);
+        munmap(l->free_blocks[i], CONN_BLOCK);
     free(l->free_blocks);
     l->free_blocks = NULL;
     l->n_free = 0;
@@ -415,7 +474,6 @@ static void conn_setup(struct conn *c, struct conn_loop *l, int fd, const struct
 void conn_accept(struct conn *c, struct conn_loop *l, int fd, const struct conn_cbs *cbs, void *arg)
 {
     conn_setup(c, l, fd, cbs, arg);
-    evutil_make_socket_nonblocking(fd);
     c->reading = 1;
     rearm(c);
 }

@@ -40,8 +40,11 @@ struct conn_loop {
     struct event flush_ev; /* sends what was queued outside a connection's own callback */
     int flush_armed;
     int in_cb;          /* inside a connection's callback: it flushes at its end */
-    void **free_blocks; /* CONN_BLOCK buffers to lend again */
+    void **free_blocks; /* CONN_BLOCK buffers to lend again (a stack: the bottom is oldest) */
     int n_free, max_free;
+    int low_free;         /* fewest free since the last trim: what went unused all along */
+    struct event trim_ev; /* gives unused buffers back to the kernel after a burst */
+    int trim_armed;
 };
 
 enum conn_what {
@@ -116,10 +119,14 @@ struct conn {
 
 int conn_loop_init(struct conn_loop *l, struct event_base *base, struct evdns_base *dns);
 void conn_loop_free(struct conn_loop *l);
+/* Give back to the kernel the free buffers above a small reserve that no connection borrowed
+ * since the previous call (the loop calls it on a timer while there are such buffers). */
+void conn_loop_trim(struct conn_loop *l);
 /* Send everything queued this turn (called at the end of every connection callback). */
 void conn_loop_flush(struct conn_loop *l);
 
-/* Take an accepted socket; reading starts at once. */
+/* Take an accepted socket, already non-blocking (evconnlistener accepts with accept4 and
+ * SOCK_NONBLOCK: no fcntl per client); reading starts at once. */
 void conn_accept(struct conn *c, struct conn_loop *l, int fd, const struct conn_cbs *cbs,
                  void *arg);
 /* Connect to host:port (resolved through the loop's resolver unless numeric); CONN_CONNECTED

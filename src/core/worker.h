@@ -90,6 +90,10 @@ struct worker {
     const struct session_hooks *session;
     uint64_t next_id;
     uint32_t next_cancel_pid;
+    /* Cancel keys come from a batch of CSPRNG bytes: one RAND_bytes (and the getpid OpenSSL
+     * makes to detect a fork) per 64 logins, not per login. */
+    uint32_t cancel_keys[64];
+    int n_cancel_keys;
     int shutting_down;      /* SIGTERM: accept nothing new, exit when clients are gone */
     int64_t shutdown_deadline;
     struct worker_stats stats;

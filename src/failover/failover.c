@@ -63,6 +63,15 @@ void failover_writer_lost(struct worker *w, struct node *old, const char *why)
         ev->writer_lost = now;
         /* New requests were held from the moment the writer became suspect. */
         ev->hold_started = w->topo->suspect && w->topo->suspect_since ? w->topo->suspect_since : now;
+        /* and those clients count in this event: they were held while the writer was only
+         * suspect, before there was an event to count them in (failover_note_held). */
+        struct list *pos, *tmp;
+        list_for_each_safe(pos, tmp, &w->clients[CL_WAITING])
+        {
+            struct client *c = container_of(pos, struct client, node);
+            if (c->held)
+                ev->clients_held++;
+        }
         fo->current = ev;
         log_warn("failover #%d: started: writer %s lost (%s); holding requests until a new writer "
                  "is seen",

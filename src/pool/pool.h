@@ -24,8 +24,9 @@ struct pool {
     int n_connecting;      /* in SV_CONNECTING or SV_LOGIN */
     int n_waiting;
     int64_t last_login_error_at;
-    /* ParameterStatus values of this pool's first server: each client stores only its own
-     * differences, so an idle client costs no copy of them. */
+    /* ParameterStatus values of this pool's first server at login, before any client's
+     * parameters: each client stores only its own differences, so an idle client that asked
+     * for nothing costs no copy of them. */
     struct kvlist base;
     /* What a server reported (ParameterStatus) once set up for a client with given startup
      * parameters, by a hash of them: the next client with the same ones is welcomed from

@@ -1,4 +1,5 @@
-/* SCRAM-SHA-256 message exchange and key derivation on top of OpenSSL; no sockets, no heap. */
+/* SCRAM-SHA-256 message exchange and key derivation on top of OpenSSL (SASLprep: libidn); no
+ * sockets, no heap but SASLprep's short-lived copy. */
 #include "proto/scram.h"
 
 #include <limits.h>
@@ -11,10 +12,10 @@
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
 #include <openssl/sha.h>
+#include <stringprep.h>
 
-/* SASLprep is not applied: passwords are used as-is. PostgreSQL's own fallback is the same
- * (a password that is not valid UTF-8 or fails normalisation is used raw), and for ASCII
- * passwords SASLprep is the identity, so secrets made by PostgreSQL still match. */
+/* Passwords go through SASLprep as in PostgreSQL (scram_saslprep): libpq prepares what the
+ * user typed, PostgreSQL prepares what it stores, so pgstay does both where it stands in. */
 
 #define NONCE_RAW_LEN 18 /* PostgreSQL's SCRAM_RAW_NONCE_LEN: 24 base64 characters */
 
@@ -161,12 +162,35 @@ out:
     return rc;
 }
 
+char *scram_saslprep(const char *password)
+{
+    int ascii = 1;
+    for (const unsigned char *p = (const unsigned char *)password; *p; p++)
+        if (*p >= 0x80)
+            ascii = 0;
+    char *out = NULL;
+    /* Unassigned code points refused, as PostgreSQL's pg_saslprep refuses them; a refusal
+     * (or bytes that are not UTF-8) means the password is used as it is. */
+    if (!ascii &&
+        stringprep_profile(password, &out, "SASLprep", STRINGPREP_NO_UNASSIGNED) == STRINGPREP_OK &&
+        out && *out)
+        return out;
+    free(out);
+    return strdup(password);
+}
+
 int scram_secret_generate(const char *password, struct scram_secret *out)
 {
     unsigned char salt[SCRAM_SALT_LEN];
     if (RAND_bytes(salt, sizeof(salt)) != 1)
         return -1;
-    return scram_secret_from_password(password, salt, sizeof(salt), SCRAM_ITERATIONS, out);
+    char *prepared = scram_saslprep(password);
+    if (!prepared)
+        return -1;
+    int rc = scram_secret_from_password(prepared, salt, sizeof(salt), SCRAM_ITERATIONS, out);
+    OPENSSL_cleanse(prepared, strlen(prepared));
+    free(prepared);
+    return rc;
 }
 
 int scram_parse_secret(const char *s, struct scram_secret *out)
@@ -432,11 +456,19 @@ out:
 int scram_client_init_password(struct scram_client *c, const char *password)
 {
     memset(c, 0, sizeof(*c));
-    size_t n = strlen(password);
-    if (n >= sizeof(c->password))
+    /* PostgreSQL stored the secret of the SASLprep'd password: prove that one, as libpq does. */
+    char *prepared = scram_saslprep(password);
+    if (!prepared)
         return -1;
-    memcpy(c->password, password, n + 1);
-    return 0;
+    size_t n = strlen(prepared);
+    int rc = -1;
+    if (n < sizeof(c->password)) {
+        memcpy(c->password, prepared, n + 1);
+        rc = 0;
+    }
+    OPENSSL_cleanse(prepared, n);
+    free(prepared);
+    return rc;
 }
 
 int scram_client_init_keys(struct scram_client *c, const unsigned char client_key[SCRAM_KEY_LEN],

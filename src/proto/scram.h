@@ -30,8 +30,14 @@ int scram_secret_from_password(const char *password, const unsigned char *salt, 
                                int iterations, struct scram_secret *out);
 
 /* Same, with SCRAM_SALT_LEN random salt bytes and SCRAM_ITERATIONS: for a plain auth_file
- * password. PBKDF2 is slow on purpose, so callers should cache the result per user. */
+ * password (SASLprep'd first, as PostgreSQL does when it stores one). PBKDF2 is slow on
+ * purpose: the auth file derives it once per user when it is loaded, never per login. */
 int scram_secret_generate(const char *password, struct scram_secret *out);
+
+/* The password PostgreSQL and libpq feed to SCRAM: SASLprep (RFC 4013, through libidn's
+ * profile) when it is not pure ASCII; unchanged when it is ASCII, not UTF-8, or the profile
+ * refuses it (PostgreSQL's own fallback). A new string to free, or NULL if out of memory. */
+char *scram_saslprep(const char *password);
 
 /* ---- pgstay as SCRAM server (authenticating a client) ---- */
 

@@ -17,6 +17,7 @@
 #include "pool/backoff.h"
 #include "pool/pool.h"
 #include "proto/md5.h"
+#include "proto/frame.h"
 #include "proto/proto.h"
 #include "topology/topology.h"
 
@@ -299,6 +300,11 @@ static void login_done(struct server *s)
     }
     s->pool->n_connecting--;
     login_backoff_ok(s->pool, s->nd);
+    /* The pool's base is what a server reports before any client's parameters are applied
+     * (not what the first client set): a client that asks for nothing stores nothing. */
+    if (s->pool->base.n == 0)
+        for (int i = 0; i < s->params.n; i++)
+            kv_set(&s->pool->base, s->params.items[i].name, s->params.items[i].value);
     SLOG(debug, s, "logged in (backend pid %u)", s->be_pid);
     pool_server_ready(s);
 }
@@ -711,10 +717,11 @@ static void server_process_loop(struct server *s)
             continue;
         }
         struct msg_hdr h;
-        if (avail < PROTO_HDR_LEN)
+        static const struct frame_rules rules = {0x7fffffff, proto_be_type_known};
+        enum frame_result fr = frame_next(in, &rules, &h);
+        if (fr == FRAME_MORE)
             return;
-        if (proto_parse_header(conn_data(in), PROTO_HDR_LEN, 0x7fffffff, &h) != PROTO_OK ||
-            !proto_be_type_known(h.type)) {
+        if (fr != FRAME_OK) {
             server_close_by(s, EVIDENCE_FAILURE,
                             "the server sent bytes that are not the PostgreSQL protocol");
             return;

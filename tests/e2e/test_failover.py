@@ -276,6 +276,43 @@ def test_pause_opens_the_new_writers_servers_ahead(fo_proxy, cluster3):
         c.close()
 
 
+def test_clients_held_while_suspect_are_counted(cluster3, tmp_path):
+    """A client whose request waits while the writer is only suspect counts in the failover
+    that follows (SHOW FAILOVERS clients_held): it was held, before the event existed."""
+    p = Pgstay(cluster3, str(tmp_path), pool_mode="transaction", pool_size=10,
+               failover_timeout="20s", health_check_timeout="300ms", health_check_fall=100)
+    p.start()
+    c = p.connect()
+    c.execute("select 1")
+    got = []
+    th = threading.Thread(target=lambda: got.append(c.execute("select 2").fetchone()[0]),
+                          daemon=True)
+    try:
+        cluster3.freeze("n1")
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            n1 = [r for r in show(p, "SHOW NODES") if r["name"] == "n1"][0]
+            if n1["health"] == "suspect":
+                break
+            time.sleep(0.05)
+        assert n1["health"] == "suspect", n1
+        th.start()
+        while time.time() < deadline and not any(
+                r["held"] == "yes" for r in show(p, "SHOW CLIENTS")):
+            time.sleep(0.05)
+        assert show(p, "SHOW FAILOVERS") == []  # held, and no failover yet
+        cluster3.run("crash", "n1")  # the writer's connections reset: lost at once
+        promote_best(cluster3)
+        th.join(20)
+        assert got == [2]
+        ev = show(p, "SHOW FAILOVERS")
+        assert len(ev) == 1 and int(ev[0]["clients_held"]) >= 1, ev
+    finally:
+        cluster3.run("thaw", "n1", check=False)
+        c.close()
+        p.stop()
+
+
 def test_frozen_primary(fo_proxy, cluster3):
     def event():
         cluster3.freeze("n1")

@@ -325,6 +325,36 @@ def test_scram_secret_in_auth_file(cluster1, make_proxy, tmp_path):
         assert c.execute("select current_user").fetchone()[0] == "app"
 
 
+@pytest.mark.parametrize("auth", ["scram-sha-256", "md5"])
+def test_saslprep_password(cluster1, make_proxy, auth):
+    """A password that SASLprep changes ('IX-\u2168' -> 'IX-IX'): libpq prepares what it is
+    given, PostgreSQL prepared what it stored; pgstay does both (client side from auth_file,
+    server side logging in), so the login works through it as it does directly."""
+    pw = "IX-\u2168"
+    with psycopg.connect(cluster1.dsn(1), autocommit=True) as c:
+        c.execute("drop role if exists roman")
+        c.execute("create role roman login password '%s'" % pw)
+        c.execute("grant connect on database app to roman")
+    try:
+        # directly, both spellings work (the server stored the SASLprep'd one)
+        for typed in (pw, "IX-IX"):
+            psycopg.connect(cluster1.dsn(1, user="roman", dbname="app") + " password=" + typed).close()
+        p = make_proxy(cluster1, start=False, auth_type=auth)
+        p.userlist["roman"] = pw
+        p.start()
+        typed_ok = (pw, "IX-IX") if auth == "scram-sha-256" else (pw,)
+        for typed in typed_ok:
+            with psycopg.connect(p.dsn(user="roman", dbname="app", password=typed)) as c:
+                assert c.execute("select current_user").fetchone()[0] == "roman"
+        with pytest.raises(psycopg.OperationalError) as e:
+            psycopg.connect(p.dsn(user="roman", dbname="app", password="IX-X"))
+        assert "password authentication failed" in str(e.value)
+    finally:
+        with psycopg.connect(cluster1.dsn(1), autocommit=True) as c:
+            c.execute("drop owned by roman")
+            c.execute("drop role roman")
+
+
 def test_unknown_database(proxy):
     with pytest.raises(psycopg.OperationalError) as e:
         psycopg.connect(proxy.dsn(dbname="no_such_db"))

@@ -13,6 +13,7 @@
 
 #include "config/config.h"
 #include "config/userlist.h"
+#include "proto/scram.h"
 
 #define NODES "[nodes]\nn1 = host=127.0.0.1\n"
 
@@ -393,6 +394,35 @@ static void test_userlist(void **state)
     assert_non_null(u);
     assert_string_equal(u->secret, "");
     assert_null(userlist_find(&ul, "mallory"));
+
+    /* SCRAM verifiers exist once loaded: parsed (carol), derived for plain passwords (alice,
+     * empty ones too), none for md5 */
+    assert_non_null(userlist_find(&ul, "carol")->scram);
+    assert_int_equal(userlist_find(&ul, "carol")->scram->iterations, 4096);
+    u = userlist_find(&ul, "alice");
+    assert_non_null(u->scram);
+    struct scram_secret again;
+    assert_int_equal(scram_secret_from_password("plain pass", u->scram->salt, u->scram->salt_len,
+                                                u->scram->iterations, &again),
+                     0);
+    assert_memory_equal(again.stored_key, u->scram->stored_key, SCRAM_KEY_LEN);
+    assert_null(userlist_find(&ul, "bob")->scram);
+
+    /* an unknown user's mock verifier: the same salt at every attempt, another per user */
+    struct scram_secret m1, m2, m3;
+    userlist_mock_secret(&ul, "mallory", &m1);
+    userlist_mock_secret(&ul, "mallory", &m2);
+    userlist_mock_secret(&ul, "trent", &m3);
+    assert_int_equal(m1.salt_len, SCRAM_SALT_LEN);
+    assert_int_equal(m1.iterations, SCRAM_ITERATIONS);
+    assert_memory_equal(m1.salt, m2.salt, SCRAM_SALT_LEN);
+    assert_memory_not_equal(m1.salt, m3.salt, SCRAM_SALT_LEN);
+    assert_memory_not_equal(m1.stored_key, m3.stored_key, SCRAM_KEY_LEN);
+    struct userlist other = {0};
+    userlist_keep_mock(&other, &ul);
+    userlist_mock_secret(&other, "mallory", &m2);
+    assert_memory_equal(m1.salt, m2.salt, SCRAM_SALT_LEN);
+
     userlist_free(&ul);
     assert_int_equal(ul.n, 0);
 }

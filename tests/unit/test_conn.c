@@ -1,6 +1,7 @@
 /* The connection layer (core/conn.c) on socket pairs: buffers lent and given back, one send
  * per turn, backpressure and on_drain, whole large messages, EOF, kicks, direct forwarding. */
 #include <errno.h>
+#include <fcntl.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -15,6 +16,7 @@
 #include <event2/event.h>
 
 #include "core/conn.h"
+#include "proto/frame.h"
 
 struct owner {
     struct conn c;
@@ -47,6 +49,11 @@ static void on_event(void *arg, int what)
 
 static const struct conn_cbs cbs = {on_read, on_drain, on_event};
 
+static void nonblocking(int fd)
+{
+    assert_int_equal(fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK), 0);
+}
+
 struct fixture {
     struct event_base *base;
     struct conn_loop loop;
@@ -61,6 +68,7 @@ static int setup(void **state)
     assert_int_equal(conn_loop_init(&f->loop, f->base, NULL), 0);
     int sv[2];
     assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    nonblocking(sv[0]); /* as accept4(SOCK_NONBLOCK) leaves it */
     conn_accept(&f->o.c, &f->loop, sv[0], &cbs, &f->o);
     f->peer = sv[1];
     *state = f;
@@ -214,6 +222,7 @@ static void test_forward(void **state)
     struct owner o2 = {0};
     int sv[2];
     assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    nonblocking(sv[0]); /* as accept4(SOCK_NONBLOCK) leaves it */
     conn_accept(&o2.c, &f->loop, sv[0], &cbs, &o2);
     size_t total = 3 * CONN_BLOCK;
     uint8_t *big = malloc(total);
@@ -240,6 +249,92 @@ static void test_forward(void **state)
     free(big);
 }
 
+static int only_query(uint8_t t)
+{
+    return t == 'Q';
+}
+
+/* Framing (proto/frame.c) over a conn's input: a header in pieces waits, lengths below 4,
+ * above the limit or negative are refused, a type outside the rules is refused, and a whole
+ * message is waited for without being consumed. */
+static void test_frame_next(void **state)
+{
+    struct fixture *f = *state;
+    struct conn *in = &f->o.c;
+    const struct frame_rules rules = {100, only_query};
+    struct msg_hdr h;
+    assert_int_equal(send(f->peer, "Q\0\0", 3, 0), 3);
+    turn(f);
+    assert_int_equal(frame_next(in, &rules, &h), FRAME_MORE);
+    assert_int_equal(send(f->peer, "\0\x0aSELE", 6, 0), 6);
+    turn(f);
+    assert_int_equal(frame_next(in, &rules, &h), FRAME_OK);
+    assert_int_equal(h.type, 'Q');
+    assert_int_equal(h.len, 10);
+    assert_false(frame_whole(in, &h)); /* 9 of 11 bytes */
+    assert_int_equal(send(f->peer, "CT", 2, 0), 2);
+    turn(f);
+    assert_true(frame_whole(in, &h));
+    assert_memory_equal(frame_data(in) + PROTO_HDR_LEN, "SELECT", 6);
+    conn_consume(in, 11);
+
+    static const struct {
+        const char *bytes;
+        enum frame_result want;
+    } bad[] = {
+        {"Q\0\0\0\x03", FRAME_BAD_LENGTH},       /* shorter than its own length field */
+        {"Q\0\0\0\x65", FRAME_BAD_LENGTH},       /* 101 > 100 */
+        {"Q\xff\xff\xff\xfc", FRAME_BAD_LENGTH}, /* negative */
+        {"P\0\0\0\x04", FRAME_BAD_TYPE},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        assert_int_equal(send(f->peer, bad[i].bytes, 5, 0), 5);
+        turn(f);
+        assert_int_equal(frame_next(in, &rules, &h), bad[i].want);
+        conn_consume(in, 5);
+    }
+    const struct frame_rules any = {100, NULL};
+    assert_int_equal(send(f->peer, "P\0\0\0\x04", 5, 0), 5);
+    turn(f);
+    assert_int_equal(frame_next(in, &any, &h), FRAME_OK);
+    conn_consume(in, 5);
+}
+
+/* After a burst, the buffers nobody borrows again go back to the kernel, down to a reserve;
+ * those in use between two trims are kept. */
+static void test_trim_after_burst(void **state)
+{
+    struct fixture *f = *state;
+    enum { N = 40 };
+    static struct owner o[N]; /* static: still valid in teardown if an assertion fails */
+    static int peers[N];
+    for (int i = 0; i < N; i++) {
+        int sv[2];
+        assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    nonblocking(sv[0]); /* as accept4(SOCK_NONBLOCK) leaves it */
+        memset(&o[i], 0, sizeof(o[i]));
+        conn_accept(&o[i].c, &f->loop, sv[0], &cbs, &o[i]);
+        peers[i] = sv[1];
+        conn_write(&o[i].c, "x", 1); /* each borrows a buffer */
+    }
+    turn(f); /* all sent: every buffer is free again */
+    assert_int_equal(f->loop.n_free, N);
+    conn_loop_trim(&f->loop); /* they were all borrowed in this period: kept */
+    assert_int_equal(f->loop.n_free, N);
+    conn_write(&o[0].c, "y", 1); /* one borrowed and given back in the next period */
+    turn(f);
+    conn_loop_trim(&f->loop);
+    assert_int_equal(f->loop.n_free, 17); /* RESERVE_BLOCKS and the one borrowed */
+    conn_loop_trim(&f->loop);
+    assert_int_equal(f->loop.n_free, 16);
+    conn_loop_trim(&f->loop);
+    assert_int_equal(f->loop.n_free, 16); /* the reserve stays */
+    for (int i = 0; i < N; i++) {
+        conn_close(&o[i].c);
+        close(peers[i]);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -251,6 +346,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_eof, setup, teardown),
         cmocka_unit_test_setup_teardown(test_kick, setup, teardown),
         cmocka_unit_test_setup_teardown(test_forward, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_frame_next, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_trim_after_burst, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -4,6 +4,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <cmocka.h>
@@ -356,6 +357,36 @@ static void test_iteration_ceiling(void **state)
     assert_int_equal(scram_client_final(&c, sf, strlen(sf), out, sizeof(out), &n), 0);
 }
 
+/* SASLprep as PostgreSQL applies it (RFC 4013 section 3's examples, and the fallbacks). */
+static void test_saslprep(void **state)
+{
+    static const struct {
+        const char *in, *out;
+    } cases[] = {
+        {"I\xc2\xadX", "IX"},             /* U+00AD soft hyphen: mapped to nothing */
+        {"user", "user"},                 /* ASCII: unchanged */
+        {"USER", "USER"},                 /* case kept */
+        {"\xc2\xaa", "a"},                /* U+00AA: NFKC */
+        {"\xe2\x85\xa8", "IX"},           /* U+2168 ROMAN NUMERAL NINE: NFKC */
+        {"IX-\xe2\x85\xa8", "IX-IX"},     /* the password */
+        {"a\xc2\xa0" "b", "a b"},            /* U+00A0 no-break space: a space */
+        {"\x07", "\x07"},                 /* ASCII (a control character): unchanged, as in PG */
+        {"\xd8\xa7\x31", "\xd8\xa7\x31"}, /* RandALCat then a digit: refused, used raw */
+        {"\xff\xfe", "\xff\xfe"},         /* not UTF-8: used raw */
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char *got = scram_saslprep(cases[i].in);
+        assert_non_null(got);
+        assert_string_equal(got, cases[i].out);
+        free(got);
+    }
+    /* a verifier made from the unprepared spelling checks a proof made from the prepared one */
+    struct scram_secret a, b;
+    assert_int_equal(scram_secret_generate("IX-\xe2\x85\xa8", &a), 0);
+    assert_int_equal(scram_secret_from_password("IX-IX", a.salt, a.salt_len, a.iterations, &b), 0);
+    assert_memory_equal(a.stored_key, b.stored_key, SCRAM_KEY_LEN);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -369,6 +400,7 @@ int main(void)
         cmocka_unit_test(test_parse_secret),
         cmocka_unit_test(test_user_escaping),
         cmocka_unit_test(test_iteration_ceiling),
+        cmocka_unit_test(test_saslprep),
     };
     return cmocka_run_group_tests_name("scram", tests, NULL, NULL);
 }

@@ -122,6 +122,7 @@ static int setup(void **state)
     assert_int_equal(conn_loop_init(&f->loop, f->base, NULL), 0);
     int sv[2];
     assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    evutil_make_socket_nonblocking(sv[0]); /* as accept4(SOCK_NONBLOCK) leaves it */
     conn_accept(&f->o.c, &f->loop, sv[0], &cbs, &f->o);
     f->o.consume = 1;
     f->peer = sv[1];
