@@ -137,6 +137,14 @@ int main(int argc, char **argv)
             return 1;
         }
         userlist_free(&ul);
+        tls_ctx *ctls, *stls;
+        if (worker_tls_build(&cfg, &ctls, &stls, err, sizeof(err)) < 0) {
+            fprintf(stderr, "pgstay: %s\n", err);
+            config_free(&cfg);
+            return 1;
+        }
+        tls_ctx_free(ctls);
+        tls_ctx_free(stls);
         printf("%s: configuration is valid (%d nodes)\n", path, cfg.n_nodes);
         config_free(&cfg);
         return 0;

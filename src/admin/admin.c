@@ -17,6 +17,7 @@
 #include "client/client.h"
 #include "config/config.h"
 #include "core/log.h"
+#include "core/tls.h"
 #include "failover/failover.h"
 #include "pool/pool.h"
 #include "proto/proto.h"
@@ -546,7 +547,7 @@ static void show_clients(struct client *c)
             cell_s(&v, ptr);
             cell_s(&v, x->server ? link : "");
             cell_i(&v, 0);
-            cell_s(&v, "");
+            cell_s(&v, conn_is_tls(&x->conn) ? conn_tls_version(&x->conn) : "");
             cell_s(&v, app ? app : "");
             cell_u(&v, x->id);
             if (x->server)
@@ -606,7 +607,7 @@ static void show_servers(struct client *c)
             cell_s(&v, ptr);
             cell_s(&v, s->client ? link : "");
             cell_i(&v, s->be_pid);
-            cell_s(&v, "");
+            cell_s(&v, conn_is_tls(&s->conn) ? conn_tls_version(&s->conn) : "");
             cell_s(&v, app ? app : "");
             cell_u(&v, s->id);
             cell_s(&v, s->nd ? s->nd->name : "");

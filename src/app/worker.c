@@ -5,6 +5,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -123,6 +124,48 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
         worker_schedule_reap(w);
 }
 
+int worker_tls_build(const struct config *cfg, tls_ctx **client, tls_ctx **server, char *err,
+                     size_t errlen)
+{
+    *client = *server = NULL;
+    char why[400];
+    /* prefer (the default) without a certificate answers 'N', as before TLS existed. */
+    if (cfg->client_tls_sslmode != TLS_DISABLE && *cfg->client_tls_cert_file &&
+        *cfg->client_tls_key_file) {
+        struct tls_settings ts = {
+            .mode = cfg->client_tls_sslmode,
+            .cert_file = cfg->client_tls_cert_file,
+            .key_file = cfg->client_tls_key_file,
+            .ca_file = cfg->client_tls_ca_file,
+            .protocols = cfg->client_tls_protocols,
+            .ciphers = cfg->client_tls_ciphers,
+        };
+        *client = tls_ctx_new(&ts, 1, why, sizeof(why));
+        if (!*client) {
+            snprintf(err, errlen, "client TLS: %s", why);
+            return -1;
+        }
+    }
+    if (cfg->server_tls_sslmode != TLS_DISABLE) {
+        struct tls_settings ts = {
+            .mode = cfg->server_tls_sslmode,
+            .cert_file = cfg->server_tls_cert_file,
+            .key_file = cfg->server_tls_key_file,
+            .ca_file = cfg->server_tls_ca_file,
+            .protocols = cfg->server_tls_protocols,
+            .ciphers = cfg->server_tls_ciphers,
+        };
+        *server = tls_ctx_new(&ts, 0, why, sizeof(why));
+        if (!*server) {
+            snprintf(err, errlen, "server TLS: %s", why);
+            tls_ctx_free(*client);
+            *client = NULL;
+            return -1;
+        }
+    }
+    return 0;
+}
+
 int worker_init(struct worker *w, struct config *cfg)
 {
     memset(w, 0, sizeof(*w));
@@ -155,6 +198,10 @@ int worker_init(struct worker *w, struct config *cfg)
     if (!w->users)
         return -1;
     char err[512];
+    if (worker_tls_build(cfg, &w->client_tls, &w->server_tls, err, sizeof(err)) < 0) {
+        log_error("%s", err);
+        return -1;
+    }
     if (userlist_load(cfg->auth_file, w->users, err, sizeof(err)) < 0) {
         if (cfg->auth_type != AUTH_TRUST) {
             log_error("%s", err);
@@ -269,11 +316,25 @@ int worker_reload(struct worker *w)
         free(fresh);
         return -1;
     }
+    /* The new files are read now: a certificate that cannot be loaded keeps everything as it
+     * was (PostgreSQL keeps its old SSL context the same way). */
+    tls_ctx *ctls, *stls;
+    if (worker_tls_build(fresh, &ctls, &stls, err, sizeof(err)) < 0) {
+        log_error("reload failed, keeping the running configuration: %s", err);
+        userlist_free(&ul);
+        config_free(fresh);
+        free(fresh);
+        return -1;
+    }
     config_apply_reload(w->cfg, fresh);
     free(fresh);
     userlist_keep_mock(&ul, w->users);
     userlist_free(w->users);
     *w->users = ul;
+    tls_ctx_free(w->client_tls);
+    tls_ctx_free(w->server_tls);
+    w->client_tls = ctls;
+    w->server_tls = stls;
     log_verbosity = w->cfg->verbose > 0 ? LOG_DEBUG : LOG_INFO;
     /* logfile: opened again (a rotated file is let go, a new name is taken) */
     char lerr[300];
@@ -317,6 +378,8 @@ void worker_free(struct worker *w)
         userlist_free(w->users);
         free(w->users);
     }
+    tls_ctx_free(w->client_tls);
+    tls_ctx_free(w->server_tls);
     /* Bufferevents with deferred callbacks finish freeing themselves in the loop. */
     event_base_loop(w->base, EVLOOP_NONBLOCK);
     conn_loop_free(&w->loop);

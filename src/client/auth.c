@@ -11,6 +11,7 @@
 #include "client/client.h"
 #include "config/userlist.h"
 #include "core/log.h"
+#include "core/tls.h"
 #include "pool/pool.h"
 #include "proto/md5.h"
 #include "proto/proto.h"
@@ -52,9 +53,14 @@ static void ask_scram(struct client *c, const struct user_secret *us)
         client_close(c, SQLSTATE_INVALID_AUTH, "out of memory");
         return;
     }
+    /* Over TLS, -PLUS too, bound to the certificate this client was shown: a man in the middle
+     * holding another certificate cannot relay the exchange (channel_binding=require). */
+    unsigned char cb[SCRAM_CBIND_MAX];
+    int cbl = conn_tls_server_end_point(&c->conn, cb, sizeof(cb));
+    int plus = cbl > 0 && scram_server_offer_plus(c->scram, cb, (size_t)cbl) == 0;
     struct pbuf b;
     pbuf_init(&b);
-    proto_build_auth_sasl(&b);
+    proto_build_auth_sasl(&b, plus);
     client_send_pbuf(c, &b);
     c->auth_step = AUTH_STEP_SASL_INIT;
 }
@@ -116,7 +122,9 @@ static void sasl_init(struct client *c, const uint8_t *body, size_t len)
         client_close(c, SQLSTATE_PROTOCOL_VIOLATION, "malformed SASLInitialResponse message");
         return;
     }
-    if (strcmp(mech, SCRAM_MECHANISM) != 0) {
+    if (strcmp(mech, SCRAM_MECHANISM_PLUS) == 0 && c->scram->cb_offered)
+        c->scram->cb_selected = 1;
+    else if (strcmp(mech, SCRAM_MECHANISM) != 0) {
         client_close(c, SQLSTATE_PROTOCOL_VIOLATION,
                      "client selected an invalid SASL authentication mechanism");
         return;

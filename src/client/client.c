@@ -16,6 +16,7 @@
 #include "client/track.h"
 #include "core/conn.h"
 #include "core/log.h"
+#include "core/tls.h"
 #include "pool/backoff.h"
 #include "pool/pool.h"
 #include "pool/prepared.h"
@@ -461,13 +462,36 @@ static void client_write_cb(void *arg)
         server_process(c->server);
 }
 
+/* The TLS handshake with a client is done: what follows is its StartupMessage, encrypted. */
+static void client_tls_ready(struct client *c)
+{
+    char alpn[32];
+    conn_tls_alpn(&c->conn, alpn, sizeof(alpn));
+    if (c->tls_direct && strcmp(alpn, "postgresql") != 0) {
+        /* As PostgreSQL 17: direct TLS is only for clients that say they speak PostgreSQL, so
+         * that a TLS connection meant for another protocol cannot be replayed here. */
+        client_close(c, SQLSTATE_PROTOCOL_VIOLATION,
+                     "received direct SSL connection request without ALPN protocol negotiation "
+                     "extension");
+        return;
+    }
+    log_debug("C-%llu %s: TLS established (%s, %s%s)", (unsigned long long)c->id, client_addr(c),
+              conn_tls_version(&c->conn), conn_tls_cipher(&c->conn),
+              c->tls_direct ? ", direct" : "");
+}
+
 static void client_event_cb(void *arg, int what)
 {
     struct client *c = arg;
-    if (what & CONN_EOF)
+    if (what & CONN_EOF) {
         client_close(c, NULL, "client disconnected");
-    else if (what & CONN_ERROR)
-        client_close(c, NULL, "client connection error");
+    } else if (what & CONN_ERROR) {
+        char why[320];
+        snprintf(why, sizeof(why), "client connection error: %s", conn_strerror(&c->conn));
+        client_close(c, NULL, why);
+    } else if (what & CONN_TLS) {
+        client_tls_ready(c);
+    }
 }
 
 static const struct conn_cbs client_cbs = {
@@ -558,6 +582,68 @@ static int parse_options(struct client *c, const char *opts)
     return expect_c ? -1 : 0;
 }
 
+/* Does this pgstay answer an SSLRequest with 'S'? (a certificate is set, TLS not disabled) */
+static int tls_offered(const struct client *c)
+{
+    return c->w->client_tls && c->w->cfg->client_tls_sslmode != TLS_DISABLE;
+}
+
+/* 'S', then the handshake. Bytes that came with the SSLRequest were sent before the client
+ * could know the answer: a man in the middle's injection (CVE-2021-23214, CVE-2021-3935), never
+ * taken as part of the session. */
+static void start_tls(struct client *c, size_t prefix)
+{
+    c->ssl_done = 1;
+    if (prefix == 0) {
+        if (conn_avail(&c->conn) > 0) {
+            client_close(c, SQLSTATE_PROTOCOL_VIOLATION,
+                         "received unencrypted data after SSL request");
+            return;
+        }
+        client_send(c, "S", 1);
+    } else {
+        c->tls_direct = 1;
+    }
+    if (conn_start_tls(&c->conn, c->w->client_tls, 1, 0, NULL, prefix) < 0)
+        client_close(c, NULL, "cannot start TLS");
+}
+
+/* The TLS rules of client_tls_sslmode, once the user is known: 0 to go on, -1 closed. */
+static int check_tls(struct client *c, const char *user, const char *db)
+{
+    int mode = c->w->cfg->client_tls_sslmode;
+    if (!conn_is_tls(&c->conn)) {
+        if (mode < TLS_REQUIRE)
+            return 0;
+        /* PostgreSQL's hostssl-only answer, and what to change. */
+        char msg[512];
+        snprintf(msg, sizeof(msg),
+                 "no encryption: pgstay accepts only TLS connections (client_tls_sslmode = %s) "
+                 "for host \"%s\", user \"%s\", database \"%s\"; connect with sslmode=require",
+                 mode == TLS_REQUIRE     ? "require"
+                 : mode == TLS_VERIFY_CA ? "verify-ca"
+                                         : "verify-full",
+                 client_addr(c), user, db);
+        client_close(c, SQLSTATE_INVALID_AUTH, msg);
+        return -1;
+    }
+    if (mode == TLS_VERIFY_FULL) {
+        /* The handshake verified the certificate (verify-ca); verify-full also wants it to be
+         * this user's, as PostgreSQL's clientcert=verify-full. */
+        char cn[256];
+        if (!conn_tls_peer_cn(&c->conn, cn, sizeof(cn)) || strcmp(cn, user) != 0) {
+            char msg[400];
+            snprintf(msg, sizeof(msg),
+                     "certificate validation (clientcert=verify-full) failed for user \"%s\": CN "
+                     "mismatch",
+                     user);
+            client_close(c, SQLSTATE_INVALID_AUTH, msg);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 static void handle_startup(struct client *c, const uint8_t *pkt, uint32_t len)
 {
     struct startup_pkt sp;
@@ -567,6 +653,10 @@ static void handle_startup(struct client *c, const uint8_t *pkt, uint32_t len)
         return;
     }
     int ssl = sp.code == PROTO_SSL_CODE, gss = sp.code == PROTO_GSSENC_CODE;
+    if (ssl && !c->ssl_done && tls_offered(c)) {
+        start_tls(c, 0);
+        return;
+    }
     if ((ssl && !c->ssl_done) || (gss && !c->gss_done)) {
         /* No TLS yet: 'N' and the client goes on in plain text (or gives up). As PostgreSQL
          * does, one SSLRequest per negotiation; a GSSENCRequest may follow it, and after that
@@ -629,6 +719,8 @@ static void handle_startup(struct client *c, const uint8_t *pkt, uint32_t len)
     const char *db = startup_param(&sp, "database");
     if (!db || !*db)
         db = user;
+    if (check_tls(c, user, db) < 0)
+        return;
     const char *repl = startup_param(&sp, "replication");
     if (repl && strcmp(repl, "false") && strcmp(repl, "0") && strcmp(repl, "off") && strcmp(repl, "no")) {
         client_close(c, SQLSTATE_FEATURE_NOT_SUPPORTED, "pgstay does not proxy replication connections");
@@ -708,6 +800,12 @@ static void login_process(struct client *c)
         if (c->auth_step == AUTH_STEP_STARTUP) {
             uint32_t len = 0;
             const char *err = NULL;
+            if (avail >= 1 && conn_data(in)[0] == 0x16 && !c->ssl_done && tls_offered(c)) {
+                /* A TLS handshake record (PostgreSQL 17's direct TLS): no startup packet can
+                 * begin with this byte (it would be longer than any allowed). */
+                start_tls(c, avail);
+                return;
+            }
             if (avail < 4)
                 return;
             int r = proto_startup_len(conn_data(in), 4, &len, &err);

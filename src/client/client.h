@@ -146,6 +146,7 @@ struct client {
     uint64_t reported_hash; /* the server parameter set it was last brought in line with */
     uint8_t names_shared;       /* user and database point to its pool's strings */
     uint8_t got_welcome;        /* ParameterStatus/BackendKeyData/ReadyForQuery sent */
+    uint8_t tls_direct;         /* TLS began without an SSLRequest (PostgreSQL 17 clients) */
 
     /* Authentication */
     uint8_t auth_step;                /* which message pgstay expects next */

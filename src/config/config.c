@@ -90,6 +90,25 @@ static const struct key_def keys[] = {
     {"stats_period", KT_DURATION, FIELD(stats_period), "60s", 1, "s", 1000, INT_MAX},
     /* host:port of the Prometheus endpoint (GET /metrics); empty = none. */
     {"metrics_listen", KT_STRING, FIELD(metrics_listen), "", 0, NULL, 0, 0},
+    /* TLS: every key reloadable; a reload builds new contexts for new handshakes and leaves
+     * established sessions as they are. prefer answers 'S' only once a certificate is set. */
+    {"client_tls_sslmode", KT_ENUM, FIELD(client_tls_sslmode), "prefer", 1, TLS_MODE_NAMES, 0, 0},
+    {"client_tls_cert_file", KT_PATH, FIELD(client_tls_cert_file), "", 1, NULL, 0, 0},
+    {"client_tls_key_file", KT_PATH, FIELD(client_tls_key_file), "", 1, NULL, 0, 0},
+    {"client_tls_ca_file", KT_PATH, FIELD(client_tls_ca_file), "", 1, NULL, 0, 0},
+    {"client_tls_protocols", KT_STRING, FIELD(client_tls_protocols), "secure", 1, NULL, 0, 0},
+    {"client_tls_ciphers", KT_STRING, FIELD(client_tls_ciphers), "default", 1, NULL, 0, 0},
+    /* disable by default: a server login then costs no SSLRequest round trip. */
+    {"server_tls_sslmode", KT_ENUM, FIELD(server_tls_sslmode), "disable", 1, TLS_MODE_NAMES, 0, 0},
+    {"server_tls_cert_file", KT_PATH, FIELD(server_tls_cert_file), "", 1, NULL, 0, 0},
+    {"server_tls_key_file", KT_PATH, FIELD(server_tls_key_file), "", 1, NULL, 0, 0},
+    {"server_tls_ca_file", KT_PATH, FIELD(server_tls_ca_file), "", 1, NULL, 0, 0},
+    {"server_tls_protocols", KT_STRING, FIELD(server_tls_protocols), "secure", 1, NULL, 0, 0},
+    {"server_tls_ciphers", KT_STRING, FIELD(server_tls_ciphers), "default", 1, NULL, 0, 0},
+    {"server_allow_plaintext_password", KT_BOOL, FIELD(server_allow_plaintext_password), "off", 1,
+     NULL, 0, 0},
+    {"server_scram_max_iterations", KT_INT, FIELD(server_scram_max_iterations), "100000", 1, NULL,
+     1, INT_MAX},
 };
 
 /* PgBouncer's names for keys pgstay shares with it, so that its settings carry over. */
@@ -591,6 +610,50 @@ static int parse_line(struct config *cfg, char *line, enum section *sec, const c
     return 0;
 }
 
+/* What one TLS key needs of another; the files themselves are read when the context is built
+ * (tls_ctx_new), so a reload sees their new contents. */
+static int check_tls(const struct config *cfg, char *msg, size_t msglen)
+{
+    static const char *const modes[] = {"disable", "allow",     "prefer",
+                                        "require", "verify-ca", "verify-full"};
+    int cm = cfg->client_tls_sslmode, sm = cfg->server_tls_sslmode;
+    int have_cert = *cfg->client_tls_cert_file && *cfg->client_tls_key_file;
+    if (cm >= TLS_REQUIRE && !have_cert) {
+        snprintf(msg, msglen,
+                 "client_tls_sslmode = %s needs client_tls_cert_file and client_tls_key_file",
+                 modes[cm]);
+        return -1;
+    }
+    if (cm >= TLS_VERIFY_CA && !*cfg->client_tls_ca_file) {
+        snprintf(msg, msglen, "client_tls_sslmode = %s needs client_tls_ca_file", modes[cm]);
+        return -1;
+    }
+    if (sm == TLS_ALLOW) {
+        snprintf(msg, msglen,
+                 "server_tls_sslmode = allow is not supported: use disable, prefer or require");
+        return -1;
+    }
+    if (sm >= TLS_VERIFY_CA && !*cfg->server_tls_ca_file) {
+        snprintf(msg, msglen, "server_tls_sslmode = %s needs server_tls_ca_file", modes[sm]);
+        return -1;
+    }
+    if (!tls_protocols_valid(cfg->client_tls_protocols)) {
+        snprintf(msg, msglen,
+                 "invalid value \"%s\" for client_tls_protocols: expected secure, all or a list "
+                 "of tlsv1.0, tlsv1.1, tlsv1.2, tlsv1.3",
+                 cfg->client_tls_protocols);
+        return -1;
+    }
+    if (!tls_protocols_valid(cfg->server_tls_protocols)) {
+        snprintf(msg, msglen,
+                 "invalid value \"%s\" for server_tls_protocols: expected secure, all or a list "
+                 "of tlsv1.0, tlsv1.1, tlsv1.2, tlsv1.3",
+                 cfg->server_tls_protocols);
+        return -1;
+    }
+    return 0;
+}
+
 int config_load(const char *path, struct config *cfg, char *err, size_t errlen)
 {
     char msg[512];
@@ -632,6 +695,10 @@ int config_load(const char *path, struct config *cfg, char *err, size_t errlen)
     if (cfg->n_nodes == 0) {
         snprintf(err, errlen, "%s: no nodes: [nodes] needs at least one \"name = host=H port=P\"",
                  path);
+        goto fail;
+    }
+    if (check_tls(cfg, msg, sizeof(msg)) < 0) {
+        snprintf(err, errlen, "%s: %s", path, msg);
         goto fail;
     }
     free(line);

@@ -5,6 +5,8 @@
 #include <stddef.h>
 #include <stdio.h>
 
+#include "core/tls.h"
+
 enum pool_mode { POOL_SESSION = 0, POOL_TRANSACTION = 1 };
 enum auth_type { AUTH_TRUST = 0, AUTH_MD5 = 1, AUTH_SCRAM = 2 };
 enum readonly_fallback { FALLBACK_WRITER = 0, FALLBACK_ERROR = 1 };
@@ -66,6 +68,22 @@ struct config {
     char *metrics_listen;        /* host:port of GET /metrics; empty = none */
     char *pidfile;               /* absolute; written at start, removed at exit; empty = none */
     char *logfile;               /* absolute; the log, reopened on SIGHUP; empty = stderr */
+    /* TLS towards clients: 'S' to an SSLRequest once a certificate and key are set. */
+    int client_tls_sslmode; /* enum tls_mode */
+    char *client_tls_cert_file;
+    char *client_tls_key_file;
+    char *client_tls_ca_file; /* verifies client certificates (verify-ca, verify-full) */
+    char *client_tls_protocols;
+    char *client_tls_ciphers;
+    /* TLS towards servers and probes. */
+    int server_tls_sslmode;     /* enum tls_mode; allow is not offered */
+    char *server_tls_cert_file; /* for servers that ask for a client certificate */
+    char *server_tls_key_file;
+    char *server_tls_ca_file; /* verifies the servers (verify-ca, verify-full) */
+    char *server_tls_protocols;
+    char *server_tls_ciphers;
+    int server_allow_plaintext_password; /* bool: answer cleartext and md5 requests without TLS */
+    int server_scram_max_iterations; /* a server's SCRAM iteration count above this is refused */
     struct node_conf nodes[CONFIG_MAX_NODES];
     int n_nodes;
 };

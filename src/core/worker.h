@@ -13,6 +13,7 @@
 #include "core/conn.h"
 #include "core/defer.h"
 #include "core/list.h"
+#include "core/tls.h"
 
 struct config;
 struct userlist;
@@ -68,6 +69,10 @@ struct worker {
     struct conn_loop loop; /* the connection layer's buffers, flush queue and clock */
     struct config *cfg;
     struct userlist *users; /* auth_file; replaced whole on reload */
+    /* TLS contexts (NULL: TLS off on that side); a reload replaces them, and connections keep
+     * the one they were made with (OpenSSL counts references). */
+    tls_ctx *client_tls;
+    tls_ctx *server_tls;
     struct list clients[CL_NSTATES];
     int n_clients[CL_NSTATES];
     struct list servers[SV_NSTATES];

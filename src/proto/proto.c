@@ -284,10 +284,12 @@ void proto_build_auth(struct pbuf *b, uint32_t code, const void *data, size_t le
     proto_end_msg(b, off);
 }
 
-void proto_build_auth_sasl(struct pbuf *b)
+void proto_build_auth_sasl(struct pbuf *b, int plus)
 {
     size_t off = proto_begin_msg(b, BE_AUTH);
     pbuf_put_u32(b, AUTH_REQ_SASL);
+    if (plus)
+        pbuf_put_str(b, "SCRAM-SHA-256-PLUS");
     pbuf_put_str(b, "SCRAM-SHA-256");
     pbuf_put_u8(b, 0);
     proto_end_msg(b, off);

@@ -159,7 +159,8 @@ void proto_build_error(struct pbuf *b, const char *severity, const char *sqlstat
                        const char *detail);
 void proto_build_notice(struct pbuf *b, const char *sqlstate, const char *msg);
 void proto_build_auth(struct pbuf *b, uint32_t code, const void *data, size_t len);
-void proto_build_auth_sasl(struct pbuf *b); /* offers SCRAM-SHA-256 */
+/* Offers SCRAM-SHA-256, and first SCRAM-SHA-256-PLUS when plus (over TLS), as PostgreSQL. */
+void proto_build_auth_sasl(struct pbuf *b, int plus);
 void proto_build_param_status(struct pbuf *b, const char *name, const char *value);
 void proto_build_key_data(struct pbuf *b, uint32_t pid, uint32_t key);
 void proto_build_ready(struct pbuf *b, char status);

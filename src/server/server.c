@@ -13,6 +13,7 @@
 #include "config/userlist.h"
 #include "core/conn.h"
 #include "core/log.h"
+#include "core/tls.h"
 #include "pool/backoff.h"
 #include "pool/pool.h"
 #include "proto/md5.h"
@@ -143,16 +144,53 @@ static const struct user_secret *secret_for(struct server *s)
     return userlist_find(s->w->users, s->user);
 }
 
+/* The waiting clients of s's pool get this FATAL (a probe has none). */
+static void fail_pool_login(struct server *s, const char *sqlstate, const char *msg)
+{
+    if (!s->pool)
+        return;
+    struct pbuf e;
+    pbuf_init(&e);
+    proto_build_error(&e, "FATAL", sqlstate, msg, NULL);
+    pool_login_failed(s->pool, e.data, e.len, msg);
+    pbuf_free(&e);
+}
+
 static int answer_auth(struct server *s, const uint8_t *body, size_t len)
 {
     struct msg_reader r;
     mr_init(&r, body, len);
     uint32_t code = mr_u32(&r);
     const struct user_secret *us = secret_for(s);
+    if ((code == AUTH_REQ_CLEARTEXT || code == AUTH_REQ_MD5) && !conn_is_tls(&s->conn) &&
+        !s->w->cfg->server_allow_plaintext_password) {
+        /* A password in clear (or an md5 hash, as good as one to whoever reads it) is sent
+         * only where nobody on the path can read it. */
+        const char *what = code == AUTH_REQ_MD5 ? "md5" : "password";
+        SLOG(error, s,
+             "the server asks for %s authentication over a connection without TLS: no password "
+             "sent (server_tls_sslmode, or server_allow_plaintext_password = on)",
+             what);
+        char msg[200];
+        snprintf(msg, sizeof(msg),
+                 "pgstay does not send a password to the server without TLS (the server asks "
+                 "for %s authentication)",
+                 what);
+        fail_pool_login(s, SQLSTATE_INVALID_AUTH, msg);
+        return -1;
+    }
     struct pbuf b;
     pbuf_init(&b);
     switch (code) {
     case AUTH_REQ_OK:
+        if (s->scram && s->scram->state != SCRAM_CLI_DONE) {
+            /* Only a server that proved it knows the secret (its SCRAM signature) may say the
+             * login is done: anyone else on the path could say so too. */
+            SLOG(error, s,
+                 "the server sent AuthenticationOk before its SCRAM signature was "
+                 "verified: refused");
+            return -1;
+        }
         return 0;
     case AUTH_REQ_CLEARTEXT:
         if (!us || us->kind != SECRET_PLAIN)
@@ -215,8 +253,17 @@ static int answer_auth(struct server *s, const uint8_t *body, size_t len)
     case AUTH_REQ_SASL_CONTINUE: {
         char out[512];
         size_t outlen = 0;
-        if (!s->scram ||
-            scram_client_final(s->scram, (const char *)body + 4, len - 4, out, sizeof(out), &outlen) < 0)
+        if (!s->scram)
+            goto bad;
+        s->scram->max_iterations = s->w->cfg->server_scram_max_iterations;
+        int rc = scram_client_final(s->scram, (const char *)body + 4, len - 4, out, sizeof(out),
+                                    &outlen);
+        if (rc == -2)
+            SLOG(error, s,
+                 "the server asks for %ld SCRAM iterations, above server_scram_max_iterations "
+                 "(%ld): refused",
+                 s->scram->iterations, s->scram->max_iterations);
+        if (rc < 0)
             goto bad;
         proto_build_sasl_response(&b, out, outlen);
         send_pbuf(s, &b);
@@ -234,14 +281,10 @@ static int answer_auth(struct server *s, const uint8_t *body, size_t len)
     }
 no_password:
     SLOG(error, s, "the server asks for a password and auth_file has none usable for \"%s\"", s->user);
-    if (s->pool) {
-        struct pbuf e;
-        pbuf_init(&e);
+    {
         char msg[256];
         snprintf(msg, sizeof(msg), "pgstay has no usable password for user \"%s\" to log into the server", s->user);
-        proto_build_error(&e, "FATAL", SQLSTATE_INVALID_PASSWORD, msg, NULL);
-        pool_login_failed(s->pool, e.data, e.len, msg);
-        pbuf_free(&e);
+        fail_pool_login(s, SQLSTATE_INVALID_PASSWORD, msg);
     }
     pbuf_free(&b);
     return -1;
@@ -630,6 +673,50 @@ void server_process(struct server *s)
         s->in_process = 0;
 }
 
+static void send_startup(struct server *s);
+
+/* The server's one-byte answer to pgstay's SSLRequest: 0 to go on reading, -1 to stop (TLS
+ * handshake started, or the server closed). */
+static int tls_answer(struct server *s)
+{
+    struct conn *in = &s->conn;
+    int mode = s->w->cfg->server_tls_sslmode;
+    uint8_t a = conn_data(in)[0];
+    if (a == 'S') {
+        /* Bytes after the 'S' came before the handshake: not from the server we will verify
+         * (CVE-2021-23222), never read as its answers. */
+        if (conn_avail(in) > 1) {
+            server_close_by(s, EVIDENCE_FAILURE, "received unencrypted data after SSL response");
+            return -1;
+        }
+        conn_consume(in, 1);
+        s->tls_step = SV_TLS_HANDSHAKE;
+        if (conn_start_tls(in, s->w->server_tls, 0, mode == TLS_VERIFY_FULL,
+                           s->nd ? s->nd->host : NULL, 0) < 0) {
+            server_close_by(s, EVIDENCE_FAILURE, "cannot start TLS");
+            return -1;
+        }
+        return -1;
+    }
+    if (a == 'N') {
+        conn_consume(in, 1);
+        if (mode >= TLS_REQUIRE) {
+            server_close_by(
+                s, EVIDENCE_FAILURE,
+                "server does not support SSL, but SSL was required (server_tls_sslmode)");
+            return -1;
+        }
+        s->tls_step = SV_TLS_NONE;
+        send_startup(s);
+        return 0;
+    }
+    char why[96];
+    snprintf(why, sizeof(why), "received invalid response to SSL negotiation: %c",
+             a >= 32 && a < 127 ? a : '?');
+    server_close_by(s, EVIDENCE_FAILURE, why);
+    return -1;
+}
+
 static void server_process_loop(struct server *s)
 {
     struct conn *in = &s->conn;
@@ -638,6 +725,11 @@ static void server_process_loop(struct server *s)
         if (s->state == SV_CLOSING)
             return;
         size_t avail = conn_avail(in);
+        if (s->tls_step) {
+            if (s->tls_step != SV_TLS_ANSWER || avail == 0 || tls_answer(s) < 0)
+                return;
+            continue;
+        }
         struct client *c = s->client;
         int forwarding = s->state == SV_ACTIVE && c && s->swallow == 0;
         if (s->fwd_left > 0) {
@@ -815,6 +907,20 @@ static void server_event_cb(void *arg, int what)
     if (what & CONN_CONNECTED) {
         net_tune_server(conn_fd(&s->conn), s->w->cfg->tcp_keepalive, s->w->cfg->tcp_user_timeout);
         server_change_state(s, SV_LOGIN);
+        if (s->w->server_tls && s->w->cfg->server_tls_sslmode != TLS_DISABLE) {
+            /* SSLRequest: length 8, code 1234.5679; the answer is one byte (tls_answer). */
+            static const uint8_t ssl_request[8] = {0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f};
+            s->tls_step = SV_TLS_ANSWER;
+            server_send(s, ssl_request, sizeof(ssl_request));
+            return;
+        }
+        send_startup(s);
+        return;
+    }
+    if (what & CONN_TLS) {
+        s->tls_step = SV_TLS_NONE;
+        SLOG(debug, s, "TLS established (%s, %s)", conn_tls_version(&s->conn),
+             conn_tls_cipher(&s->conn));
         send_startup(s);
         return;
     }
@@ -828,7 +934,7 @@ static void server_event_cb(void *arg, int what)
             snprintf(why, sizeof(why), "cannot resolve %s: %s", s->nd ? s->nd->host : "?",
                      evutil_gai_strerror(dns));
         else
-            snprintf(why, sizeof(why), "%s", strerror(s->conn.err));
+            snprintf(why, sizeof(why), "%s", conn_strerror(&s->conn));
         server_close_by(s, EVIDENCE_FAILURE, why);
     }
 }
