@@ -196,7 +196,7 @@ static int disabled_index(struct admin *a, const char *db)
 
 int admin_db_disabled(struct worker *w, const char *database)
 {
-    return w->admin->n_disabled > 0 && disabled_index(w->admin, database) >= 0;
+    return w->admin && w->admin->n_disabled > 0 && disabled_index(w->admin, database) >= 0;
 }
 
 void admin_db_totals(struct worker *w, const char *database, struct pool_stats *sum)
@@ -1423,6 +1423,9 @@ void admin_process(struct client *c)
 
 void admin_check_pause(struct worker *w)
 {
+    /* worker_free runs the loop once more after admin_free: the 1 s tick may fire in it */
+    if (!w->admin)
+        return;
     int64_t now = now_ms();
     if (now - w->admin->period_start >= w->cfg->stats_period)
         roll_averages(w, now);

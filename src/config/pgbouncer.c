@@ -365,7 +365,7 @@ int config_from_pgbouncer(const char *path, FILE *out, FILE *err)
                 if (!strcasecmp(reasons[i].key, key))
                     r = reasons[i].why;
             if (!r && (!strncasecmp(key, "client_tls", 10) || !strncasecmp(key, "server_tls", 10)))
-                r = "no TLS in pgstay yet";
+                r = "a TLS key pgstay does not have";
             if (!r && !strncasecmp(key, "dns_", 4))
                 r = "pgstay resolves through libevent, with no cache settings";
             drop(&d, "%s = %s: %s", key, val, r ? r : "not supported by pgstay yet");

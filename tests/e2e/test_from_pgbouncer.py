@@ -80,10 +80,11 @@ dns_max_ttl = 15
     assert main["server_connect_timeout"] == "15"  # PgBouncer's default, not pgstay's
     assert main["server_lifetime"] == "3600" and main["server_idle_timeout"] == "600"
     assert main["logfile"] and main["pidfile"]
+    assert "ignore_startup_parameters" in main
+    assert main["client_tls_sslmode"] == "prefer"  # TLS keys carry over since issue 11
     for key, why in [("unix_socket_dir", "TCP only"), ("stats_users", "admin_users"),
-                     ("ignore_startup_parameters", "not supported"),
                      ("reserve_pool_size", "not supported"),
-                     ("client_tls_sslmode", "TLS"), ("dns_max_ttl", "libevent"),
+                     ("dns_max_ttl", "libevent"),
                      ("reports: pool_size=5", "per-database pool_size")]:
         assert any(key in line and why in line for line in out.splitlines()
                    if line.startswith(";  ")), (key, out)
