@@ -18,8 +18,6 @@ import struct
 import threading
 import time
 
-from wire import error_fields  # noqa: F401 - re-exported for the tests
-
 PROBE_PREFIX = "SELECT pg_is_in_recovery()"
 
 

@@ -56,6 +56,22 @@ class RawBystander(Bystander):
             time.sleep(0.005)
 
 
+@pytest.fixture
+def bystander():
+    """bystander(proxy[, raw=True]): started now, stopped at teardown even if the test failed."""
+    made = []
+
+    def make(p, raw=False):
+        b = RawBystander(p) if raw else Bystander(p)
+        made.append(b)
+        return b
+
+    yield make
+    for b in made:
+        b.stop = True
+        b.t.join(10)
+
+
 def healthy(p, by, rss0):
     """pgstay alive and serving, memory bounded, the bystander untouched."""
     assert p.proc.poll() is None, "pgstay exited: " + p.log()[-3000:]
@@ -132,10 +148,10 @@ KINDS = ["garbage", "negative_length", "oversized", "truncated"]
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("state", list(STATES))
-def test_client_bad_bytes(cluster1, make_proxy, state, kind):
+def test_client_bad_bytes(cluster1, make_proxy, state, kind, bystander):
     go, settings, mtype = STATES[state]
     p = client_proxy(cluster1, make_proxy, **settings)
-    by = Bystander(p)
+    by = bystander(p)
     rss0 = rss_kb(p.proc.pid)
     r = Raw(p.port)
     go(r)
@@ -167,9 +183,9 @@ STARTUP_CASES = {
 
 
 @pytest.mark.parametrize("name", list(STARTUP_CASES))
-def test_client_bad_startup_more(cluster1, make_proxy, name):
+def test_client_bad_startup_more(cluster1, make_proxy, name, bystander):
     p = client_proxy(cluster1, make_proxy)
-    by = Bystander(p)
+    by = bystander(p)
     rss0 = rss_kb(p.proc.pid)
     r = Raw(p.port)
     r.send(STARTUP_CASES[name])
@@ -202,9 +218,9 @@ WRONG = {
 
 @pytest.mark.parametrize("mode", ["session", "transaction"])
 @pytest.mark.parametrize("name", list(WRONG))
-def test_client_wrong_for_state(cluster1, make_proxy, name, mode):
+def test_client_wrong_for_state(cluster1, make_proxy, name, mode, bystander):
     p = client_proxy(cluster1, make_proxy, pool_mode=mode)
-    by = Bystander(p)
+    by = bystander(p)
     rss0 = rss_kb(p.proc.pid)
     r = Raw(p.port)
     r.login_trust()
@@ -232,10 +248,10 @@ def test_client_wrong_for_state(cluster1, make_proxy, name, mode):
     healthy(p, by, rss0)
 
 
-def test_client_bogus_cancel(cluster1, make_proxy):
+def test_client_bogus_cancel(cluster1, make_proxy, bystander):
     """A CancelRequest with a key nobody has: closed, nothing cancelled."""
     p = client_proxy(cluster1, make_proxy)
-    by = Bystander(p)
+    by = bystander(p)
     rss0 = rss_kb(p.proc.pid)
     for _ in range(50):
         r = Raw(p.port)
@@ -254,10 +270,10 @@ SLOW = {
 
 
 @pytest.mark.parametrize("where", list(SLOW))
-def test_client_slowloris(cluster1, make_proxy, where):
+def test_client_slowloris(cluster1, make_proxy, where, bystander):
     """One byte a second never finishes a login: client_login_timeout (2s here) ends it."""
     p = client_proxy(cluster1, make_proxy, auth_type="md5" if where == "md5_password" else "trust")
-    by = Bystander(p)
+    by = bystander(p)
     rss0 = rss_kb(p.proc.pid)
     r = Raw(p.port)
     t0 = time.time()
@@ -283,11 +299,11 @@ def test_client_slowloris(cluster1, make_proxy, where):
 
 
 @pytest.mark.parametrize("mode", ["session", "transaction"])
-def test_client_stops_reading_large_result(cluster1, make_proxy, mode):
+def test_client_stops_reading_large_result(cluster1, make_proxy, mode, bystander):
     """A client that stops reading a 300 MB result: pgstay stops reading its server, stays
     small, and the bystander goes on; when the client goes, so does that work."""
     p = client_proxy(cluster1, make_proxy, pool_mode=mode)
-    by = Bystander(p)
+    by = bystander(p)
     rss0 = rss_kb(p.proc.pid)
     r = Raw(p.port)
     r.login_trust()
@@ -314,14 +330,17 @@ def raise_nofile(n):
 
 
 @pytest.mark.parametrize("login", [True, False], ids=["logged_in", "never_starting"])
-def test_client_2000_connections(cluster1, make_proxy, login):
+def test_client_2000_connections(cluster1, make_proxy, login, bystander):
     """2000 connections from one client (logged in and idle, or never sending a startup
     packet until client_login_timeout): pgstay keeps serving and stays within its bound."""
     if raise_nofile(8000) < 4500:
         pytest.skip("RLIMIT_NOFILE too low for 2000 connections")  # pgstay inherits the limit
     p = client_proxy(cluster1, make_proxy, max_client_conn=5000)
-    by = Bystander(p)
+    by = bystander(p)
     rss0 = rss_kb(p.proc.pid)
+    # opened before the 2000 (psycopg's select() takes no descriptor above 1023)
+    admin = Raw(p.port)
+    admin.login_trust(database="pgstay")
     socks = []
     try:
         for i in range(2000):
@@ -336,8 +355,8 @@ def test_client_2000_connections(cluster1, make_proxy, login):
                 while r.read_msg()[0] != b"Z":
                     pass
             settle(by, 10)
-            clients = p.admin("SHOW CLIENTS")
-            assert len(clients) >= 2000
+            msgs, closed = admin.query("SHOW CLIENTS")
+            assert not closed and len([t for t, _ in msgs if t == b"D"]) >= 2000
         else:
             # client_login_timeout is 2s: every one of them is closed by then (+ slack)
             deadline = time.time() + 2 + 5
@@ -351,17 +370,18 @@ def test_client_2000_connections(cluster1, make_proxy, login):
     finally:
         for s in socks:
             s.close()
+        admin.close()
     settle(by, 10)
     healthy(p, by, rss0)
 
 
 @pytest.mark.parametrize("then", ["read_all", "disconnect"])
 @pytest.mark.parametrize("mode", ["session", "transaction"])
-def test_client_100k_syncs(cluster1, make_proxy, mode, then):
+def test_client_100k_syncs(cluster1, make_proxy, mode, then, bystander):
     """100,000 Syncs pipelined without reading: pgstay's memory stays bounded (it stops
     reading the client when its answers are not read), and every Sync gets its answer."""
     p = client_proxy(cluster1, make_proxy, pool_mode=mode)
-    by = Bystander(p)
+    by = bystander(p)
     rss0 = rss_kb(p.proc.pid)
     r = Raw(p.port, timeout=60)
     r.login_trust()
@@ -451,11 +471,19 @@ SERVER = {
 NEVER_RELAYED = {b"~", b"\x01", b"R", b"K"}
 
 
-@pytest.mark.parametrize("mode", ["session", "transaction"])
-@pytest.mark.parametrize("name", list(SERVER))
-def test_server_bad(make_proxy, fake, name, mode):
+LATER_TXN = pytest.mark.xfail(
+    reason="transaction pooling: data a server sends unasked after its connection went back "
+           "to the pool reaches the next client given that server if it comes after that "
+           "client's query was sent (no proxy can tell it from the answer); caught only when "
+           "it arrives while the server is idle in the pool", strict=False)
+
+
+@pytest.mark.parametrize("name,mode", [
+    pytest.param(n, m, marks=LATER_TXN if (n, m) == ("unsolicited_later", "transaction") else ())
+    for n in SERVER for m in ("session", "transaction")])
+def test_server_bad(make_proxy, fake, name, mode, bystander):
     p = fake_proxy(make_proxy, fake, pool_mode=mode)
-    by = RawBystander(p)
+    by = bystander(p, raw=True)
     rss0 = rss_kb(p.proc.pid)
     r = Raw(p.port)
     r.login_trust()
@@ -471,6 +499,7 @@ def test_server_bad(make_proxy, fake, name, mode):
         assert not closed and len(errs) == 1, msgs
     elif want == "lost":
         assert errs or closed, msgs
+        assert r.buf == b"", "part of a message relayed: %r" % r.buf[:100]
         if errs:
             assert errs[0].get("C") in ("08006", "08P01", "XX000"), errs
     elif want == "closed":
@@ -496,15 +525,15 @@ def test_server_bad(make_proxy, fake, name, mode):
 
 
 @pytest.mark.parametrize("leave", ["cancel", "disconnect"])
-def test_server_hangs_mid_result(make_proxy, fake, leave):
+def test_server_hangs_mid_result(make_proxy, fake, leave, bystander):
     """A server that stops in the middle of a result (pgstay has no query timeout): a cancel
     reaches it and frees the client; a client that gives up and leaves is freed at once, its
     half-answered server never lent again."""
     p = fake_proxy(make_proxy, fake)
-    by = RawBystander(p)
+    by = bystander(p, raw=True)
     rss0 = rss_kb(p.proc.pid)
-    c = p.connect()
     if leave == "cancel":
+        c = p.connect()
         timer = threading.Timer(0.3, c.cancel)
         timer.start()
         with pytest.raises(psycopg.errors.QueryCanceled):
@@ -522,15 +551,14 @@ def test_server_hangs_mid_result(make_proxy, fake, leave):
         while time.time() < deadline and len(p.admin("SHOW CLIENTS")) > 2:
             time.sleep(0.02)
         assert len(p.admin("SHOW CLIENTS")) <= 2  # the bystander and the admin connection
-        c.close()
     settle(by)
     healthy(p, by, rss0)
 
 
 @pytest.mark.parametrize("mode", ["session", "transaction"])
-def test_server_closes_mid_copy(make_proxy, fake, mode):
+def test_server_closes_mid_copy(make_proxy, fake, mode, bystander):
     p = fake_proxy(make_proxy, fake, pool_mode=mode)
-    by = RawBystander(p)
+    by = bystander(p, raw=True)
     rss0 = rss_kb(p.proc.pid)
     r = Raw(p.port)
     r.login_trust()
@@ -562,12 +590,12 @@ LOGINS = ["bad_scram_huge", "bad_scram_garbage", "bad_scram_nonce", "bad_scram_i
 
 
 @pytest.mark.parametrize("user", LOGINS)
-def test_server_bad_login(make_proxy, fake, user):
+def test_server_bad_login(make_proxy, fake, user, bystander):
     """A server that breaks its side of the login (huge or malformed SCRAM, a wrong signature,
     an unknown method...): pgstay drops that server connection, and the client waiting for it
     gets an error by query_wait_timeout (1s here); the login is not completed with it."""
     p = fake_proxy(make_proxy, fake)
-    by = RawBystander(p)
+    by = bystander(p, raw=True)
     rss0 = rss_kb(p.proc.pid)
     r = Raw(p.port)
     t0 = time.time()

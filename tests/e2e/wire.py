@@ -1,6 +1,7 @@
 """A raw PostgreSQL v3 client for tests that must send what no driver would (bad input)."""
 import socket
 import struct
+import time
 
 
 def startup_packet(user="postgres", database="postgres", version=(3, 0), extra=None):
@@ -77,6 +78,53 @@ class Raw:
         except socket.timeout:
             return False
 
+    def collect(self):
+        """Messages up to and including ReadyForQuery: (messages, closed). closed is True if the
+        connection ended first (EOF or reset)."""
+        out = []
+        try:
+            while True:
+                t, body = self.read_msg()
+                out.append((t, body))
+                if t == b"Z":
+                    return out, False
+        except (EOFError, ConnectionResetError):
+            return out, True
+
+    def query(self, sql):
+        self.send(query(sql))
+        return self.collect()
+
+    def closed_within(self, seconds):
+        """True if the peer closes the connection before `seconds` pass (messages are skipped)."""
+        deadline = time.time() + seconds
+        try:
+            while True:
+                left = deadline - time.time()
+                if left <= 0:
+                    return False
+                self.s.settimeout(left)
+                self.read_msg()
+        except (EOFError, ConnectionResetError, BrokenPipeError):
+            return True
+        except socket.timeout:
+            return False
+
+    def error_within(self, seconds):
+        """The first ErrorResponse's fields, or None if the connection closes (or `seconds` pass)."""
+        deadline = time.time() + seconds
+        try:
+            while True:
+                left = deadline - time.time()
+                if left <= 0:
+                    return None
+                self.s.settimeout(left)
+                t, body = self.read_msg()
+                if t == b"E":
+                    return error_fields(body)
+        except (EOFError, ConnectionResetError, socket.timeout):
+            return None
+
     def close(self):
         self.s.close()
 
@@ -126,62 +174,3 @@ TERMINATE = msg(b"X")
 
 def query(sql):
     return msg(b"Q", sql.encode() + b"\0")
-
-
-def _raw_collect(self):
-    """Messages up to and including ReadyForQuery: (messages, closed). closed is True if the
-    connection ended first (EOF or reset)."""
-    out = []
-    try:
-        while True:
-            t, body = self.read_msg()
-            out.append((t, body))
-            if t == b"Z":
-                return out, False
-    except (EOFError, ConnectionResetError):
-        return out, True
-
-
-def _raw_query(self, sql):
-    self.send(query(sql))
-    return self.collect()
-
-
-def _raw_closed_within(self, seconds):
-    """True if the peer closes the connection before `seconds` pass (messages are skipped)."""
-    import time
-    deadline = time.time() + seconds
-    try:
-        while True:
-            left = deadline - time.time()
-            if left <= 0:
-                return False
-            self.s.settimeout(left)
-            self.read_msg()
-    except (EOFError, ConnectionResetError, BrokenPipeError):
-        return True
-    except socket.timeout:
-        return False
-
-
-def _raw_error_within(self, seconds):
-    """The first ErrorResponse's fields, or None if the connection closes (or `seconds` pass)."""
-    import time
-    deadline = time.time() + seconds
-    try:
-        while True:
-            left = deadline - time.time()
-            if left <= 0:
-                return None
-            self.s.settimeout(left)
-            t, body = self.read_msg()
-            if t == b"E":
-                return error_fields(body)
-    except (EOFError, ConnectionResetError, socket.timeout):
-        return None
-
-
-Raw.collect = _raw_collect
-Raw.query = _raw_query
-Raw.closed_within = _raw_closed_within
-Raw.error_within = _raw_error_within
