@@ -395,6 +395,7 @@ class Session:
             while not (self.cancel.wait(0.05) and name == "hang"):
                 if self.f.stopping:
                     return False
+                self.cancel.clear()  # hang_ignore_cancel: noted, ignored
                 # a client that left: pgstay terminates or closes this connection
                 self.s.settimeout(0.001)
                 try:

@@ -335,7 +335,8 @@ def test_client_2000_connections(cluster1, make_proxy, login, bystander):
     packet until client_login_timeout): pgstay keeps serving and stays within its bound."""
     if raise_nofile(8000) < 4500:
         pytest.skip("RLIMIT_NOFILE too low for 2000 connections")  # pgstay inherits the limit
-    p = client_proxy(cluster1, make_proxy, max_client_conn=5000)
+    # a backlog for them all: a full one delays connections by SYN retries, not by pgstay
+    p = client_proxy(cluster1, make_proxy, max_client_conn=5000, listen_backlog=4096)
     by = bystander(p)
     rss0 = rss_kb(p.proc.pid)
     # opened before the 2000 (psycopg's select() takes no descriptor above 1023)
