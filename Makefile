@@ -5,6 +5,7 @@
 #   make check    layer check, install deps, build, run unit and end-to-end tests
 #   make demo     install deps, build, run the failover experiment
 #   make bench    throughput and memory side by side with PgBouncer
+#   make fuzz     each libFuzzer target for FUZZ_SECONDS (clang, ASan + UBSan), in build-fuzz/
 
 BUILD    ?= build
 CC       ?= cc
@@ -12,7 +13,7 @@ PYTHON   ?= /usr/bin/python3
 OPT      ?= -O2
 SANITIZE ?=
 
-PKG_PROXY := libevent openssl
+PKG_PROXY := libevent openssl libidn
 PKG_TOOLS := libpq
 
 CFLAGS_ALL := -std=gnu11 $(OPT) -g -Wall -Wextra -Werror -Wno-unused-parameter \
@@ -36,10 +37,21 @@ LAB_OBJ   := $(patsubst %.c,$(BUILD)/obj/%.o,$(LAB_SRC))
 BENCH_OBJ := $(patsubst %.c,$(BUILD)/obj/%.o,$(BENCH_SRC))
 UNIT_SRC  := $(sort $(wildcard tests/unit/test_*.c))
 UNIT_BIN  := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
+# The in-process worker and fake PostgreSQL server shared by unit tests and fuzz targets.
+HARNESS_SRC := $(sort $(wildcard tests/harness/*.c))
+HARNESS_OBJ := $(patsubst %.c,$(BUILD)/obj/%.o,$(HARNESS_SRC))
+# Fuzz targets (doc/fuzzing.md): tests/fuzz/fuzz_*.c, with their shared client side (fuzz.c).
+FUZZ_TARGETS := $(patsubst tests/fuzz/%.c,%,$(sort $(wildcard tests/fuzz/fuzz_*.c)))
+FUZZ_COMMON  := $(BUILD)/obj/tests/fuzz/fuzz.o
+FUZZ_BUILD   ?= build-fuzz
+FUZZ_SECONDS ?= 300
+FUZZ_SANITIZE := -fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer \
+	-fno-sanitize-recover=undefined
 
 BINS := $(BUILD)/pgstay $(BUILD)/pgstay-lab $(BUILD)/pgstay-bench
 
-.PHONY: all asan deps check check-layers check-unit check-e2e asan-check demo demo-quick bench format clean
+.PHONY: all asan deps check check-layers check-unit check-e2e asan-check demo demo-quick bench format clean \
+	fuzz fuzz-bins check-fuzz-corpus
 all: $(BINS)
 
 $(BUILD)/obj/src/%.o: src/%.c $(wildcard src/*/*.h)
@@ -59,9 +71,53 @@ $(BUILD)/pgstay-lab: $(LAB_OBJ)
 $(BUILD)/pgstay-bench: $(BENCH_OBJ)
 	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(TOOLS_LIBS)
 
-$(BUILD)/tests/%: tests/unit/%.c $(OBJ)
+$(BUILD)/obj/tests/harness/%.o: tests/harness/%.c tests/harness/%.h $(wildcard src/*/*.h)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS_ALL) $(PROXY_CFLAGS) -o $@ $< $(OBJ) $(LDFLAGS_ALL) $(PROXY_LIBS) $(SQL_LIBS) -lcmocka
+	$(CC) $(CFLAGS_ALL) $(PROXY_CFLAGS) -c $< -o $@
+
+$(BUILD)/tests/%: tests/unit/%.c $(OBJ) $(HARNESS_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) $(PROXY_CFLAGS) -o $@ $< $(OBJ) $(HARNESS_OBJ) $(LDFLAGS_ALL) $(PROXY_LIBS) $(SQL_LIBS) -lcmocka
+
+$(BUILD)/obj/tests/fuzz/%.o: tests/fuzz/%.c tests/fuzz/fuzz.h tests/harness/pgfake.h $(wildcard src/*/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS_ALL) $(PROXY_CFLAGS) -c $< -o $@
+
+# libFuzzer binaries (make them through `make fuzz`, which sets clang and the sanitizers).
+$(BUILD)/fuzz/%: $(BUILD)/obj/tests/fuzz/%.o $(FUZZ_COMMON) $(OBJ) $(HARNESS_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_ALL) -fsanitize=fuzzer -o $@ $^ $(PROXY_LIBS) $(SQL_LIBS)
+
+# The same targets with a plain main that replays files: the checked-in corpus and crash
+# regressions run in `make check` with the ordinary compiler (and under ASan in asan-check).
+$(BUILD)/fuzz-replay/%: $(BUILD)/obj/tests/fuzz/%.o $(BUILD)/obj/tests/fuzz/replay.o $(FUZZ_COMMON) $(OBJ) $(HARNESS_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(PROXY_LIBS) $(SQL_LIBS)
+
+fuzz-bins: $(patsubst %,$(BUILD)/fuzz/%,$(FUZZ_TARGETS))
+
+# Each target FUZZ_SECONDS, from the checked-in seeds plus what earlier runs found (kept in
+# $(FUZZ_BUILD)/corpus/); a crash leaves $(FUZZ_BUILD)/crash-<target>-* and fails the run.
+fuzz: deps
+	$(MAKE) BUILD=$(FUZZ_BUILD) CC=clang OPT=-O1 SANITIZE="$(FUZZ_SANITIZE)" \
+	    CFLAGS="-Wno-unknown-warning-option $(CFLAGS)" fuzz-bins
+	@set -e; for t in $(FUZZ_TARGETS); do \
+	    echo "== $$t: $(FUZZ_SECONDS) s"; \
+	    mkdir -p $(FUZZ_BUILD)/corpus/$$t; \
+	    ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1 \
+	    $(FUZZ_BUILD)/fuzz/$$t -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 \
+	        -print_final_stats=1 -artifact_prefix=$(FUZZ_BUILD)/crash-$$t- \
+	        $$( [ -f tests/fuzz/$$t.dict ] && echo -dict=tests/fuzz/$$t.dict ) \
+	        $(FUZZ_BUILD)/corpus/$$t tests/fuzz/corpus/$$t $(FUZZ_ARGS) 2>$(FUZZ_BUILD)/$$t.log \
+	        || { tail -60 $(FUZZ_BUILD)/$$t.log; exit 1; }; \
+	    grep -E "^stat::(number_of_executed_units|average_exec_per_sec|peak_rss_mb)|cov: .*DONE|DONE" $(FUZZ_BUILD)/$$t.log | tail -4; \
+	done
+
+check-fuzz-corpus: $(patsubst %,$(BUILD)/fuzz-replay/%,$(FUZZ_TARGETS))
+	@set -e; for t in $(FUZZ_TARGETS); do \
+	    echo "== $$t: replaying tests/fuzz/corpus/$$t tests/fuzz/regress/$$t"; \
+	    $(BUILD)/fuzz-replay/$$t tests/fuzz/corpus/$$t tests/fuzz/regress/$$t; \
+	done
 
 asan:
 	$(MAKE) BUILD=build-asan OPT=-O1 SANITIZE="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" all unit-bins
@@ -74,6 +130,7 @@ deps:
 
 check-unit: $(UNIT_BIN)
 	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $$t; done
+	$(MAKE) check-fuzz-corpus
 
 check-e2e: all
 	PGSTAY_BUILD=$(BUILD) $(PYTHON) -m pytest -q tests/e2e $(PYTEST_ARGS)
@@ -107,7 +164,8 @@ bench: deps
 	$(PYTHON) bench/run.py
 
 format:
-	clang-format -i $(SRC) $(MAIN_SRC) $(wildcard src/*/*.h) $(LAB_SRC) $(BENCH_SRC) $(UNIT_SRC)
+	clang-format -i $(SRC) $(MAIN_SRC) $(wildcard src/*/*.h) $(LAB_SRC) $(BENCH_SRC) $(UNIT_SRC) \
+	    $(wildcard tests/harness/*.[ch] tests/fuzz/*.[ch])
 
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan build-fuzz

@@ -1,8 +1,12 @@
 /* pgstay: arguments, signals, configuration, then the event loop. */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <event2/event.h>
 
@@ -17,11 +21,13 @@
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: pgstay [-v] CONFIG_FILE\n"
-               "       pgstay --check-config CONFIG_FILE\n"
-               "       pgstay --version\n"
-               "signals: SIGTERM drains clients (shutdown_timeout) and exits, SIGINT exits at once,\n"
-               "         SIGHUP reloads the configuration and auth_file\n");
+    fprintf(f,
+            "usage: pgstay [-v] CONFIG_FILE\n"
+            "       pgstay --check-config CONFIG_FILE\n"
+            "       pgstay --from-pgbouncer PGBOUNCER_INI   (prints an equivalent pgstay.ini)\n"
+            "       pgstay --version\n"
+            "signals: SIGTERM drains clients (shutdown_timeout) and exits, SIGINT exits at once,\n"
+            "         SIGHUP reloads the configuration and auth_file\n");
 }
 
 static void on_signal(evutil_socket_t sig, short what, void *arg)
@@ -43,6 +49,44 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     }
 }
 
+/*
+ * pidfile, as PgBouncer keeps one: refused when it names a live pgstay (two on one pidfile
+ * are a mistake), taken over when stale. Written with O_EXCL through a temporary name so that
+ * a reader never sees it half written.
+ */
+static int pidfile_claim(const char *path)
+{
+    if (!path || !*path)
+        return 0;
+    FILE *f = fopen(path, "r");
+    if (f) {
+        long pid = 0;
+        int n = fscanf(f, "%ld", &pid);
+        fclose(f);
+        if (n == 1 && pid > 0 && pid != (long)getpid() && kill((pid_t)pid, 0) == 0) {
+            log_error("pidfile %s: pgstay is already running as pid %ld", path, pid);
+            return -1;
+        }
+    }
+    char tmp[PATH_MAX];
+    snprintf(tmp, sizeof(tmp), "%s.%ld", path, (long)getpid());
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        log_error("pidfile %s: %s", tmp, strerror(errno));
+        return -1;
+    }
+    char buf[32];
+    int len = snprintf(buf, sizeof(buf), "%ld\n", (long)getpid());
+    int ok = write(fd, buf, (size_t)len) == len;
+    close(fd);
+    if (!ok || rename(tmp, path) < 0) {
+        log_error("pidfile %s: %s", path, strerror(errno));
+        unlink(tmp);
+        return -1;
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     const char *path = NULL;
@@ -54,6 +98,12 @@ int main(int argc, char **argv)
         } else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             usage(stdout);
             return 0;
+        } else if (!strcmp(argv[i], "--from-pgbouncer")) {
+            if (i + 1 >= argc) {
+                usage(stderr);
+                return 2;
+            }
+            return config_from_pgbouncer(argv[i + 1], stdout, stderr) < 0 ? 1 : 0;
         } else if (!strcmp(argv[i], "--check-config")) {
             check_only = 1;
         } else if (!strcmp(argv[i], "-v")) {
@@ -87,6 +137,14 @@ int main(int argc, char **argv)
             return 1;
         }
         userlist_free(&ul);
+        tls_ctx *ctls, *stls;
+        if (worker_tls_build(&cfg, &ctls, &stls, err, sizeof(err)) < 0) {
+            fprintf(stderr, "pgstay: %s\n", err);
+            config_free(&cfg);
+            return 1;
+        }
+        tls_ctx_free(ctls);
+        tls_ctx_free(stls);
         printf("%s: configuration is valid (%d nodes)\n", path, cfg.n_nodes);
         config_free(&cfg);
         return 0;
@@ -94,13 +152,20 @@ int main(int argc, char **argv)
     if (verbose || cfg.verbose > 0)
         log_verbosity = LOG_DEBUG;
     signal(SIGPIPE, SIG_IGN);
-    static struct worker w;
-    if (worker_init(&w, &cfg) < 0) {
-        log_error("cannot start");
+    char lerr[300];
+    if (log_to_file(cfg.logfile, lerr, sizeof(lerr)) < 0) {
+        fprintf(stderr, "pgstay: %s\n", lerr);
         return 1;
     }
-    if (worker_listen(&w) < 0)
+    if (pidfile_claim(cfg.pidfile) < 0)
         return 1;
+    static struct worker w;
+    if (worker_init(&w, &cfg) < 0 || worker_listen(&w) < 0) {
+        log_error("cannot start");
+        if (cfg.pidfile && *cfg.pidfile)
+            unlink(cfg.pidfile);
+        return 1;
+    }
     struct event *sigs[3];
     int signums[3] = {SIGHUP, SIGTERM, SIGINT};
     for (int i = 0; i < 3; i++) {
@@ -113,6 +178,8 @@ int main(int argc, char **argv)
     for (int i = 0; i < 3; i++)
         event_free(sigs[i]);
     worker_free(&w);
+    if (cfg.pidfile && *cfg.pidfile)
+        unlink(cfg.pidfile);
     config_free(&cfg);
     log_info("pgstay stopped");
     return 0;

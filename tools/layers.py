@@ -6,7 +6,7 @@ above; what a lower layer needs from above goes through a hook table the program
 start (struct topology_hooks, struct session_hooks, w->reload / w->begin_shutdown).
 
   core      event loop glue, conn, buffers, clock, log, lists, the deferred work queue, struct
-            worker: libevent and libc only
+            worker, the TLS transport: libevent, OpenSSL and libc only
   proto     the v3 codec, SCRAM, md5, the SQL classifier, and framing (the next message on a
             conn's input, checked once for every reader): no sockets of its own, no loop
   config    the key table and the auth file (the auth file parses SCRAM secrets: proto)

@@ -5,6 +5,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -13,6 +14,7 @@
 #include <event2/dns.h>
 
 #include "admin/admin.h"
+#include "admin/metrics.h"
 #include "client/client.h"
 #include "config/config.h"
 #include "config/userlist.h"
@@ -20,6 +22,7 @@
 #include "failover/failover.h"
 #include "pool/backoff.h"
 #include "pool/pool.h"
+#include "pool/stats.h"
 #include "proto/proto.h"
 #include "proto/sqlclass.h"
 #include "server/server.h"
@@ -36,6 +39,7 @@ static const struct session_hooks session_hooks = {
     .note_timed_out = failover_note_timed_out,
     .admin_welcome = admin_welcome,
     .admin_process = admin_process,
+    .db_disabled = admin_db_disabled,
 };
 
 static const struct topology_hooks topology_hooks = {
@@ -88,6 +92,23 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
                 server_close(s, "its reset did not finish in time");
         }
     }
+    /* Idle pooled servers: unused for server_idle_timeout, or older than server_lifetime
+     * (PgBouncer's keys: backends do not live forever, a pool shrinks after a burst). */
+    if (w->cfg->server_idle_timeout > 0 || w->cfg->server_lifetime > 0) {
+        struct list *pos, *tmp;
+        list_for_each_safe(pos, tmp, &w->servers[SV_IDLE])
+        {
+            struct server *s = container_of(pos, struct server, node);
+            if (!s->pool)
+                continue;
+            if (w->cfg->server_idle_timeout > 0 && now - s->last_used > w->cfg->server_idle_timeout &&
+                s->pool->n_servers > w->cfg->min_pool_size)
+                server_close(s, "server_idle_timeout");
+            else if (w->cfg->server_lifetime > 0 && now - s->connected_at > w->cfg->server_lifetime)
+                server_close(s, "server_lifetime");
+        }
+    }
+    pool_keep_min(w);
     /* Servers stuck connecting or logging in past server_connect_timeout. */
     for (int st = SV_CONNECTING; st <= SV_LOGIN; st++) {
         struct list *pos, *tmp;
@@ -103,6 +124,48 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
         worker_schedule_reap(w);
 }
 
+int worker_tls_build(const struct config *cfg, tls_ctx **client, tls_ctx **server, char *err,
+                     size_t errlen)
+{
+    *client = *server = NULL;
+    char why[400];
+    /* prefer (the default) without a certificate answers 'N', as before TLS existed. */
+    if (cfg->client_tls_sslmode != TLS_DISABLE && *cfg->client_tls_cert_file &&
+        *cfg->client_tls_key_file) {
+        struct tls_settings ts = {
+            .mode = cfg->client_tls_sslmode,
+            .cert_file = cfg->client_tls_cert_file,
+            .key_file = cfg->client_tls_key_file,
+            .ca_file = cfg->client_tls_ca_file,
+            .protocols = cfg->client_tls_protocols,
+            .ciphers = cfg->client_tls_ciphers,
+        };
+        *client = tls_ctx_new(&ts, 1, why, sizeof(why));
+        if (!*client) {
+            snprintf(err, errlen, "client TLS: %s", why);
+            return -1;
+        }
+    }
+    if (cfg->server_tls_sslmode != TLS_DISABLE) {
+        struct tls_settings ts = {
+            .mode = cfg->server_tls_sslmode,
+            .cert_file = cfg->server_tls_cert_file,
+            .key_file = cfg->server_tls_key_file,
+            .ca_file = cfg->server_tls_ca_file,
+            .protocols = cfg->server_tls_protocols,
+            .ciphers = cfg->server_tls_ciphers,
+        };
+        *server = tls_ctx_new(&ts, 0, why, sizeof(why));
+        if (!*server) {
+            snprintf(err, errlen, "server TLS: %s", why);
+            tls_ctx_free(*client);
+            *client = NULL;
+            return -1;
+        }
+    }
+    return 0;
+}
+
 int worker_init(struct worker *w, struct config *cfg)
 {
     memset(w, 0, sizeof(*w));
@@ -115,6 +178,7 @@ int worker_init(struct worker *w, struct config *cfg)
     for (int i = 0; i < SV_NSTATES; i++)
         list_init(&w->servers[i]);
     list_init(&w->pools);
+    list_init(&w->stats_kept);
     list_init(&w->cancels);
     w->base = event_base_new();
     if (!w->base)
@@ -134,6 +198,10 @@ int worker_init(struct worker *w, struct config *cfg)
     if (!w->users)
         return -1;
     char err[512];
+    if (worker_tls_build(cfg, &w->client_tls, &w->server_tls, err, sizeof(err)) < 0) {
+        log_error("%s", err);
+        return -1;
+    }
     if (userlist_load(cfg->auth_file, w->users, err, sizeof(err)) < 0) {
         if (cfg->auth_type != AUTH_TRUST) {
             log_error("%s", err);
@@ -141,7 +209,7 @@ int worker_init(struct worker *w, struct config *cfg)
         }
         log_warn("%s (auth_type is trust: continuing without passwords)", err);
     }
-    if (failover_init(w) < 0 || topology_init(w, &topology_hooks) < 0)
+    if (failover_init(w) < 0 || admin_init(w) < 0 || topology_init(w, &topology_hooks) < 0)
         return -1;
     return 0;
 }
@@ -194,7 +262,7 @@ int worker_listen(struct worker *w)
         if (!w->listeners[1])
             return -1;
     }
-    return 0;
+    return metrics_start(w);
 }
 
 void worker_stop_listening(struct worker *w)
@@ -248,11 +316,30 @@ int worker_reload(struct worker *w)
         free(fresh);
         return -1;
     }
+    /* The new files are read now: a certificate that cannot be loaded keeps everything as it
+     * was (PostgreSQL keeps its old SSL context the same way). */
+    tls_ctx *ctls, *stls;
+    if (worker_tls_build(fresh, &ctls, &stls, err, sizeof(err)) < 0) {
+        log_error("reload failed, keeping the running configuration: %s", err);
+        userlist_free(&ul);
+        config_free(fresh);
+        free(fresh);
+        return -1;
+    }
     config_apply_reload(w->cfg, fresh);
     free(fresh);
+    userlist_keep_mock(&ul, w->users);
     userlist_free(w->users);
     *w->users = ul;
+    tls_ctx_free(w->client_tls);
+    tls_ctx_free(w->server_tls);
+    w->client_tls = ctls;
+    w->server_tls = stls;
     log_verbosity = w->cfg->verbose > 0 ? LOG_DEBUG : LOG_INFO;
+    /* logfile: opened again (a rotated file is let go, a new name is taken) */
+    char lerr[300];
+    if (log_to_file(w->cfg->logfile, lerr, sizeof(lerr)) < 0)
+        log_error("%s: keeping the current log", lerr);
     log_info("configuration reloaded from %s", w->cfg->path);
     pool_kick_all(w);
     return 0;
@@ -281,6 +368,9 @@ void worker_free(struct worker *w)
     {
         pool_free(container_of(pos, struct pool, node));
     }
+    stats_free_kept(w);
+    metrics_stop(w);
+    admin_free(w);
     failover_free(w);
     cancel_free_all(w);
     sql_classify_cleanup();
@@ -288,6 +378,8 @@ void worker_free(struct worker *w)
         userlist_free(w->users);
         free(w->users);
     }
+    tls_ctx_free(w->client_tls);
+    tls_ctx_free(w->server_tls);
     /* Bufferevents with deferred callbacks finish freeing themselves in the loop. */
     event_base_loop(w->base, EVLOOP_NONBLOCK);
     conn_loop_free(&w->loop);

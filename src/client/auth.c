@@ -11,6 +11,7 @@
 #include "client/client.h"
 #include "config/userlist.h"
 #include "core/log.h"
+#include "core/tls.h"
 #include "pool/pool.h"
 #include "proto/md5.h"
 #include "proto/proto.h"
@@ -39,29 +40,27 @@ static void ask_md5(struct client *c)
 static void ask_scram(struct client *c, const struct user_secret *us)
 {
     struct scram_secret secret;
-    int ok = -1;
-    if (us && us->kind == SECRET_SCRAM)
-        ok = scram_parse_secret(us->secret, &secret);
-    else if (us && us->kind == SECRET_PLAIN)
-        ok = scram_secret_generate(us->secret, &secret);
-    if (ok < 0) {
-        /* Unknown user: go through the exchange with a secret nobody knows, then fail, as
-         * PostgreSQL does, so the answer does not tell which users exist. */
-        unsigned char rnd[24];
-        char pw[64];
-        RAND_bytes(rnd, sizeof(rnd));
-        for (size_t i = 0; i < sizeof(rnd); i++)
-            snprintf(pw + 2 * i, 3, "%02x", rnd[i]);
-        scram_secret_generate(pw, &secret);
+    if (us && us->scram) {
+        secret = *us->scram; /* derived when the auth file was loaded: no PBKDF2 here */
+    } else {
+        /* Unknown user: go through the exchange with a verifier nobody's password matches,
+         * then fail, as PostgreSQL does; its salt is the same at each attempt and costs no
+         * PBKDF2, so neither the answer nor its timing tells which users exist. */
+        userlist_mock_secret(c->w->users, c->user, &secret);
     }
     c->scram = calloc(1, sizeof(*c->scram));
     if (!c->scram || scram_server_init(c->scram, &secret) < 0) {
         client_close(c, SQLSTATE_INVALID_AUTH, "out of memory");
         return;
     }
+    /* Over TLS, -PLUS too, bound to the certificate this client was shown: a man in the middle
+     * holding another certificate cannot relay the exchange (channel_binding=require). */
+    unsigned char cb[SCRAM_CBIND_MAX];
+    int cbl = conn_tls_server_end_point(&c->conn, cb, sizeof(cb));
+    int plus = cbl > 0 && scram_server_offer_plus(c->scram, cb, (size_t)cbl) == 0;
     struct pbuf b;
     pbuf_init(&b);
-    proto_build_auth_sasl(&b);
+    proto_build_auth_sasl(&b, plus);
     client_send_pbuf(c, &b);
     c->auth_step = AUTH_STEP_SASL_INIT;
 }
@@ -123,7 +122,9 @@ static void sasl_init(struct client *c, const uint8_t *body, size_t len)
         client_close(c, SQLSTATE_PROTOCOL_VIOLATION, "malformed SASLInitialResponse message");
         return;
     }
-    if (strcmp(mech, SCRAM_MECHANISM) != 0) {
+    if (strcmp(mech, SCRAM_MECHANISM_PLUS) == 0 && c->scram->cb_offered)
+        c->scram->cb_selected = 1;
+    else if (strcmp(mech, SCRAM_MECHANISM) != 0) {
         client_close(c, SQLSTATE_PROTOCOL_VIOLATION,
                      "client selected an invalid SASL authentication mechanism");
         return;

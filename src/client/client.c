@@ -16,6 +16,7 @@
 #include "client/track.h"
 #include "core/conn.h"
 #include "core/log.h"
+#include "core/tls.h"
 #include "pool/backoff.h"
 #include "pool/pool.h"
 #include "pool/prepared.h"
@@ -461,13 +462,36 @@ static void client_write_cb(void *arg)
         server_process(c->server);
 }
 
+/* The TLS handshake with a client is done: what follows is its StartupMessage, encrypted. */
+static void client_tls_ready(struct client *c)
+{
+    char alpn[32];
+    conn_tls_alpn(&c->conn, alpn, sizeof(alpn));
+    if (c->tls_direct && strcmp(alpn, "postgresql") != 0) {
+        /* As PostgreSQL 17: direct TLS is only for clients that say they speak PostgreSQL, so
+         * that a TLS connection meant for another protocol cannot be replayed here. */
+        client_close(c, SQLSTATE_PROTOCOL_VIOLATION,
+                     "received direct SSL connection request without ALPN protocol negotiation "
+                     "extension");
+        return;
+    }
+    log_debug("C-%llu %s: TLS established (%s, %s%s)", (unsigned long long)c->id, client_addr(c),
+              conn_tls_version(&c->conn), conn_tls_cipher(&c->conn),
+              c->tls_direct ? ", direct" : "");
+}
+
 static void client_event_cb(void *arg, int what)
 {
     struct client *c = arg;
-    if (what & CONN_EOF)
+    if (what & CONN_EOF) {
         client_close(c, NULL, "client disconnected");
-    else if (what & CONN_ERROR)
-        client_close(c, NULL, "client connection error");
+    } else if (what & CONN_ERROR) {
+        char why[320];
+        snprintf(why, sizeof(why), "client connection error: %s", conn_strerror(&c->conn));
+        client_close(c, NULL, why);
+    } else if (what & CONN_TLS) {
+        client_tls_ready(c);
+    }
 }
 
 static const struct conn_cbs client_cbs = {
@@ -493,6 +517,7 @@ void client_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr
     net_tune_client(fd);
     c->w = w;
     c->id = ++w->next_id;
+    c->connect_s = (uint32_t)(now_ms() / 1000);
     c->role = role;
     c->txn_status = 'I';
     c->last_active = now_ms();
@@ -557,6 +582,68 @@ static int parse_options(struct client *c, const char *opts)
     return expect_c ? -1 : 0;
 }
 
+/* Does this pgstay answer an SSLRequest with 'S'? (a certificate is set, TLS not disabled) */
+static int tls_offered(const struct client *c)
+{
+    return c->w->client_tls && c->w->cfg->client_tls_sslmode != TLS_DISABLE;
+}
+
+/* 'S', then the handshake. Bytes that came with the SSLRequest were sent before the client
+ * could know the answer: a man in the middle's injection (CVE-2021-23214, CVE-2021-3935), never
+ * taken as part of the session. */
+static void start_tls(struct client *c, size_t prefix)
+{
+    c->ssl_done = 1;
+    if (prefix == 0) {
+        if (conn_avail(&c->conn) > 0) {
+            client_close(c, SQLSTATE_PROTOCOL_VIOLATION,
+                         "received unencrypted data after SSL request");
+            return;
+        }
+        client_send(c, "S", 1);
+    } else {
+        c->tls_direct = 1;
+    }
+    if (conn_start_tls(&c->conn, c->w->client_tls, 1, 0, NULL, prefix) < 0)
+        client_close(c, NULL, "cannot start TLS");
+}
+
+/* The TLS rules of client_tls_sslmode, once the user is known: 0 to go on, -1 closed. */
+static int check_tls(struct client *c, const char *user, const char *db)
+{
+    int mode = c->w->cfg->client_tls_sslmode;
+    if (!conn_is_tls(&c->conn)) {
+        if (mode < TLS_REQUIRE)
+            return 0;
+        /* PostgreSQL's hostssl-only answer, and what to change. */
+        char msg[512];
+        snprintf(msg, sizeof(msg),
+                 "no encryption: pgstay accepts only TLS connections (client_tls_sslmode = %s) "
+                 "for host \"%s\", user \"%s\", database \"%s\"; connect with sslmode=require",
+                 mode == TLS_REQUIRE     ? "require"
+                 : mode == TLS_VERIFY_CA ? "verify-ca"
+                                         : "verify-full",
+                 client_addr(c), user, db);
+        client_close(c, SQLSTATE_INVALID_AUTH, msg);
+        return -1;
+    }
+    if (mode == TLS_VERIFY_FULL) {
+        /* The handshake verified the certificate (verify-ca); verify-full also wants it to be
+         * this user's, as PostgreSQL's clientcert=verify-full. */
+        char cn[256];
+        if (!conn_tls_peer_cn(&c->conn, cn, sizeof(cn)) || strcmp(cn, user) != 0) {
+            char msg[400];
+            snprintf(msg, sizeof(msg),
+                     "certificate validation (clientcert=verify-full) failed for user \"%s\": CN "
+                     "mismatch",
+                     user);
+            client_close(c, SQLSTATE_INVALID_AUTH, msg);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 static void handle_startup(struct client *c, const uint8_t *pkt, uint32_t len)
 {
     struct startup_pkt sp;
@@ -566,6 +653,10 @@ static void handle_startup(struct client *c, const uint8_t *pkt, uint32_t len)
         return;
     }
     int ssl = sp.code == PROTO_SSL_CODE, gss = sp.code == PROTO_GSSENC_CODE;
+    if (ssl && !c->ssl_done && tls_offered(c)) {
+        start_tls(c, 0);
+        return;
+    }
     if ((ssl && !c->ssl_done) || (gss && !c->gss_done)) {
         /* No TLS yet: 'N' and the client goes on in plain text (or gives up). As PostgreSQL
          * does, one SSLRequest per negotiation; a GSSENCRequest may follow it, and after that
@@ -607,7 +698,9 @@ static void handle_startup(struct client *c, const uint8_t *pkt, uint32_t len)
         int n = 0;
         struct msg_reader r;
         mr_init(&r, pkt + 8, len - 8);
-        while (mr_left(&r) > 1 && n < STARTUP_MAX_PARAMS) {
+        /* !r.bad: proto_parse_startup checked every string, but a string without its NUL
+         * would not be consumed and the loop would never end. */
+        while (mr_left(&r) > 1 && n < STARTUP_MAX_PARAMS && !r.bad) {
             const char *name = mr_str(&r);
             mr_str(&r);
             if (strncmp(name, "_pq_.", 5) == 0)
@@ -626,6 +719,8 @@ static void handle_startup(struct client *c, const uint8_t *pkt, uint32_t len)
     const char *db = startup_param(&sp, "database");
     if (!db || !*db)
         db = user;
+    if (check_tls(c, user, db) < 0)
+        return;
     const char *repl = startup_param(&sp, "replication");
     if (repl && strcmp(repl, "false") && strcmp(repl, "0") && strcmp(repl, "off") && strcmp(repl, "no")) {
         client_close(c, SQLSTATE_FEATURE_NOT_SUPPORTED, "pgstay does not proxy replication connections");
@@ -637,6 +732,9 @@ static void handle_startup(struct client *c, const uint8_t *pkt, uint32_t len)
         const char *n = sp.names[i];
         if (!strcmp(n, "user") || !strcmp(n, "database") || !strcmp(n, "replication"))
             continue;
+        /* PgBouncer's ignore_startup_parameters: dropped, as if the client had not sent it. */
+        if (config_list_has(c->w->cfg->ignore_startup_parameters, n))
+            continue;
         if (!strcmp(n, "options")) {
             if (parse_options(c, sp.values[i]) < 0) {
                 client_close(c, SQLSTATE_FEATURE_NOT_SUPPORTED,
@@ -647,13 +745,20 @@ static void handle_startup(struct client *c, const uint8_t *pkt, uint32_t len)
         }
         kv_set(&c->params, n, sp.values[i]);
     }
-    c->is_admin = strcmp(c->database, ADMIN_DBNAME) == 0;
+    c->is_admin = !strcmp(c->database, ADMIN_DBNAME) || !strcmp(c->database, ADMIN_DBNAME_ALIAS);
     if (c->is_admin && !config_list_has(c->w->cfg->admin_users, c->user)) {
         client_close(c, SQLSTATE_INVALID_AUTH, "not allowed to connect to the pgstay admin database");
         return;
     }
     if (c->w->shutting_down) {
         client_close(c, SQLSTATE_ADMIN_SHUTDOWN, "pgstay is shutting down");
+        return;
+    }
+    if (!c->is_admin && c->w->session->db_disabled(c->w, c->database)) {
+        /* DISABLE db: PgBouncer's words and SQLSTATE. */
+        char msg[160];
+        snprintf(msg, sizeof(msg), "database does not allow connections: %s", c->database);
+        client_close(c, SQLSTATE_PROTOCOL_VIOLATION, msg);
         return;
     }
     c->auth_step = AUTH_STEP_METHOD;
@@ -695,6 +800,12 @@ static void login_process(struct client *c)
         if (c->auth_step == AUTH_STEP_STARTUP) {
             uint32_t len = 0;
             const char *err = NULL;
+            if (avail >= 1 && conn_data(in)[0] == 0x16 && !c->ssl_done && tls_offered(c)) {
+                /* A TLS handshake record (PostgreSQL 17's direct TLS): no startup packet can
+                 * begin with this byte (it would be longer than any allowed). */
+                start_tls(c, avail);
+                return;
+            }
             if (avail < 4)
                 return;
             int r = proto_startup_len(conn_data(in), 4, &len, &err);
@@ -1251,6 +1362,7 @@ void client_process(struct client *c)
             conn_forward(in, &c->server->conn, n);
             c->fwd_left -= (uint32_t)n;
             w->stats.bytes_client_to_server += n;
+            c->pool->stats.bytes_recv += n;
             continue;
         }
         struct msg_hdr h;
@@ -1309,6 +1421,12 @@ void client_process(struct client *c)
             }
         }
         if (!c->server || c->state != CL_ACTIVE) {
+            /* A Flush with nothing asked of any server since the last Sync has nothing to
+             * push out: it needs no server (it would wait for one in a busy pool). */
+            if (c->state == CL_IDLE && h.type == FE_FLUSH && c->pending == 0 && c->unsynced == 0) {
+                conn_consume(in, whole);
+                continue;
+            }
             /* Transaction mode: a Parse of a statement the pool already knows, and the Sync
              * after it, need no server (PQprepare must not wait for one). */
             if (c->state == CL_IDLE && w->cfg->pool_mode == POOL_TRANSACTION && c->pending == 0 &&
@@ -1332,8 +1450,8 @@ void client_process(struct client *c)
         struct conn *out = &c->server->conn;
         if (conn_full(out))
             return;
-        if (w->session->paused(w) && c->role == ROLE_WRITER && c->pending == 0 && c->unsynced == 0 &&
-            c->txn_status == 'I') {
+        if (w->session->paused(w, c->database) && c->role == ROLE_WRITER && c->pending == 0 &&
+            c->unsynced == 0 && c->txn_status == 'I') {
             /* PAUSE: a new transaction waits for RESUME (planned switchover). */
             c->pause_held = 1;
             return;
@@ -1365,6 +1483,7 @@ void client_process(struct client *c)
             c->pending++;
             c->unsynced = 0;
             w->stats.queries++;
+            stats_request(c->server);
         } else if (h.type != FE_COPY_DATA && h.type != FE_COPY_DONE && h.type != FE_COPY_FAIL &&
                    h.type != FE_FLUSH) {
             c->unsynced++;
@@ -1385,6 +1504,7 @@ void client_process(struct client *c)
         if (n > 0)
             conn_forward(in, out, n);
         w->stats.bytes_client_to_server += n;
+        c->pool->stats.bytes_recv += n + done; /* rewritten messages came from the client too */
         c->fwd_left = (uint32_t)(rest - n);
     }
 }
@@ -1467,7 +1587,7 @@ static int term_verdict(struct client *c)
     /* A suspect writer is not a lost one: the next probe says which. */
     if (!nd || !w->topo->writer || (c->role == ROLE_WRITER && w->topo->writer != nd))
         return -1;
-    if (w->session->paused(w))
+    if (w->session->paused(w, c->database))
         return -1; /* a planned switchover shutting the node down */
     if (nd->last_ok_sent_us > client_more(c)->term->at_us)
         return 1; /* a probe sent after the termination was answered */
@@ -1574,7 +1694,6 @@ static void lost_decide(struct client *c, const char *why, const char *sqlstate,
         client_close(c, SQLSTATE_CONNECTION_FAILURE, msg);
         return;
     }
-    c->w->session->note_failed_in_flight(c->w);
     char msg[256];
     const char *state = SQLSTATE_CONNECTION_FAILURE;
     if (commit_in_flight) {
@@ -1595,6 +1714,7 @@ static void lost_decide(struct client *c, const char *why, const char *sqlstate,
     } else {
         snprintf(msg, sizeof(msg), "the server connection was lost (%s): the transaction was rolled back", why);
     }
+    c->w->session->note_failed_in_flight(c->w, state);
     log_info("C-%llu: %s", (unsigned long long)c->id, msg);
     if (c->fwd_left > 0) {
         c->skip_left = c->fwd_left;
@@ -1667,6 +1787,34 @@ void client_check_timeouts(struct worker *w, int64_t now)
         /* The connection stays usable: the held request gets the error. */
         client_fail_request(c, state, why);
         client_process(c);
+    }
+    if (w->cfg->query_timeout > 0 || w->cfg->idle_transaction_timeout > 0) {
+        int64_t now_u = now_us();
+        list_for_each_safe(pos, tmp, &w->clients[CL_ACTIVE])
+        {
+            struct client *c = container_of(pos, struct client, node);
+            struct server *s = c->server;
+            if (!s || c->is_admin)
+                continue;
+            /* PgBouncer's query_timeout: a request running this long (a network problem,
+             * statement_timeout being the server's own) ends both connections. */
+            if (w->cfg->query_timeout > 0 && s->query_start &&
+                now_u - s->query_start > (int64_t)w->cfg->query_timeout * 1000) {
+                client_close(c, SQLSTATE_QUERY_CANCELED, "query_timeout: the request ran too long");
+                if (s->state != SV_CLOSING)
+                    server_close(s, "query_timeout"); /* not drained: its query may run on */
+                continue;
+            }
+            /* idle_transaction_timeout: inside a transaction, nothing asked since the last
+             * answer; PostgreSQL's idle_in_transaction_session_timeout says it with 25P03. */
+            if (w->cfg->idle_transaction_timeout > 0 && (c->txn_status == 'T' || c->txn_status == 'E') &&
+                c->pending == 0 && !s->query_start) {
+                int64_t since = c->last_active * 1000 > s->ready_at ? c->last_active * 1000 : s->ready_at;
+                if (now_u - since > (int64_t)w->cfg->idle_transaction_timeout * 1000)
+                    client_close(c, SQLSTATE_IDLE_IN_TXN_TIMEOUT,
+                                 "terminating connection due to idle_transaction_timeout");
+            }
+        }
     }
     if (w->cfg->client_idle_timeout > 0) {
         list_for_each_safe(pos, tmp, &w->clients[CL_ACTIVE])

@@ -17,23 +17,29 @@ struct server;
 
 /* The database name that reaches the admin console rather than a pool. */
 #define ADMIN_DBNAME "pgstay"
+/* PgBouncer's name for it, so that tools written for PgBouncer connect unchanged. */
+#define ADMIN_DBNAME_ALIAS "pgbouncer"
 
 /* Calls from the session layer (client, server, pool) up to failover and the admin console,
  * which sit above it (see tools/layers.py). The program registers them once per loop
  * (w->session); each is called where the named function was, so behaviour is unchanged. */
 struct session_hooks {
-    /* Is the writer endpoint holding new requests (no writer, a suspect writer, or paused)? */
-    int (*holding)(struct worker *w);
-    /* PAUSE is in effect: new writer transactions wait for RESUME. */
-    int (*paused)(struct worker *w);
+    /* Is the writer endpoint holding new requests of this database (no writer, a suspect
+     * writer, or paused)? */
+    int (*holding)(struct worker *w, const char *database);
+    /* PAUSE (of every database, or of this one) is in effect: new writer transactions wait for
+     * RESUME. */
+    int (*paused)(struct worker *w, const char *database);
     /* Failover event counters. */
     void (*note_held)(struct worker *w);
     void (*note_served)(struct worker *w);
-    void (*note_failed_in_flight)(struct worker *w);
+    void (*note_failed_in_flight)(struct worker *w, const char *sqlstate);
     void (*note_timed_out)(struct worker *w);
     /* The admin console's client: welcome once logged in, then run its queries. */
     void (*admin_welcome)(struct client *c);
     void (*admin_process)(struct client *c);
+    /* DISABLE db (admin console): new clients of that database are refused. */
+    int (*db_disabled)(struct worker *w, const char *database);
 };
 
 /* Which endpoint the client came in through. */
@@ -140,6 +146,7 @@ struct client {
     uint64_t reported_hash; /* the server parameter set it was last brought in line with */
     uint8_t names_shared;       /* user and database point to its pool's strings */
     uint8_t got_welcome;        /* ParameterStatus/BackendKeyData/ReadyForQuery sent */
+    uint8_t tls_direct;         /* TLS began without an SSLRequest (PostgreSQL 17 clients) */
 
     /* Authentication */
     uint8_t auth_step;                /* which message pgstay expects next */
@@ -155,6 +162,7 @@ struct client {
     char txn_status;    /* as last told to the client: 'I', 'T' or 'E' */
     uint8_t in_copy_in;     /* the server is taking COPY data from this client */
     uint8_t pin_reason;     /* why this session's state cannot be rebuilt elsewhere (0: it can) */
+    uint32_t connect_s;     /* monotonic s at accept (SHOW CLIENTS): fits in padding */
     int64_t wait_since; /* ms: when it began waiting for a server */
     int64_t last_active;
     uint8_t held;           /* waiting because there is no writer (counted by failover) */

@@ -44,15 +44,23 @@ static const struct key_def keys[] = {
     {"listen_backlog", KT_INT, FIELD(listen_backlog), "128", 0, NULL, 1, INT_MAX},
     {"pool_mode", KT_ENUM, FIELD(pool_mode), "session", 0, "session|transaction", 0, 0},
     {"pool_size", KT_INT, FIELD(pool_size), "20", 1, NULL, 1, INT_MAX},
+    {"min_pool_size", KT_INT, FIELD(min_pool_size), "0", 1, NULL, 0, INT_MAX},
+    {"max_db_connections", KT_INT, FIELD(max_db_connections), "0", 1, NULL, 0, INT_MAX},
+    {"max_user_connections", KT_INT, FIELD(max_user_connections), "0", 1, NULL, 0, INT_MAX},
     {"max_client_conn", KT_INT, FIELD(max_client_conn), "10000", 1, NULL, 1, INT_MAX},
     {"auth_type", KT_ENUM, FIELD(auth_type), "scram-sha-256", 1, "trust|md5|scram-sha-256", 0, 0},
     {"auth_file", KT_PATH, FIELD(auth_file), "userlist.txt", 1, NULL, 0, 0},
     {"admin_users", KT_STRING, FIELD(admin_users), "", 1, NULL, 0, 0},
+    {"ignore_startup_parameters", KT_STRING, FIELD(ignore_startup_parameters), "", 1, NULL, 0, 0},
     {"server_reset_query", KT_STRING, FIELD(server_reset_query), "DISCARD ALL", 1, NULL, 0, 0},
     {"server_connect_timeout", KT_DURATION, FIELD(server_connect_timeout), "5s", 1, "s", 0,
      INT_MAX},
     {"query_wait_timeout", KT_DURATION, FIELD(query_wait_timeout), "120s", 1, "s", 0, INT_MAX},
     {"client_idle_timeout", KT_DURATION, FIELD(client_idle_timeout), "0", 1, "s", 0, INT_MAX},
+    {"idle_transaction_timeout", KT_DURATION, FIELD(idle_transaction_timeout), "0", 1, "s", 0, INT_MAX},
+    {"query_timeout", KT_DURATION, FIELD(query_timeout), "0", 1, "s", 0, INT_MAX},
+    {"server_idle_timeout", KT_DURATION, FIELD(server_idle_timeout), "600s", 1, "s", 0, INT_MAX},
+    {"server_lifetime", KT_DURATION, FIELD(server_lifetime), "3600s", 1, "s", 0, INT_MAX},
     {"client_login_timeout", KT_DURATION, FIELD(client_login_timeout), "60s", 1, "s", 0, INT_MAX},
     {"shutdown_timeout", KT_DURATION, FIELD(shutdown_timeout), "30s", 1, "s", 0, INT_MAX},
     /* PostgreSQL's own message limit is 1GB; nothing legitimate is larger. */
@@ -76,6 +84,39 @@ static const struct key_def keys[] = {
     {"max_replica_lag", KT_BYTES, FIELD(max_replica_lag), "16MB", 1, NULL, 0, LONG_MAX},
     {"readonly_fallback", KT_ENUM, FIELD(readonly_fallback), "writer", 1, "writer|error", 0, 0},
     {"verbose", KT_INT, FIELD(verbose), "0", 1, NULL, 0, INT_MAX},
+    {"pidfile", KT_PATH, FIELD(pidfile), "", 0, NULL, 0, 0},
+    {"logfile", KT_PATH, FIELD(logfile), "", 1, NULL, 0, 0},
+    /* PgBouncer's: the period of SHOW STATS_AVERAGES (and the avg_ columns of SHOW STATS). */
+    {"stats_period", KT_DURATION, FIELD(stats_period), "60s", 1, "s", 1000, INT_MAX},
+    /* host:port of the Prometheus endpoint (GET /metrics); empty = none. */
+    {"metrics_listen", KT_STRING, FIELD(metrics_listen), "", 0, NULL, 0, 0},
+    /* TLS: every key reloadable; a reload builds new contexts for new handshakes and leaves
+     * established sessions as they are. prefer answers 'S' only once a certificate is set. */
+    {"client_tls_sslmode", KT_ENUM, FIELD(client_tls_sslmode), "prefer", 1, TLS_MODE_NAMES, 0, 0},
+    {"client_tls_cert_file", KT_PATH, FIELD(client_tls_cert_file), "", 1, NULL, 0, 0},
+    {"client_tls_key_file", KT_PATH, FIELD(client_tls_key_file), "", 1, NULL, 0, 0},
+    {"client_tls_ca_file", KT_PATH, FIELD(client_tls_ca_file), "", 1, NULL, 0, 0},
+    {"client_tls_protocols", KT_STRING, FIELD(client_tls_protocols), "secure", 1, NULL, 0, 0},
+    {"client_tls_ciphers", KT_STRING, FIELD(client_tls_ciphers), "default", 1, NULL, 0, 0},
+    /* disable by default: a server login then costs no SSLRequest round trip. */
+    {"server_tls_sslmode", KT_ENUM, FIELD(server_tls_sslmode), "disable", 1, TLS_MODE_NAMES, 0, 0},
+    {"server_tls_cert_file", KT_PATH, FIELD(server_tls_cert_file), "", 1, NULL, 0, 0},
+    {"server_tls_key_file", KT_PATH, FIELD(server_tls_key_file), "", 1, NULL, 0, 0},
+    {"server_tls_ca_file", KT_PATH, FIELD(server_tls_ca_file), "", 1, NULL, 0, 0},
+    {"server_tls_protocols", KT_STRING, FIELD(server_tls_protocols), "secure", 1, NULL, 0, 0},
+    {"server_tls_ciphers", KT_STRING, FIELD(server_tls_ciphers), "default", 1, NULL, 0, 0},
+    {"server_allow_plaintext_password", KT_BOOL, FIELD(server_allow_plaintext_password), "off", 1,
+     NULL, 0, 0},
+    {"server_scram_max_iterations", KT_INT, FIELD(server_scram_max_iterations), "100000", 1, NULL,
+     1, INT_MAX},
+};
+
+/* PgBouncer's names for keys pgstay shares with it, so that its settings carry over. */
+static const struct {
+    const char *alias;
+    const char *name;
+} key_aliases[] = {
+    {"default_pool_size", "pool_size"},
 };
 
 #define N_KEYS (sizeof(keys) / sizeof(keys[0]))
@@ -295,6 +336,9 @@ static const struct key_def *find_key(const char *name)
     for (size_t i = 0; i < N_KEYS; i++)
         if (strcasecmp(keys[i].name, name) == 0)
             return &keys[i];
+    for (size_t i = 0; i < sizeof(key_aliases) / sizeof(key_aliases[0]); i++)
+        if (strcasecmp(key_aliases[i].alias, name) == 0)
+            return find_key(key_aliases[i].name);
     return NULL;
 }
 
@@ -430,7 +474,10 @@ enum section { SEC_NONE, SEC_PGSTAY, SEC_NODES };
 static const struct {
     const char *name;
     enum section sec;
-} sections[] = {{"pgstay", SEC_PGSTAY}, {"nodes", SEC_NODES}};
+} sections[] = {{"pgstay", SEC_PGSTAY},
+                {"nodes", SEC_NODES},
+                /* PgBouncer's name for the main section, so its settings read as they are */
+                {"pgbouncer", SEC_PGSTAY}};
 
 static char *trim(char *s)
 {
@@ -563,6 +610,50 @@ static int parse_line(struct config *cfg, char *line, enum section *sec, const c
     return 0;
 }
 
+/* What one TLS key needs of another; the files themselves are read when the context is built
+ * (tls_ctx_new), so a reload sees their new contents. */
+static int check_tls(const struct config *cfg, char *msg, size_t msglen)
+{
+    static const char *const modes[] = {"disable", "allow",     "prefer",
+                                        "require", "verify-ca", "verify-full"};
+    int cm = cfg->client_tls_sslmode, sm = cfg->server_tls_sslmode;
+    int have_cert = *cfg->client_tls_cert_file && *cfg->client_tls_key_file;
+    if (cm >= TLS_REQUIRE && !have_cert) {
+        snprintf(msg, msglen,
+                 "client_tls_sslmode = %s needs client_tls_cert_file and client_tls_key_file",
+                 modes[cm]);
+        return -1;
+    }
+    if (cm >= TLS_VERIFY_CA && !*cfg->client_tls_ca_file) {
+        snprintf(msg, msglen, "client_tls_sslmode = %s needs client_tls_ca_file", modes[cm]);
+        return -1;
+    }
+    if (sm == TLS_ALLOW) {
+        snprintf(msg, msglen,
+                 "server_tls_sslmode = allow is not supported: use disable, prefer or require");
+        return -1;
+    }
+    if (sm >= TLS_VERIFY_CA && !*cfg->server_tls_ca_file) {
+        snprintf(msg, msglen, "server_tls_sslmode = %s needs server_tls_ca_file", modes[sm]);
+        return -1;
+    }
+    if (!tls_protocols_valid(cfg->client_tls_protocols)) {
+        snprintf(msg, msglen,
+                 "invalid value \"%s\" for client_tls_protocols: expected secure, all or a list "
+                 "of tlsv1.0, tlsv1.1, tlsv1.2, tlsv1.3",
+                 cfg->client_tls_protocols);
+        return -1;
+    }
+    if (!tls_protocols_valid(cfg->server_tls_protocols)) {
+        snprintf(msg, msglen,
+                 "invalid value \"%s\" for server_tls_protocols: expected secure, all or a list "
+                 "of tlsv1.0, tlsv1.1, tlsv1.2, tlsv1.3",
+                 cfg->server_tls_protocols);
+        return -1;
+    }
+    return 0;
+}
+
 int config_load(const char *path, struct config *cfg, char *err, size_t errlen)
 {
     char msg[512];
@@ -604,6 +695,10 @@ int config_load(const char *path, struct config *cfg, char *err, size_t errlen)
     if (cfg->n_nodes == 0) {
         snprintf(err, errlen, "%s: no nodes: [nodes] needs at least one \"name = host=H port=P\"",
                  path);
+        goto fail;
+    }
+    if (check_tls(cfg, msg, sizeof(msg)) < 0) {
+        snprintf(err, errlen, "%s: %s", path, msg);
         goto fail;
     }
     free(line);
@@ -680,4 +775,102 @@ int config_list_has(const char *list, const char *name)
         p += len;
     }
     return 0;
+}
+
+int config_n_keys(void)
+{
+    return (int)N_KEYS;
+}
+
+/* The stored value as text that set_value reads back unchanged (durations in ms). */
+static void format_value(const struct config *cfg, const struct key_def *k, char *out, size_t cap)
+{
+    if (is_string(k)) {
+        const char *v = *(char *const *)cfield(cfg, k);
+        snprintf(out, cap, "%s", v ? v : "");
+        return;
+    }
+    long v = load_num(cfg, k);
+    switch (k->type) {
+    case KT_BOOL:
+        snprintf(out, cap, "%s", v ? "on" : "off");
+        return;
+    case KT_ENUM: {
+        const char *p = k->extra;
+        for (long i = 0; i < v && *p; i++) {
+            p += strcspn(p, "|");
+            if (*p == '|')
+                p++;
+        }
+        snprintf(out, cap, "%.*s", (int)strcspn(p, "|"), p);
+        return;
+    }
+    case KT_DURATION:
+        snprintf(out, cap, "%ldms", v);
+        return;
+    default:
+        snprintf(out, cap, "%ld", v);
+        return;
+    }
+}
+
+int config_key_show(const struct config *cfg, int i, struct config_key_view *out)
+{
+    if (i < 0 || i >= (int)N_KEYS)
+        return -1;
+    const struct key_def *k = &keys[i];
+    out->name = k->name;
+    out->reloadable = k->reloadable;
+    format_value(cfg, k, out->value, sizeof(out->value));
+    /* The default as the file would give it, normalised the same way. */
+    struct config d;
+    memset(&d, 0, sizeof(d));
+    char msg[256];
+    if (set_value(&d, k, k->def, NULL, msg, sizeof(msg)) < 0)
+        snprintf(out->def, sizeof(out->def), "%s", k->def);
+    else
+        format_value(&d, k, out->def, sizeof(out->def));
+    if (is_string(k))
+        store_str(&d, k, NULL);
+    return 0;
+}
+
+int config_set(struct config *cfg, const char *name, const char *value, char *err, size_t errlen)
+{
+    const struct key_def *k = find_key(name);
+    if (k == NULL) {
+        snprintf(err, errlen, "unknown key \"%s\"", name);
+        return -1;
+    }
+    if (!k->reloadable) {
+        snprintf(err, errlen, "%s cannot be changed while pgstay runs (restart it)", k->name);
+        return -1;
+    }
+    char *basedir = cfg->path ? config_dir(cfg->path) : NULL;
+    int r = set_value(cfg, k, value, basedir, err, errlen);
+    free(basedir);
+    if (r == 0)
+        log_info("config: %s set to \"%s\" (SET)", k->name, value);
+    return r;
+}
+
+const char *config_canonical_key(const char *name)
+{
+    const struct key_def *k = find_key(name);
+    return k ? k->name : NULL;
+}
+
+int config_check_value(const char *name, const char *value, char *err, size_t errlen)
+{
+    const struct key_def *k = find_key(name);
+    if (k == NULL) {
+        snprintf(err, errlen, "unknown key \"%s\"", name);
+        return -1;
+    }
+    struct config scratch;
+    memset(&scratch, 0, sizeof(scratch));
+    int r = set_value(&scratch, k, value, NULL, err, errlen);
+    if (is_string(k))
+        store_str(&scratch, k, NULL);
+    return r;
 }

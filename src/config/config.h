@@ -3,6 +3,9 @@
 #define PGSTAY_CONFIG_CONFIG_H
 
 #include <stddef.h>
+#include <stdio.h>
+
+#include "core/tls.h"
 
 enum pool_mode { POOL_SESSION = 0, POOL_TRANSACTION = 1 };
 enum auth_type { AUTH_TRUST = 0, AUTH_MD5 = 1, AUTH_SCRAM = 2 };
@@ -30,11 +33,19 @@ struct config {
     int auth_type;               /* enum auth_type */
     char *auth_file;             /* absolute, resolved against the config file's folder */
     char *admin_users;           /* comma-separated */
+    char *ignore_startup_parameters; /* comma-separated: startup parameters dropped */
     char *server_reset_query;
     int server_connect_timeout;  /* ms */
     int query_wait_timeout;      /* ms; 0 = wait forever */
     int client_idle_timeout;     /* ms; 0 = never */
     int client_login_timeout;    /* ms */
+    int idle_transaction_timeout; /* ms; 0 = never: a client idle inside a transaction */
+    int query_timeout;           /* ms; 0 = never: a request running longer is cancelled */
+    int server_idle_timeout;     /* ms; 0 = never: an idle pooled server unused this long */
+    int server_lifetime;         /* ms; 0 = never: a pooled server this old, once idle */
+    int min_pool_size;           /* servers each pool keeps open, idle or not */
+    int max_db_connections;      /* servers of all pools of one database; 0 = no limit */
+    int max_user_connections;    /* servers of all pools of one user; 0 = no limit */
     int shutdown_timeout;        /* ms: SIGTERM lets clients finish this long */
     int max_packet_size;         /* bytes: a longer client message is a protocol violation */
     int tcp_keepalive;           /* bool */
@@ -53,6 +64,26 @@ struct config {
     long max_replica_lag;        /* bytes of replay lag past which a standby serves no reads */
     int readonly_fallback;       /* enum readonly_fallback */
     int verbose;                 /* 0 = LOG, 1+ = DEBUG */
+    int stats_period;            /* ms: SHOW STATS_AVERAGES covers this long */
+    char *metrics_listen;        /* host:port of GET /metrics; empty = none */
+    char *pidfile;               /* absolute; written at start, removed at exit; empty = none */
+    char *logfile;               /* absolute; the log, reopened on SIGHUP; empty = stderr */
+    /* TLS towards clients: 'S' to an SSLRequest once a certificate and key are set. */
+    int client_tls_sslmode; /* enum tls_mode */
+    char *client_tls_cert_file;
+    char *client_tls_key_file;
+    char *client_tls_ca_file; /* verifies client certificates (verify-ca, verify-full) */
+    char *client_tls_protocols;
+    char *client_tls_ciphers;
+    /* TLS towards servers and probes. */
+    int server_tls_sslmode;     /* enum tls_mode; allow is not offered */
+    char *server_tls_cert_file; /* for servers that ask for a client certificate */
+    char *server_tls_key_file;
+    char *server_tls_ca_file; /* verifies the servers (verify-ca, verify-full) */
+    char *server_tls_protocols;
+    char *server_tls_ciphers;
+    int server_allow_plaintext_password; /* bool: answer cleartext and md5 requests without TLS */
+    int server_scram_max_iterations; /* a server's SCRAM iteration count above this is refused */
     struct node_conf nodes[CONFIG_MAX_NODES];
     int n_nodes;
 };
@@ -67,6 +98,28 @@ void config_free(struct config *cfg);
 /* Take from fresh every reloadable key into cur; for each non-reloadable key
  * whose value changed, log a warning naming it and keep cur's. fresh is freed. */
 void config_apply_reload(struct config *cur, struct config *fresh);
+
+/* One key as SHOW CONFIG shows it. */
+struct config_key_view {
+    const char *name;
+    char value[512];
+    char def[128];
+    int reloadable;
+};
+int config_n_keys(void);
+/* The i-th key of the table with cfg's value; -1 past the last. */
+int config_key_show(const struct config *cfg, int i, struct config_key_view *out);
+/* SET key = value from the admin console: reloadable keys only (PgBouncer's names accepted). */
+int config_set(struct config *cfg, const char *name, const char *value, char *err, size_t errlen);
+
+/* The table's name for a key or one of its aliases (PgBouncer's names); NULL if unknown. */
+const char *config_canonical_key(const char *name);
+/* Would value be accepted for key? -1 with the reason in err. */
+int config_check_value(const char *name, const char *value, char *err, size_t errlen);
+/* Print an equivalent pgstay.ini for a PgBouncer configuration file (config/pgbouncer.c), with
+ * what cannot be carried over listed as comments, and on err. 0, or -1 if there is nothing to
+ * convert (unreadable, or no server to make [nodes] of). */
+int config_from_pgbouncer(const char *path, FILE *out, FILE *err);
 
 /* Is name (a comma-separated list member) in list? */
 int config_list_has(const char *list, const char *name);

@@ -7,6 +7,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
+
 #include "proto/scram.h"
 
 /* One "quoted" field starting at *pp, where "" stands for a quote. Returns a heap copy with
@@ -63,6 +68,11 @@ static void free_secret(struct user_secret *u)
         free(u->secret);
     }
     u->user = u->secret = NULL;
+    if (u->scram) {
+        OPENSSL_cleanse(u->scram, sizeof(*u->scram));
+        free(u->scram);
+        u->scram = NULL;
+    }
 }
 
 /* Add or, for a user seen before, replace (the last line wins, as in PgBouncer). Takes both
@@ -72,7 +82,7 @@ static int add_user(struct userlist *ul, char *user, char *secret, int *cap)
     for (int i = 0; i < ul->n; i++) {
         if (strcmp(ul->users[i].user, user) == 0) {
             free_secret(&ul->users[i]);
-            ul->users[i] = (struct user_secret){user, secret, classify(secret)};
+            ul->users[i] = (struct user_secret){user, secret, classify(secret), NULL};
             return 0;
         }
     }
@@ -84,8 +94,65 @@ static int add_user(struct userlist *ul, char *user, char *secret, int *cap)
         ul->users = nu;
         *cap = ncap;
     }
-    ul->users[ul->n++] = (struct user_secret){user, secret, classify(secret)};
+    ul->users[ul->n++] = (struct user_secret){user, secret, classify(secret), NULL};
     return 0;
+}
+
+/*
+ * Every user's SCRAM verifier, once: parsed for a SCRAM secret, derived (PBKDF2, 4096 rounds,
+ * a few ms each) for a plain password, so that no login runs PBKDF2 on the event loop. md5
+ * secrets have none (SCRAM cannot use them). And the key for unknown users' mock verifiers.
+ */
+static int derive_secrets(struct userlist *ul)
+{
+    if (RAND_bytes(ul->mock_key, sizeof(ul->mock_key)) != 1)
+        return -1;
+    for (int i = 0; i < ul->n; i++) {
+        struct user_secret *u = &ul->users[i];
+        if (u->kind == SECRET_MD5)
+            continue;
+        u->scram = calloc(1, sizeof(*u->scram));
+        if (!u->scram)
+            return -1;
+        int rc = u->kind == SECRET_SCRAM ? scram_parse_secret(u->secret, u->scram)
+                                         : scram_secret_generate(u->secret, u->scram);
+        if (rc < 0) {
+            free(u->scram);
+            u->scram = NULL;
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static void mock_part(const struct userlist *ul, const char *what, const char *user,
+                      unsigned char out[SCRAM_KEY_LEN])
+{
+    unsigned char msg[512];
+    size_t lw = strlen(what), lu = strnlen(user, sizeof(msg) - lw - 1);
+    memcpy(msg, what, lw);
+    msg[lw] = 0;
+    memcpy(msg + lw + 1, user, lu);
+    unsigned int n = SCRAM_KEY_LEN;
+    HMAC(EVP_sha256(), ul->mock_key, sizeof(ul->mock_key), msg, lw + 1 + lu, out, &n);
+}
+
+void userlist_mock_secret(const struct userlist *ul, const char *user, struct scram_secret *out)
+{
+    unsigned char salt[SCRAM_KEY_LEN];
+    memset(out, 0, sizeof(*out));
+    mock_part(ul, "salt", user, salt);
+    memcpy(out->salt, salt, SCRAM_SALT_LEN);
+    out->salt_len = SCRAM_SALT_LEN;
+    out->iterations = SCRAM_ITERATIONS;
+    /* keys nobody's password yields: every proof fails, after the whole exchange */
+    mock_part(ul, "stored", user, out->stored_key);
+    mock_part(ul, "server", user, out->server_key);
+}
+
+void userlist_keep_mock(struct userlist *fresh, const struct userlist *old)
+{
+    memcpy(fresh->mock_key, old->mock_key, sizeof(fresh->mock_key));
 }
 
 int userlist_load(const char *path, struct userlist *ul, char *err, size_t errlen)
@@ -159,6 +226,11 @@ int userlist_load(const char *path, struct userlist *ul, char *err, size_t errle
         free(line);
     }
     fclose(f);
+    if (derive_secrets(ul) < 0) {
+        snprintf(err, errlen, "%s: out of memory deriving SCRAM secrets", path);
+        userlist_free(ul);
+        return -1;
+    }
     return 0;
 
 fail:

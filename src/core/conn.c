@@ -168,6 +168,16 @@ static int cbuf_reserve(struct conn_loop *l, struct cbuf *b, size_t n)
 static void conn_cb(evutil_socket_t fd, short what, void *arg);
 static int in_full(const struct conn *c);
 
+/* TLS: bytes the transport already took off the socket are read from the loop without waiting
+ * for the socket, which will not become readable for them (the classic TLS proxy hang). Called
+ * before any owner callback that may end the turn without reading them. */
+static void keep_pending(struct conn *c)
+{
+    if (c->tls && c->reading && !c->dead && !c->handshaking && c->fd >= 0 && !in_full(c) &&
+        c->tr->pending(c))
+        event_active(&c->ev, EV_READ, 1);
+}
+
 /* Wait for what the connection needs now; an epoll_ctl only when that changes. */
 static void rearm(struct conn *c)
 {
@@ -175,24 +185,35 @@ static void rearm(struct conn *c)
     if (c->fd >= 0 && !c->dead) {
         if (c->connecting)
             want = EV_WRITE;
+        else if (c->handshaking)
+            want = c->hs_want;
         else {
             if (c->reading && !in_full(c))
                 want |= EV_READ;
+            /* TLS may need the other readiness to go on (a handshake message mid-stream). */
             if (c->refused && conn_unsent(c) > 0)
+                want |= c->wr_wants_rd ? EV_READ : EV_WRITE;
+            if (c->rd_wants_wr && c->reading)
                 want |= EV_WRITE;
         }
     }
-    if (want == c->armed)
-        return;
-    if (c->assigned)
-        event_del(&c->ev); /* pending or merely activated */
-    c->armed = want;
-    c->assigned = 1;
-    event_assign(&c->ev, c->loop->base, c->fd, want | EV_PERSIST, conn_cb, c);
-    if (want)
-        event_add(&c->ev, NULL);
-    if (c->kicked)
-        event_active(&c->ev, EV_READ, 1); /* event_del dropped the activation */
+    if (want != c->armed) {
+        if (c->assigned)
+            event_del(&c->ev); /* pending or merely activated */
+        c->armed = want;
+        c->assigned = 1;
+        event_assign(&c->ev, c->loop->base, c->fd, want | EV_PERSIST, conn_cb, c);
+        if (want)
+            event_add(&c->ev, NULL);
+        if (c->kicked)
+            event_active(&c->ev, EV_READ, 1); /* event_del dropped the activation */
+    }
+    keep_pending(c);
+}
+
+void conn_rearm(struct conn *c)
+{
+    rearm(c);
 }
 
 /* Report a failure found outside the loop's callback for this connection (a refused connect,
@@ -223,6 +244,8 @@ static void dequeue(struct conn *c)
 static int flush_one(struct conn *c)
 {
     dequeue(c);
+    if (c->handshaking)
+        return 0; /* sent once the handshake is done */
     while (conn_unsent(c) > 0 && !c->dead && c->fd >= 0) {
         long n = c->tr->write(c, c->out.data + c->out.off, conn_unsent(c));
         if (n > 0) {
@@ -242,6 +265,13 @@ static int flush_one(struct conn *c)
     cbuf_release(c->loop, &c->out);
     rearm(c);
     return 1;
+}
+
+int conn_flush_plain(struct conn *c)
+{
+    if (conn_unsent(c) == 0)
+        return 0;
+    return flush_one(c) && !c->dead ? 0 : -1;
 }
 
 void conn_loop_flush(struct conn_loop *l)
@@ -301,6 +331,7 @@ static void do_read(struct conn *c)
     long n = c->tr->read(c, b->data + b->len, b->cap - b->len);
     if (n > 0) {
         b->len += (uint32_t)n;
+        keep_pending(c);
         c->cbs->on_read(c->arg);
         return;
     }
@@ -334,6 +365,29 @@ static void finish_connect(struct conn *c)
     c->cbs->on_event(c->arg, CONN_CONNECTED);
 }
 
+/* One step of a TLS handshake (conn_start_tls); the owner hears the outcome. */
+static void handshake_step(struct conn *c)
+{
+    int r = c->tr->handshake(c);
+    if (r == 0) {
+        rearm(c);
+        return;
+    }
+    c->handshaking = 0;
+    if (r < 0) {
+        if (!c->err)
+            c->err = EPROTO;
+        c->dead = 1;
+        rearm(c);
+        c->cbs->on_event(c->arg, CONN_ERROR);
+        return;
+    }
+    if (conn_unsent(c) > 0)
+        queue(c); /* what the owner queued while the handshake ran */
+    rearm(c);
+    c->cbs->on_event(c->arg, CONN_TLS);
+}
+
 static void conn_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct conn *c = arg;
@@ -345,19 +399,26 @@ static void conn_cb(evutil_socket_t fd, short what, void *arg)
         c->cbs->on_event(c->arg, CONN_ERROR);
     } else if (c->connecting) {
         finish_connect(c);
+    } else if (c->handshaking) {
+        handshake_step(c);
     } else if (c->kicked) {
         c->kicked = 0;
+        keep_pending(c); /* this wake-up may have been the one meant to read them */
         c->cbs->on_read(c->arg);
     } else {
         /* One callback per wake-up: the owner may close the connection in it. */
-        if ((what & EV_WRITE) && c->refused) {
+        if ((what & (c->wr_wants_rd ? EV_READ : EV_WRITE)) && c->refused) {
             flush_one(c);
             if (conn_unsent(c) <= NET_LOW_WATER && !c->dead) {
                 c->refused = conn_unsent(c) > 0;
-                rearm(c);
+                rearm(c); /* and keep_pending: on_drain may end the turn */
                 c->cbs->on_drain(c->arg);
                 goto out;
             }
+        }
+        if ((what & EV_WRITE) && c->rd_wants_wr) {
+            c->rd_wants_wr = 0; /* the read that waited for this goes on */
+            what |= EV_READ;
         }
         if ((what & EV_READ) && !c->dead && c->fd >= 0)
             do_read(c);
@@ -476,6 +537,12 @@ int conn_connect(struct conn *c, struct conn_loop *l, const char *host, int port
     return 0;
 }
 
+const char *conn_strerror(const struct conn *c)
+{
+    const char *e = c->tr && c->tr->error ? c->tr->error(c) : NULL;
+    return e ? e : strerror(c->err);
+}
+
 void conn_close(struct conn *c)
 {
     if (!c->loop)
@@ -519,7 +586,7 @@ void conn_close_after_send(struct conn *c)
 
 int conn_quiet(struct conn *c)
 {
-    if (conn_avail(c) > 0 || c->fd < 0 || c->dead)
+    if (conn_avail(c) > 0 || c->fd < 0 || c->dead || (c->tls && c->tr->pending(c)))
         return 0;
     char byte;
     long n = (long)recv(c->fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
@@ -569,7 +636,7 @@ void conn_forward(struct conn *from, struct conn *to, size_t n)
     /* Small messages are copied and go with everything else queued this turn (one send for
      * all); a large run goes straight from the source's buffer while the peer accepts it. */
     if (n >= CONN_DIRECT_MIN && conn_unsent(to) == 0 && !to->dead && !to->connecting &&
-        to->fd >= 0 && to->loop) {
+        !to->handshaking && to->fd >= 0 && to->loop) {
         long w = to->tr->write(to, conn_data(from), n);
         if (w > 0) {
             conn_consume(from, (size_t)w);
@@ -588,7 +655,7 @@ void conn_forward(struct conn *from, struct conn *to, size_t n)
 
 void conn_kick(struct conn *c)
 {
-    if (c->kicked || c->dead || !c->assigned || c->connecting)
+    if (c->kicked || c->dead || !c->assigned || c->connecting || c->handshaking)
         return;
     c->kicked = 1;
     event_active(&c->ev, EV_READ, 1);

@@ -51,6 +51,7 @@ enum conn_what {
     CONN_EOF = 1,       /* the peer ended its side */
     CONN_ERROR = 2,     /* the socket failed: c->err, or c->dns_err while resolving */
     CONN_CONNECTED = 4, /* an outgoing connection is established */
+    CONN_TLS = 8,       /* the TLS handshake started by conn_start_tls is done */
 };
 
 struct conn_cbs {
@@ -59,13 +60,23 @@ struct conn_cbs {
     void (*on_event)(void *arg, int what); /* enum conn_what */
 };
 
-/* How bytes move on a socket: plain TCP now, TLS later (handshake, pending, shutdown). */
+/* How bytes move on a socket: plain TCP, or TLS (core/tls.c). read and write behave as recv
+ * and send (-1 with errno EAGAIN when the socket must become ready first: a TLS transport says
+ * which readiness in c->rd_wants_wr / c->wr_wants_rd). The optional members are NULL for plain,
+ * so that its path costs nothing more than a test of c->tls. */
 struct transport_ops {
     const char *name;
     long (*read)(struct conn *c, void *p, size_t n);
     long (*write)(struct conn *c, const void *p, size_t n);
     void (*shutdown)(struct conn *c); /* end writing (TLS: close_notify first) */
     void (*close)(struct conn *c);
+    /* One step of the handshake: 1 done, 0 wait for c->hs_want, -1 failed. */
+    int (*handshake)(struct conn *c);
+    /* Bytes already taken off the socket wait inside the transport: read them without waiting
+     * for the socket (it will not become readable for them). */
+    int (*pending)(const struct conn *c);
+    /* Why the transport failed (a TLS alert, a certificate), NULL to use strerror(c->err). */
+    const char *(*error)(const struct conn *c);
 };
 extern const struct transport_ops transport_plain;
 
@@ -82,20 +93,28 @@ struct conn {
     void *arg;
     const struct transport_ops *tr;
     struct event ev;
-    short armed;        /* EV_READ / EV_WRITE the event waits for now */
-    uint8_t reading;    /* the owner wants input */
-    uint8_t connecting; /* connect() in progress */
-    uint8_t queued;     /* on loop->dirty */
-    uint8_t refused;    /* the socket refused bytes: on_drain is owed */
-    uint8_t dead;       /* EOF or error reported: no more reading or writing */
-    uint8_t assigned;   /* ev was given to libevent (event_del is safe) */
-    uint8_t kicked;     /* conn_kick: on_read is owed */
-    int err;            /* errno of the failure reported as CONN_ERROR */
-    int dns_err;        /* getaddrinfo error while resolving (CONN_ERROR) */
-    uint32_t in_want;   /* capacity the owner asked for: a whole large message */
+    short armed;         /* EV_READ / EV_WRITE the event waits for now */
+    uint8_t reading;     /* the owner wants input */
+    uint8_t connecting;  /* connect() in progress */
+    uint8_t queued;      /* on loop->dirty */
+    uint8_t refused;     /* the socket refused bytes: on_drain is owed */
+    uint8_t dead;        /* EOF or error reported: no more reading or writing */
+    uint8_t assigned;    /* ev was given to libevent (event_del is safe) */
+    uint8_t kicked;      /* conn_kick: on_read is owed */
+    /* TLS, in bits so that they fit in the padding before err (an idle client pays only
+     * tls_state): */
+    uint8_t tls : 1;         /* the transport is TLS: it may hold read bytes (pending) */
+    uint8_t handshaking : 1; /* a TLS handshake runs: no reading or writing until it ends */
+    uint8_t rd_wants_wr : 1; /* a read must wait for the socket to be writable */
+    uint8_t wr_wants_rd : 1; /* a write must wait for the socket to be readable */
+    uint8_t hs_want;         /* the readiness (EV_READ/EV_WRITE) the handshake waits for */
+    int err;             /* errno of the failure reported as CONN_ERROR */
+    int dns_err;         /* getaddrinfo error while resolving (CONN_ERROR) */
+    uint32_t in_want;    /* capacity the owner asked for: a whole large message */
     struct cbuf in, out;
     struct list dirty_node;
     struct evdns_getaddrinfo_request *dns_req;
+    void *tls_state; /* the transport's own state (TLS: struct tls_conn), NULL for plain */
 };
 
 int conn_loop_init(struct conn_loop *l, struct event_base *base, struct evdns_base *dns);
@@ -114,6 +133,8 @@ void conn_accept(struct conn *c, struct conn_loop *l, int fd, const struct conn_
  * or CONN_ERROR follows. -1 if it cannot even start (c->err set). */
 int conn_connect(struct conn *c, struct conn_loop *l, const char *host, int port,
                  const struct conn_cbs *cbs, void *arg);
+/* Why c failed (CONN_ERROR): a TLS failure's own words, else strerror(c->err). */
+const char *conn_strerror(const struct conn *c);
 /* Stop everything and free the buffers; the socket is closed. Safe on a zeroed conn. */
 void conn_close(struct conn *c);
 /* One last non-blocking attempt to send what is queued (a final error before a close). */
@@ -163,6 +184,11 @@ static inline int conn_has(struct conn *c, size_t n)
 void conn_write(struct conn *c, const void *p, size_t n);
 /* The first n bytes of from's input go to to's output. */
 void conn_forward(struct conn *from, struct conn *to, size_t n);
+/* Used by a transport switch (core/tls.c): send what is queued now, 0 if all went; then
+ * have the loop wait for what the connection needs (rearm). */
+int conn_flush_plain(struct conn *c);
+void conn_rearm(struct conn *c);
+
 /* Have the owner's on_read called from the loop soon, whether bytes arrive or not (its input
  * can go on now): deferred, so nothing re-enters the caller. */
 void conn_kick(struct conn *c);

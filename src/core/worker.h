@@ -13,11 +13,13 @@
 #include "core/conn.h"
 #include "core/defer.h"
 #include "core/list.h"
+#include "core/tls.h"
 
 struct config;
 struct userlist;
 struct topology;
 struct failover;
+struct admin;
 struct session_hooks;
 
 /* Client states: the list a client is on. */
@@ -67,11 +69,16 @@ struct worker {
     struct conn_loop loop; /* the connection layer's buffers, flush queue and clock */
     struct config *cfg;
     struct userlist *users; /* auth_file; replaced whole on reload */
+    /* TLS contexts (NULL: TLS off on that side); a reload replaces them, and connections keep
+     * the one they were made with (OpenSSL counts references). */
+    tls_ctx *client_tls;
+    tls_ctx *server_tls;
     struct list clients[CL_NSTATES];
     int n_clients[CL_NSTATES];
     struct list servers[SV_NSTATES];
     int n_servers[SV_NSTATES];
     struct list pools;
+    struct list stats_kept; /* counters of freed pools (pool/stats.c) */
     struct list cancels; /* CancelRequests on their way to a server (pool.c) */
     struct evconnlistener *listeners[2]; /* writer, reader endpoint */
     struct listen_ctx listen_ctx[2];
@@ -80,6 +87,7 @@ struct worker {
     struct defer_queue defer;            /* work run once the current callbacks return */
     struct topology *topo;
     struct failover *fo;
+    struct admin *admin; /* the console's own state: DISABLE, averages, /metrics (admin/) */
     /* What the session layer (client, server, pool) asks of the layers above it, set by the
      * program (src/app/worker.c) before anything runs: see struct session_hooks. */
     const struct session_hooks *session;

@@ -12,6 +12,10 @@
 #include "server/server.h"
 #include "topology/topology.h"
 
+const int64_t failover_hold_bucket_ms[FAILOVER_HOLD_BUCKETS - 1] = {
+    100, 250, 500, 1000, 2000, 5000, 10000, 20000, 30000, 60000, 120000,
+};
+
 int failover_init(struct worker *w)
 {
     w->fo = calloc(1, sizeof(*w->fo));
@@ -20,18 +24,30 @@ int failover_init(struct worker *w)
 
 void failover_free(struct worker *w)
 {
+    for (int i = 0; i < w->fo->n_paused_dbs; i++)
+        free(w->fo->paused_dbs[i]);
+    free(w->fo->paused_dbs);
     free(w->fo);
     w->fo = NULL;
 }
 
-int failover_paused(struct worker *w)
+static int db_index(struct failover *fo, const char *db)
 {
-    return w->fo->paused;
+    for (int i = 0; db && i < fo->n_paused_dbs; i++)
+        if (!strcmp(fo->paused_dbs[i], db))
+            return i;
+    return -1;
 }
 
-int failover_holding(struct worker *w)
+int failover_paused(struct worker *w, const char *database)
 {
-    return !w->topo->writer || w->topo->suspect || w->fo->paused;
+    struct failover *fo = w->fo;
+    return fo->paused || (fo->n_paused_dbs > 0 && db_index(fo, database) >= 0);
+}
+
+int failover_holding(struct worker *w, const char *database)
+{
+    return !w->topo->writer || w->topo->suspect || failover_paused(w, database);
 }
 
 /* Every pool connection to a node that lost the writer role goes: in-flight clients are told,
@@ -63,6 +79,18 @@ void failover_writer_lost(struct worker *w, struct node *old, const char *why)
         ev->writer_lost = now;
         /* New requests were held from the moment the writer became suspect. */
         ev->hold_started = w->topo->suspect && w->topo->suspect_since ? w->topo->suspect_since : now;
+        /* and those clients count in this event: they were held while the writer was only
+         * suspect, before there was an event to count them in (failover_note_held). */
+        struct list *pos, *tmp;
+        list_for_each_safe(pos, tmp, &w->clients[CL_WAITING])
+        {
+            struct client *c = container_of(pos, struct client, node);
+            if (c->held)
+                ev->clients_held++;
+        }
+        if (fo->pending_failed && w->topo->suspect && fo->pending_since == w->topo->suspect_since)
+            ev->failed_in_flight += fo->pending_failed;
+        fo->pending_failed = 0;
         fo->current = ev;
         log_warn("failover #%d: started: writer %s lost (%s); holding requests until a new writer "
                  "is seen",
@@ -72,13 +100,16 @@ void failover_writer_lost(struct worker *w, struct node *old, const char *why)
         drop_servers_on(w, old, "the writer was lost");
 }
 
-static void release_paused(struct worker *w)
+/* Clients whose transaction PAUSE held and that may go now (database NULL: all of them). */
+static void release_paused(struct worker *w, const char *database)
 {
     struct list *pos, *tmp;
     list_for_each_safe(pos, tmp, &w->clients[CL_ACTIVE])
     {
         struct client *c = container_of(pos, struct client, node);
-        if (c->pause_held) {
+        if (database && (!c->database || strcmp(c->database, database)))
+            continue;
+        if (c->pause_held && !failover_paused(w, c->database)) {
             c->pause_held = 0;
             client_process(c);
         }
@@ -97,6 +128,12 @@ void failover_writer_found(struct worker *w, struct node *nd)
         snprintf(ev->new_writer, sizeof(ev->new_writer), "%s", nd->name);
         ev->new_writer_seen = now;
         ev->hold_ended = now;
+        int64_t held = now - ev->hold_started;
+        int b = 0;
+        while (b < FAILOVER_HOLD_BUCKETS - 1 && held > failover_hold_bucket_ms[b])
+            b++;
+        fo->hold_hist[b]++;
+        fo->hold_ms_sum += (uint64_t)held;
         log_warn("failover #%d: new writer %s seen (timeline %u) %lld ms after the writer was lost; "
                  "resuming %d held clients",
                  ev->id, nd->name, nd->timeline, (long long)(now - ev->writer_lost), ev->clients_held);
@@ -105,7 +142,7 @@ void failover_writer_found(struct worker *w, struct node *nd)
     }
     if (!fo->paused) {
         pool_kick_all(w);
-        release_paused(w);
+        release_paused(w, NULL);
     } else {
         failover_open_ahead(w); /* RESUME finds the new writer's servers logged in */
     }
@@ -117,8 +154,10 @@ void failover_writer_found(struct worker *w, struct node *nd)
 
 void failover_note_held(struct worker *w)
 {
-    if (w->fo->current)
+    if (w->fo->current) {
+        w->fo->clients_held_total++;
         w->fo->current->clients_held++;
+    }
 }
 
 void failover_note_served(struct worker *w)
@@ -131,16 +170,40 @@ void failover_note_served(struct worker *w)
     }
 }
 
-void failover_note_failed_in_flight(struct worker *w)
+void failover_note_failed_in_flight(struct worker *w, const char *sqlstate)
 {
-    struct failover_event *ev = w->fo->current ? w->fo->current : w->fo->last;
-    if (ev)
-        ev->failed_in_flight++;
+    struct failover *fo = w->fo;
+    struct topology *t = w->topo;
+    if (fo->current) {
+        fo->current->failed_in_flight++;
+    } else if (t->suspect) {
+        /* No event yet: the failure that made the writer suspect comes before the event its
+         * loss opens (failover_writer_lost takes these over). */
+        if (fo->pending_since != t->suspect_since) {
+            fo->pending_since = t->suspect_since;
+            fo->pending_failed = 0;
+        }
+        fo->pending_failed++;
+    } else if (fo->last) {
+        fo->last->failed_in_flight++; /* after the hold: a replay that failed on the new writer */
+    }
+    int i = 0;
+    while (i < fo->n_failed && strcmp(fo->failed[i].sqlstate, sqlstate))
+        i++;
+    if (i == fo->n_failed) {
+        if (fo->n_failed == FAILOVER_MAX_STATES)
+            i = FAILOVER_MAX_STATES - 1; /* more kinds than expected: the last one takes them */
+        else
+            snprintf(fo->failed[fo->n_failed++].sqlstate, sizeof(fo->failed[0].sqlstate), "%s",
+                     sqlstate);
+    }
+    fo->failed[i].n++;
 }
 
 void failover_note_timed_out(struct worker *w)
 {
     struct failover_event *ev = w->fo->current ? w->fo->current : w->fo->last;
+    w->fo->timed_out_total++;
     if (ev)
         ev->timed_out++;
 }
@@ -156,23 +219,63 @@ void failover_pause(struct worker *w)
 
 void failover_resume(struct worker *w)
 {
-    if (!w->fo->paused)
+    struct failover *fo = w->fo;
+    if (!fo->paused && !fo->n_paused_dbs)
         return;
-    w->fo->paused = 0;
-    log_info("RESUME: releasing held requests after %lld ms",
-             (long long)(now_ms() - w->fo->pause_started));
+    /* RESUME without a database ends every PAUSE, of one database or all. */
+    for (int i = 0; i < fo->n_paused_dbs; i++)
+        free(fo->paused_dbs[i]);
+    fo->n_paused_dbs = 0;
+    if (fo->paused)
+        log_info("RESUME: releasing held requests after %lld ms",
+                 (long long)(now_ms() - fo->pause_started));
+    else
+        log_info("RESUME: releasing the held requests of paused databases");
+    fo->paused = 0;
     pool_kick_all(w);
-    release_paused(w);
+    release_paused(w, NULL);
 }
 
-int failover_pause_done(struct worker *w)
+void failover_pause_db(struct worker *w, const char *database)
 {
-    /* Paused when no writer-endpoint client is inside a transaction or a request. */
+    struct failover *fo = w->fo;
+    if (db_index(fo, database) >= 0)
+        return;
+    char **n = realloc(fo->paused_dbs, sizeof(*n) * (size_t)(fo->n_paused_dbs + 1));
+    if (!n)
+        return;
+    fo->paused_dbs = n;
+    if ((n[fo->n_paused_dbs] = strdup(database)) == NULL)
+        return;
+    fo->n_paused_dbs++;
+    log_info("PAUSE %s: holding its new transactions on the writer endpoint", database);
+}
+
+int failover_resume_db(struct worker *w, const char *database)
+{
+    struct failover *fo = w->fo;
+    int i = db_index(fo, database);
+    if (i < 0)
+        return -1;
+    free(fo->paused_dbs[i]);
+    fo->paused_dbs[i] = fo->paused_dbs[--fo->n_paused_dbs];
+    log_info("RESUME %s: releasing its held requests", database);
+    pool_kick_all(w);
+    release_paused(w, database);
+    return 0;
+}
+
+int failover_pause_done(struct worker *w, const char *database)
+{
+    /* Paused when no writer-endpoint client (of the database) is inside a transaction or a
+     * request. */
     struct list *pos, *tmp;
     list_for_each_safe(pos, tmp, &w->clients[CL_ACTIVE])
     {
         struct client *c = container_of(pos, struct client, node);
         if (c->role != ROLE_WRITER || c->is_admin)
+            continue;
+        if (database && (!c->database || strcmp(c->database, database)))
             continue;
         if (c->pending > 0 || c->unsynced > 0 || c->fwd_left > 0 || c->txn_status != 'I')
             return 0;

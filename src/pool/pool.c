@@ -75,6 +75,7 @@ static void forget_backoffs(struct pool *p)
 
 void pool_free(struct pool *p)
 {
+    stats_keep(p);
     forget_backoffs(p);
     defer_cancel(&p->kick);
     list_del(&p->node);
@@ -127,6 +128,7 @@ struct pool *pool_get(struct worker *w, const char *database, const char *user, 
     list_init(&p->kick.node);
     p->kick.run = kick_run;
     list_append(&w->pools, &p->node);
+    stats_adopt(p);
     return p;
 }
 
@@ -140,6 +142,54 @@ static struct node *target_node(struct pool *p)
     if (!nd && w->cfg->readonly_fallback == FALLBACK_WRITER)
         nd = w->topo->writer;
     return nd;
+}
+
+/* Servers of every pool with p's database (db) or user (!db). */
+static int shared_servers(struct pool *p, int db)
+{
+    int n = 0;
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, &p->w->pools)
+    {
+        struct pool *q = container_of(pos, struct pool, node);
+        if (!strcmp(db ? q->database : q->user, db ? p->database : p->user))
+            n += q->n_servers;
+    }
+    return n;
+}
+
+static int at_shared_limit(struct pool *p)
+{
+    const struct config *cfg = p->w->cfg;
+    return (cfg->max_db_connections > 0 && shared_servers(p, 1) >= cfg->max_db_connections) ||
+           (cfg->max_user_connections > 0 && shared_servers(p, 0) >= cfg->max_user_connections);
+}
+
+/* Close an idle server of another pool that shares p's limited database or user (the one
+ * idle longest), as PgBouncer does, so that p can open one. 1 if one was closed. */
+static int evict_idle_for(struct pool *p)
+{
+    const struct config *cfg = p->w->cfg;
+    int by_db = cfg->max_db_connections > 0 && shared_servers(p, 1) >= cfg->max_db_connections;
+    int by_user = cfg->max_user_connections > 0 && shared_servers(p, 0) >= cfg->max_user_connections;
+    struct server *victim = NULL;
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, &p->w->servers[SV_IDLE])
+    {
+        struct server *s = container_of(pos, struct server, node);
+        struct pool *q = s->pool;
+        if (!q || q == p)
+            continue;
+        if ((by_db && strcmp(q->database, p->database)) || (by_user && strcmp(q->user, p->user)))
+            continue;
+        if (!victim || s->last_used < victim->last_used)
+            victim = s;
+    }
+    if (!victim)
+        return 0;
+    server_close(victim, by_db ? "max_db_connections: room for another pool of its database"
+                               : "max_user_connections: room for another pool of its user");
+    return 1;
 }
 
 /* May a server on nd serve this pool now? (A demoted or fenced node no longer may.) */
@@ -161,18 +211,23 @@ static int name_ok(const char *n)
     return 1;
 }
 
-/* "SET name = 'value'" for a startup parameter, quoted as a literal. */
+/*
+ * A startup parameter as PostgreSQL applies one: set_config() takes the value as raw text, as
+ * the startup packet does, where SET name = '...' would take it as one element (a
+ * search_path of 'a, b' would become the single schema "a, b"). name passed name_ok.
+ */
 static void build_param_set(struct pbuf *b, const char *name, const char *value)
 {
-    pbuf_put(b, "SET ", 4);
+    static const char head[] = "SELECT pg_catalog.set_config('";
+    pbuf_put(b, head, sizeof(head) - 1);
     pbuf_put(b, name, strlen(name));
-    pbuf_put(b, " = '", 4);
+    pbuf_put(b, "', '", 4);
     for (const char *v = value; *v; v++) {
         if (*v == '\'')
             pbuf_put_u8(b, '\'');
         pbuf_put_u8(b, (uint8_t)*v);
     }
-    pbuf_put_u8(b, '\'');
+    pbuf_put(b, "', false)", 9);
     pbuf_put_u8(b, 0);
 }
 
@@ -251,6 +306,8 @@ static void link_pair(struct pool *p, struct server *s, struct client *c)
     c->server = s;
     s->client = c;
     s->last_used = now_ms();
+    s->query_start = s->xact_start = 0;
+    stats_waited(p, c->wait_since);
     log_debug("C-%llu: gets S-%llu on %s", (unsigned long long)c->id, (unsigned long long)s->id,
               s->nd->name);
     struct pbuf sql, wire;
@@ -322,7 +379,7 @@ static void pool_kick_loop(struct pool *p)
 {
     struct worker *w = p->w;
     while (!list_empty(&p->waiting)) {
-        if (p->role == ROLE_WRITER && w->session->holding(w)) {
+        if (p->role == ROLE_WRITER && w->session->holding(w, p->database)) {
             mark_held(p);
             return;
         }
@@ -356,6 +413,10 @@ static void pool_kick_loop(struct pool *p)
         int want = p->n_waiting - p->n_connecting;
         while (want > 0 && p->n_servers < w->cfg->pool_size &&
                p->n_connecting < w->cfg->server_connect_concurrency) {
+            /* max_db_connections / max_user_connections: at the limit, an idle server of
+             * another pool of the same database or user makes room, or the clients wait. */
+            if (at_shared_limit(p) && !evict_idle_for(p))
+                break;
             /* Opened with the pool's neutral parameters: a client's own are applied when it
              * is lent the server, and undone before the next one. */
             if (!server_open(w, p, nd, p->user, p->database))
@@ -363,6 +424,27 @@ static void pool_kick_loop(struct pool *p)
             want--;
         }
         return;
+    }
+}
+
+void pool_keep_min(struct worker *w)
+{
+    int min = w->cfg->min_pool_size;
+    if (min <= 0 || w->shutting_down)
+        return;
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, &w->pools)
+    {
+        struct pool *p = container_of(pos, struct pool, node);
+        if (p->role == ROLE_WRITER && w->session->holding(w, p->database))
+            continue;
+        struct node *nd = target_node(p);
+        if (!nd || login_backoff_wait(p, nd))
+            continue;
+        int cap = min < w->cfg->pool_size ? min : w->cfg->pool_size;
+        while (p->n_servers < cap && p->n_connecting < w->cfg->server_connect_concurrency)
+            if (!server_open(w, p, nd, p->user, p->database))
+                break;
     }
 }
 
@@ -471,6 +553,8 @@ void pool_take_back(struct server *s, int pending, int unsynced, int mid_message
 void pool_after_ready(struct client *c)
 {
     struct server *s = c->server;
+    if (s)
+        stats_ready(s, c);
     if (!s || !POOL_OPS(c->w)->releasable(c) || !plan_empty(s))
         return;
     c->server = NULL;
@@ -479,12 +563,34 @@ void pool_after_ready(struct client *c)
     pool_release(s, s->state == SV_ACTIVE && s->txn_status == 'I' && s->fwd_left == 0);
 }
 
+void pool_kick_sharing(struct pool *p)
+{
+    pool_kick(p);
+    const struct config *cfg = p->w->cfg;
+    if (cfg->max_db_connections <= 0 && cfg->max_user_connections <= 0)
+        return;
+    /* A server freed or closed here may be the room another pool at the limit waits for. */
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, &p->w->pools)
+    {
+        struct pool *q = container_of(pos, struct pool, node);
+        if (q != p && q->n_waiting > 0 &&
+            (!strcmp(q->database, p->database) || !strcmp(q->user, p->user)))
+            pool_kick(q);
+    }
+}
+
 void pool_server_ready(struct server *s)
 {
     struct pool *p = s->pool;
+    if (s->close_needed) {
+        server_close(s, "RECONNECT: closed once its client was done with it");
+        pool_kick(p);
+        return;
+    }
     server_change_state(s, SV_IDLE);
     list_append(&p->idle, &s->pool_node);
-    pool_kick(p);
+    pool_kick_sharing(p);
 }
 
 void pool_login_failed(struct pool *p, const uint8_t *err_msg, size_t len, const char *why)

@@ -5,6 +5,7 @@
 #include "client/client.h"
 #include "core/defer.h"
 #include "core/list.h"
+#include "pool/stats.h"
 #include "server/server.h"
 
 /* Startup-parameter sets remembered per pool for welcoming clients at once. */
@@ -44,6 +45,7 @@ struct pool {
      * with a SCRAM auth_file secret and no plain password. */
     unsigned char client_key[32];
     int have_client_key;
+    struct pool_stats stats; /* SHOW STATS and /metrics (pool/stats.c) */
 };
 
 /* What differs between pool modes, as a table rather than ifs spread over the code. */
@@ -91,6 +93,12 @@ void pool_server_ready(struct server *s);
 /* A server login failed with an error the waiting clients must see (bad db/user/password). */
 void pool_login_failed(struct pool *p, const uint8_t *err_msg, size_t len, const char *why);
 /* Try to serve waiting clients of every pool (after a writer appears, RESUME, a server frees). */
+/* min_pool_size (PgBouncer's): open servers until each pool has that many (the 1 s tick), so
+ * that load coming back after total inactivity finds them logged in. */
+void pool_keep_min(struct worker *w);
+/* pool_kick, and with max_db_connections / max_user_connections set, the kick of every other
+ * pool of the same database or user that has clients waiting. */
+void pool_kick_sharing(struct pool *p);
 void pool_kick_all(struct worker *w);
 void pool_kick(struct pool *p);
 /* Close idle servers of every pool on node nd (it lost its role). */

@@ -284,10 +284,12 @@ void proto_build_auth(struct pbuf *b, uint32_t code, const void *data, size_t le
     proto_end_msg(b, off);
 }
 
-void proto_build_auth_sasl(struct pbuf *b)
+void proto_build_auth_sasl(struct pbuf *b, int plus)
 {
     size_t off = proto_begin_msg(b, BE_AUTH);
     pbuf_put_u32(b, AUTH_REQ_SASL);
+    if (plus)
+        pbuf_put_str(b, "SCRAM-SHA-256-PLUS");
     pbuf_put_str(b, "SCRAM-SHA-256");
     pbuf_put_u8(b, 0);
     proto_end_msg(b, off);
@@ -385,14 +387,23 @@ void proto_build_startup(struct pbuf *b, int n, const char *const *names, const 
 
 void proto_build_row_desc(struct pbuf *b, int n, const char *const *names)
 {
+    proto_build_row_desc_typed(b, n, names, NULL);
+}
+
+void proto_build_row_desc_typed(struct pbuf *b, int n, const char *const *names,
+                                const uint32_t *oids)
+{
     size_t off = proto_begin_msg(b, BE_ROW_DESC);
     pbuf_put_u16(b, (uint16_t)n);
     for (int i = 0; i < n; i++) {
+        uint32_t oid = oids ? oids[i] : 25; /* text */
+        /* typlen as pg_type has it: int2/int4/int8 fixed, the rest variable. */
+        uint16_t len = oid == 20 ? 8 : oid == 23 ? 4 : oid == 21 ? 2 : 0xffff;
         pbuf_put_str(b, names[i]);
-        pbuf_put_u32(b, 0);  /* table oid */
-        pbuf_put_u16(b, 0);  /* column number */
-        pbuf_put_u32(b, 25); /* text */
-        pbuf_put_u16(b, 0xffff);
+        pbuf_put_u32(b, 0); /* table oid */
+        pbuf_put_u16(b, 0); /* column number */
+        pbuf_put_u32(b, oid);
+        pbuf_put_u16(b, len);
         pbuf_put_u32(b, 0xffffffff);
         pbuf_put_u16(b, 0); /* text format */
     }

@@ -66,6 +66,9 @@ enum auth_code {
 };
 
 #define PROTO_HDR_LEN 5
+/* The longest message either side may send: PostgreSQL's MaxAllocSize less one (1 GB), the
+ * most libpq and PostgreSQL take. */
+#define PROTO_MSG_MAX 0x3fffffffu
 /* PostgreSQL's MAX_STARTUP_PACKET_LENGTH. */
 #define PROTO_STARTUP_MAX 10000
 #define PROTO_VERSION(major, minor) (((uint32_t)(major) << 16) | (uint32_t)(minor))
@@ -91,6 +94,7 @@ enum proto_result { PROTO_OK = 0, PROTO_MORE = 1, PROTO_BAD = -1 };
 #define SQLSTATE_SYNTAX_ERROR "42601"
 #define SQLSTATE_QUERY_WAIT_TIMEOUT "08P01"
 #define SQLSTATE_IDLE_TIMEOUT "57P05"
+#define SQLSTATE_IDLE_IN_TXN_TIMEOUT "25P03"
 
 /* A message header: type byte and the length that follows it (which counts itself). */
 struct msg_hdr {
@@ -155,7 +159,8 @@ void proto_build_error(struct pbuf *b, const char *severity, const char *sqlstat
                        const char *detail);
 void proto_build_notice(struct pbuf *b, const char *sqlstate, const char *msg);
 void proto_build_auth(struct pbuf *b, uint32_t code, const void *data, size_t len);
-void proto_build_auth_sasl(struct pbuf *b); /* offers SCRAM-SHA-256 */
+/* Offers SCRAM-SHA-256, and first SCRAM-SHA-256-PLUS when plus (over TLS), as PostgreSQL. */
+void proto_build_auth_sasl(struct pbuf *b, int plus);
 void proto_build_param_status(struct pbuf *b, const char *name, const char *value);
 void proto_build_key_data(struct pbuf *b, uint32_t pid, uint32_t key);
 void proto_build_ready(struct pbuf *b, char status);
@@ -170,6 +175,9 @@ void proto_build_negotiate_version(struct pbuf *b, uint32_t minor, int n_opts, c
 void proto_build_startup(struct pbuf *b, int n, const char *const *names, const char *const *values);
 /* Result sets for the admin console. */
 void proto_build_row_desc(struct pbuf *b, int n, const char *const *names);
+/* The same with a type OID per column (NULL: all text); values are still sent as text. */
+void proto_build_row_desc_typed(struct pbuf *b, int n, const char *const *names,
+                                const uint32_t *oids);
 void proto_build_data_row(struct pbuf *b, int n, const char *const *values); /* NULL = SQL NULL */
 void proto_build_command_complete(struct pbuf *b, const char *tag);
 void proto_build_empty_query(struct pbuf *b);

@@ -1,4 +1,5 @@
-/* SCRAM-SHA-256 message exchange and key derivation on top of OpenSSL; no sockets, no heap. */
+/* SCRAM-SHA-256 message exchange and key derivation on top of OpenSSL (SASLprep: libidn); no
+ * sockets, no heap but SASLprep's short-lived copy. */
 #include "proto/scram.h"
 
 #include <limits.h>
@@ -11,10 +12,10 @@
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
 #include <openssl/sha.h>
+#include <stringprep.h>
 
-/* SASLprep is not applied: passwords are used as-is. PostgreSQL's own fallback is the same
- * (a password that is not valid UTF-8 or fails normalisation is used raw), and for ASCII
- * passwords SASLprep is the identity, so secrets made by PostgreSQL still match. */
+/* Passwords go through SASLprep as in PostgreSQL (scram_saslprep): libpq prepares what the
+ * user typed, PostgreSQL prepares what it stores, so pgstay does both where it stands in. */
 
 #define NONCE_RAW_LEN 18 /* PostgreSQL's SCRAM_RAW_NONCE_LEN: 24 base64 characters */
 
@@ -161,12 +162,35 @@ out:
     return rc;
 }
 
+char *scram_saslprep(const char *password)
+{
+    int ascii = 1;
+    for (const unsigned char *p = (const unsigned char *)password; *p; p++)
+        if (*p >= 0x80)
+            ascii = 0;
+    char *out = NULL;
+    /* Unassigned code points refused, as PostgreSQL's pg_saslprep refuses them; a refusal
+     * (or bytes that are not UTF-8) means the password is used as it is. */
+    if (!ascii &&
+        stringprep_profile(password, &out, "SASLprep", STRINGPREP_NO_UNASSIGNED) == STRINGPREP_OK &&
+        out && *out)
+        return out;
+    free(out);
+    return strdup(password);
+}
+
 int scram_secret_generate(const char *password, struct scram_secret *out)
 {
     unsigned char salt[SCRAM_SALT_LEN];
     if (RAND_bytes(salt, sizeof(salt)) != 1)
         return -1;
-    return scram_secret_from_password(password, salt, sizeof(salt), SCRAM_ITERATIONS, out);
+    char *prepared = scram_saslprep(password);
+    if (!prepared)
+        return -1;
+    int rc = scram_secret_from_password(prepared, salt, sizeof(salt), SCRAM_ITERATIONS, out);
+    OPENSSL_cleanse(prepared, strlen(prepared));
+    free(prepared);
+    return rc;
 }
 
 int scram_parse_secret(const char *s, struct scram_secret *out)
@@ -272,6 +296,16 @@ int scram_server_init(struct scram_server *s, const struct scram_secret *secret)
     return 0;
 }
 
+int scram_server_offer_plus(struct scram_server *s, const unsigned char *data, size_t len)
+{
+    if (len == 0 || len > sizeof(s->cb_data))
+        return -1;
+    memcpy(s->cb_data, data, len);
+    s->cb_len = len;
+    s->cb_offered = 1;
+    return 0;
+}
+
 int scram_server_handle_first(struct scram_server *s, const char *msg, size_t len, char *out,
                               size_t cap, size_t *outlen)
 {
@@ -281,15 +315,28 @@ int scram_server_handle_first(struct scram_server *s, const char *msg, size_t le
 
     if (s->state != SCRAM_SRV_INIT || has_nul(msg, len))
         goto fail;
-    /* gs2 header: "n," (no channel binding) or "y," (client could but thinks we can't). */
-    if (len < 3 || (msg[0] != 'n' && msg[0] != 'y') || msg[1] != ',')
-        goto fail; /* includes "p=": channel binding is not supported */
+    /* gs2 header: "n," (no channel binding), "y," (the client could, but thinks we cannot), or
+     * "p=tls-server-end-point," (the only binding PostgreSQL defines, with -PLUS only). */
+    static const char tsep[] = "p=tls-server-end-point,";
+    if (len >= sizeof(tsep) - 1 && memcmp(msg, tsep, sizeof(tsep) - 1) == 0) {
+        if (!s->cb_selected)
+            goto fail;
+        cur.p = msg + sizeof(tsep) - 1;
+    } else if (len >= 3 && (msg[0] == 'n' || msg[0] == 'y') && msg[1] == ',') {
+        /* Without -PLUS; and "y" while -PLUS was offered means someone took it off the list. */
+        if (s->cb_selected || (msg[0] == 'y' && s->cb_offered))
+            goto fail;
+        cur.p = msg + 2;
+    } else {
+        goto fail;
+    }
     s->cbind_flag = msg[0];
-    cur.p = msg + 2;
     /* Authorization identity: PostgreSQL refuses it, and so do we. */
-    if (*cur.p != ',')
+    if (cur.p >= cur.end || *cur.p != ',')
         goto fail;
     cur.p++;
+    memcpy(s->gs2, msg, (size_t)(cur.p - msg)); /* shorter than gs2: checked above */
+    s->gs2[cur.p - msg] = '\0';
 
     const char *bare = cur.p;
     size_t bare_len = (size_t)(cur.end - bare);
@@ -331,17 +378,20 @@ int scram_server_handle_final(struct scram_server *s, const char *msg, size_t le
     struct cursor cur = {msg, msg + len};
     const char *v;
     size_t vlen;
-    unsigned char buf[64], proof[SCRAM_KEY_LEN], sig[SCRAM_KEY_LEN], key[SCRAM_KEY_LEN];
+    unsigned char buf[128], proof[SCRAM_KEY_LEN], sig[SCRAM_KEY_LEN], key[SCRAM_KEY_LEN];
     int rc = -1;
 
     if (s->state != SCRAM_SRV_SENT_FIRST || has_nul(msg, len))
         goto out;
 
-    /* c= must be the base64 of the gs2 header the client sent first. */
+    /* c= must be the base64 of the gs2 header the client sent first, followed with -PLUS by
+     * the binding data: the hash of the certificate this TLS session showed it. */
     if (read_attr(&cur, 'c', &v, &vlen) < 0)
         goto out;
     int n = b64_decode(v, vlen, buf, sizeof(buf));
-    if (n != 3 || buf[0] != (unsigned char)s->cbind_flag || buf[1] != ',' || buf[2] != ',')
+    size_t gl = strlen(s->gs2), want = gl + (s->cbind_flag == 'p' ? s->cb_len : 0);
+    if (n < 0 || (size_t)n != want || memcmp(buf, s->gs2, gl) != 0 ||
+        (s->cbind_flag == 'p' && CRYPTO_memcmp(buf + gl, s->cb_data, s->cb_len) != 0))
         goto out;
 
     if (read_attr(&cur, 'r', &v, &vlen) < 0)
@@ -406,11 +456,19 @@ out:
 int scram_client_init_password(struct scram_client *c, const char *password)
 {
     memset(c, 0, sizeof(*c));
-    size_t n = strlen(password);
-    if (n >= sizeof(c->password))
+    /* PostgreSQL stored the secret of the SASLprep'd password: prove that one, as libpq does. */
+    char *prepared = scram_saslprep(password);
+    if (!prepared)
         return -1;
-    memcpy(c->password, password, n + 1);
-    return 0;
+    size_t n = strlen(prepared);
+    int rc = -1;
+    if (n < sizeof(c->password)) {
+        memcpy(c->password, prepared, n + 1);
+        rc = 0;
+    }
+    OPENSSL_cleanse(prepared, n);
+    free(prepared);
+    return rc;
 }
 
 int scram_client_init_keys(struct scram_client *c, const unsigned char client_key[SCRAM_KEY_LEN],
@@ -485,17 +543,27 @@ int scram_client_final(struct scram_client *c, const char *server_first, size_t 
     if (salt_len <= 0)
         goto out;
     long iterations = 0;
-    if (iter_len == 0 || iter_len > 9)
+    if (iter_len == 0 || iter_len > 10)
         goto out;
     for (size_t i = 0; i < iter_len; i++) {
         if (iter[i] < '0' || iter[i] > '9')
             goto out;
         iterations = iterations * 10 + (iter[i] - '0');
     }
-    if (iterations < 1)
+    /* PBKDF2 runs on the event loop: a server asking for 10^9 iterations would stall every
+     * client of the loop for minutes (found by tests/fuzz/fuzz_backend); the bound is
+     * server_scram_max_iterations (c->max_iterations), checked below where PBKDF2 would run. */
+    if (iterations < 1 || iterations > INT_MAX)
         goto out;
+    c->iterations = iterations;
 
     if (!c->have_keys) {
+        /* A hostile or misconfigured server could ask for 10^9 rounds of PBKDF2: refused before
+         * they are spent (keys given up front cost nothing whatever the count). */
+        if (c->max_iterations > 0 && iterations > c->max_iterations) {
+            rc = -2;
+            goto out;
+        }
         if (salt_password(c->password, salt, salt_len, (int)iterations, c->salted_password) < 0 ||
             keys_from_salted(c->salted_password, c->client_key, c->server_key) < 0)
             goto out;

@@ -6,9 +6,14 @@
 
 #define SCRAM_KEY_LEN    32
 #define SCRAM_MAX_SALT   64
+/* The most PBKDF2 iterations pgstay computes for a server's SCRAM challenge (PBKDF2 runs on
+ * the event loop): 24 times PostgreSQL's default, some 50 ms of one core per server login. */
 #define SCRAM_ITERATIONS 4096 /* what PostgreSQL uses by default for the secrets it makes */
 #define SCRAM_SALT_LEN   16
 #define SCRAM_MECHANISM  "SCRAM-SHA-256"
+/* With channel binding tls-server-end-point (RFC 5929): offered over TLS, as PostgreSQL does. */
+#define SCRAM_MECHANISM_PLUS "SCRAM-SHA-256-PLUS"
+#define SCRAM_CBIND_MAX      64 /* a certificate hash: SHA-512 at most */
 
 /* What pg_authid stores: enough to verify a client, not enough to impersonate one. */
 struct scram_secret {
@@ -27,8 +32,14 @@ int scram_secret_from_password(const char *password, const unsigned char *salt, 
                                int iterations, struct scram_secret *out);
 
 /* Same, with SCRAM_SALT_LEN random salt bytes and SCRAM_ITERATIONS: for a plain auth_file
- * password. PBKDF2 is slow on purpose, so callers should cache the result per user. */
+ * password (SASLprep'd first, as PostgreSQL does when it stores one). PBKDF2 is slow on
+ * purpose: the auth file derives it once per user when it is loaded, never per login. */
 int scram_secret_generate(const char *password, struct scram_secret *out);
+
+/* The password PostgreSQL and libpq feed to SCRAM: SASLprep (RFC 4013, through libidn's
+ * profile) when it is not pure ASCII; unchanged when it is ASCII, not UTF-8, or the profile
+ * refuses it (PostgreSQL's own fallback). A new string to free, or NULL if out of memory. */
+char *scram_saslprep(const char *password);
 
 /* ---- pgstay as SCRAM server (authenticating a client) ---- */
 
@@ -42,7 +53,12 @@ enum scram_server_state {
 struct scram_server {
     int state; /* enum scram_server_state: each message is accepted once, in order */
     struct scram_secret secret;
-    char cbind_flag; /* 'n' or 'y': client-final's c= must repeat the same header */
+    char cbind_flag; /* 'n', 'y' or 'p': client-final's c= must repeat the same header */
+    char gs2[32];    /* that header as the client sent it ("n,,", "p=tls-server-end-point,,") */
+    int cb_offered;  /* SCRAM_MECHANISM_PLUS was offered: 'y' from the client is a downgrade */
+    int cb_selected; /* the client chose SCRAM_MECHANISM_PLUS: it must bind to cb_data */
+    unsigned char cb_data[SCRAM_CBIND_MAX]; /* tls-server-end-point: hash of our certificate */
+    size_t cb_len;
     char client_nonce[128];
     char server_nonce[64];
     char client_first_bare[512];             /* kept for the AuthMessage */
@@ -53,8 +69,14 @@ struct scram_server {
 
 int scram_server_init(struct scram_server *s, const struct scram_secret *secret);
 
+/* Over TLS: SCRAM_MECHANISM_PLUS is offered, bound to data (the tls-server-end-point hash of
+ * pgstay's certificate). 0 ok, -1 data too long. */
+int scram_server_offer_plus(struct scram_server *s, const unsigned char *data, size_t len);
+
 /* client-first -> server-first into out (NUL-terminated, *outlen without the NUL).
- * 0 ok, -1 malformed or unsupported (channel binding "p=", authzid, "m=" extension). */
+ * 0 ok, -1 malformed or unsupported (authzid, "m=" extension), or channel binding that does
+ * not match the mechanism: "p=tls-server-end-point" only with SCRAM_MECHANISM_PLUS (cb_selected),
+ * "n"/"y" only without it, and "y" not when PLUS was offered (a downgrade, as PostgreSQL). */
 int scram_server_handle_first(struct scram_server *s, const char *msg, size_t len, char *out,
                               size_t cap, size_t *outlen);
 
@@ -80,7 +102,10 @@ struct scram_client {
     char password[256]; /* used when have_keys is 0 */
     unsigned char client_key[SCRAM_KEY_LEN];
     unsigned char server_key[SCRAM_KEY_LEN];
-    int have_keys; /* keys given up front: no password, no PBKDF2 */
+    int have_keys;       /* keys given up front: no password, no PBKDF2 */
+    long max_iterations; /* a server asking for more is refused (PBKDF2 would stall the loop);
+                          * 0 = no ceiling */
+    long iterations;     /* what the server asked for (for the caller's log) */
     char client_nonce[64];
     char client_first_bare[256];
     char server_first[512];
@@ -102,7 +127,9 @@ int scram_client_set_user(struct scram_client *c, const char *user);
 /* "n,,n=,r=<nonce>". 0 ok, -1 buffer too small or wrong state. */
 int scram_client_first(struct scram_client *c, char *out, size_t cap, size_t *outlen);
 
-/* server-first -> client-final. -1 malformed, nonce mismatch, or an iteration count below 1. */
+/* server-first -> client-final. -1 malformed, nonce mismatch, or an iteration count below 1;
+ * -2 an iteration count above max_iterations while a password must be salted (c->iterations
+ * says how many). */
 int scram_client_final(struct scram_client *c, const char *server_first, size_t len, char *out,
                        size_t cap, size_t *outlen);
 

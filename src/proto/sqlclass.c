@@ -463,9 +463,14 @@ static char *guc_name(const char *s)
     if (!*s)
         return NULL;
     char *d = xstrdup(s);
+    size_t part = 0;
     for (char *c = d; *c; c++) {
         *c = (char)lower((unsigned char)*c);
-        if (!ident_char((unsigned char)*c) && *c != '.') {
+        part = *c == '.' ? 0 : part + 1;
+        /* A part of 64 bytes or more: set_config() takes it whole, but the replay's SET would
+         * name it truncated to NAMEDATALEN - 1, another parameter (found by
+         * tests/fuzz/fuzz_sqlclass). */
+        if ((!ident_char((unsigned char)*c) && *c != '.') || part >= 64) {
             free(d);
             return NULL;
         }

@@ -13,6 +13,7 @@
 #include "config/userlist.h"
 #include "core/conn.h"
 #include "core/log.h"
+#include "core/tls.h"
 #include "pool/backoff.h"
 #include "pool/pool.h"
 #include "proto/md5.h"
@@ -82,22 +83,24 @@ void server_close_by(struct server *s, enum writer_evidence ev, const char *reas
     if (s->nd && s->pool)
         s->nd->n_servers--;
     struct client *c = s->client;
-    if (c) {
-        s->client = NULL;
-        client_server_lost(c, reason);
-    }
-    if (s->pool) {
-        struct pool *p = s->pool;
+    s->client = NULL;
+    struct pool *p = s->pool;
+    if (p) {
         p->n_servers--;
         if (was == SV_CONNECTING || was == SV_LOGIN)
             p->n_connecting--;
         /* A writer connection that dies may mean the writer died: look now, not at the next
-         * probe. */
+         * probe; and before its client is told, so that the failure counts in the failover it
+         * starts (or the suspicion before it). */
         if (p->role == ROLE_WRITER && s->nd && s->nd == s->w->topo->writer &&
             was != SV_RESETTING && !s->w->shutting_down && ev != EVIDENCE_NONE)
             topology_probe_now(s->w, ev, reason);
+    }
+    if (c)
+        client_server_lost(c, reason);
+    if (p) {
         s->pool = NULL;
-        pool_kick(p);
+        pool_kick_sharing(p);
     } else if (was != SV_CLOSING && s->on_fail) {
         s->on_fail(s, reason);
     }
@@ -141,6 +144,18 @@ static const struct user_secret *secret_for(struct server *s)
     return userlist_find(s->w->users, s->user);
 }
 
+/* The waiting clients of s's pool get this FATAL (a probe has none). */
+static void fail_pool_login(struct server *s, const char *sqlstate, const char *msg)
+{
+    if (!s->pool)
+        return;
+    struct pbuf e;
+    pbuf_init(&e);
+    proto_build_error(&e, "FATAL", sqlstate, msg, NULL);
+    pool_login_failed(s->pool, e.data, e.len, msg);
+    pbuf_free(&e);
+}
+
 static int answer_auth(struct server *s, const uint8_t *body, size_t len)
 {
     struct msg_reader r;
@@ -149,10 +164,35 @@ static int answer_auth(struct server *s, const uint8_t *body, size_t len)
     if (r.bad)
         return -1; /* shorter than its code: not an AuthenticationOk (test_bad_peers) */
     const struct user_secret *us = secret_for(s);
+    if ((code == AUTH_REQ_CLEARTEXT || code == AUTH_REQ_MD5) && !conn_is_tls(&s->conn) &&
+        !s->w->cfg->server_allow_plaintext_password) {
+        /* A password in clear (or an md5 hash, as good as one to whoever reads it) is sent
+         * only where nobody on the path can read it. */
+        const char *what = code == AUTH_REQ_MD5 ? "md5" : "password";
+        SLOG(error, s,
+             "the server asks for %s authentication over a connection without TLS: no password "
+             "sent (server_tls_sslmode, or server_allow_plaintext_password = on)",
+             what);
+        char msg[200];
+        snprintf(msg, sizeof(msg),
+                 "pgstay does not send a password to the server without TLS (the server asks "
+                 "for %s authentication)",
+                 what);
+        fail_pool_login(s, SQLSTATE_INVALID_AUTH, msg);
+        return -1;
+    }
     struct pbuf b;
     pbuf_init(&b);
     switch (code) {
     case AUTH_REQ_OK:
+        if (s->scram && s->scram->state != SCRAM_CLI_DONE) {
+            /* Only a server that proved it knows the secret (its SCRAM signature) may say the
+             * login is done: anyone else on the path could say so too. */
+            SLOG(error, s,
+                 "the server sent AuthenticationOk before its SCRAM signature was "
+                 "verified: refused");
+            return -1;
+        }
         return 0;
     case AUTH_REQ_CLEARTEXT:
         if (!us || us->kind != SECRET_PLAIN)
@@ -178,13 +218,19 @@ static int answer_auth(struct server *s, const uint8_t *body, size_t len)
     }
     case AUTH_REQ_SASL: {
         int offered = 0;
-        while (mr_left(&r) > 1) {
+        /* !r.bad: a mechanism without its NUL is not consumed, and the loop would spin
+         * forever, freezing every client of the loop (found by tests/fuzz/fuzz_backend). */
+        while (mr_left(&r) > 1 && !r.bad) {
             const char *mech = mr_str(&r);
             if (strcmp(mech, SCRAM_MECHANISM) == 0)
                 offered = 1;
         }
         if (!offered || !us)
             goto no_password;
+        /* A second SASL request within one login: the exchange cannot start over (the first
+         * one's state leaked; found by tests/fuzz/fuzz_backend). */
+        if (s->scram)
+            goto bad;
         s->scram = calloc(1, sizeof(*s->scram));
         if (!s->scram)
             goto bad;
@@ -209,8 +255,17 @@ static int answer_auth(struct server *s, const uint8_t *body, size_t len)
     case AUTH_REQ_SASL_CONTINUE: {
         char out[512];
         size_t outlen = 0;
-        if (!s->scram ||
-            scram_client_final(s->scram, (const char *)body + 4, len - 4, out, sizeof(out), &outlen) < 0)
+        if (!s->scram)
+            goto bad;
+        s->scram->max_iterations = s->w->cfg->server_scram_max_iterations;
+        int rc = scram_client_final(s->scram, (const char *)body + 4, len - 4, out, sizeof(out),
+                                    &outlen);
+        if (rc == -2)
+            SLOG(error, s,
+                 "the server asks for %ld SCRAM iterations, above server_scram_max_iterations "
+                 "(%ld): refused",
+                 s->scram->iterations, s->scram->max_iterations);
+        if (rc < 0)
             goto bad;
         proto_build_sasl_response(&b, out, outlen);
         send_pbuf(s, &b);
@@ -229,14 +284,10 @@ static int answer_auth(struct server *s, const uint8_t *body, size_t len)
 no_password:
     SLOG(error, s, "the server asks for a password and auth_file has none usable for \"%s\"", s->user);
     s->login_error = 1; /* the clients are told below */
-    if (s->pool) {
-        struct pbuf e;
-        pbuf_init(&e);
+    {
         char msg[256];
         snprintf(msg, sizeof(msg), "pgstay has no usable password for user \"%s\" to log into the server", s->user);
-        proto_build_error(&e, "FATAL", SQLSTATE_INVALID_PASSWORD, msg, NULL);
-        pool_login_failed(s->pool, e.data, e.len, msg);
-        pbuf_free(&e);
+        fail_pool_login(s, SQLSTATE_INVALID_PASSWORD, msg);
     }
     pbuf_free(&b);
     return -1;
@@ -343,7 +394,9 @@ static int handle_internal(struct server *s, const struct msg_hdr *h, const uint
         return 0;
     case BE_ERROR: {
         struct pg_error e;
-        proto_parse_error(body, len, &e);
+        /* A malformed one is never relayed as it is: the client would get bytes it cannot
+         * parse (found by tests/fuzz/fuzz_backend). Its fields read so far still name it. */
+        int well_formed = proto_parse_error(body, len, &e) == PROTO_OK;
         if (s->state == SV_LOGIN) {
             SLOG(info, s, "login failed: %s %s: %s", e.severity, e.sqlstate, e.message);
             s->login_error = 1; /* the backoff has the server's own words */
@@ -352,8 +405,9 @@ static int handle_internal(struct server *s, const struct msg_hdr *h, const uint
             /* Bad database, user or password: the waiting clients get the server's words.
              * Anything else (starting up, shutting down, too many connections) is the
              * node's state, not the client's fault: they stay waiting. */
-            if (s->pool && (strncmp(e.sqlstate, "28", 2) == 0 || strncmp(e.sqlstate, "3D", 2) == 0 ||
-                            strncmp(e.sqlstate, "42", 2) == 0 || strncmp(e.sqlstate, "22", 2) == 0))
+            if (s->pool && well_formed &&
+                (strncmp(e.sqlstate, "28", 2) == 0 || strncmp(e.sqlstate, "3D", 2) == 0 ||
+                 strncmp(e.sqlstate, "42", 2) == 0 || strncmp(e.sqlstate, "22", 2) == 0))
                 pool_login_failed(s->pool, body - PROTO_HDR_LEN, h->len + 1, e.message);
             return -1;
         }
@@ -427,6 +481,14 @@ static int handle_internal(struct server *s, const struct msg_hdr *h, const uint
             s->swallow--;
         if (s->swallow > 0)
             return 0;
+        if (s->txn_status != 'I' &&
+            (s->state == SV_SETUP || (s->state == SV_RESETTING && !s->reset_pending))) {
+            /* pgstay's own setup or reset ended inside a transaction block: the server would
+             * go to a client (or back to the pool) in the middle of one (found by
+             * tests/fuzz/fuzz_backend with a recorded pgjdbc session's answers). */
+            server_close(s, "its setup or reset ended inside a transaction block");
+            return 0;
+        }
         if (s->state == SV_SETUP) {
             server_change_state(s, SV_ACTIVE);
             if (s->client)
@@ -503,9 +565,7 @@ static int observe_forwarded(struct server *s, struct client *c, const struct ms
     size_t len = h->len - 4;
     switch (h->type) {
     case BE_READY: {
-        if (!ready_ok(body, len))
-            return -1; /* the client would be told a transaction status that means nothing */
-        s->txn_status = (char)body[0];
+        s->txn_status = len >= 1 ? (char)body[0] : 'I';
         c->txn_status = s->txn_status;
         track_ready(c, c->txn_status);
         client_batch_answered(c);
@@ -558,12 +618,8 @@ static int observe_forwarded(struct server *s, struct client *c, const struct ms
         return 0;
     case BE_ERROR: {
         struct pg_error e;
-        if (proto_parse_error(body, len, &e) != PROTO_OK) {
-            /* Fields without their terminators: not relayed as if they were an error (a client
-             * would read past them); the server is dropped (test_bad_peers). */
-            SLOG(info, s, "malformed ErrorResponse from the server");
-            return -1;
-        }
+        if (proto_parse_error(body, len, &e) != PROTO_OK)
+            return 0;
         if (strcmp(e.severity, "FATAL") == 0 || strcmp(e.severity, "PANIC") == 0) {
             SLOG(info, s, "server ended the session: %s %s: %s", e.severity, e.sqlstate, e.message);
             if (strcmp(e.sqlstate, SQLSTATE_ADMIN_SHUTDOWN) == 0) {
@@ -581,6 +637,25 @@ static int observe_forwarded(struct server *s, struct client *c, const struct ms
     default:
         return 0;
     }
+}
+
+/* A message the client cannot take: an ErrorResponse it cannot parse, a ReadyForQuery with a
+ * status PostgreSQL never sends or (session mode, where nothing in pgstay's plan answers for
+ * it) for no request of the client's. The server is then not speaking to this session any
+ * more (found by tests/fuzz/fuzz_backend). */
+static const char *forward_violation(struct server *s, struct client *c, const struct msg_hdr *h,
+                                     const uint8_t *body)
+{
+    struct pg_error e;
+    if (h->type == BE_ERROR && proto_parse_error(body, h->len - 4, &e) != PROTO_OK)
+        return "the server sent a malformed ErrorResponse";
+    if (h->type != BE_READY)
+        return NULL;
+    if (h->len != 5 || (body[0] != 'I' && body[0] != 'T' && body[0] != 'E'))
+        return "the server sent a malformed ReadyForQuery";
+    if (s->w->cfg->pool_mode == POOL_SESSION && c->pending == 0)
+        return "the server sent a ReadyForQuery for no request";
+    return NULL;
 }
 
 static int needs_whole(uint8_t type)
@@ -626,12 +701,11 @@ static int long_type(uint8_t t)
            t == BE_ERROR || t == BE_NOTICE || t == BE_NOTIFY || t == BE_PARAM_DESC;
 }
 
-/* What a server must not send to a client, said before a byte of it is relayed (NULL: fine).
- * Found by test_bad_peers: these were relayed to the client as they came. */
-static const char *forward_violation(const struct client *c, const struct msg_hdr *h, size_t whole)
+/* What a server must not send to a client, said from the header before a byte of it is
+ * relayed (NULL: fine). Found by test_bad_peers: these were relayed to the client as they came
+ * (a short message type past WHOLE_MAX was streamed). */
+static const char *stream_violation(const struct client *c, const struct msg_hdr *h, size_t whole)
 {
-    if (h->type == BE_AUTH || h->type == BE_KEY_DATA || h->type == BE_NEGOTIATE_VERSION)
-        return "the server sent a login message after its login";
     if (whole > WHOLE_MAX && !long_type(h->type))
         return "the server sent an oversized message";
     /* Nothing asked and nothing running: only what PostgreSQL sends on its own may come. */
@@ -654,6 +728,50 @@ void server_process(struct server *s)
         s->in_process = 0;
 }
 
+static void send_startup(struct server *s);
+
+/* The server's one-byte answer to pgstay's SSLRequest: 0 to go on reading, -1 to stop (TLS
+ * handshake started, or the server closed). */
+static int tls_answer(struct server *s)
+{
+    struct conn *in = &s->conn;
+    int mode = s->w->cfg->server_tls_sslmode;
+    uint8_t a = conn_data(in)[0];
+    if (a == 'S') {
+        /* Bytes after the 'S' came before the handshake: not from the server we will verify
+         * (CVE-2021-23222), never read as its answers. */
+        if (conn_avail(in) > 1) {
+            server_close_by(s, EVIDENCE_FAILURE, "received unencrypted data after SSL response");
+            return -1;
+        }
+        conn_consume(in, 1);
+        s->tls_step = SV_TLS_HANDSHAKE;
+        if (conn_start_tls(in, s->w->server_tls, 0, mode == TLS_VERIFY_FULL,
+                           s->nd ? s->nd->host : NULL, 0) < 0) {
+            server_close_by(s, EVIDENCE_FAILURE, "cannot start TLS");
+            return -1;
+        }
+        return -1;
+    }
+    if (a == 'N') {
+        conn_consume(in, 1);
+        if (mode >= TLS_REQUIRE) {
+            server_close_by(
+                s, EVIDENCE_FAILURE,
+                "server does not support SSL, but SSL was required (server_tls_sslmode)");
+            return -1;
+        }
+        s->tls_step = SV_TLS_NONE;
+        send_startup(s);
+        return 0;
+    }
+    char why[96];
+    snprintf(why, sizeof(why), "received invalid response to SSL negotiation: %c",
+             a >= 32 && a < 127 ? a : '?');
+    server_close_by(s, EVIDENCE_FAILURE, why);
+    return -1;
+}
+
 static void server_process_loop(struct server *s)
 {
     struct conn *in = &s->conn;
@@ -662,6 +780,11 @@ static void server_process_loop(struct server *s)
         if (s->state == SV_CLOSING)
             return;
         size_t avail = conn_avail(in);
+        if (s->tls_step) {
+            if (s->tls_step != SV_TLS_ANSWER || avail == 0 || tls_answer(s) < 0)
+                return;
+            continue;
+        }
         struct client *c = s->client;
         int forwarding = s->state == SV_ACTIVE && c && s->swallow == 0;
         if (s->fwd_left > 0) {
@@ -682,12 +805,16 @@ static void server_process_loop(struct server *s)
             conn_forward(in, &c->conn, n);
             s->fwd_left -= (uint32_t)n;
             w->stats.bytes_server_to_client += n;
+            s->pool->stats.bytes_sent += n;
             if (s->fwd_left == 0)
                 streamed_done(s, c, s->fwd_type);
             continue;
         }
         struct msg_hdr h;
-        static const struct frame_rules rules = {0x7fffffff, proto_be_type_known};
+        /* PostgreSQL never sends a message past 1 GB (MaxAllocSize), nor does libpq take one:
+         * a longer one would reach the client as a stream it cannot frame (found by
+         * tests/fuzz/fuzz_backend). */
+        static const struct frame_rules rules = {PROTO_MSG_MAX, proto_be_type_known};
         enum frame_result fr = frame_next(in, &rules, &h);
         if (fr == FRAME_MORE)
             return;
@@ -745,9 +872,15 @@ static void server_process_loop(struct server *s)
         struct conn *out = &c->conn;
         if (conn_full(out))
             return;
-        const char *bad = forward_violation(c, &h, whole);
-        if (bad) {
-            server_close_by(s, EVIDENCE_FAILURE, bad);
+        if (h.type == BE_AUTH || h.type == BE_KEY_DATA || h.type == BE_NEGOTIATE_VERSION) {
+            /* Login messages after the login: forwarded, they would make the client believe
+             * it is logging in again (found by tests/fuzz/fuzz_backend). */
+            server_close_by(s, EVIDENCE_FAILURE, "the server sent a login message after login");
+            return;
+        }
+        const char *unfit = stream_violation(c, &h, whole);
+        if (unfit) {
+            server_close_by(s, EVIDENCE_FAILURE, unfit);
             return;
         }
         int txn = w->cfg->pool_mode == POOL_TRANSACTION;
@@ -755,6 +888,11 @@ static void server_process_loop(struct server *s)
             if (!conn_has(in, whole))
                 return;
             const uint8_t *m = conn_data(in);
+            const char *bad = forward_violation(s, c, &h, m + PROTO_HDR_LEN);
+            if (bad) {
+                server_close_by(s, EVIDENCE_FAILURE, bad);
+                return;
+            }
             if (txn && plan_server_msg(s, h.type)) {
                 /* The answer to a Parse pgstay sent itself, or an error it provoked (the
                  * client got pgstay's own, and its request failed). */
@@ -772,6 +910,7 @@ static void server_process_loop(struct server *s)
             }
             conn_forward(in, out, whole);
             w->stats.bytes_server_to_client += whole;
+            s->pool->stats.bytes_sent += whole;
             if (txn)
                 plan_server_msg_done(s, h.type);
             if (h.type == BE_READY)
@@ -781,6 +920,7 @@ static void server_process_loop(struct server *s)
         size_t n = avail < whole ? avail : whole;
         conn_forward(in, out, n);
         w->stats.bytes_server_to_client += n;
+        s->pool->stats.bytes_sent += n;
         s->fwd_left = (uint32_t)(whole - n);
         s->fwd_type = h.type;
         if (s->fwd_left == 0 && whole > WHOLE_MAX)
@@ -836,6 +976,20 @@ static void server_event_cb(void *arg, int what)
     if (what & CONN_CONNECTED) {
         net_tune_server(conn_fd(&s->conn), s->w->cfg->tcp_keepalive, s->w->cfg->tcp_user_timeout);
         server_change_state(s, SV_LOGIN);
+        if (s->w->server_tls && s->w->cfg->server_tls_sslmode != TLS_DISABLE) {
+            /* SSLRequest: length 8, code 1234.5679; the answer is one byte (tls_answer). */
+            static const uint8_t ssl_request[8] = {0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f};
+            s->tls_step = SV_TLS_ANSWER;
+            server_send(s, ssl_request, sizeof(ssl_request));
+            return;
+        }
+        send_startup(s);
+        return;
+    }
+    if (what & CONN_TLS) {
+        s->tls_step = SV_TLS_NONE;
+        SLOG(debug, s, "TLS established (%s, %s)", conn_tls_version(&s->conn),
+             conn_tls_cipher(&s->conn));
         send_startup(s);
         return;
     }
@@ -849,7 +1003,7 @@ static void server_event_cb(void *arg, int what)
             snprintf(why, sizeof(why), "cannot resolve %s: %s", s->nd ? s->nd->host : "?",
                      evutil_gai_strerror(dns));
         else
-            snprintf(why, sizeof(why), "%s", strerror(s->conn.err));
+            snprintf(why, sizeof(why), "%s", conn_strerror(&s->conn));
         server_close_by(s, EVIDENCE_FAILURE, why);
     }
 }

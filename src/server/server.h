@@ -18,6 +18,13 @@ struct node;
 /* How long a server may take to finish a departed client's requests and its reset. */
 #define SERVER_DRAIN_TIMEOUT_MS 10000
 
+/* A server connection's TLS negotiation (server_tls_sslmode), before its StartupMessage. */
+enum server_tls_step {
+    SV_TLS_NONE = 0,  /* plaintext, or TLS established */
+    SV_TLS_ANSWER,    /* SSLRequest sent, waiting for 'S' or 'N' */
+    SV_TLS_HANDSHAKE, /* 'S': the handshake runs */
+};
+
 struct server {
     struct list node;      /* on w->servers[state] */
     struct list pool_node; /* on pool->idle while SV_IDLE */
@@ -37,6 +44,7 @@ struct server {
     uint64_t params_hash; /* of params: equal sets need no comparing at each lending */
     struct scram_client *scram;
     int password_sent;
+    uint8_t tls_step; /* enum server_tls_step: where the TLS negotiation is */
 
     uint32_t fwd_left;    /* bytes of the current server message still to forward */
     uint8_t fwd_type;     /* that message's type */
@@ -51,10 +59,13 @@ struct server {
     int terminated;        /* its backend sent FATAL 57P01 (pg_terminate_backend or shutdown) */
     int login_error;       /* the login failed with the server's ErrorResponse (or pgstay's words) */
     int setup_rejected;    /* a client's setting failed on it: closed by pgstay, not the node */
+    int close_needed;      /* RECONNECT: closed instead of going back to its pool */
     struct kvlist applied; /* settings clients left on it: name -> the statement that made it */
     char txn_status;
     int64_t connected_at;
     int64_t last_used;
+    int64_t query_start, xact_start; /* µs: requests / a transaction in flight (pool/stats.c) */
+    int64_t ready_at;                /* µs: its last request answered (idle_transaction_timeout) */
     /* Probe state (SV_PROBE) */
     void (*on_row)(struct server *s, int ncols, const char **vals);
     void (*on_ready)(struct server *s);

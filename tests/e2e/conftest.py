@@ -157,6 +157,14 @@ class Pgstay:
             cur = c.execute(sql)
             return cur.fetchall() if cur.description else cur.statusmessage
 
+    def admin_rows(self, sql, dbname="pgstay"):
+        """An admin SHOW as dicts by column name (PgBouncer's columns first, pgstay's after)."""
+        with psycopg.connect(self.dsn(dbname=dbname), autocommit=True,
+                             prepare_threshold=None) as c:
+            cur = c.execute(sql)
+            cols = [d.name for d in cur.description]
+            return [dict(zip(cols, r)) for r in cur.fetchall()]
+
     def signal(self, sig):
         self.proc.send_signal(sig)
 

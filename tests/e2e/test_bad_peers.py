@@ -455,7 +455,7 @@ SERVER = {
     "length_below_4": "lost",
     "ready_absurd_length": "lost",
     "complete_absurd_length": "lost",
-    "datarow_absurd_length": "closed",
+    "datarow_absurd_length": "lost",  # past 1 GB: refused before a byte is relayed
     "ready_unknown_status": "lost",
     "ready_long_body": "lost",
     "ready_empty_body": "lost",

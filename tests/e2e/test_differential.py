@@ -217,7 +217,7 @@ class Noise:
         params = kw.get("params")
         within(20, self.c.execute, stmt, params, prepare=kw.get("prepare"))
         within(20, self.c.execute, "select current_setting('TimeZone'), now()::text")
-        if any(r[7] for r in self.p.admin("SHOW CLIENTS") if r[2] == self.db):
+        if any(r["pinned"] for r in self.p.admin_rows("SHOW CLIENTS") if r["database"] == self.db):
             self.c.close()  # pinned (or the script client is): a new noise client next turn
             self.c = self.p.connect(dbname=self.db, options=NOISE_OPTIONS)
 
@@ -228,7 +228,7 @@ class Noise:
 def pinned_or_in_transaction(p, c, db):
     if c.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
         return True
-    return any(r[7] for r in p.admin("SHOW CLIENTS") if r[2] == db)
+    return any(r["pinned"] for r in p.admin_rows("SHOW CLIENTS") if r["database"] == db)
 
 
 def run_shared(p, db, mode, script):

@@ -276,6 +276,43 @@ def test_pause_opens_the_new_writers_servers_ahead(fo_proxy, cluster3):
         c.close()
 
 
+def test_clients_held_while_suspect_are_counted(cluster3, tmp_path):
+    """A client whose request waits while the writer is only suspect counts in the failover
+    that follows (SHOW FAILOVERS clients_held): it was held, before the event existed."""
+    p = Pgstay(cluster3, str(tmp_path), pool_mode="transaction", pool_size=10,
+               failover_timeout="20s", health_check_timeout="300ms", health_check_fall=100)
+    p.start()
+    c = p.connect()
+    c.execute("select 1")
+    got = []
+    th = threading.Thread(target=lambda: got.append(c.execute("select 2").fetchone()[0]),
+                          daemon=True)
+    try:
+        cluster3.freeze("n1")
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            n1 = [r for r in show(p, "SHOW NODES") if r["name"] == "n1"][0]
+            if n1["health"] == "suspect":
+                break
+            time.sleep(0.05)
+        assert n1["health"] == "suspect", n1
+        th.start()
+        while time.time() < deadline and not any(
+                r["held"] == "yes" for r in show(p, "SHOW CLIENTS")):
+            time.sleep(0.05)
+        assert show(p, "SHOW FAILOVERS") == []  # held, and no failover yet
+        cluster3.run("crash", "n1")  # the writer's connections reset: lost at once
+        promote_best(cluster3)
+        th.join(20)
+        assert got == [2]
+        ev = show(p, "SHOW FAILOVERS")
+        assert len(ev) == 1 and int(ev[0]["clients_held"]) >= 1, ev
+    finally:
+        cluster3.run("thaw", "n1", check=False)
+        c.close()
+        p.stop()
+
+
 def test_frozen_primary(fo_proxy, cluster3):
     def event():
         cluster3.freeze("n1")
@@ -351,6 +388,35 @@ def test_in_flight_transaction(fo_proxy, cluster3):
     c.execute("insert into writes (client, seq) values (7, 3)")
     c.commit()
     assert c.execute("select count(*) from writes where client = 7").fetchone()[0] == 1
+    c.close()
+
+
+def test_in_flight_failure_counted_in_its_failover(fo_proxy, cluster3):
+    """A statement running when the writer crashes fails with 08006, and SHOW FAILOVERS counts
+    it in that failover (its connection's reset is what starts the event, so the count must
+    not depend on which of the two pgstay handles first)."""
+    c = fo_proxy.connect()
+    got = []
+
+    def slow():
+        try:
+            c.execute("select pg_sleep(30)")
+        except psycopg.Error as e:
+            got.append(e.sqlstate)
+
+    th = threading.Thread(target=slow, daemon=True)
+    th.start()
+    with psycopg.connect(cluster3.dsn(1), autocommit=True) as mon:
+        deadline = time.time() + 10
+        while time.time() < deadline and not mon.execute(
+                "select count(*) from pg_stat_activity where state = 'active' "
+                "and query like 'select pg_sleep%%'").fetchone()[0]:
+            time.sleep(0.05)
+    cluster3.failover(delay_ms=300)
+    th.join(20)
+    assert got == ["08006"]
+    ev = show(fo_proxy, "SHOW FAILOVERS")
+    assert len(ev) == 1 and int(ev[0]["failed_in_flight"]) == 1, ev
     c.close()
 
 

@@ -591,7 +591,7 @@ def test_pipelined_set_after_error_not_kept(cluster1, make_proxy, case):
         h.hold()
         seen.append(rows(r.query("select pg_backend_pid(), current_setting('work_mem')"))[0])
         h.release()
-    pinned = [row for row in p.admin("SHOW CLIENTS") if row[7]]
+    pinned = [row for row in p.admin_rows("SHOW CLIENTS") if row["pinned"]]
     for h in holders:
         h.conn.close()
     r.close()

@@ -325,6 +325,36 @@ def test_scram_secret_in_auth_file(cluster1, make_proxy, tmp_path):
         assert c.execute("select current_user").fetchone()[0] == "app"
 
 
+@pytest.mark.parametrize("auth", ["scram-sha-256", "md5"])
+def test_saslprep_password(cluster1, make_proxy, auth):
+    """A password that SASLprep changes ('IX-\u2168' -> 'IX-IX'): libpq prepares what it is
+    given, PostgreSQL prepared what it stored; pgstay does both (client side from auth_file,
+    server side logging in), so the login works through it as it does directly."""
+    pw = "IX-\u2168"
+    with psycopg.connect(cluster1.dsn(1), autocommit=True) as c:
+        c.execute("drop role if exists roman")
+        c.execute("create role roman login password '%s'" % pw)
+        c.execute("grant connect on database app to roman")
+    try:
+        # directly, both spellings work (the server stored the SASLprep'd one)
+        for typed in (pw, "IX-IX"):
+            psycopg.connect(cluster1.dsn(1, user="roman", dbname="app") + " password=" + typed).close()
+        p = make_proxy(cluster1, start=False, auth_type=auth)
+        p.userlist["roman"] = pw
+        p.start()
+        typed_ok = (pw, "IX-IX") if auth == "scram-sha-256" else (pw,)
+        for typed in typed_ok:
+            with psycopg.connect(p.dsn(user="roman", dbname="app", password=typed)) as c:
+                assert c.execute("select current_user").fetchone()[0] == "roman"
+        with pytest.raises(psycopg.OperationalError) as e:
+            psycopg.connect(p.dsn(user="roman", dbname="app", password="IX-X"))
+        assert "password authentication failed" in str(e.value)
+    finally:
+        with psycopg.connect(cluster1.dsn(1), autocommit=True) as c:
+            c.execute("drop owned by roman")
+            c.execute("drop role roman")
+
+
 def test_unknown_database(proxy):
     with pytest.raises(psycopg.OperationalError) as e:
         psycopg.connect(proxy.dsn(dbname="no_such_db"))
@@ -383,6 +413,176 @@ def test_query_wait_timeout(cluster1, make_proxy):
     first.execute("select 1")
     first.close()
     second.close()
+
+
+def backends(lab, app):
+    """Backend pids of the node serving application_name app (pgstay's servers carry the
+    client's application_name while lent, and keep it set afterwards)."""
+    with psycopg.connect(lab.dsn(1), autocommit=True) as c:
+        return {r[0] for r in c.execute(
+            "select pid from pg_stat_activity where usename = 'app' and backend_type = "
+            "'client backend'").fetchall()}
+
+
+def wait_for(pred, timeout=10.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return pred()
+
+
+@pytest.mark.parametrize("key", ["server_idle_timeout", "server_lifetime"])
+def test_server_idle_timeout_and_lifetime(cluster1, make_proxy, key):
+    """PgBouncer's keys: an idle pooled server unused for server_idle_timeout, or older than
+    server_lifetime, is closed; a lent one is not (its client keeps working)."""
+    p = make_proxy(cluster1, pool_mode="transaction", pool_size=4, **{key: "1s"})
+    busy = p.connect(user="app", dbname="app")
+    with busy.transaction():
+        busy_pid = busy.execute("select pg_backend_pid()").fetchone()[0]
+        c = p.connect(user="app", dbname="app")
+        idle_pid = c.execute("select pg_backend_pid()").fetchone()[0]  # back in the pool
+        assert idle_pid != busy_pid
+        assert wait_for(lambda: idle_pid not in backends(cluster1, "app"))
+        # the lent one, in its transaction for longer than the limit, is untouched
+        assert busy.execute("select pg_backend_pid()").fetchone()[0] == busy_pid
+    assert c.execute("select 1").fetchone()[0] == 1  # a new server
+    busy.close()
+    c.close()
+
+
+def test_min_pool_size(cluster1, make_proxy):
+    """PgBouncer's min_pool_size: a pool in use keeps that many servers logged in, and
+    server_idle_timeout does not close below it."""
+    p = make_proxy(cluster1, pool_mode="transaction", pool_size=5, min_pool_size=3,
+                   server_idle_timeout="1s")
+    c = p.connect(user="app", dbname="app")
+    assert c.execute("select 1").fetchone()[0] == 1
+    assert wait_for(lambda: len(backends(cluster1, "app")) == 3)
+    first = backends(cluster1, "app")
+    time.sleep(2.5)  # past server_idle_timeout: the three stay
+    assert backends(cluster1, "app") == first
+    c.close()
+
+
+def db_backends(lab, db):
+    with psycopg.connect(lab.dsn(1), autocommit=True) as c:
+        return c.execute("select count(*) from pg_stat_activity where datname = %s and "
+                         "backend_type = 'client backend'", (db,)).fetchone()[0]
+
+
+def test_max_db_connections(cluster1, make_proxy):
+    """PgBouncer's max_db_connections: the servers of every pool of a database stay within it;
+    a client over it waits for one to free; a pool at the limit closes another pool's idle
+    server to open its own."""
+    p = make_proxy(cluster1, pool_mode="transaction", pool_size=5, max_db_connections=2)
+    a1 = p.connect(user="app", dbname="app", autocommit=False)
+    a2 = p.connect(user="app", dbname="app", autocommit=False)
+    a1.execute("select 1")
+    a2.execute("select 1")  # two servers, both in transactions: the limit
+    got = []
+
+    def other_pool():  # a new pool's first client waits for a server at login already
+        with p.connect(user="postgres", dbname="app") as other:
+            got.append(other.execute("select 3").fetchone()[0])
+
+    th = threading.Thread(target=other_pool, daemon=True)
+    th.start()
+    th.join(1.5)
+    assert got == [], "a third server was opened for the database"
+    assert db_backends(cluster1, "app") == 2
+    a1.commit()  # idle in the app pool: evicted for the postgres pool
+    th.join(10)
+    assert got == [3]
+    assert db_backends(cluster1, "app") <= 2
+    a2.commit()
+    for c in (a1, a2):
+        c.close()
+
+
+def test_idle_transaction_timeout(cluster1, make_proxy):
+    """A client idle inside a transaction longer than idle_transaction_timeout is closed with
+    25P03 (PostgreSQL's idle_in_transaction_session_timeout) and its transaction rolled back;
+    one idle outside a transaction, or busy in a request inside one, is not."""
+    p = make_proxy(cluster1, pool_mode="session", idle_transaction_timeout="1s")
+    idle_ok = p.connect(user="app", dbname="app")
+    busy = p.connect(user="app", dbname="app", autocommit=False)
+    c = p.connect(user="app", dbname="app", autocommit=False)
+    c.execute("create temp table t_itt (x int)")  # in a transaction from here, then idle
+    busy.execute("select pg_sleep(2.5)")  # in its transaction, but in a request: not idle
+    busy.execute("select 1")
+    busy.rollback()
+    assert wait_for(lambda: len([r for r in p.admin_rows("SHOW CLIENTS")
+                                 if r["user"] == "app"]) == 2)
+    with pytest.raises(psycopg.OperationalError) as e:
+        c.execute("select 1")
+    assert "idle_transaction_timeout" in str(e.value)
+    assert idle_ok.execute("select 1").fetchone()[0] == 1
+    with p.connect(user="app", dbname="app") as d:  # the rolled back table is not there
+        assert d.execute("select to_regclass('t_itt')").fetchone()[0] is None
+    busy.close()
+    idle_ok.close()
+
+
+def test_query_timeout(cluster1, make_proxy):
+    """A request running longer than query_timeout: the client gets 57014 and is closed (as
+    PgBouncer does), the server too (its query is not waited for); others go on."""
+    p = make_proxy(cluster1, pool_mode="transaction", query_timeout="1s")
+    other = p.connect(user="app", dbname="app")
+    c = p.connect(user="app", dbname="app")
+    with pytest.raises(psycopg.OperationalError) as e:
+        c.execute("select pg_sleep(30)")
+    assert "query_timeout" in str(e.value)
+    # libpq does not keep a FATAL's SQLSTATE: read it off the wire
+    r = Raw(p.port, timeout=10)
+    r.login_trust()
+    r.send(msg(b"Q", b"select pg_sleep(30)\0"))
+    err = r.read_until_error_or_close()
+    assert err["C"] == "57014" and err["S"] == "FATAL", err
+    assert r.closed()
+    assert other.execute("select 2").fetchone()[0] == 2
+    other.close()
+
+
+def test_pidfile_and_logfile(cluster1, make_proxy, tmp_path):
+    """PgBouncer's pidfile and logfile: the pid written at start and removed at exit, a second
+    pgstay on the same pidfile refused; the log in logfile, reopened on SIGHUP after a
+    rotation."""
+    pidfile, logfile = str(tmp_path / "pgstay.pid"), str(tmp_path / "pgstay-file.log")
+    p = make_proxy(cluster1, pidfile=pidfile, logfile=logfile)
+    assert open(pidfile).read().strip() == str(p.proc.pid)
+    assert "started" in open(logfile).read()
+    second = subprocess.run([os.path.join(build_dir(), "pgstay"), p.conf_path],
+                            capture_output=True, text=True, timeout=20)
+    assert second.returncode != 0
+    assert "already running as pid %d" % p.proc.pid in open(logfile).read() + second.stderr
+    os.rename(logfile, logfile + ".1")
+    p.signal(signal.SIGHUP)
+    assert wait_for(lambda: os.path.exists(logfile) and "reloaded" in open(logfile).read())
+    p.stop()
+    assert not os.path.exists(pidfile)
+    assert "pgstay stopped" in open(logfile).read()
+
+
+@pytest.mark.parametrize("ignored", [False, True])
+def test_ignore_startup_parameters(cluster1, make_proxy, ignored):
+    """PgBouncer's ignore_startup_parameters: a startup parameter listed there is dropped as if
+    the client had not sent it; one not listed takes effect, as it does directly."""
+    settings = {"ignore_startup_parameters": "search_path, extra_float_digits"} if ignored else {}
+    p = make_proxy(cluster1, **settings)
+
+    async def go():
+        c = await asyncpg.connect(host="127.0.0.1", port=p.port, user="postgres",
+                                  database="postgres", password="postgres",
+                                  server_settings={"search_path": "nowhere, public"})
+        try:
+            return await c.fetchval("show search_path")
+        finally:
+            await c.close()
+
+    got = asyncio.run(go())
+    assert got == ('"$user", public' if ignored else "nowhere, public")
 
 
 def test_max_client_conn(cluster1, make_proxy):

@@ -128,7 +128,7 @@ def test_pgbench(pgbench_tables, make_proxy, mode, clients):
     try:
         out = pgbench(p, "-M", mode, "-c", str(clients), "-j", "2", "-T", "3", timeout=15)
     except subprocess.TimeoutExpired:
-        lent = [r for r in p.admin("SHOW SERVERS") if r[6]]
+        lent = [r for r in p.admin_rows("SHOW SERVERS") if r["client"]]
         waiting = [r for r in p.admin("SHOW CLIENTS") if r[3] == "waiting"]
         pytest.fail("pgbench stalled: %d servers lent, %d clients waiting" % (len(lent), len(waiting)))
     check_pgbench(p, out, clients)
@@ -429,7 +429,7 @@ def test_set_forms_do_not_leak(cluster1, make_proxy, sql, setting, value):
                 a_pids.add(pid)
                 assert v == value
             h.commit()
-        pinned = [r[7] for r in p.admin("SHOW CLIENTS") if r[7]]
+        pinned = [r["pinned"] for r in p.admin_rows("SHOW CLIENTS") if r["pinned"]]
     a.close()
     assert seen == {dflt}, "%s leaked to another client: %s" % (sql, seen)
     if pinned:
@@ -562,10 +562,10 @@ def test_pin(cluster1, make_proxy, reason):
     assert {k: v for k, v in after.items() if k != reason} == \
         {k: v for k, v in before.items() if k != reason}
     pinned = backend_pid(c)
-    srv = [r for r in p.admin("SHOW SERVERS") if r[5] == str(pinned)]
+    srv = [r for r in p.admin_rows("SHOW SERVERS") if r["remote_pid"] == pinned]
     assert len(srv) == 1
-    cl = [r for r in p.admin("SHOW CLIENTS") if r[7]]
-    assert len(cl) == 1 and cl[0][7] == reason and cl[0][5] == srv[0][0], cl
+    cl = [r for r in p.admin_rows("SHOW CLIENTS") if r["pinned"]]
+    assert len(cl) == 1 and cl[0]["pinned"] == reason and cl[0]["server"] == srv[0]["id"], cl
     # others cycle through the pool while the pinned client keeps running transactions
     churn = Churn(p, 3)
     try:
@@ -676,3 +676,28 @@ def test_psycopg_statement_cache_overflow(cluster1, make_proxy):
         c.execute("deallocate all")
         assert c.execute("select 41 + 1").fetchone()[0] == 42
     other.close()
+
+
+def test_bare_flush_needs_no_server(cluster1, make_proxy):
+    """An idle client's Flush, with nothing asked since its last Sync, has nothing to push out:
+    it does not wait for a server (here the only one is in another client's transaction), and
+    the client's next query still works once one is free."""
+    from wire import Raw, msg
+    p = tx_proxy(make_proxy, cluster1, 1)
+    a = p.connect(autocommit=False)
+    a.execute("select 1")  # holds the only server
+    r = Raw(p.port)
+    r.login_trust()
+    r.send(msg(b"H"))
+    time.sleep(0.5)
+    pools = [x for x in p.admin_rows("SHOW POOLS") if x["database"] == "postgres"
+             and x["user"] == "postgres"]
+    assert sum(x["cl_waiting"] for x in pools) == 0, pools
+    a.commit()
+    r.send(msg(b"Q", b"select 7\0"))
+    t, body = r.read_msg()
+    while t != b"D":
+        t, body = r.read_msg()
+    assert body.endswith(b"7")
+    r.close()
+    a.close()

@@ -13,10 +13,47 @@
 
 #include "config/config.h"
 #include "config/userlist.h"
+#include "proto/scram.h"
 
 #define NODES "[nodes]\nn1 = host=127.0.0.1\n"
 
 /* Write text to a fresh file in /tmp; path receives its name. */
+static int load_text(const char *text, struct config *cfg, char *path, size_t pathcap, char *err,
+                     size_t errlen);
+
+/* PgBouncer's names: [pgbouncer] is read as [pgstay], default_pool_size as pool_size; SET's
+ * config_set takes reloadable keys only. */
+static void test_pgbouncer_names(void **state)
+{
+    char path[64], err[512];
+    struct config c;
+    assert_int_equal(load_text("[pgbouncer]\ndefault_pool_size = 7\nstats_period = 2\n" NODES, &c,
+                               path, sizeof(path), err, sizeof(err)),
+                     0);
+    assert_int_equal(c.pool_size, 7);
+    assert_int_equal(c.stats_period, 2000);
+    assert_string_equal(config_canonical_key("DEFAULT_POOL_SIZE"), "pool_size");
+    assert_null(config_canonical_key("reserve_pool_size"));
+    assert_int_equal(config_set(&c, "default_pool_size", "9", err, sizeof(err)), 0);
+    assert_int_equal(c.pool_size, 9);
+    assert_int_equal(config_set(&c, "listen_port", "1", err, sizeof(err)), -1);
+    assert_non_null(strstr(err, "restart"));
+    assert_int_equal(config_set(&c, "pool_size", "0", err, sizeof(err)), -1);
+    assert_int_equal(c.pool_size, 9);
+    struct config_key_view kv;
+    int found = 0;
+    for (int i = 0; config_key_show(&c, i, &kv) == 0; i++) {
+        if (!strcmp(kv.name, "query_wait_timeout")) {
+            assert_string_equal(kv.value, "120000ms");
+            assert_string_equal(kv.def, "120000ms");
+            assert_int_equal(kv.reloadable, 1);
+            found++;
+        }
+    }
+    assert_int_equal(found, 1);
+    config_free(&c);
+}
+
 static void write_temp(const char *text, char *path, size_t cap)
 {
     snprintf(path, cap, "/tmp/pgstay_test_XXXXXX");
@@ -209,7 +246,7 @@ static void test_errors(void **state)
     static const struct err_case cases[] = {
         {"[pgstay]\npool_sise = 3\n" NODES, "2: unknown key \"pool_sise\""},
         {"[pgstay]\n\n\n\n\n\npool_sise = 3\n", "7: unknown key \"pool_sise\""},
-        {"[pgbouncer]\n", "1: unknown section \"pgbouncer\""},
+        {"[databases]\n", "1: unknown section \"databases\""},
         {"[pgstay\n", "1: missing \"]\" in section header"},
         {"[pgstay]\npool_size 3\n", "2: missing \"=\" in \"pool_size 3\""},
         {"[pgstay]\n= 3\n", "2: missing key before \"=\""},
@@ -393,6 +430,35 @@ static void test_userlist(void **state)
     assert_non_null(u);
     assert_string_equal(u->secret, "");
     assert_null(userlist_find(&ul, "mallory"));
+
+    /* SCRAM verifiers exist once loaded: parsed (carol), derived for plain passwords (alice,
+     * empty ones too), none for md5 */
+    assert_non_null(userlist_find(&ul, "carol")->scram);
+    assert_int_equal(userlist_find(&ul, "carol")->scram->iterations, 4096);
+    u = userlist_find(&ul, "alice");
+    assert_non_null(u->scram);
+    struct scram_secret again;
+    assert_int_equal(scram_secret_from_password("plain pass", u->scram->salt, u->scram->salt_len,
+                                                u->scram->iterations, &again),
+                     0);
+    assert_memory_equal(again.stored_key, u->scram->stored_key, SCRAM_KEY_LEN);
+    assert_null(userlist_find(&ul, "bob")->scram);
+
+    /* an unknown user's mock verifier: the same salt at every attempt, another per user */
+    struct scram_secret m1, m2, m3;
+    userlist_mock_secret(&ul, "mallory", &m1);
+    userlist_mock_secret(&ul, "mallory", &m2);
+    userlist_mock_secret(&ul, "trent", &m3);
+    assert_int_equal(m1.salt_len, SCRAM_SALT_LEN);
+    assert_int_equal(m1.iterations, SCRAM_ITERATIONS);
+    assert_memory_equal(m1.salt, m2.salt, SCRAM_SALT_LEN);
+    assert_memory_not_equal(m1.salt, m3.salt, SCRAM_SALT_LEN);
+    assert_memory_not_equal(m1.stored_key, m3.stored_key, SCRAM_KEY_LEN);
+    struct userlist other = {0};
+    userlist_keep_mock(&other, &ul);
+    userlist_mock_secret(&other, "mallory", &m2);
+    assert_memory_equal(m1.salt, m2.salt, SCRAM_SALT_LEN);
+
     userlist_free(&ul);
     assert_int_equal(ul.n, 0);
 }
@@ -439,17 +505,12 @@ static void test_userlist_errors(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_defaults),
-        cmocka_unit_test(test_every_type),
-        cmocka_unit_test(test_bools),
-        cmocka_unit_test(test_relative_auth_file),
-        cmocka_unit_test(test_errors),
-        cmocka_unit_test(test_too_many_nodes),
-        cmocka_unit_test(test_unreadable),
-        cmocka_unit_test(test_reload),
-        cmocka_unit_test(test_list_has),
-        cmocka_unit_test(test_userlist),
-        cmocka_unit_test(test_userlist_last_wins),
+        cmocka_unit_test(test_defaults),        cmocka_unit_test(test_every_type),
+        cmocka_unit_test(test_bools),           cmocka_unit_test(test_relative_auth_file),
+        cmocka_unit_test(test_errors),          cmocka_unit_test(test_pgbouncer_names),
+        cmocka_unit_test(test_too_many_nodes),  cmocka_unit_test(test_unreadable),
+        cmocka_unit_test(test_reload),          cmocka_unit_test(test_list_has),
+        cmocka_unit_test(test_userlist),        cmocka_unit_test(test_userlist_last_wins),
         cmocka_unit_test(test_userlist_errors),
     };
     return cmocka_run_group_tests_name("config", tests, NULL, NULL);

@@ -149,11 +149,21 @@ static void test_build_auth(void **state)
     assert_done(&r);
 
     pbuf_reset(&b);
-    proto_build_auth_sasl(&b);
+    proto_build_auth_sasl(&b, 0);
     open_msg(&b, BE_AUTH, &r);
     assert_int_equal(mr_u32(&r), AUTH_REQ_SASL);
     assert_string_equal(mr_str(&r), "SCRAM-SHA-256");
     assert_string_equal(mr_str(&r), ""); /* end of the mechanism list */
+    assert_done(&r);
+
+    /* Over TLS: -PLUS first, as PostgreSQL lists them. */
+    pbuf_reset(&b);
+    proto_build_auth_sasl(&b, 1);
+    open_msg(&b, BE_AUTH, &r);
+    assert_int_equal(mr_u32(&r), AUTH_REQ_SASL);
+    assert_string_equal(mr_str(&r), "SCRAM-SHA-256-PLUS");
+    assert_string_equal(mr_str(&r), "SCRAM-SHA-256");
+    assert_string_equal(mr_str(&r), "");
     assert_done(&r);
 
     const char *final = "v=abc";

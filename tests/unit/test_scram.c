@@ -4,6 +4,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <cmocka.h>
@@ -193,6 +194,31 @@ static void test_malformed_first(void **state)
     /* "y,," is accepted: the client supports binding but thinks we don't. */
     scram_server_init(&s, &sec);
     assert_int_equal(scram_server_handle_first(&s, "y,,n=,r=abc", 11, out, sizeof(out), &n), 0);
+
+    /* Channel binding (-PLUS offered over TLS): the header must match the mechanism chosen. */
+    static const unsigned char cb[32] = {1, 2, 3};
+    static const char *const plus_first = "p=tls-server-end-point,,n=,r=abc";
+    struct {
+        const char *first;
+        int selected, rc;
+    } cases[] = {
+        {plus_first, 1, 0},                /* -PLUS with its binding */
+        {plus_first, 0, -1},               /* binding data under the plain mechanism */
+        {"n,,n=,r=abc", 1, -1},            /* -PLUS chosen, no binding */
+        {"n,,n=,r=abc", 0, 0},             /* plain SCRAM over TLS: allowed, as PostgreSQL */
+        {"y,,n=,r=abc", 0, -1},            /* "you do not support binding": a downgrade */
+        {"p=tls-unique,,n=,r=abc", 1, -1}, /* another binding type */
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        scram_server_init(&s, &sec);
+        assert_int_equal(scram_server_offer_plus(&s, cb, sizeof(cb)), 0);
+        s.cb_selected = cases[i].selected;
+        int rc = scram_server_handle_first(&s, cases[i].first, strlen(cases[i].first), out,
+                                           sizeof(out), &n);
+        if (rc != cases[i].rc)
+            fail_msg("client-first \"%s\" (selected %d): %d", cases[i].first, cases[i].selected,
+                     rc);
+    }
 }
 
 static void test_malformed_final(void **state)
@@ -307,6 +333,60 @@ static void test_user_escaping(void **state)
     assert_string_equal(out, "n,,n=a=2Cb=3Dc,r=abc");
 }
 
+/* A server asking for more PBKDF2 rounds than max_iterations is refused before any is spent;
+ * keys given up front (no PBKDF2) are not limited. */
+static void test_iteration_ceiling(void **state)
+{
+    const char *sf = "r=" RFC_CLIENT_NONCE "srv,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=1000000000";
+    struct scram_client c;
+    char out[512];
+    size_t n;
+    scram_client_init_password(&c, "pencil");
+    c.max_iterations = 100000;
+    scram_set_test_nonce(RFC_CLIENT_NONCE);
+    assert_int_equal(scram_client_first(&c, out, sizeof(out), &n), 0);
+    scram_set_test_nonce(NULL);
+    assert_int_equal(scram_client_final(&c, sf, strlen(sf), out, sizeof(out), &n), -2);
+    assert_int_equal(c.iterations, 1000000000);
+    unsigned char ck[SCRAM_KEY_LEN] = {1}, sk[SCRAM_KEY_LEN] = {2};
+    scram_client_init_keys(&c, ck, sk);
+    c.max_iterations = 100000;
+    scram_set_test_nonce(RFC_CLIENT_NONCE);
+    assert_int_equal(scram_client_first(&c, out, sizeof(out), &n), 0);
+    scram_set_test_nonce(NULL);
+    assert_int_equal(scram_client_final(&c, sf, strlen(sf), out, sizeof(out), &n), 0);
+}
+
+/* SASLprep as PostgreSQL applies it (RFC 4013 section 3's examples, and the fallbacks). */
+static void test_saslprep(void **state)
+{
+    static const struct {
+        const char *in, *out;
+    } cases[] = {
+        {"I\xc2\xadX", "IX"},             /* U+00AD soft hyphen: mapped to nothing */
+        {"user", "user"},                 /* ASCII: unchanged */
+        {"USER", "USER"},                 /* case kept */
+        {"\xc2\xaa", "a"},                /* U+00AA: NFKC */
+        {"\xe2\x85\xa8", "IX"},           /* U+2168 ROMAN NUMERAL NINE: NFKC */
+        {"IX-\xe2\x85\xa8", "IX-IX"},     /* the password */
+        {"a\xc2\xa0" "b", "a b"},            /* U+00A0 no-break space: a space */
+        {"\x07", "\x07"},                 /* ASCII (a control character): unchanged, as in PG */
+        {"\xd8\xa7\x31", "\xd8\xa7\x31"}, /* RandALCat then a digit: refused, used raw */
+        {"\xff\xfe", "\xff\xfe"},         /* not UTF-8: used raw */
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char *got = scram_saslprep(cases[i].in);
+        assert_non_null(got);
+        assert_string_equal(got, cases[i].out);
+        free(got);
+    }
+    /* a verifier made from the unprepared spelling checks a proof made from the prepared one */
+    struct scram_secret a, b;
+    assert_int_equal(scram_secret_generate("IX-\xe2\x85\xa8", &a), 0);
+    assert_int_equal(scram_secret_from_password("IX-IX", a.salt, a.salt_len, a.iterations, &b), 0);
+    assert_memory_equal(a.stored_key, b.stored_key, SCRAM_KEY_LEN);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -319,6 +399,8 @@ int main(void)
         cmocka_unit_test(test_client_rejects_bad_server_first),
         cmocka_unit_test(test_parse_secret),
         cmocka_unit_test(test_user_escaping),
+        cmocka_unit_test(test_iteration_ceiling),
+        cmocka_unit_test(test_saslprep),
     };
     return cmocka_run_group_tests_name("scram", tests, NULL, NULL);
 }

@@ -195,6 +195,16 @@ static void test_set_untracked(void **state)
                      PIN_UNTRACKED_SET);
     assert_int_equal(pin_of("SELECT set_config('session_authorization', 'bob', false)"),
                      PIN_UNTRACKED_SET);
+    /* A name part of 64 bytes or more: a SET replay would name it truncated (found by
+     * tests/fuzz/fuzz_sqlclass); 63 bytes still replays. */
+    assert_int_equal(
+        pin_of("SELECT set_config('x.aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+               "aaaaaaaaaaaaaa', 'v', false)"),
+        PIN_UNTRACKED_SET);
+    assert_int_equal(
+        kind_of("SELECT set_config('x.aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+                "aaaaaaaaaaaa', 'v', false)"),
+        SQL_SET_CONFIG);
     /* search_path with the temp schema first: later CREATEs make temp objects */
     assert_int_equal(pin_of("SET search_path = pg_temp, public"), PIN_TEMP_TABLE);
     assert_int_equal(pin_of("SELECT set_config('search_path', 'pg_temp, public', false)"),

@@ -22,6 +22,7 @@ struct opts {
     int delay_ms;
     bool rejoin;
     const char *proxy;
+    const char *cert, *key;
 };
 
 static void usage(FILE *f)
@@ -35,6 +36,7 @@ static void usage(FILE *f)
             "  promote NODE | rejoin NODE\n"
             "  failover [--to NODE] [--delay MS] [--rejoin]\n"
             "  switchover [--to NODE] [--proxy CONNINFO]\n"
+            "  ssl --cert FILE --key FILE   (ssl = on on every node with this certificate)\n"
             "DIR defaults to ./lab; node i is named nI and listens on 127.0.0.1:BASE+i.\n");
 }
 
@@ -128,6 +130,10 @@ static int parse_args(int argc, char **argv, struct opts *o)
             }
         } else if (!strcmp(name, "--proxy"))
             o->proxy = val;
+        else if (!strcmp(name, "--cert"))
+            o->cert = val;
+        else if (!strcmp(name, "--key"))
+            o->key = val;
         else {
             fprintf(stderr, "unknown option %s\n", name);
             return -1;
@@ -278,6 +284,53 @@ static int cmd_start(struct lab *lab, int only)
     int p = find_primary(lab, st, 0);
     if (p && primaries == 1)
         update_sync_names(lab, p, st);
+    return rc;
+}
+
+/* ssl = on with the given certificate on every node, for tests of TLS towards the servers: the
+ * files are copied into each data folder, owned by the server's user (PostgreSQL refuses a key
+ * that others can read), and running nodes reload. Standbys made later copy them too. */
+static int cmd_ssl(struct lab *lab, const char *cert, const char *key)
+{
+    if (!cert || !key) {
+        fprintf(stderr, "ssl needs --cert FILE and --key FILE\n");
+        return LAB_EXIT_USAGE;
+    }
+    char *crt = read_all(cert), *k = read_all(key);
+    if (!crt || !k) {
+        fprintf(stderr, "ssl: cannot read %s\n", !crt ? cert : key);
+        free(crt);
+        free(k);
+        return LAB_EXIT_FAIL;
+    }
+    int rc = 0;
+    for (int i = 1; i <= lab->nodes && rc == 0; i++) {
+        char data[PATH_MAX], path[PATH_MAX + 32], err[512];
+        node_data(lab, i, data, sizeof data);
+        snprintf(path, sizeof path, "%s/lab-server.crt", data);
+        if (write_file(lab, path, crt, true) < 0)
+            rc = LAB_EXIT_FAIL;
+        snprintf(path, sizeof path, "%s/lab-server.key", data);
+        if (rc == 0 && write_file(lab, path, k, true) < 0)
+            rc = LAB_EXIT_FAIL;
+        if (rc == 0 && (conf_set(lab, i, "ssl_cert_file", "lab-server.crt") < 0 ||
+                        conf_set(lab, i, "ssl_key_file", "lab-server.key") < 0 ||
+                        conf_set(lab, i, "ssl", "on") < 0))
+            rc = LAB_EXIT_FAIL;
+        if (rc == 0 && node_pid(lab, i) > 0) {
+            PGconn *c = db_connect(lab, i, err, sizeof err);
+            if (!c || db_exec(c, "SELECT pg_reload_conf()", 0, err, sizeof err) < 0) {
+                fprintf(stderr, "n%d: cannot reload: %s\n", i, err);
+                rc = LAB_EXIT_FAIL;
+            }
+            if (c)
+                PQfinish(c);
+        }
+        if (rc == 0)
+            printf("n%d: ssl = on\n", i);
+    }
+    free(crt);
+    free(k);
     return rc;
 }
 
@@ -447,7 +500,7 @@ int main(int argc, char **argv)
         return cmd_destroy(&lab);
     static const char *const known[] = {"status", "start", "stop", "crash", "freeze", "thaw",
                                         "blackhole", "heal", "promote", "failover",
-                                        "switchover", "rejoin", NULL};
+                                        "switchover", "rejoin", "ssl", NULL};
     bool ok = false;
     for (int k = 0; known[k]; k++)
         ok = ok || !strcmp(c, known[k]);
@@ -471,6 +524,8 @@ int main(int argc, char **argv)
     }
     if (!strcmp(c, "status"))
         return cmd_status(&lab, o.json);
+    if (!strcmp(c, "ssl"))
+        return cmd_ssl(&lab, o.cert, o.key);
     if (!strcmp(c, "start"))
         return cmd_start(&lab, node);
     if (!strcmp(c, "stop"))

@@ -67,6 +67,8 @@ int lab_setup_user(struct lab *lab);
 int lab_find_bindir(struct lab *lab);
 int run_cmd(const struct lab *lab, const char *const argv[], char *out, size_t outsz);
 int write_file(const struct lab *lab, const char *path, const char *content, bool chown_it);
+/* A whole text file, NUL-terminated, malloc'd; NULL if it cannot be read. */
+char *read_all(const char *path);
 int conf_set(const struct lab *lab, int i, const char *key, const char *value);
 int write_node_conf(const struct lab *lab, int i);
 int write_standby_conf(const struct lab *lab, int i, int upstream);

@@ -359,7 +359,7 @@ int write_file(const struct lab *lab, const char *path, const char *content, boo
     return 0;
 }
 
-static char *read_all(const char *path)
+char *read_all(const char *path)
 {
     FILE *f = fopen(path, "r");
     if (!f)

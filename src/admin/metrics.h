@@ -1,0 +1,15 @@
+/* The Prometheus endpoint: GET /metrics on metrics_listen, in the text exposition format. */
+#ifndef PGSTAY_ADMIN_METRICS_H
+#define PGSTAY_ADMIN_METRICS_H
+
+#include <stddef.h>
+
+#include "core/worker.h"
+
+/* Listen on cfg->metrics_listen (host:port) if set: 0, or -1 with the reason logged. */
+int metrics_start(struct worker *w);
+void metrics_stop(struct worker *w);
+/* The whole exposition as text (malloc'd, *len bytes): what GET /metrics answers. */
+char *metrics_render(struct worker *w, size_t *len);
+
+#endif
