@@ -1373,6 +1373,13 @@ void client_process(struct client *c)
             client_close(c, NULL, "client sent Terminate");
             return;
         }
+        if (h.type == FE_PASSWORD) {
+            /* Nothing asks for a password after the login: PostgreSQL ends such a session with
+             * 08P01; pgstay does so itself rather than have a server end its own session over
+             * it and be logged into again (test_bad_peers). */
+            client_close(c, SQLSTATE_PROTOCOL_VIOLATION, "invalid frontend message type 112");
+            return;
+        }
         size_t whole = 1 + (size_t)h.len;
         /* Messages answered or dropped by pgstay itself: small ones are looked at whole, large
          * ones only by their type, and skipped as they arrive (never waited for whole). */

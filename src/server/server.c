@@ -161,6 +161,8 @@ static int answer_auth(struct server *s, const uint8_t *body, size_t len)
     struct msg_reader r;
     mr_init(&r, body, len);
     uint32_t code = mr_u32(&r);
+    if (r.bad)
+        return -1; /* shorter than its code: not an AuthenticationOk (test_bad_peers) */
     const struct user_secret *us = secret_for(s);
     if ((code == AUTH_REQ_CLEARTEXT || code == AUTH_REQ_MD5) && !conn_is_tls(&s->conn) &&
         !s->w->cfg->server_allow_plaintext_password) {
@@ -281,6 +283,7 @@ static int answer_auth(struct server *s, const uint8_t *body, size_t len)
     }
 no_password:
     SLOG(error, s, "the server asks for a password and auth_file has none usable for \"%s\"", s->user);
+    s->login_error = 1; /* the clients are told below */
     {
         char msg[256];
         snprintf(msg, sizeof(msg), "pgstay has no usable password for user \"%s\" to log into the server", s->user);
@@ -319,6 +322,27 @@ static void login_done(struct server *s)
 
 /* ---- incoming traffic ---- */
 
+/* A ReadyForQuery is exactly one status byte, I, T or E: anything else is not relayed nor
+ * believed (test_bad_peers: "ReadyForQuery with an unknown status"). */
+static int ready_ok(const uint8_t *body, size_t len)
+{
+    return len == 1 && (body[0] == 'I' || body[0] == 'T' || body[0] == 'E');
+}
+
+/* A server that breaks the protocol while pgstay logs in: that login failed (the login
+ * backoff waits server_login_retry, and clients waiting get the reason by query_wait_timeout),
+ * which says nothing of the writer's health. Before, it was closed as evidence against the
+ * writer and logged in again at once: a broken server made pgstay reconnect in a loop and
+ * hold every new request (test_bad_peers: bad SCRAM messages). */
+static void login_violation(struct server *s, const char *why)
+{
+    if (s->pool && s->nd) {
+        struct pg_error e = {"FATAL", SQLSTATE_PROTOCOL_VIOLATION, why};
+        login_backoff_failed(s->pool, s->nd, &e);
+    }
+    server_close(s, why);
+}
+
 static void handle_param_status(struct server *s, const uint8_t *body, size_t len)
 {
     struct msg_reader r;
@@ -335,6 +359,12 @@ static void handle_param_status(struct server *s, const uint8_t *body, size_t le
 static int handle_internal(struct server *s, const struct msg_hdr *h, const uint8_t *body)
 {
     size_t len = h->len - 4;
+    /* Logging in, a server says only these (rows or completions there are not PostgreSQL's
+     * protocol: the login fails rather than going on as if nothing was said; test_bad_peers). */
+    if (s->state == SV_LOGIN && h->type != BE_AUTH && h->type != BE_KEY_DATA &&
+        h->type != BE_PARAM_STATUS && h->type != BE_ERROR && h->type != BE_NOTICE &&
+        h->type != BE_READY && h->type != BE_NEGOTIATE_VERSION)
+        return -1;
     switch (h->type) {
     case BE_AUTH:
         if (s->state != SV_LOGIN)
@@ -369,6 +399,7 @@ static int handle_internal(struct server *s, const struct msg_hdr *h, const uint
         int well_formed = proto_parse_error(body, len, &e) == PROTO_OK;
         if (s->state == SV_LOGIN) {
             SLOG(info, s, "login failed: %s %s: %s", e.severity, e.sqlstate, e.message);
+            s->login_error = 1; /* the backoff has the server's own words */
             if (s->pool && s->nd)
                 login_backoff_failed(s->pool, s->nd, &e);
             /* Bad database, user or password: the waiting clients get the server's words.
@@ -439,7 +470,9 @@ static int handle_internal(struct server *s, const struct msg_hdr *h, const uint
         }
         return 0;
     case BE_READY: {
-        s->txn_status = len >= 1 ? (char)body[0] : 'I';
+        if (!ready_ok(body, len))
+            return -1;
+        s->txn_status = (char)body[0];
         if (s->state == SV_LOGIN) {
             login_done(s);
             return 0;
@@ -660,6 +693,28 @@ static void streamed_done(struct server *s, struct client *c, uint8_t type)
         plan_server_msg_done(s, type);
 }
 
+/* Messages that may be larger than what pgstay reads whole: libpq's list (VALID_LONG_MESSAGE_TYPE)
+ * and ParameterDescription. Any other type that long is not PostgreSQL's. */
+static int long_type(uint8_t t)
+{
+    return t == BE_ROW_DESC || t == BE_DATA_ROW || t == BE_COPY_DATA || t == BE_FUNCTION_RESULT ||
+           t == BE_ERROR || t == BE_NOTICE || t == BE_NOTIFY || t == BE_PARAM_DESC;
+}
+
+/* What a server must not send to a client, said from the header before a byte of it is
+ * relayed (NULL: fine). Found by test_bad_peers: these were relayed to the client as they came
+ * (a short message type past WHOLE_MAX was streamed). */
+static const char *stream_violation(const struct client *c, const struct msg_hdr *h, size_t whole)
+{
+    if (whole > WHOLE_MAX && !long_type(h->type))
+        return "the server sent an oversized message";
+    /* Nothing asked and nothing running: only what PostgreSQL sends on its own may come. */
+    if (c->pending == 0 && c->unsynced == 0 && !c->in_copy_in && h->type != BE_NOTICE &&
+        h->type != BE_PARAM_STATUS && h->type != BE_NOTIFY && h->type != BE_ERROR)
+        return "the server sent data nobody asked for";
+    return NULL;
+}
+
 static void server_process_loop(struct server *s);
 
 void server_process(struct server *s)
@@ -764,8 +819,11 @@ static void server_process_loop(struct server *s)
         if (fr == FRAME_MORE)
             return;
         if (fr != FRAME_OK) {
-            server_close_by(s, EVIDENCE_FAILURE,
-                            "the server sent bytes that are not the PostgreSQL protocol");
+            if (s->state == SV_LOGIN)
+                login_violation(s, "the server sent bytes that are not the PostgreSQL protocol");
+            else
+                server_close_by(s, EVIDENCE_FAILURE,
+                                "the server sent bytes that are not the PostgreSQL protocol");
             return;
         }
         size_t whole = 1 + (size_t)h.len;
@@ -781,8 +839,11 @@ static void server_process_loop(struct server *s)
                     s->fwd_left = (uint32_t)whole;
                     continue;
                 }
-                server_close_by(s, EVIDENCE_FAILURE,
-                                "the server sent an oversized message pgstay reads itself");
+                if (s->state == SV_LOGIN)
+                    login_violation(s, "the server sent an oversized message pgstay reads itself");
+                else
+                    server_close_by(s, EVIDENCE_FAILURE,
+                                    "the server sent an oversized message pgstay reads itself");
                 return;
             }
             if (!conn_has(in, whole))
@@ -794,7 +855,10 @@ static void server_process_loop(struct server *s)
             if (r < 0) {
                 /* A failed login is the login backoff's business; a FATAL on an established
                  * connection is the node's, unless it is a 57P01 for this backend alone. */
-                if (s->state == SV_LOGIN)
+                if (s->state == SV_LOGIN && !s->login_error)
+                    login_violation(s, "server login failed: the server's authentication "
+                                       "messages were not acceptable");
+                else if (s->state == SV_LOGIN)
                     server_close(s, "login failed");
                 else if (s->setup_rejected)
                     server_close(s, "a client's setting was rejected");
@@ -812,6 +876,11 @@ static void server_process_loop(struct server *s)
             /* Login messages after the login: forwarded, they would make the client believe
              * it is logging in again (found by tests/fuzz/fuzz_backend). */
             server_close_by(s, EVIDENCE_FAILURE, "the server sent a login message after login");
+            return;
+        }
+        const char *unfit = stream_violation(c, &h, whole);
+        if (unfit) {
+            server_close_by(s, EVIDENCE_FAILURE, unfit);
             return;
         }
         int txn = w->cfg->pool_mode == POOL_TRANSACTION;

@@ -57,6 +57,7 @@ struct server {
     int in_process;        /* inside server_process (see server_idle_intact) */
     int reset_pending;     /* draining after its client left: roll back and reset when idle */
     int terminated;        /* its backend sent FATAL 57P01 (pg_terminate_backend or shutdown) */
+    int login_error;       /* the login failed with the server's ErrorResponse (or pgstay's words) */
     int setup_rejected;    /* a client's setting failed on it: closed by pgstay, not the node */
     int close_needed;      /* RECONNECT: closed instead of going back to its pool */
     struct kvlist applied; /* settings clients left on it: name -> the statement that made it */

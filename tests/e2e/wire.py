@@ -1,6 +1,7 @@
 """A raw PostgreSQL v3 client for tests that must send what no driver would (bad input)."""
 import socket
 import struct
+import time
 
 
 def startup_packet(user="postgres", database="postgres", version=(3, 0), extra=None):
@@ -77,6 +78,53 @@ class Raw:
         except socket.timeout:
             return False
 
+    def collect(self):
+        """Messages up to and including ReadyForQuery: (messages, closed). closed is True if the
+        connection ended first (EOF or reset)."""
+        out = []
+        try:
+            while True:
+                t, body = self.read_msg()
+                out.append((t, body))
+                if t == b"Z":
+                    return out, False
+        except (EOFError, ConnectionResetError):
+            return out, True
+
+    def query(self, sql):
+        self.send(query(sql))
+        return self.collect()
+
+    def closed_within(self, seconds):
+        """True if the peer closes the connection before `seconds` pass (messages are skipped)."""
+        deadline = time.time() + seconds
+        try:
+            while True:
+                left = deadline - time.time()
+                if left <= 0:
+                    return False
+                self.s.settimeout(left)
+                self.read_msg()
+        except (EOFError, ConnectionResetError, BrokenPipeError):
+            return True
+        except socket.timeout:
+            return False
+
+    def error_within(self, seconds):
+        """The first ErrorResponse's fields, or None if the connection closes (or `seconds` pass)."""
+        deadline = time.time() + seconds
+        try:
+            while True:
+                left = deadline - time.time()
+                if left <= 0:
+                    return None
+                self.s.settimeout(left)
+                t, body = self.read_msg()
+                if t == b"E":
+                    return error_fields(body)
+        except (EOFError, ConnectionResetError, socket.timeout):
+            return None
+
     def close(self):
         self.s.close()
 
@@ -87,3 +135,42 @@ def error_fields(body):
         if part:
             fields[chr(part[0])] = part[1:].decode(errors="replace")
     return fields
+
+
+# ---- for the bad-peer tests (test_bad_peers.py) ----
+
+def neg_len(t, n=-5):
+    """A message header with a negative length (PostgreSQL reads the length as int32)."""
+    return t + struct.pack("!i", n)
+
+
+def header(t, length):
+    """A message header alone, promising `length` bytes (length field included)."""
+    return t + struct.pack("!I", length)
+
+
+def parse(sql, name=""):
+    return msg(b"P", name.encode() + b"\0" + sql.encode() + b"\0" + struct.pack("!H", 0))
+
+
+def bind(portal="", stmt="", params=()):
+    body = portal.encode() + b"\0" + stmt.encode() + b"\0" + struct.pack("!HH", 0, len(params))
+    for p in params:
+        body += struct.pack("!I", len(p)) + p
+    return msg(b"B", body + struct.pack("!H", 0))
+
+
+def execute(portal="", max_rows=0):
+    return msg(b"E", portal.encode() + b"\0" + struct.pack("!I", max_rows))
+
+
+def describe(kind, name=""):
+    return msg(b"D", kind + name.encode() + b"\0")
+
+
+SYNC = msg(b"S")
+TERMINATE = msg(b"X")
+
+
+def query(sql):
+    return msg(b"Q", sql.encode() + b"\0")
