@@ -344,8 +344,7 @@ static const struct key_def *find_key(const char *name)
 
 /* ---- [nodes] ---- */
 
-/* One conninfo value: 'single quoted' with backslash escapes (as libpq), or up to a blank. */
-static int conninfo_value(const char **pp, char *out, size_t cap)
+int conninfo_value(const char **pp, char *out, size_t cap)
 {
     const char *p = *pp;
     size_t n = 0;

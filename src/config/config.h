@@ -121,6 +121,9 @@ int config_check_value(const char *name, const char *value, char *err, size_t er
  * convert (unreadable, or no server to make [nodes] of). */
 int config_from_pgbouncer(const char *path, FILE *out, FILE *err);
 
+/* One conninfo value at *pp: 'single quoted' with backslash escapes (as libpq), or up to a
+ * blank; *pp moves past it. 0, or -1 if unterminated or longer than cap - 1. */
+int conninfo_value(const char **pp, char *out, size_t cap);
 /* Is name (a comma-separated list member) in list? */
 int config_list_has(const char *list, const char *name);
 

@@ -97,34 +97,6 @@ static int shared_servers(const struct cluster *a, const struct cluster *b)
     return n;
 }
 
-/* One libpq-style value: 'quoted' (backslash escapes) or up to a blank. */
-static int conn_value(const char **pp, char *out, size_t cap)
-{
-    const char *p = *pp;
-    size_t n = 0;
-    if (*p == '\'') {
-        for (p++; *p != '\''; p++) {
-            if (!*p)
-                return -1;
-            if (*p == '\\' && p[1])
-                p++;
-            if (n + 1 >= cap)
-                return -1;
-            out[n++] = *p;
-        }
-        p++;
-    } else {
-        for (; *p && !isspace((unsigned char)*p); p++) {
-            if (n + 1 >= cap)
-                return -1;
-            out[n++] = *p;
-        }
-    }
-    out[n] = 0;
-    *pp = p;
-    return 0;
-}
-
 /* Split "a,b,c" into at most max items of cap bytes; the count, -1 if too many or too long. */
 static int split_list(const char *s, char items[][256], int max)
 {
@@ -172,7 +144,7 @@ static int parse_db_entry(const char *name, const char *val, struct cluster *cl,
         while (isspace((unsigned char)*p))
             p++;
         char v[512];
-        if (conn_value(&p, v, sizeof(v)) < 0) {
+        if (conninfo_value(&p, v, sizeof(v)) < 0) {
             drop(d, "[databases] %s: a value is unterminated or too long", name);
             return -1;
         }
