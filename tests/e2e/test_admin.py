@@ -89,7 +89,9 @@ def test_pgbouncer_alias_and_columns(proxy):
             assert a.execute("show pools;").fetchall()
 
 
-def test_show_reports_state(proxy):
+def test_show_reports_state(cluster1, make_proxy):
+    # session mode: the client keeps its server, whose row names it
+    proxy = make_proxy(cluster1, pool_mode="session")
     with proxy.connect(application_name="app-x") as c:
         pid = c.execute("select pg_backend_pid()").fetchone()[0]
         with admin_conn(proxy) as a:
