@@ -273,3 +273,22 @@ def test_switchover(shared):
     for n in {"n1", "n2", "n3"} - {after}:
         wait_for(lambda: query(shared, n, "SELECT to_regclass('after_switchover') IS NOT NULL")
                  [0][0], what="%s to replay" % n)
+
+
+def shm_creators():
+    """The creator pids of the machine's SysV shared-memory segments."""
+    with open("/proc/sysvipc/shm") as f:
+        head = f.readline().split()
+        col = head.index("cpid")
+        return {int(line.split()[col]) for line in f if line.strip()}
+
+
+def test_killed_servers_leave_no_shared_memory(fresh):
+    """A postmaster killed with SIGKILL leaves its SysV segment; destroy must remove it, or
+    the segments pile up across runs until no PostgreSQL can start (shmget ENOSPC)."""
+    lab = fresh(nodes=2)
+    pids = {n["pid"] for n in lab.status()["nodes"]}
+    assert pids & shm_creators(), "each postmaster should own a segment while it runs"
+    lab.crash("n1")
+    lab.destroy()
+    assert not pids & shm_creators()

@@ -251,6 +251,9 @@ int cmd_init(struct lab *lab)
         }
     }
     int64_t t0 = now_ms();
+    int swept = node_shm_sweep(lab);
+    if (swept)
+        printf("init: removed %d orphaned shared-memory segments of killed servers\n", swept);
     if (init_steps(lab) < 0) {
         fprintf(stderr, "init failed; removing the partial cluster in %s\n", lab->dir_arg);
         cmd_destroy(lab);

@@ -448,6 +448,7 @@ int cmd_destroy(struct lab *lab)
                 cmd_blackhole(lab, i, false);
         }
     }
+    node_shm_sweep(lab);
     if (remove_tree(lab->dir) < 0) {
         fprintf(stderr, "could not remove %s completely\n", lab->dir_arg);
         return LAB_EXIT_FAIL;

@@ -62,6 +62,7 @@ int node_signal_tree(pid_t pm, int sig);
 int node_start(struct lab *lab, int i);
 int node_stop(struct lab *lab, int i);
 int node_crash(struct lab *lab, int i);
+int node_shm_sweep(const struct lab *lab);
 bool port_in_use(int port);
 int lab_setup_user(struct lab *lab);
 int lab_find_bindir(struct lab *lab);

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/shm.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -172,6 +173,33 @@ int node_signal_tree(pid_t pm, int sig)
         }
     }
     return n;
+}
+
+/*
+ * A postmaster killed with SIGKILL (crash, destroy) leaves its SysV shared-memory segment
+ * behind; PostgreSQL removes it only when the same data directory starts again, and a
+ * destroyed lab never does. Left alone they pile up until shmget fails with ENOSPC
+ * (SHMMNI) and no cluster can start on the machine. Remove the segments of the lab's user
+ * that nobody is attached to and whose creator is dead (or a zombie): PostgreSQL's own test for a
+ * segment being orphaned. Returns how many were removed.
+ */
+int node_shm_sweep(const struct lab *lab)
+{
+    struct shm_info info;
+    int max = shmctl(0, SHM_INFO, (struct shmid_ds *)(void *)&info);
+    int removed = 0;
+    for (int idx = 0; idx <= max; idx++) {
+        struct shmid_ds ds;
+        int id = shmctl(idx, SHM_STAT, &ds);
+        if (id < 0 || ds.shm_perm.uid != lab->uid || ds.shm_nattch != 0)
+            continue;
+        /* a killed postmaster may still be a zombie its new parent has not reaped */
+        if (pid_alive(ds.shm_cpid))
+            continue;
+        if (shmctl(id, IPC_RMID, NULL) == 0)
+            removed++;
+    }
+    return removed;
 }
 
 bool port_in_use(int port)
