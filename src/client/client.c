@@ -1724,6 +1724,7 @@ static void lost_decide(struct client *c, const char *why, const char *sqlstate,
         c->discard_copy = 1;
         c->in_copy_in = 0;
     }
+    c->in_copy_out = 0;
     if (in_block)
         c->txn_lost = 1;
     if (c->pending > 0) {

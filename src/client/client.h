@@ -161,6 +161,7 @@ struct client {
     int pending;        /* requests sent that await ReadyForQuery */
     char txn_status;    /* as last told to the client: 'I', 'T' or 'E' */
     uint8_t in_copy_in;     /* the server is taking COPY data from this client */
+    uint8_t in_copy_out;    /* the server is sending COPY data (CopyOut/CopyBoth, until CopyDone) */
     uint8_t pin_reason;     /* why this session's state cannot be rebuilt elsewhere (0: it can) */
     uint32_t connect_s;     /* monotonic s at accept (SHOW CLIENTS): fits in padding */
     int64_t wait_since; /* ms: when it began waiting for a server */

@@ -704,10 +704,35 @@ static int long_type(uint8_t t)
 /* What a server must not send to a client, said from the header before a byte of it is
  * relayed (NULL: fine). Found by test_bad_peers: these were relayed to the client as they came
  * (a short message type past WHOLE_MAX was streamed). */
-static const char *stream_violation(const struct client *c, const struct msg_hdr *h, size_t whole)
+static const char *stream_violation(struct client *c, const struct msg_hdr *h, size_t whole)
 {
     if (whole > WHOLE_MAX && !long_type(h->type))
         return "the server sent an oversized message";
+    /* COPY data comes only between CopyOutResponse (or CopyBothResponse) and CopyDone: a
+     * client not in a COPY would take it for a protocol error (found by fuzz_backend). The
+     * header is looked at again when a whole message is awaited: both updates are idempotent. */
+    switch (h->type) {
+    case BE_COPY_DATA:
+        if (!c->in_copy_out)
+            return "the server sent COPY data outside a COPY";
+        break;
+    case BE_COPY_DONE:
+        if (!c->in_copy_out)
+            return "the server sent CopyDone outside a COPY";
+        c->in_copy_out = 0;
+        break;
+    case BE_COPY_OUT:
+    case BE_COPY_BOTH:
+        c->in_copy_out = 1;
+        break;
+    case BE_COMMAND_COMPLETE:
+    case BE_ERROR:
+    case BE_READY:
+        c->in_copy_out = 0;
+        break;
+    default:
+        break;
+    }
     /* Nothing asked and nothing running: only what PostgreSQL sends on its own may come. */
     if (c->pending == 0 && c->unsynced == 0 && !c->in_copy_in && h->type != BE_NOTICE &&
         h->type != BE_PARAM_STATUS && h->type != BE_NOTIFY && h->type != BE_ERROR)

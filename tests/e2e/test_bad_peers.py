@@ -463,6 +463,8 @@ SERVER = {
     "second_auth_ok": "lost",
     "auth_request_mid_result": "lost",
     "key_data_mid_result": "lost",
+    "copydata_mid_result": "lost",  # COPY data outside a COPY (found by fuzz_backend)
+    "copydone_mid_result": "lost",
     "close_mid_result": "lost",
     "unsolicited_after_ready": "unsolicited",
     "unsolicited_later": "unsolicited",
