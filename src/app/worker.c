@@ -4,12 +4,14 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <event2/dns.h>
 
@@ -169,6 +171,7 @@ int worker_tls_build(const struct config *cfg, tls_ctx **client, tls_ctx **serve
 int worker_init(struct worker *w, struct config *cfg)
 {
     memset(w, 0, sizeof(*w));
+    w->spare_fd = -1;
     w->cfg = cfg;
     w->session = &session_hooks;
     w->reload = worker_reload;
@@ -214,6 +217,54 @@ int worker_init(struct worker *w, struct config *cfg)
     return 0;
 }
 
+/* Accepting again after a pause for want of file descriptors; the spare one is taken back
+ * first if a descriptor was freed meanwhile. */
+static void accept_resume_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct worker *w = arg;
+    if (w->spare_fd < 0)
+        w->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    for (int i = 0; i < 2; i++)
+        if (w->listeners[i])
+            evconnlistener_enable(w->listeners[i]);
+}
+
+/*
+ * accept() failed for another reason than "try again", typically EMFILE/ENFILE. The pending
+ * connection keeps the listener readable, so without this libevent would call accept() again
+ * at every loop turn: 100 % CPU and a log line each time. Pause accepting for 100 ms instead
+ * (the connections wait in the backlog), and give the descriptor kept spare for this to one
+ * of them: an operator's admin console gets in, anyone else gets 53300 at once rather than a
+ * silent wait (PgBouncer pauses the same way; the spare descriptor is pgstay's addition).
+ */
+static void accept_error_cb(struct evconnlistener *l, void *arg)
+{
+    struct listen_ctx *ctx = arg;
+    struct worker *w = ctx->w;
+    int err = EVUTIL_SOCKET_ERROR();
+    if (now_ms() - w->fd_short_logged >= 1000) {
+        log_warn("accept failed: %s: accepting paused for 100 ms%s", strerror(err),
+                 w->spare_fd >= 0 ? "; the spare descriptor takes one connection (admin only)"
+                                  : "");
+        w->fd_short_logged = now_ms();
+    }
+    if (w->spare_fd >= 0 && (err == EMFILE || err == ENFILE)) {
+        close(w->spare_fd);
+        w->spare_fd = -1;
+        struct sockaddr_storage ss;
+        socklen_t len = sizeof(ss);
+        int fd = accept4(evconnlistener_get_fd(l), (struct sockaddr *)&ss, &len,
+                         SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd >= 0)
+            client_accept_fd(ctx, fd, (struct sockaddr *)&ss, (int)len, 1);
+    }
+    for (int i = 0; i < 2; i++)
+        if (w->listeners[i])
+            evconnlistener_disable(w->listeners[i]);
+    struct timeval tv = {0, 100 * 1000};
+    evtimer_add(w->accept_resume, &tv);
+}
+
 static struct evconnlistener *listen_on(struct worker *w, const char *addr, int port, int role)
 {
     struct sockaddr_storage ss;
@@ -248,12 +299,17 @@ static struct evconnlistener *listen_on(struct worker *w, const char *addr, int 
         log_error("cannot listen on %s:%d: %s", addr, port, strerror(errno));
         return NULL;
     }
+    evconnlistener_set_error_cb(l, accept_error_cb);
     log_info("listening on %s:%d (%s endpoint)", addr, port, role == ROLE_WRITER ? "writer" : "reader");
     return l;
 }
 
 int worker_listen(struct worker *w)
 {
+    if (!w->accept_resume) {
+        w->accept_resume = evtimer_new(w->base, accept_resume_cb, w);
+        w->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    }
     w->listeners[0] = listen_on(w, w->cfg->listen_addr, w->cfg->listen_port, ROLE_WRITER);
     if (!w->listeners[0])
         return -1;
@@ -273,6 +329,13 @@ void worker_stop_listening(struct worker *w)
             w->listeners[i] = NULL;
         }
     }
+    if (w->accept_resume) {
+        event_free(w->accept_resume);
+        w->accept_resume = NULL;
+    }
+    if (w->spare_fd >= 0)
+        close(w->spare_fd);
+    w->spare_fd = -1;
 }
 
 void worker_begin_shutdown(struct worker *w)

@@ -134,6 +134,7 @@ struct client {
     uint8_t role; /* enum endpoint_role */
     uint8_t is_admin;
     uint8_t over_limit; /* accepted past max_client_conn: refused after its startup packet */
+    uint8_t fd_short;   /* accepted on the spare descriptor: only the admin console is served */
     uint8_t ssl_done, gss_done; /* encryption requests already answered (PostgreSQL's rule) */
     struct pool *pool;
     struct server *server; /* the linked server, or NULL */
@@ -190,6 +191,8 @@ struct client {
 /* Accept callback for the writer and reader listeners. */
 void client_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen,
                    void *arg);
+/* The same for a socket accepted by pgstay itself; FD_SHORT: on the last spare descriptor. */
+void client_accept_fd(struct listen_ctx *ctx, int fd, struct sockaddr *sa, int salen, int fd_short);
 void client_change_state(struct client *c, enum client_state st);
 /* The client's address as text ("ip:port"), in a buffer reused by the next call. */
 const char *client_addr(const struct client *c);

@@ -82,6 +82,11 @@ struct worker {
     struct list cancels; /* CancelRequests on their way to a server (pool.c) */
     struct evconnlistener *listeners[2]; /* writer, reader endpoint */
     struct listen_ctx listen_ctx[2];
+    /* Out of file descriptors: accepting pauses (accept_resume re-arms it) and the descriptor
+     * kept spare takes one connection, so the admin console stays reachable (app/worker.c). */
+    int spare_fd;
+    struct event *accept_resume;
+    int64_t fd_short_logged; /* ms: the last "out of file descriptors" line (one a second) */
     struct event *reaper;                /* frees closing objects outside their callbacks */
     struct event *tick;                  /* 1 s housekeeping: timeouts */
     struct defer_queue defer;            /* work run once the current callbacks return */

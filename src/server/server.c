@@ -1029,7 +1029,10 @@ static void server_event_cb(void *arg, int what)
                      evutil_gai_strerror(dns));
         else
             snprintf(why, sizeof(why), "%s", conn_strerror(&s->conn));
-        server_close_by(s, EVIDENCE_FAILURE, why);
+        /* Out of descriptors or memory here says nothing about the node: never a failover. */
+        int local = s->conn.err == EMFILE || s->conn.err == ENFILE || s->conn.err == ENOBUFS ||
+                    s->conn.err == ENOMEM;
+        server_close_by(s, local ? EVIDENCE_NONE : EVIDENCE_FAILURE, why);
     }
 }
 

@@ -330,6 +330,74 @@ def raise_nofile(n):
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
+def cpu_s(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_out_of_file_descriptors(cluster1, make_proxy, bystander):
+    """pgstay at its RLIMIT_NOFILE: it does not spin on accept(), the connections it cannot
+    take get 53300 rather than a silent wait, the admin console gets in (on the descriptor
+    kept spare for it), the clients it has are untouched, and it recovers when descriptors
+    free."""
+    p = client_proxy(cluster1, make_proxy, start=False, pool_mode="transaction", pool_size=2)
+    p.nofile = 64
+    p.start()
+    by = bystander(p, raw=True)
+    rss0 = rss_kb(p.proc.pid)
+    socks = []
+    try:
+        for _ in range(90):  # more than pgstay has descriptors for
+            s = socket.create_connection(("127.0.0.1", p.port), timeout=10)
+            s.sendall(startup_packet())
+            socks.append(s)
+        time.sleep(0.5)
+        c0 = cpu_s(p.proc.pid)
+        time.sleep(2.0)
+        used = cpu_s(p.proc.pid) - c0
+        # a spinning accept loop burns the whole 2 s; paused, pgstay serves the bystander only
+        assert used < 1.0, "pgstay used %.2f s of CPU in 2 s at its descriptor limit" % used
+        # the admin console gets in past the queued connections
+        admin = Raw(p.port, timeout=20)
+        admin.login_trust(database="pgstay")
+        msgs, closed = admin.query("SHOW VERSION")
+        assert not closed and any(t == b"D" for t, _ in msgs), msgs
+        admin.close()
+        # every connection got an answer: logged in, or refused with 53300
+        refused = logged_in = 0
+        for s in socks:
+            r = Raw.__new__(Raw)
+            r.s, r.buf = s, b""
+            s.settimeout(20)
+            t, body = r.read_msg()
+            while t not in (b"Z", b"E"):
+                t, body = r.read_msg()
+            if t == b"E":
+                assert error_fields(body)["C"] == "53300", error_fields(body)
+                refused += 1
+            else:
+                logged_in += 1
+        assert refused > 0 and logged_in > 0, (refused, logged_in)
+        assert "out of file descriptors" in p.log() or "Too many open files" in p.log()
+    finally:
+        for s in socks:
+            s.close()
+    settle(by)
+    # descriptors freed: new clients are served again
+    deadline = time.time() + 10
+    while True:
+        try:
+            with p.connect() as c:
+                assert c.execute("select 3").fetchone()[0] == 3
+            break
+        except psycopg.OperationalError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.2)
+    healthy(p, by, rss0)
+
+
 @pytest.mark.parametrize("login", [True, False], ids=["logged_in", "never_starting"])
 def test_client_2000_connections(cluster1, make_proxy, login, bystander):
     """2000 connections from one client (logged in and idle, or never sending a startup
