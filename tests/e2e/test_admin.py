@@ -187,7 +187,9 @@ def test_disable_enable(proxy):
                 assert c.execute("select 1").fetchone() == (1,)
 
 
-def test_reconnect(proxy):
+def test_reconnect(cluster1, make_proxy):
+    # session mode: the client keeps the server RECONNECT marks (the suite may run in either)
+    proxy = make_proxy(cluster1, pool_mode="session")
     with proxy.connect() as c:
         pid = c.execute("select pg_backend_pid()").fetchone()[0]
         with proxy.connect() as idle:
