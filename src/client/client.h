@@ -150,6 +150,7 @@ struct client {
 
     /* Authentication */
     uint8_t auth_step;                /* which message pgstay expects next */
+    uint8_t auth_method;              /* enum hba_method of the auth_hba_file line, if any */
     uint8_t md5_salt[4];
     struct scram_server *scram;   /* only during a SCRAM exchange */
 

@@ -17,6 +17,7 @@
 
 struct config;
 struct userlist;
+struct hba;
 struct topology;
 struct failover;
 struct admin;
@@ -69,6 +70,7 @@ struct worker {
     struct conn_loop loop; /* the connection layer's buffers, flush queue and clock */
     struct config *cfg;
     struct userlist *users; /* auth_file; replaced whole on reload */
+    struct hba *hba;        /* auth_hba_file's rules; NULL when none is set; replaced on reload */
     /* TLS contexts (NULL: TLS off on that side); a reload replaces them, and connections keep
      * the one they were made with (OpenSSL counts references). */
     tls_ctx *client_tls;
