@@ -15,6 +15,7 @@
 
 #include "admin/admin.h"
 #include "admin/metrics.h"
+#include "client/authquery.h"
 #include "client/client.h"
 #include "config/config.h"
 #include "config/hba.h"
@@ -181,6 +182,7 @@ int worker_init(struct worker *w, struct config *cfg)
     list_init(&w->pools);
     list_init(&w->stats_kept);
     list_init(&w->cancels);
+    list_init(&w->authq);
     w->base = event_base_new();
     if (!w->base)
         return -1;
@@ -425,6 +427,7 @@ void worker_free(struct worker *w)
     }
     worker_hba_free(w->hba);
     w->hba = NULL;
+    authq_free(w);
     tls_ctx_free(w->client_tls);
     tls_ctx_free(w->server_tls);
     /* Bufferevents with deferred callbacks finish freeing themselves in the loop. */

@@ -11,6 +11,7 @@
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 
+#include "client/authquery.h"
 #include "client/client.h"
 #include "config/config.h"
 #include "config/hba.h"
@@ -158,48 +159,64 @@ static int hba_method(struct client *c)
     return r->method;
 }
 
+/* auth_type = scram-sha-256 without auth_hba_file: SCRAM, or md5 for a user whose secret is md5
+ * (PgBouncer's rule; an hba scram-sha-256 line is PostgreSQL's, SCRAM only). */
+#define METHOD_SCRAM_OR_MD5 100
+
+/* The secret the client is checked against: auth_file's, else what auth_query fetched. */
+static const struct user_secret *secret_of(struct client *c)
+{
+    const struct user_secret *us = userlist_find(c->w->users, c->user);
+    if (!us && !c->is_admin)
+        us = authq_find(c->w, c->user);
+    return us;
+}
+
 void auth_begin(struct client *c)
 {
     struct worker *w = c->w;
-    const struct user_secret *us = userlist_find(w->users, c->user);
+    int m;
     if (w->hba) {
-        /* PostgreSQL's rules: scram-sha-256 takes SCRAM only (an md5 secret goes through the
-         * exchange with a doomed verifier and fails, as PostgreSQL does), md5 takes SCRAM for
-         * a SCRAM secret, password asks for the password itself. */
-        switch (hba_method(c)) {
-        case -1:
+        if ((m = hba_method(c)) < 0)
             return;
-        case HBA_TRUST:
-        case HBA_CERT: /* the certificate was checked by hba_method */
-            client_logged_in(c);
-            return;
-        case HBA_MD5:
-            if (us && us->kind == SECRET_SCRAM)
-                ask_scram(c, us);
-            else
-                ask_md5(c);
-            return;
-        case HBA_PASSWORD:
-            ask_cleartext(c);
-            return;
-        case HBA_SCRAM:
-        default:
-            ask_scram(c, us && us->kind != SECRET_MD5 ? us : NULL);
-            return;
-        }
+    } else {
+        m = w->cfg->auth_type == AUTH_TRUST ? HBA_TRUST
+            : w->cfg->auth_type == AUTH_MD5 ? HBA_MD5
+                                            : METHOD_SCRAM_OR_MD5;
     }
-    switch (w->cfg->auth_type) {
-    case AUTH_TRUST:
+    c->auth_method = (uint8_t)m;
+    if (m == HBA_TRUST || m == HBA_CERT) { /* the certificate was checked by hba_method */
         client_logged_in(c);
         return;
-    case AUTH_MD5:
-        /* A SCRAM secret cannot answer md5: use SCRAM for that user, as PgBouncer does. */
+    }
+    /* A user auth_file does not know: ask the writer (auth_query), the loop going on. */
+    if (!c->is_admin && authq_enabled(w) && !userlist_find(w->users, c->user) &&
+        authq_lookup(c) == 0) {
+        c->auth_step = AUTH_STEP_LOOKUP;
+        return;
+    }
+    auth_resume(c);
+}
+
+void auth_resume(struct client *c)
+{
+    const struct user_secret *us = secret_of(c);
+    switch (c->auth_method) {
+    case HBA_MD5:
+        /* A SCRAM secret cannot answer md5: SCRAM for that user (PostgreSQL and PgBouncer). */
         if (us && us->kind == SECRET_SCRAM)
             ask_scram(c, us);
         else
             ask_md5(c);
         return;
-    case AUTH_SCRAM:
+    case HBA_PASSWORD:
+        ask_cleartext(c);
+        return;
+    case HBA_SCRAM:
+        /* PostgreSQL's rule: an md5 secret goes through the exchange with a doomed verifier. */
+        ask_scram(c, us && us->kind != SECRET_MD5 ? us : NULL);
+        return;
+    case METHOD_SCRAM_OR_MD5:
     default:
         /* An md5 secret cannot drive SCRAM: fall back to md5 for that user. */
         if (us && us->kind == SECRET_MD5)
@@ -212,7 +229,7 @@ void auth_begin(struct client *c)
 
 static void check_md5(struct client *c, const uint8_t *body, size_t len)
 {
-    const struct user_secret *us = userlist_find(c->w->users, c->user);
+    const struct user_secret *us = secret_of(c);
     if (len == 0 || body[len - 1] != 0 || !us || us->kind == SECRET_SCRAM) {
         auth_fail(c);
         return;
@@ -235,7 +252,7 @@ static void check_md5(struct client *c, const uint8_t *body, size_t len)
  * the count is bounded like a server's (server_scram_max_iterations). */
 static void check_cleartext(struct client *c, const uint8_t *body, size_t len)
 {
-    const struct user_secret *us = userlist_find(c->w->users, c->user);
+    const struct user_secret *us = secret_of(c);
     if (len == 0 || body[len - 1] != 0 || strlen((const char *)body) != len - 1) {
         client_close(c, SQLSTATE_PROTOCOL_VIOLATION, "invalid password packet size");
         return;
@@ -310,7 +327,7 @@ static void sasl_final(struct client *c, const uint8_t *body, size_t len)
         client_close(c, SQLSTATE_PROTOCOL_VIOLATION, "malformed SCRAM message");
         return;
     }
-    const struct user_secret *us = userlist_find(c->w->users, c->user);
+    const struct user_secret *us = secret_of(c);
     if (r < 0 || !us) {
         auth_fail(c);
         return;

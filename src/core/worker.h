@@ -82,6 +82,7 @@ struct worker {
     struct list pools;
     struct list stats_kept; /* counters of freed pools (pool/stats.c) */
     struct list cancels; /* CancelRequests on their way to a server (pool.c) */
+    struct list authq;   /* auth_query's secrets, per user (client/authquery.c) */
     struct evconnlistener *listeners[2]; /* writer, reader endpoint */
     struct listen_ctx listen_ctx[2];
     struct event *reaper;                /* frees closing objects outside their callbacks */
