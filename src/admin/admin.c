@@ -1283,8 +1283,8 @@ static int run_command(struct client *c, char *q)
      * admin_users or stats_users stops them at their next command (PgBouncer's words). */
     int is_admin_user = config_list_has(w->cfg->admin_users, c->user);
     if (!is_admin_user && !config_list_has(w->cfg->stats_users, c->user)) {
-        log_info("C-%llu admin %s: no longer in admin_users or stats_users", (unsigned long long)c->id,
-                 c->user);
+        log_info("C-%llu admin %s: no longer in admin_users or stats_users",
+                 (unsigned long long)c->id, c->user);
         client_close(c, SQLSTATE_INVALID_AUTH, "not allowed");
         return 1;
     }

@@ -270,9 +270,8 @@ static void check_cleartext(struct client *c, const uint8_t *body, size_t len)
                us->scram->iterations <= c->w->cfg->server_scram_max_iterations) {
         struct scram_secret derived;
         char *prepared = scram_saslprep(pw);
-        if (prepared &&
-            scram_secret_from_password(prepared, us->scram->salt, us->scram->salt_len,
-                                       us->scram->iterations, &derived) == 0)
+        if (prepared && scram_secret_from_password(prepared, us->scram->salt, us->scram->salt_len,
+                                                   us->scram->iterations, &derived) == 0)
             ok = CRYPTO_memcmp(derived.stored_key, us->scram->stored_key, SCRAM_KEY_LEN) == 0;
         if (prepared) {
             OPENSSL_cleanse(prepared, strlen(prepared));
