@@ -130,3 +130,20 @@ def test_fetched_again_from_the_new_writer(aq):
     after = lookups(p, "aq_scram")[n_before:]
     assert after and after[-1] == ("SCRAM secret", "n2"), after
     assert lookups(p, "aq_md5")[-1] == ("md5 secret", "n2")
+
+
+def test_auth_user_cannot_log_in(aq):
+    """auth_user without a usable password: the logins that need a lookup get 28000 at once
+    (not a hang until client_login_timeout), and the log says why."""
+    p, lab = aq
+    assert p.admin("SET auth_user = 'aq_nopassword'") == "SET"
+    try:
+        t0 = time.time()
+        state, text = login_error(p, "aq_someone", "x")
+        assert state == "28000" and "auth_query failed" in text, text
+        assert time.time() - t0 < 5
+        assert 'auth_query failed for user "aq_someone"' in p.log()
+        # auth_file users are not affected
+        assert whoami(p, "app", "app")[0] == "app"
+    finally:
+        assert p.admin("SET auth_user = 'postgres'") == "SET"
