@@ -161,7 +161,7 @@ static int hba_method(struct client *c)
 
 /* auth_type = scram-sha-256 without auth_hba_file: SCRAM, or md5 for a user whose secret is md5
  * (PgBouncer's rule; an hba scram-sha-256 line is PostgreSQL's, SCRAM only). */
-#define METHOD_SCRAM_OR_MD5 100
+#define METHOD_SCRAM_OR_MD5 (HBA_PEER + 1) /* fits c->auth_method's 4 bits */
 
 /* The secret the client is checked against: auth_file's, else what auth_query fetched. */
 static const struct user_secret *secret_of(struct client *c)

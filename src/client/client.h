@@ -149,8 +149,10 @@ struct client {
     uint8_t tls_direct;         /* TLS began without an SSLRequest (PostgreSQL 17 clients) */
 
     /* Authentication */
-    uint8_t auth_step;                /* which message pgstay expects next */
-    uint8_t auth_method;              /* enum hba_method of the auth_hba_file line, if any */
+    /* Two nibbles of one byte: an idle client is mostly this struct, and a byte more here
+     * costs 8 with the padding before the next pointer. */
+    uint8_t auth_step : 4;   /* enum auth_step: which message pgstay expects next */
+    uint8_t auth_method : 4; /* the method chosen: enum hba_method, or auth.c's own */
     uint8_t md5_salt[4];
     struct scram_server *scram;   /* only during a SCRAM exchange */
 
