@@ -17,8 +17,10 @@
 
 #include "admin/admin.h"
 #include "admin/metrics.h"
+#include "client/authquery.h"
 #include "client/client.h"
 #include "config/config.h"
+#include "config/hba.h"
 #include "config/userlist.h"
 #include "core/log.h"
 #include "failover/failover.h"
@@ -183,6 +185,7 @@ int worker_init(struct worker *w, struct config *cfg)
     list_init(&w->pools);
     list_init(&w->stats_kept);
     list_init(&w->cancels);
+    list_init(&w->authq);
     w->base = event_base_new();
     if (!w->base)
         return -1;
@@ -211,6 +214,10 @@ int worker_init(struct worker *w, struct config *cfg)
             return -1;
         }
         log_warn("%s (auth_type is trust: continuing without passwords)", err);
+    }
+    if (worker_hba_load(cfg, &w->hba, err, sizeof(err)) < 0) {
+        log_error("%s", err);
+        return -1;
     }
     if (failover_init(w) < 0 || admin_init(w) < 0 || topology_init(w, &topology_hooks) < 0)
         return -1;
@@ -360,6 +367,32 @@ void worker_begin_shutdown(struct worker *w)
     worker_schedule_reap(w);
 }
 
+int worker_hba_load(const struct config *cfg, struct hba **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    if (!cfg->auth_hba_file || !*cfg->auth_hba_file)
+        return 0;
+    struct hba *h = calloc(1, sizeof(*h));
+    if (!h) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    if (hba_load(cfg->auth_hba_file, h, err, errlen) < 0) {
+        free(h);
+        return -1;
+    }
+    *out = h;
+    return 0;
+}
+
+void worker_hba_free(struct hba *h)
+{
+    if (h) {
+        hba_free(h);
+        free(h);
+    }
+}
+
 int worker_reload(struct worker *w)
 {
     char err[512];
@@ -389,6 +422,20 @@ int worker_reload(struct worker *w)
         free(fresh);
         return -1;
     }
+    /* An hba file that does not parse keeps the running rules (as PostgreSQL does): a typo
+     * must not open or close the door. */
+    struct hba *hba;
+    if (worker_hba_load(fresh, &hba, err, sizeof(err)) < 0) {
+        log_error("reload failed, keeping the running configuration: %s", err);
+        tls_ctx_free(ctls);
+        tls_ctx_free(stls);
+        userlist_free(&ul);
+        config_free(fresh);
+        free(fresh);
+        return -1;
+    }
+    worker_hba_free(w->hba);
+    w->hba = hba;
     config_apply_reload(w->cfg, fresh);
     free(fresh);
     userlist_keep_mock(&ul, w->users);
@@ -441,6 +488,9 @@ void worker_free(struct worker *w)
         userlist_free(w->users);
         free(w->users);
     }
+    worker_hba_free(w->hba);
+    w->hba = NULL;
+    authq_free(w);
     tls_ctx_free(w->client_tls);
     tls_ctx_free(w->server_tls);
     /* Bufferevents with deferred callbacks finish freeing themselves in the loop. */

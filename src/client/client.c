@@ -757,8 +757,10 @@ static void handle_startup(struct client *c, const uint8_t *pkt, uint32_t len)
                      "sorry, too many clients already: pgstay is out of file descriptors");
         return;
     }
-    if (c->is_admin && !config_list_has(c->w->cfg->admin_users, c->user)) {
-        client_close(c, SQLSTATE_INVALID_AUTH, "not allowed to connect to the pgstay admin database");
+    if (c->is_admin && !config_list_has(c->w->cfg->admin_users, c->user) &&
+        !config_list_has(c->w->cfg->stats_users, c->user)) {
+        /* PgBouncer's words; what each may run is checked at every command (admin.c). */
+        client_close(c, SQLSTATE_INVALID_AUTH, "not allowed");
         return;
     }
     if (c->w->shutting_down) {

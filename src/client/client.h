@@ -134,7 +134,6 @@ struct client {
     uint8_t role; /* enum endpoint_role */
     uint8_t is_admin;
     uint8_t over_limit; /* accepted past max_client_conn: refused after its startup packet */
-    uint8_t fd_short;   /* accepted on the spare descriptor: only the admin console is served */
     uint8_t ssl_done, gss_done; /* encryption requests already answered (PostgreSQL's rule) */
     struct pool *pool;
     struct server *server; /* the linked server, or NULL */
@@ -150,7 +149,10 @@ struct client {
     uint8_t tls_direct;         /* TLS began without an SSLRequest (PostgreSQL 17 clients) */
 
     /* Authentication */
-    uint8_t auth_step;                /* which message pgstay expects next */
+    /* Two nibbles of one byte: an idle client is mostly this struct, and a byte more here
+     * costs 8 with the padding before the next pointer. */
+    uint8_t auth_step : 4;   /* enum auth_step: which message pgstay expects next */
+    uint8_t auth_method : 4; /* the method chosen: enum hba_method, or auth.c's own */
     uint8_t md5_salt[4];
     struct scram_server *scram;   /* only during a SCRAM exchange */
 
@@ -162,12 +164,14 @@ struct client {
     int pending;        /* requests sent that await ReadyForQuery */
     char txn_status;    /* as last told to the client: 'I', 'T' or 'E' */
     uint8_t in_copy_in;     /* the server is taking COPY data from this client */
-    uint8_t in_copy_out;    /* the server is sending COPY data (CopyOut/CopyBoth, until CopyDone) */
     uint8_t pin_reason;     /* why this session's state cannot be rebuilt elsewhere (0: it can) */
     uint32_t connect_s;     /* monotonic s at accept (SHOW CLIENTS): fits in padding */
     int64_t wait_since; /* ms: when it began waiting for a server */
     int64_t last_active;
     uint8_t held;           /* waiting because there is no writer (counted by failover) */
+    /* in the padding before unsynced: an idle client is mostly this struct */
+    uint8_t in_copy_out;    /* the server is sending COPY data (CopyOut/CopyBoth, until CopyDone) */
+    uint8_t fd_short;       /* accepted on the spare descriptor: only the admin console is served */
     int unsynced;       /* extended-protocol messages sent since the last Sync */
     struct client_more *more; /* session state, made at its first use: see client_more() */
     uint8_t resetup;        /* its startup parameters need applying again (after a RESET) */

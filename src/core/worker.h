@@ -17,6 +17,7 @@
 
 struct config;
 struct userlist;
+struct hba;
 struct topology;
 struct failover;
 struct admin;
@@ -69,6 +70,7 @@ struct worker {
     struct conn_loop loop; /* the connection layer's buffers, flush queue and clock */
     struct config *cfg;
     struct userlist *users; /* auth_file; replaced whole on reload */
+    struct hba *hba;        /* auth_hba_file's rules; NULL when none is set; replaced on reload */
     /* TLS contexts (NULL: TLS off on that side); a reload replaces them, and connections keep
      * the one they were made with (OpenSSL counts references). */
     tls_ctx *client_tls;
@@ -80,6 +82,7 @@ struct worker {
     struct list pools;
     struct list stats_kept; /* counters of freed pools (pool/stats.c) */
     struct list cancels; /* CancelRequests on their way to a server (pool.c) */
+    struct list authq;   /* auth_query's secrets, per user (client/authquery.c) */
     struct evconnlistener *listeners[2]; /* writer, reader endpoint */
     struct listen_ctx listen_ctx[2];
     /* Out of file descriptors: accepting pauses (accept_resume re-arms it) and the descriptor

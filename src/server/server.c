@@ -9,6 +9,7 @@
 
 #include <event2/dns.h>
 
+#include "client/authquery.h"
 #include "client/track.h"
 #include "config/userlist.h"
 #include "core/conn.h"
@@ -141,7 +142,10 @@ void server_run_internal(struct server *s, const char *sql)
 
 static const struct user_secret *secret_for(struct server *s)
 {
-    return userlist_find(s->w->users, s->user);
+    const struct user_secret *us = userlist_find(s->w->users, s->user);
+    /* A user auth_query found: log in with the secret the writer gave (md5 answered as is,
+     * SCRAM with the ClientKey its client's proof revealed). */
+    return us ? us : authq_find(s->w, s->user);
 }
 
 /* The waiting clients of s's pool get this FATAL (a probe has none). */
@@ -448,8 +452,9 @@ static int handle_internal(struct server *s, const struct msg_hdr *h, const uint
             struct msg_reader r;
             mr_init(&r, body, len);
             int n = mr_u16(&r);
+            /* 256: a SCRAM secret (auth_query's passwd column) is some 135 bytes. */
             const char *vals[16];
-            char bufs[16][128];
+            char bufs[16][256];
             if (n > 16)
                 n = 16;
             for (int i = 0; i < n; i++) {
@@ -512,8 +517,9 @@ static int handle_internal(struct server *s, const struct msg_hdr *h, const uint
     case BE_COPY_OUT:
     case BE_COPY_DATA:
     case BE_COPY_DONE:
-        /* Answers to a client's requests that pgstay drains after the client left. */
-        if (s->state != SV_RESETTING)
+        /* Answers to a client's requests that pgstay drains after the client left, or to
+         * an internal query with parameters (auth_query). */
+        if (s->state != SV_RESETTING && s->state != SV_PROBE)
             goto unexpected;
         return 0;
     case BE_NEGOTIATE_VERSION:

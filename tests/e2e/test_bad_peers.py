@@ -177,6 +177,30 @@ def test_client_bad_bytes(cluster1, make_proxy, state, kind, bystander):
     healthy(p, by, rss0)
 
 
+@pytest.mark.parametrize("step", ["before_initial_response", "before_final_response"])
+def test_second_startup_during_scram(cluster1, make_proxy, step, bystander):
+    """Auth state-machine confusion (issue 11): a second StartupMessage in the middle of a SCRAM
+    exchange is a protocol violation (08P01, FATAL), never a new login; others go on."""
+    p = client_proxy(cluster1, make_proxy, auth_type="scram-sha-256")
+    by = bystander(p)
+    rss0 = rss_kb(p.proc.pid)
+    r = Raw(p.port)
+    to_auth_scram(r)
+    if step == "before_final_response":
+        first = b"n,,n=,r=abcdefghijklmnopqrstuvwx"
+        r.send(msg(b"p", b"SCRAM-SHA-256\0" + struct.pack("!I", len(first)) + first))
+        t, body = r.read_msg()
+        assert t == b"R" and struct.unpack("!I", body[:4])[0] == 11
+    # as a trust login for the admin user would look: it must not reach a second startup
+    r.send(startup_packet(user="postgres", database="postgres"))
+    err = r.error_within(1.0)
+    assert err is not None and err["C"] == "08P01" and err["S"] == "FATAL", err
+    assert r.closed_within(1.0)
+    r.close()
+    settle(by)
+    healthy(p, by, rss0)
+
+
 STARTUP_CASES = {
     "negative_length": struct.pack("!i", -8) + b"\0" * 8,
     "cut_short_then_eof": startup_packet()[:12],
