@@ -109,6 +109,7 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
         }
     }
     pool_keep_min(w);
+    pool_check_reserve(w);
     /* Servers stuck connecting or logging in past server_connect_timeout. */
     for (int st = SV_CONNECTING; st <= SV_LOGIN; st++) {
         struct list *pos, *tmp;

@@ -45,6 +45,10 @@ static const struct key_def keys[] = {
     {"pool_mode", KT_ENUM, FIELD(pool_mode), "session", 0, "session|transaction", 0, 0},
     {"pool_size", KT_INT, FIELD(pool_size), "20", 1, NULL, 1, INT_MAX},
     {"min_pool_size", KT_INT, FIELD(min_pool_size), "0", 1, NULL, 0, INT_MAX},
+    /* PgBouncer's reserve pool: extra servers for a pool whose oldest waiting client has waited
+     * reserve_pool_timeout (a burst is absorbed without raising pool_size for good). */
+    {"reserve_pool_size", KT_INT, FIELD(reserve_pool_size), "0", 1, NULL, 0, INT_MAX},
+    {"reserve_pool_timeout", KT_DURATION, FIELD(reserve_pool_timeout), "5s", 1, "s", 0, INT_MAX},
     {"max_db_connections", KT_INT, FIELD(max_db_connections), "0", 1, NULL, 0, INT_MAX},
     {"max_user_connections", KT_INT, FIELD(max_user_connections), "0", 1, NULL, 0, INT_MAX},
     {"max_client_conn", KT_INT, FIELD(max_client_conn), "10000", 1, NULL, 1, INT_MAX},

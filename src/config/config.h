@@ -44,6 +44,8 @@ struct config {
     int server_idle_timeout;     /* ms; 0 = never: an idle pooled server unused this long */
     int server_lifetime;         /* ms; 0 = never: a pooled server this old, once idle */
     int min_pool_size;           /* servers each pool keeps open, idle or not */
+    int reserve_pool_size;       /* extra servers a pool may open for clients waiting too long */
+    int reserve_pool_timeout;    /* ms: a client waiting this long may get a reserve server */
     int max_db_connections;      /* servers of all pools of one database; 0 = no limit */
     int max_user_connections;    /* servers of all pools of one user; 0 = no limit */
     int shutdown_timeout;        /* ms: SIGTERM lets clients finish this long */

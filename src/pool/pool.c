@@ -192,6 +192,26 @@ static int evict_idle_for(struct pool *p)
     return 1;
 }
 
+/* Has the client at the head of p's queue waited long enough for a reserve server
+ * (PgBouncer's reserve_pool_timeout; 0 means never)? */
+static int reserve_due(struct pool *p)
+{
+    const struct config *cfg = p->w->cfg;
+    struct list *first = list_first(&p->waiting);
+    if (cfg->reserve_pool_size <= 0 || cfg->reserve_pool_timeout <= 0 || !first)
+        return 0;
+    struct client *c = container_of(first, struct client, pool_node);
+    return now_ms() - c->wait_since >= cfg->reserve_pool_timeout;
+}
+
+/* How many servers p may have now: pool_size, plus reserve_pool_size while a client has waited
+ * past reserve_pool_timeout. */
+static int pool_cap(struct pool *p)
+{
+    int cap = p->w->cfg->pool_size;
+    return reserve_due(p) ? cap + p->w->cfg->reserve_pool_size : cap;
+}
+
 /* May a server on nd serve this pool now? (A demoted or fenced node no longer may.) */
 static int node_fits(struct pool *p, struct node *nd)
 {
@@ -411,7 +431,8 @@ static void pool_kick_loop(struct pool *p)
             return; /* a login failed: the next waits (server_login_retry), clients too */
         /* Open as many as are waiting, within pool_size and the concurrent-login bound. */
         int want = p->n_waiting - p->n_connecting;
-        while (want > 0 && p->n_servers < w->cfg->pool_size &&
+        int cap = pool_cap(p);
+        while (want > 0 && p->n_servers < cap &&
                p->n_connecting < w->cfg->server_connect_concurrency) {
             /* max_db_connections / max_user_connections: at the limit, an idle server of
              * another pool of the same database or user makes room, or the clients wait. */
@@ -419,6 +440,13 @@ static void pool_kick_loop(struct pool *p)
                 break;
             /* Opened with the pool's neutral parameters: a client's own are applied when it
              * is lent the server, and undone before the next one. */
+            if (p->n_servers >= w->cfg->pool_size) {
+                /* PgBouncer warns the same way: a pool living on its reserve is undersized. */
+                struct client *c = container_of(list_first(&p->waiting), struct client, pool_node);
+                log_warn("C-%llu %s/%s: taking a server from reserve_pool (waited %lld ms)",
+                         (unsigned long long)c->id, p->database, p->user,
+                         (long long)(now_ms() - c->wait_since));
+            }
             if (!server_open(w, p, nd, p->user, p->database))
                 break;
             want--;
@@ -445,6 +473,19 @@ void pool_keep_min(struct worker *w)
         while (p->n_servers < cap && p->n_connecting < w->cfg->server_connect_concurrency)
             if (!server_open(w, p, nd, p->user, p->database))
                 break;
+    }
+}
+
+void pool_check_reserve(struct worker *w)
+{
+    if (w->cfg->reserve_pool_size <= 0)
+        return;
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, &w->pools)
+    {
+        struct pool *p = container_of(pos, struct pool, node);
+        if (p->n_waiting > p->n_connecting && p->n_servers < pool_cap(p))
+            pool_kick(p);
     }
 }
 

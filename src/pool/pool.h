@@ -96,6 +96,9 @@ void pool_login_failed(struct pool *p, const uint8_t *err_msg, size_t len, const
 /* min_pool_size (PgBouncer's): open servers until each pool has that many (the 1 s tick), so
  * that load coming back after total inactivity finds them logged in. */
 void pool_keep_min(struct worker *w);
+/* reserve_pool_size (PgBouncer's): kick pools whose oldest waiting client has now waited past
+ * reserve_pool_timeout, so they may open a reserve server (the tick). */
+void pool_check_reserve(struct worker *w);
 /* pool_kick, and with max_db_connections / max_user_connections set, the kick of every other
  * pool of the same database or user that has clients waiting. */
 void pool_kick_sharing(struct pool *p);
