@@ -57,6 +57,10 @@ static const struct key_def keys[] = {
     {"admin_users", KT_STRING, FIELD(admin_users), "", 1, NULL, 0, 0},
     {"ignore_startup_parameters", KT_STRING, FIELD(ignore_startup_parameters), "", 1, NULL, 0, 0},
     {"server_reset_query", KT_STRING, FIELD(server_reset_query), "DISCARD ALL", 1, NULL, 0, 0},
+    /* PgBouncer's sanity check: a server idle longer than server_check_delay runs
+     * server_check_query before it is lent (empty = never); one that fails is closed unseen. */
+    {"server_check_query", KT_STRING, FIELD(server_check_query), "select 1", 1, NULL, 0, 0},
+    {"server_check_delay", KT_DURATION, FIELD(server_check_delay), "30s", 1, "s", 0, INT_MAX},
     {"server_connect_timeout", KT_DURATION, FIELD(server_connect_timeout), "5s", 1, "s", 0,
      INT_MAX},
     {"query_wait_timeout", KT_DURATION, FIELD(query_wait_timeout), "120s", 1, "s", 0, INT_MAX},

@@ -35,6 +35,8 @@ struct config {
     char *admin_users;           /* comma-separated */
     char *ignore_startup_parameters; /* comma-separated: startup parameters dropped */
     char *server_reset_query;
+    char *server_check_query;    /* run on a server idle past server_check_delay; "" = never */
+    int server_check_delay;      /* ms; 0 = check at every lending */
     int server_connect_timeout;  /* ms */
     int query_wait_timeout;      /* ms; 0 = wait forever */
     int client_idle_timeout;     /* ms; 0 = never */

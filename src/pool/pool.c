@@ -325,6 +325,7 @@ static void link_pair(struct pool *p, struct server *s, struct client *c)
     }
     c->server = s;
     s->client = c;
+    s->checked = 0;
     s->last_used = now_ms();
     s->query_start = s->xact_start = 0;
     stats_waited(p, c->wait_since);
@@ -367,6 +368,33 @@ static void link_pair(struct pool *p, struct server *s, struct client *c)
 }
 
 static void pool_kick_loop(struct pool *p);
+
+/* PgBouncer's server_check_query: a server idle longer than server_check_delay may have been
+ * cut off by a firewall or a restart nobody saw; it answers the query before a client gets it. */
+static int needs_check(struct server *s)
+{
+    const struct config *cfg = s->w->cfg;
+    return !s->checked && cfg->server_check_query && *cfg->server_check_query &&
+           now_ms() - s->last_used >= cfg->server_check_delay;
+}
+
+static void start_check(struct pool *p, struct server *s)
+{
+    s->checking = 1;
+    p->n_checking++;
+    s->last_used = now_ms(); /* the tick's SERVER_DRAIN_TIMEOUT_MS bounds the check too */
+    server_change_state(s, SV_RESETTING);
+    server_run_internal(s, p->w->cfg->server_check_query);
+}
+
+void pool_check_done(struct server *s)
+{
+    struct pool *p = s->pool;
+    s->checking = 0;
+    p->n_checking--;
+    s->checked = 1;
+    pool_server_ready(s);
+}
 
 static void mark_held(struct pool *p)
 {
@@ -418,10 +446,18 @@ static void pool_kick_loop(struct pool *p)
                                 "it spoke or closed while idle (terminated)");
                 continue;
             }
+            if (needs_check(s)) {
+                start_check(p, s);
+                if (p->n_checking >= p->n_waiting)
+                    return; /* the clients wait for its answer */
+                continue;
+            }
             struct client *c = container_of(list_first(&p->waiting), struct client, pool_node);
             link_pair(p, s, c);
             continue;
         }
+        if (p->n_checking >= p->n_waiting)
+            return; /* servers being checked will serve the ones waiting */
         struct node *nd = target_node(p);
         if (!nd) {
             mark_held(p);
@@ -430,7 +466,7 @@ static void pool_kick_loop(struct pool *p)
         if (login_backoff_wait(p, nd))
             return; /* a login failed: the next waits (server_login_retry), clients too */
         /* Open as many as are waiting, within pool_size and the concurrent-login bound. */
-        int want = p->n_waiting - p->n_connecting;
+        int want = p->n_waiting - p->n_connecting - p->n_checking;
         int cap = pool_cap(p);
         while (want > 0 && p->n_servers < cap &&
                p->n_connecting < w->cfg->server_connect_concurrency) {
@@ -630,7 +666,11 @@ void pool_server_ready(struct server *s)
         return;
     }
     server_change_state(s, SV_IDLE);
-    list_append(&p->idle, &s->pool_node);
+    s->last_used = now_ms(); /* idle from now: server_idle_timeout and server_check_delay */
+    if (s->checked)
+        list_append(p->idle.next, &s->pool_node); /* first: it goes to the client it was checked for */
+    else
+        list_append(&p->idle, &s->pool_node);
     pool_kick_sharing(p);
 }
 

@@ -92,6 +92,8 @@ void server_close_by(struct server *s, enum writer_evidence ev, const char *reas
         /* A writer connection that dies may mean the writer died: look now, not at the next
          * probe; and before its client is told, so that the failure counts in the failover it
          * starts (or the suspicion before it). */
+        if (s->checking)
+            p->n_checking--;
         if (p->role == ROLE_WRITER && s->nd && s->nd == s->w->topo->writer &&
             was != SV_RESETTING && !s->w->shutting_down && ev != EVIDENCE_NONE)
             topology_probe_now(s->w, ev, reason);
@@ -411,6 +413,11 @@ static int handle_internal(struct server *s, const struct msg_hdr *h, const uint
                 pool_login_failed(s->pool, body - PROTO_HDR_LEN, h->len + 1, e.message);
             return -1;
         }
+        if (s->checking) {
+            /* The client it was checked for never hears of it: another server serves it. */
+            SLOG(info, s, "server_check_query failed: %s %s: %s", e.severity, e.sqlstate, e.message);
+            return -1;
+        }
         if (strcmp(e.severity, "FATAL") == 0 || strcmp(e.severity, "PANIC") == 0) {
             SLOG(info, s, "server error: %s %s: %s", e.severity, e.sqlstate, e.message);
             if (strcmp(e.sqlstate, SQLSTATE_ADMIN_SHUTDOWN) == 0)
@@ -496,7 +503,9 @@ static int handle_internal(struct server *s, const struct msg_hdr *h, const uint
             else
                 pool_release(s, 1);
         } else if (s->state == SV_RESETTING) {
-            if (s->reset_pending)
+            if (s->checking)
+                pool_check_done(s);
+            else if (s->reset_pending)
                 server_finish_drain(s);
             else
                 pool_server_ready(s);
@@ -862,6 +871,8 @@ static void server_process_loop(struct server *s)
                     server_close(s, "login failed");
                 else if (s->setup_rejected)
                     server_close(s, "a client's setting was rejected");
+                else if (s->checking)
+                    server_close(s, "server_check_query failed");
                 else
                     server_close_by(s, s->terminated ? EVIDENCE_TERMINATED : EVIDENCE_FAILURE,
                                     "server error");

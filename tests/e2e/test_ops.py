@@ -48,3 +48,67 @@ def test_reserve_pool(cluster1, make_proxy):
     assert db and db[0]["reserve_pool"] == 1
     for x in (a, b, c):
         x.close()
+
+
+CHECK_FN = """
+create sequence if not exists ops_checks;
+create table if not exists ops_bad (pid int);
+create or replace function ops_check() returns int language plpgsql as $$
+begin
+  perform nextval('ops_checks');
+  if pg_backend_pid() in (select pid from ops_bad) then
+    raise exception 'ops_check: this backend is bad';
+  end if;
+  return 1;
+end $$;
+grant usage, select, update on sequence ops_checks to public;
+grant select on ops_bad to public;
+select nextval('ops_checks');
+"""
+
+
+def checks_run(lab):
+    with psycopg.connect(lab.dsn(1, dbname="app"), autocommit=True) as c:
+        return c.execute("select last_value from ops_checks").fetchone()[0]
+
+
+def test_server_check_query(cluster1, make_proxy):
+    """PgBouncer's server_check_query / server_check_delay: a server idle longer than the delay
+    answers the query before it is lent; one that fails it is closed and another serves the
+    client, which sees no error; a server reused at once is not checked."""
+    with psycopg.connect(cluster1.dsn(1, dbname="app"), autocommit=True) as d:
+        d.execute(CHECK_FN)
+        d.execute("delete from ops_bad")
+    p = make_proxy(cluster1, pool_mode="transaction", pool_size=2, server_check_delay="1s",
+                   server_check_query="select ops_check()")
+    c = p.connect(user="app", dbname="app")
+    first = c.execute("select pg_backend_pid()").fetchone()[0]
+    n = checks_run(cluster1)
+    assert c.execute("select pg_backend_pid()").fetchone()[0] == first  # at once: no check
+    assert checks_run(cluster1) == n
+    time.sleep(1.3)
+    assert c.execute("select pg_backend_pid()").fetchone()[0] == first  # checked, passed
+    assert checks_run(cluster1) == n + 1
+    with psycopg.connect(cluster1.dsn(1, dbname="app"), autocommit=True) as d:
+        d.execute("insert into ops_bad values (%s)", (first,))
+    time.sleep(1.3)
+    second = c.execute("select pg_backend_pid()").fetchone()[0]  # no error seen
+    assert second != first
+    assert wait_for(lambda: first not in pids(cluster1, datname="app"))
+    assert "server_check_query failed" in p.log()
+    c.close()
+
+
+def test_server_check_query_empty(cluster1, make_proxy):
+    """An empty server_check_query means no check at all."""
+    with psycopg.connect(cluster1.dsn(1, dbname="app"), autocommit=True) as d:
+        d.execute(CHECK_FN)
+    p = make_proxy(cluster1, pool_mode="transaction", pool_size=2, server_check_delay="0",
+                   server_check_query='""')
+    c = p.connect(user="app", dbname="app")
+    c.execute("select 1")
+    n = checks_run(cluster1)
+    time.sleep(0.2)
+    c.execute("select 1")
+    assert checks_run(cluster1) == n
+    c.close()
