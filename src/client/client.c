@@ -1788,7 +1788,8 @@ void client_check_timeouts(struct worker *w, int64_t now)
         client_fail_request(c, state, why);
         client_process(c);
     }
-    if (w->cfg->query_timeout > 0 || w->cfg->idle_transaction_timeout > 0) {
+    if (w->cfg->query_timeout > 0 || w->cfg->idle_transaction_timeout > 0 ||
+        w->cfg->transaction_timeout > 0) {
         int64_t now_u = now_us();
         list_for_each_safe(pos, tmp, &w->clients[CL_ACTIVE])
         {
@@ -1803,6 +1804,16 @@ void client_check_timeouts(struct worker *w, int64_t now)
                 client_close(c, SQLSTATE_QUERY_CANCELED, "query_timeout: the request ran too long");
                 if (s->state != SV_CLOSING)
                     server_close(s, "query_timeout"); /* not drained: its query may run on */
+                continue;
+            }
+            /* PgBouncer's transaction_timeout: a transaction (or a statement outside one) open
+             * this long, busy or idle, ends both connections with PgBouncer's FATAL 08P01
+             * "transaction timeout"; the server is closed, which rolls the transaction back. */
+            if (w->cfg->transaction_timeout > 0 && s->xact_start &&
+                now_u - s->xact_start > (int64_t)w->cfg->transaction_timeout * 1000) {
+                client_close(c, SQLSTATE_PROTOCOL_VIOLATION, "transaction timeout");
+                if (s->state != SV_CLOSING)
+                    server_close(s, "transaction_timeout");
                 continue;
             }
             /* idle_transaction_timeout: inside a transaction, nothing asked since the last

@@ -66,6 +66,7 @@ static const struct key_def keys[] = {
     {"query_wait_timeout", KT_DURATION, FIELD(query_wait_timeout), "120s", 1, "s", 0, INT_MAX},
     {"client_idle_timeout", KT_DURATION, FIELD(client_idle_timeout), "0", 1, "s", 0, INT_MAX},
     {"idle_transaction_timeout", KT_DURATION, FIELD(idle_transaction_timeout), "0", 1, "s", 0, INT_MAX},
+    {"transaction_timeout", KT_DURATION, FIELD(transaction_timeout), "0", 1, "s", 0, INT_MAX},
     {"query_timeout", KT_DURATION, FIELD(query_timeout), "0", 1, "s", 0, INT_MAX},
     {"server_idle_timeout", KT_DURATION, FIELD(server_idle_timeout), "600s", 1, "s", 0, INT_MAX},
     {"server_lifetime", KT_DURATION, FIELD(server_lifetime), "3600s", 1, "s", 0, INT_MAX},

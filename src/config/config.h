@@ -42,6 +42,7 @@ struct config {
     int client_idle_timeout;     /* ms; 0 = never */
     int client_login_timeout;    /* ms */
     int idle_transaction_timeout; /* ms; 0 = never: a client idle inside a transaction */
+    int transaction_timeout;     /* ms; 0 = never: a transaction open longer ends its client */
     int query_timeout;           /* ms; 0 = never: a request running longer is cancelled */
     int server_idle_timeout;     /* ms; 0 = never: an idle pooled server unused this long */
     int server_lifetime;         /* ms; 0 = never: a pooled server this old, once idle */

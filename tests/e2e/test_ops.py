@@ -112,3 +112,31 @@ def test_server_check_query_empty(cluster1, make_proxy):
     c.execute("select 1")
     assert checks_run(cluster1) == n
     c.close()
+
+
+def test_transaction_timeout(cluster1, make_proxy):
+    """PgBouncer's transaction_timeout: a client whose transaction stays open longer (idle in it
+    or busy) is disconnected with PgBouncer's FATAL 08P01 "transaction timeout", its transaction
+    rolled back; short transactions on a long-lived connection are not affected."""
+    p = make_proxy(cluster1, pool_mode="transaction", transaction_timeout="1s")
+    ok = p.connect(user="app", dbname="app")
+    r = Raw(p.port, timeout=10)
+    r.login_trust(user="app", database="app")
+    msgs, closed = r.query("begin; create table ops_tt (x int)")
+    assert not closed and msgs[-1] == (b"Z", b"T")
+    t0 = time.time()
+    err = r.error_within(5)  # idle in its transaction: told, then closed
+    assert err and err["C"] == "08P01" and err["S"] == "FATAL", err
+    assert err["M"] == "transaction timeout"
+    assert 0.9 <= time.time() - t0 < 3
+    assert r.closed()
+    busy = p.connect(user="app", dbname="app")
+    with pytest.raises(psycopg.OperationalError) as e:  # one long statement is a transaction too
+        busy.execute("select pg_sleep(5)")
+    assert "transaction timeout" in str(e.value)
+    for _ in range(12):  # 1.2 s of short transactions on one connection
+        with ok.transaction():
+            ok.execute("select 1")
+        time.sleep(0.1)
+    assert ok.execute("select to_regclass('ops_tt')").fetchone()[0] is None  # rolled back
+    ok.close()
