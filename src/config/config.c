@@ -476,14 +476,115 @@ static int parse_node(struct config *cfg, const char *name, const char *val, cha
     return 0;
 }
 
+/* ---- [databases] and [users] ---- */
+
+/* "name = pool_size=N" (PgBouncer's key=value list, of which pgstay takes pool_size): a later
+ * entry for the same name replaces the earlier one. */
+static int parse_override(struct pool_override **list, int *n, const char *sec, const char *name,
+                          const char *val, char *msg, size_t msglen)
+{
+    int pool_size = -1;
+    const char *p = val;
+    for (;;) {
+        while (isspace((unsigned char)*p))
+            p++;
+        if (*p == '\0')
+            break;
+        const char *kstart = p;
+        while (*p && *p != '=' && !isspace((unsigned char)*p))
+            p++;
+        size_t klen = (size_t)(p - kstart);
+        while (isspace((unsigned char)*p))
+            p++;
+        if (*p != '=' || klen == 0) {
+            snprintf(msg, msglen, "[%s] %s: expected key=value in \"%s\"", sec, name, val);
+            return -1;
+        }
+        p++;
+        while (isspace((unsigned char)*p))
+            p++;
+        char v[64];
+        if (conninfo_value(&p, v, sizeof(v)) < 0) {
+            snprintf(msg, msglen, "[%s] %s: value of \"%.*s\" is unterminated or too long", sec,
+                     name, (int)klen, kstart);
+            return -1;
+        }
+        if (klen != 9 || strncmp(kstart, "pool_size", 9) != 0) {
+            snprintf(msg, msglen, "[%s] %s: unknown key \"%.*s\" (only pool_size)", sec, name,
+                     (int)klen, kstart);
+            return -1;
+        }
+        char *end;
+        errno = 0;
+        long ps = strtol(v, &end, 10);
+        if (v[0] == '\0' || *end || errno || ps < 1 || ps > INT_MAX) {
+            snprintf(msg, msglen, "[%s] %s: invalid pool_size \"%s\": must be at least 1", sec,
+                     name, v);
+            return -1;
+        }
+        pool_size = (int)ps;
+    }
+    for (int i = 0; i < *n; i++) {
+        if (strcmp((*list)[i].name, name) == 0) {
+            (*list)[i].pool_size = pool_size;
+            return 0;
+        }
+    }
+    struct pool_override *nl = realloc(*list, sizeof(**list) * (size_t)(*n + 1));
+    char *copy = strdup(name);
+    if (!nl || !copy) {
+        if (nl)
+            *list = nl;
+        free(copy);
+        snprintf(msg, msglen, "out of memory");
+        return -1;
+    }
+    *list = nl;
+    nl[*n].name = copy;
+    nl[*n].pool_size = pool_size;
+    (*n)++;
+    return 0;
+}
+
+static const struct pool_override *find_override(const struct pool_override *list, int n,
+                                                 const char *name)
+{
+    for (int i = 0; name && i < n; i++)
+        if (strcmp(list[i].name, name) == 0)
+            return &list[i];
+    return NULL;
+}
+
+int config_pool_size(const struct config *cfg, const char *database, const char *user)
+{
+    const struct pool_override *o = find_override(cfg->user_overrides, cfg->n_user_overrides, user);
+    if (o && o->pool_size > 0)
+        return o->pool_size;
+    o = find_override(cfg->db_overrides, cfg->n_db_overrides, database);
+    if (o && o->pool_size > 0)
+        return o->pool_size;
+    return cfg->pool_size;
+}
+
+static void free_overrides(struct pool_override **list, int *n)
+{
+    for (int i = 0; i < *n; i++)
+        free((*list)[i].name);
+    free(*list);
+    *list = NULL;
+    *n = 0;
+}
+
 /* ---- the INI reader ---- */
 
-enum section { SEC_NONE, SEC_PGSTAY, SEC_NODES };
+enum section { SEC_NONE, SEC_PGSTAY, SEC_NODES, SEC_DATABASES, SEC_USERS };
 static const struct {
     const char *name;
     enum section sec;
 } sections[] = {{"pgstay", SEC_PGSTAY},
                 {"nodes", SEC_NODES},
+                {"databases", SEC_DATABASES},
+                {"users", SEC_USERS},
                 /* PgBouncer's name for the main section, so its settings read as they are */
                 {"pgbouncer", SEC_PGSTAY}};
 
@@ -614,6 +715,12 @@ static int parse_line(struct config *cfg, char *line, enum section *sec, const c
     }
     case SEC_NODES:
         return parse_node(cfg, key, val, msg, msglen);
+    case SEC_DATABASES:
+        return parse_override(&cfg->db_overrides, &cfg->n_db_overrides, "databases", key, val, msg,
+                              msglen);
+    case SEC_USERS:
+        return parse_override(&cfg->user_overrides, &cfg->n_user_overrides, "users", key, val, msg,
+                              msglen);
     }
     return 0;
 }
@@ -730,6 +837,8 @@ void config_free(struct config *cfg)
             store_str(cfg, &keys[i], NULL);
     free(cfg->path);
     cfg->path = NULL;
+    free_overrides(&cfg->db_overrides, &cfg->n_db_overrides);
+    free_overrides(&cfg->user_overrides, &cfg->n_user_overrides);
 }
 
 static int nodes_equal(const struct config *a, const struct config *b)
@@ -763,6 +872,15 @@ void config_apply_reload(struct config *cur, struct config *fresh)
                      load_num(fresh, k), load_num(cur, k));
         }
     }
+    /* [databases] and [users] pool sizes apply at once (pools read them at each lending). */
+    free_overrides(&cur->db_overrides, &cur->n_db_overrides);
+    free_overrides(&cur->user_overrides, &cur->n_user_overrides);
+    cur->db_overrides = fresh->db_overrides;
+    cur->n_db_overrides = fresh->n_db_overrides;
+    cur->user_overrides = fresh->user_overrides;
+    cur->n_user_overrides = fresh->n_user_overrides;
+    fresh->db_overrides = fresh->user_overrides = NULL;
+    fresh->n_db_overrides = fresh->n_user_overrides = 0;
     if (!nodes_equal(cur, fresh))
         log_warn("config: [nodes] changed but needs a restart; keeping the %d node(s) in use",
                  cur->n_nodes);

@@ -20,6 +20,12 @@ struct node_conf {
     int port;
 };
 
+/* A [databases] or [users] entry: PgBouncer's per-database and per-user pool_size. */
+struct pool_override {
+    char *name;    /* the database or user it is for */
+    int pool_size; /* -1 = not set there */
+};
+
 /* Every setting; durations are held in milliseconds whatever unit the file used. */
 struct config {
     char *path;                  /* the file this was read from */
@@ -91,6 +97,10 @@ struct config {
     int server_scram_max_iterations; /* a server's SCRAM iteration count above this is refused */
     struct node_conf nodes[CONFIG_MAX_NODES];
     int n_nodes;
+    /* [databases] and [users] (reloadable): a user's pool_size wins over its database's, which
+     * wins over pool_size, as in PgBouncer. */
+    struct pool_override *db_overrides, *user_overrides;
+    int n_db_overrides, n_user_overrides;
 };
 
 /* Fill *cfg with defaults, then read path. On error returns -1 and writes
@@ -129,6 +139,10 @@ int config_from_pgbouncer(const char *path, FILE *out, FILE *err);
 /* One conninfo value at *pp: 'single quoted' with backslash escapes (as libpq), or up to a
  * blank; *pp moves past it. 0, or -1 if unterminated or longer than cap - 1. */
 int conninfo_value(const char **pp, char *out, size_t cap);
+/* The pool_size of the pool of (database, user): the [users] entry of user, else the
+ * [databases] entry of database, else pool_size. Either name may be NULL. */
+int config_pool_size(const struct config *cfg, const char *database, const char *user);
+
 /* Is name (a comma-separated list member) in list? */
 int config_list_has(const char *list, const char *name);
 

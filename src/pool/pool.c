@@ -208,7 +208,7 @@ static int reserve_due(struct pool *p)
  * past reserve_pool_timeout. */
 static int pool_cap(struct pool *p)
 {
-    int cap = p->w->cfg->pool_size;
+    int cap = config_pool_size(p->w->cfg, p->database, p->user);
     return reserve_due(p) ? cap + p->w->cfg->reserve_pool_size : cap;
 }
 
@@ -476,7 +476,7 @@ static void pool_kick_loop(struct pool *p)
                 break;
             /* Opened with the pool's neutral parameters: a client's own are applied when it
              * is lent the server, and undone before the next one. */
-            if (p->n_servers >= w->cfg->pool_size) {
+            if (p->n_servers >= config_pool_size(w->cfg, p->database, p->user)) {
                 /* PgBouncer warns the same way: a pool living on its reserve is undersized. */
                 struct client *c = container_of(list_first(&p->waiting), struct client, pool_node);
                 log_warn("C-%llu %s/%s: taking a server from reserve_pool (waited %lld ms)",
@@ -505,7 +505,8 @@ void pool_keep_min(struct worker *w)
         struct node *nd = target_node(p);
         if (!nd || login_backoff_wait(p, nd))
             continue;
-        int cap = min < w->cfg->pool_size ? min : w->cfg->pool_size;
+        int size = config_pool_size(w->cfg, p->database, p->user);
+        int cap = min < size ? min : size;
         while (p->n_servers < cap && p->n_connecting < w->cfg->server_connect_concurrency)
             if (!server_open(w, p, nd, p->user, p->database))
                 break;

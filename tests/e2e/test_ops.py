@@ -140,3 +140,46 @@ def test_transaction_timeout(cluster1, make_proxy):
         time.sleep(0.1)
     assert ok.execute("select to_regclass('ops_tt')").fetchone()[0] is None  # rolled back
     ok.close()
+
+
+def pool_row(p, db, user):
+    rows = [r for r in p.admin_rows("SHOW POOLS") if r["database"] == db and r["user"] == user]
+    return rows[0] if rows else None
+
+
+def test_per_user_and_database_pool_size(cluster1, make_proxy):
+    """PgBouncer's [users] user = pool_size=N and [databases] db = pool_size=N: the user's wins
+    over the database's, which wins over pool_size; a reload applies a new one to waiting
+    clients."""
+    p = make_proxy(cluster1, start=False, pool_mode="session", pool_size=5)
+    p.sections = "[databases]\napp = pool_size=2\n[users]\napp = pool_size=1\n"
+    p.start()
+    held, waiting = [], []
+
+    def run(user, db):
+        c = p.connect(user=user, dbname=db)
+        t = threading.Thread(target=c.execute, args=("select 1",))
+        t.start()
+        return c, t
+
+    for user, db, n in [("app", "app", 2), ("postgres", "app", 3), ("postgres", "postgres", 3)]:
+        for _ in range(n):
+            held.append(run(user, db))
+    assert wait_for(lambda: (pool_row(p, "app", "app") or {}).get("cl_waiting") == 1)
+    assert wait_for(lambda: (pool_row(p, "app", "postgres") or {}).get("cl_waiting") == 1)
+    assert pool_row(p, "app", "app")["sv_active"] == 1
+    assert pool_row(p, "app", "postgres")["sv_active"] == 2
+    assert wait_for(lambda: pool_row(p, "postgres", "postgres")["sv_active"] >= 3)
+    assert pool_row(p, "postgres", "postgres")["cl_waiting"] == 0
+    dbs = {r["name"]: r for r in p.admin_rows("SHOW DATABASES")}
+    assert dbs["app"]["pool_size"] == 2 and dbs["postgres"]["pool_size"] == 5
+    # reload: the user's pool grows and its waiting client is served
+    p.sections = "[databases]\napp = pool_size=3\n[users]\napp = pool_size=2\n"
+    p.write_config()
+    p.signal(__import__("signal").SIGHUP)
+    assert wait_for(lambda: pool_row(p, "app", "app")["cl_waiting"] == 0)
+    assert wait_for(lambda: pool_row(p, "app", "postgres")["cl_waiting"] == 0)
+    for c, t in held:
+        t.join(5)
+        assert not t.is_alive()
+        c.close()
