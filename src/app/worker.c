@@ -9,7 +9,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <event2/dns.h>
 
@@ -253,6 +256,72 @@ static struct evconnlistener *listen_on(struct worker *w, const char *addr, int 
     return l;
 }
 
+/* An endpoint as the unix socket dir/.s.PGSQL.port, where libpq looks for it (psql -h dir -p
+ * port). A socket file left by a process that died is replaced; one that answers is not. */
+static int listen_on_unix(struct worker *w, const char *dir, int port, int role)
+{
+    struct sockaddr_un sun;
+    memset(&sun, 0, sizeof(sun));
+    sun.sun_family = AF_UNIX;
+    int n = snprintf(sun.sun_path, sizeof(sun.sun_path), "%s/.s.PGSQL.%d", dir, port);
+    if (n < 0 || (size_t)n >= sizeof(sun.sun_path)) {
+        log_error("unix_socket_dir \"%s\": the socket path is too long", dir);
+        return -1;
+    }
+    int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (probe >= 0) {
+        int live = connect(probe, (struct sockaddr *)&sun, sizeof(sun)) == 0;
+        close(probe);
+        if (live) {
+            log_error("cannot listen on %s: another process listens there", sun.sun_path);
+            return -1;
+        }
+    }
+    unlink(sun.sun_path); /* stale, from a process that did not remove it */
+    w->listen_ctx[role].w = w;
+    w->listen_ctx[role].role = role;
+    struct evconnlistener *l = evconnlistener_new_bind(
+        w->base, client_accept, &w->listen_ctx[role], LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC,
+        w->cfg->listen_backlog, (struct sockaddr *)&sun, (int)sizeof(sun));
+    if (!l) {
+        log_error("cannot listen on %s: %s", sun.sun_path, strerror(errno));
+        return -1;
+    }
+    /* PgBouncer's unix_socket_mode default: who may connect is auth_type's business. */
+    chmod(sun.sun_path, 0777);
+    w->unix_listeners[role] = l;
+    w->unix_paths[role] = strdup(sun.sun_path);
+    log_info("listening on %s (%s endpoint)", sun.sun_path, role == ROLE_WRITER ? "writer" : "reader");
+    return 0;
+}
+
+static void stop_unix(struct worker *w)
+{
+    for (int i = 0; i < 2; i++) {
+        if (w->unix_listeners[i]) {
+            evconnlistener_free(w->unix_listeners[i]);
+            w->unix_listeners[i] = NULL;
+        }
+        if (w->unix_paths[i]) {
+            unlink(w->unix_paths[i]);
+            free(w->unix_paths[i]);
+            w->unix_paths[i] = NULL;
+        }
+    }
+}
+
+static int listen_unix(struct worker *w)
+{
+    const char *dir = w->cfg->unix_socket_dir;
+    if (!dir || !*dir)
+        return 0;
+    if (listen_on_unix(w, dir, w->cfg->listen_port, ROLE_WRITER) < 0)
+        return -1;
+    if (w->cfg->readonly_port > 0 && listen_on_unix(w, dir, w->cfg->readonly_port, ROLE_READER) < 0)
+        return -1;
+    return 0;
+}
+
 int worker_listen(struct worker *w)
 {
     w->listeners[0] = listen_on(w, w->cfg->listen_addr, w->cfg->listen_port, ROLE_WRITER);
@@ -263,6 +332,8 @@ int worker_listen(struct worker *w)
         if (!w->listeners[1])
             return -1;
     }
+    if (listen_unix(w) < 0)
+        return -1;
     return metrics_start(w);
 }
 
@@ -274,6 +345,7 @@ void worker_stop_listening(struct worker *w)
             w->listeners[i] = NULL;
         }
     }
+    stop_unix(w);
 }
 
 void worker_begin_shutdown(struct worker *w)
@@ -327,8 +399,18 @@ int worker_reload(struct worker *w)
         free(fresh);
         return -1;
     }
+    char *old_unix = strdup(w->cfg->unix_socket_dir ? w->cfg->unix_socket_dir : "");
     config_apply_reload(w->cfg, fresh);
     free(fresh);
+    /* unix_socket_dir changed: the sockets move (connected clients stay where they are). */
+    if (old_unix && strcmp(old_unix, w->cfg->unix_socket_dir) != 0 && !w->shutting_down) {
+        stop_unix(w);
+        if (listen_unix(w) < 0)
+            log_error("unix_socket_dir \"%s\": not listening on unix sockets until the next "
+                      "reload",
+                      w->cfg->unix_socket_dir);
+    }
+    free(old_unix);
     userlist_keep_mock(&ul, w->users);
     userlist_free(w->users);
     *w->users = ul;

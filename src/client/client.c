@@ -745,6 +745,14 @@ static void handle_startup(struct client *c, const uint8_t *pkt, uint32_t len)
         }
         kv_set(&c->params, n, sp.values[i]);
     }
+    if (c->w->cfg->application_name_add_host) {
+        /* PgBouncer's: "name - address:port" in pg_stat_activity tells which client host a
+         * statement came from, which the pooled server connection no longer shows. */
+        const char *app = kv_get(&c->params, "application_name");
+        char named[400];
+        snprintf(named, sizeof(named), "%s - %s", app ? app : "app", client_addr(c));
+        kv_set(&c->params, "application_name", named);
+    }
     c->is_admin = !strcmp(c->database, ADMIN_DBNAME) || !strcmp(c->database, ADMIN_DBNAME_ALIAS);
     if (c->is_admin && !config_list_has(c->w->cfg->admin_users, c->user)) {
         client_close(c, SQLSTATE_INVALID_AUTH, "not allowed to connect to the pgstay admin database");

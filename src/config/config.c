@@ -41,6 +41,9 @@ static const struct key_def keys[] = {
     {"listen_addr", KT_STRING, FIELD(listen_addr), "127.0.0.1", 0, NULL, 0, 0},
     {"listen_port", KT_INT, FIELD(listen_port), "6432", 0, NULL, 1, 65535},
     {"readonly_port", KT_INT, FIELD(readonly_port), "0", 0, NULL, 0, 65535},
+    /* PgBouncer's: the endpoints also as unix sockets .s.PGSQL.<port> in this folder (psql -h
+     * folder); empty = none. Reloadable: the sockets move with it. */
+    {"unix_socket_dir", KT_STRING, FIELD(unix_socket_dir), "", 1, NULL, 0, 0},
     {"listen_backlog", KT_INT, FIELD(listen_backlog), "128", 0, NULL, 1, INT_MAX},
     {"pool_mode", KT_ENUM, FIELD(pool_mode), "session", 0, "session|transaction", 0, 0},
     {"pool_size", KT_INT, FIELD(pool_size), "20", 1, NULL, 1, INT_MAX},
@@ -55,6 +58,10 @@ static const struct key_def keys[] = {
     {"auth_type", KT_ENUM, FIELD(auth_type), "scram-sha-256", 1, "trust|md5|scram-sha-256", 0, 0},
     {"auth_file", KT_PATH, FIELD(auth_file), "userlist.txt", 1, NULL, 0, 0},
     {"admin_users", KT_STRING, FIELD(admin_users), "", 1, NULL, 0, 0},
+    {"application_name_add_host", KT_BOOL, FIELD(application_name_add_host), "off", 1, NULL, 0, 0},
+    /* PgBouncer's list of parameters to track beyond its five; pgstay tracks every startup
+     * parameter and SET of a client already, so the list changes nothing (accepted as is). */
+    {"track_extra_parameters", KT_STRING, FIELD(track_extra_parameters), "", 1, NULL, 0, 0},
     {"ignore_startup_parameters", KT_STRING, FIELD(ignore_startup_parameters), "", 1, NULL, 0, 0},
     {"server_reset_query", KT_STRING, FIELD(server_reset_query), "DISCARD ALL", 1, NULL, 0, 0},
     /* PgBouncer's sanity check: a server idle longer than server_check_delay runs

@@ -32,6 +32,7 @@ struct config {
     char *listen_addr;           /* writer and reader endpoints bind here */
     int listen_port;             /* the writer endpoint */
     int readonly_port;           /* the reader endpoint; 0 = none */
+    char *unix_socket_dir;       /* the endpoints as unix sockets in this folder too; "" = none */
     int listen_backlog;
     int pool_mode;               /* enum pool_mode */
     int pool_size;               /* server connections per (database, user) */
@@ -39,6 +40,8 @@ struct config {
     int auth_type;               /* enum auth_type */
     char *auth_file;             /* absolute, resolved against the config file's folder */
     char *admin_users;           /* comma-separated */
+    int application_name_add_host;   /* bool: " - host:port" appended to application_name */
+    char *track_extra_parameters;    /* PgBouncer's; pgstay tracks every parameter anyway */
     char *ignore_startup_parameters; /* comma-separated: startup parameters dropped */
     char *server_reset_query;
     char *server_check_query;    /* run on a server idle past server_check_delay; "" = never */

@@ -18,9 +18,8 @@ static const struct {
     {"syslog", "pgstay logs to stderr or logfile: let systemd's journal keep it"},
     {"syslog_ident", "pgstay logs to stderr"},
     {"syslog_facility", "pgstay logs to stderr"},
-    {"unix_socket_dir", "pgstay listens on TCP only"},
-    {"unix_socket_mode", "pgstay listens on TCP only"},
-    {"unix_socket_group", "pgstay listens on TCP only"},
+    {"unix_socket_mode", "pgstay's unix sockets are mode 0777, PgBouncer's default"},
+    {"unix_socket_group", "pgstay's unix sockets keep the group pgstay runs as"},
     {"user", "pgstay does not change user: start it as the user it should run as"},
     {"stats_users", "pgstay has admin_users only"},
     {"auth_query", "pgstay authenticates from auth_file only"},
@@ -274,7 +273,7 @@ int config_from_pgbouncer(const char *path, FILE *out, FILE *err)
     char main_keys[4096] = "";
     size_t mlen = 0;
     char mode[32] = "session";
-    int set_auth = 0, set_maxconn = 0, set_connect = 0, set_mode = 0;
+    int set_auth = 0, set_maxconn = 0, set_connect = 0, set_mode = 0, set_unix = 0;
     char first_db[128] = "";
     char dbs_sec[4096] = "", users_sec[4096] = ""; /* [databases] and [users] pool sizes */
     while (getline(&line, &cap, f) >= 0) {
@@ -365,6 +364,8 @@ int config_from_pgbouncer(const char *path, FILE *out, FILE *err)
                 drop(&d, "line %d: %s outside of a section", lineno, key);
             continue;
         }
+        if (!*val && !strcasecmp(key, "unix_socket_dir"))
+            set_unix = 1; /* PgBouncer: empty = no unix socket, pgstay's default */
         if (!*val)
             continue; /* PgBouncer reads an empty value as its default */
         const char *canon = config_canonical_key(key);
@@ -405,6 +406,7 @@ int config_from_pgbouncer(const char *path, FILE *out, FILE *err)
         set_auth |= !strcmp(canon, "auth_type");
         set_maxconn |= !strcmp(canon, "max_client_conn");
         set_connect |= !strcmp(canon, "server_connect_timeout");
+        set_unix |= !strcmp(canon, "unix_socket_dir");
         int n = snprintf(main_keys + mlen, sizeof(main_keys) - mlen, "%s = %s\n", canon, use);
         if (n > 0 && (size_t)n < sizeof(main_keys) - mlen)
             mlen += (size_t)n;
@@ -433,6 +435,8 @@ int config_from_pgbouncer(const char *path, FILE *out, FILE *err)
         fputs("max_client_conn = 100 ; PgBouncer's default\n", out);
     if (!set_connect)
         fputs("server_connect_timeout = 15 ; PgBouncer's default\n", out);
+    if (!set_unix)
+        fputs("unix_socket_dir = /tmp ; PgBouncer's default\n", out);
     fputs("[nodes]\n", out);
     for (int i = 0; i < cl.n; i++)
         fprintf(out, "n%d = host=%s port=%d\n", i + 1, cl.hp[i].host, cl.hp[i].port);

@@ -81,6 +81,10 @@ struct worker {
     struct list stats_kept; /* counters of freed pools (pool/stats.c) */
     struct list cancels; /* CancelRequests on their way to a server (pool.c) */
     struct evconnlistener *listeners[2]; /* writer, reader endpoint */
+    /* The same endpoints as unix sockets in unix_socket_dir (NULL: none), and their files,
+     * removed when they close. */
+    struct evconnlistener *unix_listeners[2];
+    char *unix_paths[2];
     struct listen_ctx listen_ctx[2];
     struct event *reaper;                /* frees closing objects outside their callbacks */
     struct event *tick;                  /* 1 s housekeeping: timeouts */

@@ -88,7 +88,8 @@ dns_max_ttl = 15
     assert main["client_tls_sslmode"] == "prefer"  # TLS keys carry over since issue 11
     assert main["reserve_pool_size"] == "5"
     assert settings(out, "[databases]")[1] == {"reports": "pool_size=5"}
-    for key, why in [("unix_socket_dir", "TCP only"), ("stats_users", "admin_users"),
+    assert main["unix_socket_dir"] == "/var/run/postgresql"
+    for key, why in [("stats_users", "admin_users"),
                      ("dns_max_ttl", "libevent")]:
         assert any(key in line and why in line for line in out.splitlines()
                    if line.startswith(";  ")), (key, out)
@@ -123,6 +124,7 @@ listen_addr = 127.0.0.1,10.0.0.1
                      "n3": "host=db3.internal port=5434"}
     assert main["pool_mode"] == "session"
     assert main["listen_addr"] == "127.0.0.1"
+    assert main["unix_socket_dir"] == "/tmp"  # PgBouncer's default, not pgstay's (none)
     dropped = [line for line in out.splitlines() if line.startswith(";  ")]
     text = "\n".join(dropped)
     assert "analytics: its servers are another cluster" in text and "not merged" in text

@@ -1,5 +1,10 @@
 """Operations keys with PgBouncer's names and semantics (issue 13): reserve pool, server checks,
 transaction_timeout, per-user and per-database pool sizes, unix sockets, logging."""
+import os
+import signal
+import socket
+import subprocess
+import tempfile
 import threading
 import time
 
@@ -176,10 +181,83 @@ def test_per_user_and_database_pool_size(cluster1, make_proxy):
     # reload: the user's pool grows and its waiting client is served
     p.sections = "[databases]\napp = pool_size=3\n[users]\napp = pool_size=2\n"
     p.write_config()
-    p.signal(__import__("signal").SIGHUP)
+    p.signal(signal.SIGHUP)
     assert wait_for(lambda: pool_row(p, "app", "app")["cl_waiting"] == 0)
     assert wait_for(lambda: pool_row(p, "app", "postgres")["cl_waiting"] == 0)
     for c, t in held:
         t.join(5)
         assert not t.is_alive()
         c.close()
+
+
+def psql(sockdir, port, sql, user="app", db="app"):
+    return subprocess.run(["psql", "-X", "-At", "-h", sockdir, "-p", str(port), "-U", user,
+                           "-d", db, "-c", sql], capture_output=True, text=True, timeout=20)
+
+
+def test_unix_socket_dir(cluster1, make_proxy, tmp_path):
+    """PgBouncer's unix_socket_dir: both endpoints also listen on .s.PGSQL.<port> there, so
+    psql -h <dir> works; a reload moves the sockets; the files go when pgstay stops."""
+    d1 = tempfile.mkdtemp(prefix="ops-s1-")
+    d2 = tempfile.mkdtemp(prefix="ops-s2-")
+    open(os.path.join(d1, ".s.PGSQL.1"), "w").close()  # unrelated file: left alone
+    p = make_proxy(cluster1, unix_socket_dir=d1)
+    w, r = (os.path.join(d1, ".s.PGSQL.%d" % port) for port in (p.port, p.readonly_port))
+    assert os.path.exists(w) and os.path.exists(r)
+    out = psql(d1, p.port, "select 40 + 2")
+    assert out.returncode == 0 and out.stdout.strip() == "42", out.stderr
+    out = psql(d1, p.readonly_port, "select pg_is_in_recovery()")  # the reader endpoint
+    assert out.returncode == 0, out.stderr
+    held = psycopg.connect("host=%s port=%d dbname=app user=app" % (d1, p.port), autocommit=True)
+    p.settings["unix_socket_dir"] = d2
+    p.write_config()
+    p.signal(signal.SIGHUP)
+    assert wait_for(lambda: os.path.exists(os.path.join(d2, ".s.PGSQL.%d" % p.port)))
+    assert wait_for(lambda: not os.path.exists(w))
+    assert psql(d2, p.port, "select 1").stdout.strip() == "1"
+    assert held.execute("select 3").fetchone()[0] == 3  # a connected client stays
+    held.close()
+    p.stop()
+    assert not os.path.exists(os.path.join(d2, ".s.PGSQL.%d" % p.port))
+    assert os.path.exists(os.path.join(d1, ".s.PGSQL.1"))
+
+
+def test_unix_socket_stale_and_busy(cluster1, make_proxy):
+    """A socket file left by a dead process is replaced; one another process listens on is not
+    taken over (pgstay refuses to start, naming it)."""
+    d = tempfile.mkdtemp(prefix="ops-s3-")
+    p = make_proxy(cluster1, start=False, unix_socket_dir=d)
+    path = os.path.join(d, ".s.PGSQL.%d" % p.port)
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(path)
+    s.close()  # stale: bound, nobody listening
+    p.start()
+    assert psql(d, p.port, "select 1").stdout.strip() == "1"
+    p.stop()
+    busy = socket.socket(socket.AF_UNIX)
+    busy.bind(path)
+    busy.listen(1)
+    q = make_proxy(cluster1, start=False, unix_socket_dir=d)
+    q.port, q.settings["listen_port"] = p.port, p.port
+    with pytest.raises(RuntimeError) as e:
+        q.start()
+    assert "another process listens there" in str(e.value)
+    busy.close()
+
+
+def test_application_name_add_host(cluster1, make_proxy):
+    """PgBouncer's application_name_add_host: the server sees "name - address:port" (or "app -
+    ..." when the client gave none); track_extra_parameters is accepted."""
+    p = make_proxy(cluster1, pool_mode="transaction", application_name_add_host="on",
+                   track_extra_parameters="search_path")
+    with p.connect(user="app", dbname="app", application_name="billing") as c:
+        s = socket.fromfd(c.pgconn.socket, socket.AF_INET, socket.SOCK_STREAM)  # a dup
+        local_port = s.getsockname()[1]
+        s.close()
+        name = c.execute("select current_setting('application_name')").fetchone()[0]
+        assert name == "billing - 127.0.0.1:%d" % local_port, name
+    with p.connect(user="app", dbname="app") as c:
+        name = c.execute("select current_setting('application_name')").fetchone()[0]
+        assert name.startswith("app - 127.0.0.1:"), name
+    cfg = {r["key"]: r["value"] for r in p.admin_rows("SHOW CONFIG")}
+    assert cfg["track_extra_parameters"] == "search_path"
