@@ -14,6 +14,7 @@
 #include "config/config.h"
 #include "config/userlist.h"
 #include "core/log.h"
+#include "core/logsys.h"
 
 #ifndef PGSTAY_VERSION
 #define PGSTAY_VERSION "0.1.0"
@@ -157,6 +158,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "pgstay: %s\n", lerr);
         return 1;
     }
+    logsys_config(cfg.syslog, cfg.syslog_ident, cfg.syslog_facility);
     if (pidfile_claim(cfg.pidfile) < 0)
         return 1;
     static struct worker w;

@@ -22,6 +22,7 @@
 #include "config/config.h"
 #include "config/userlist.h"
 #include "core/log.h"
+#include "core/logsys.h"
 #include "failover/failover.h"
 #include "pool/backoff.h"
 #include "pool/pool.h"
@@ -423,6 +424,7 @@ int worker_reload(struct worker *w)
     char lerr[300];
     if (log_to_file(w->cfg->logfile, lerr, sizeof(lerr)) < 0)
         log_error("%s: keeping the current log", lerr);
+    logsys_config(w->cfg->syslog, w->cfg->syslog_ident, w->cfg->syslog_facility);
     log_info("configuration reloaded from %s", w->cfg->path);
     pool_kick_all(w);
     return 0;

@@ -338,16 +338,25 @@ void client_close(struct client *c, const char *sqlstate, const char *reason)
 {
     if (c->state == CL_CLOSING)
         return;
+    const struct config *cfg = c->w->cfg;
     if (sqlstate) {
         struct pbuf b;
         pbuf_init(&b);
         proto_build_error(&b, "FATAL", sqlstate, reason, NULL);
         client_send_pbuf(c, &b);
+        if (cfg->log_pooler_errors)
+            log_warn("C-%llu %s: pooler error: %s %s", (unsigned long long)c->id, client_addr(c),
+                     sqlstate, reason);
     }
-    if (sqlstate || c->state == CL_LOGIN)
-        log_info("C-%llu %s: closing: %s", (unsigned long long)c->id, client_addr(c), reason);
+    /* PgBouncer's log_disconnections line: who, why, and how long it was connected. */
+    long long age = (long long)(now_ms() / 1000) - (long long)c->connect_s;
+    if (cfg->log_disconnections)
+        log_info("C-%llu %s %s/%s: closing because: %s (age=%llds)", (unsigned long long)c->id,
+                 client_addr(c), c->user ? c->user : "-", c->database ? c->database : "-", reason,
+                 age);
     else
-        log_debug("C-%llu: closing: %s", (unsigned long long)c->id, reason);
+        log_debug("C-%llu %s: closing because: %s (age=%llds)", (unsigned long long)c->id,
+                  client_addr(c), reason, age);
     if (c->state == CL_WAITING)
         pool_cancel_wait(c);
     if (c->server) {
@@ -441,6 +450,9 @@ void client_send_error(struct client *c, const char *sqlstate, const char *msg)
     pbuf_init(&b);
     proto_build_error(&b, "ERROR", sqlstate, msg, NULL);
     client_send_pbuf(c, &b);
+    if (c->w->cfg->log_pooler_errors)
+        log_warn("C-%llu %s: pooler error: %s %s", (unsigned long long)c->id, client_addr(c),
+                 sqlstate, msg);
 }
 
 /* ---- accepting ---- */
@@ -889,8 +901,12 @@ void client_logged_in(struct client *c)
     c->user = c->pool->user;
     c->database = c->pool->database;
     c->names_shared = 1;
-    log_debug("C-%llu %s: logged in as %s to %s", (unsigned long long)c->id, client_addr(c), c->user,
-              c->database);
+    if (c->w->cfg->log_connections)
+        log_info("C-%llu %s: login: db=%s user=%s tls=%s", (unsigned long long)c->id,
+                 client_addr(c), c->database, c->user, c->conn.tls ? "yes" : "no");
+    else
+        log_debug("C-%llu %s: logged in as %s to %s", (unsigned long long)c->id, client_addr(c),
+                  c->user, c->database);
     client_change_state(c, CL_IDLE);
     const struct kvlist *welcome = pool_welcome_find(c->pool, kv_hash(&c->params));
     if (welcome) {

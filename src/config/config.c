@@ -10,6 +10,7 @@
 #include <strings.h>
 
 #include "core/log.h"
+#include "core/logsys.h"
 
 enum key_type {
     KT_STRING,
@@ -102,6 +103,13 @@ static const struct key_def keys[] = {
     {"verbose", KT_INT, FIELD(verbose), "0", 1, NULL, 0, INT_MAX},
     {"pidfile", KT_PATH, FIELD(pidfile), "", 0, NULL, 0, 0},
     {"logfile", KT_PATH, FIELD(logfile), "", 1, NULL, 0, 0},
+    /* PgBouncer's logging switches and syslog, with its defaults. */
+    {"log_connections", KT_BOOL, FIELD(log_connections), "on", 1, NULL, 0, 0},
+    {"log_disconnections", KT_BOOL, FIELD(log_disconnections), "on", 1, NULL, 0, 0},
+    {"log_pooler_errors", KT_BOOL, FIELD(log_pooler_errors), "on", 1, NULL, 0, 0},
+    {"syslog", KT_BOOL, FIELD(syslog), "off", 1, NULL, 0, 0},
+    {"syslog_ident", KT_STRING, FIELD(syslog_ident), "pgstay", 1, NULL, 0, 0},
+    {"syslog_facility", KT_ENUM, FIELD(syslog_facility), "daemon", 1, LOGSYS_FACILITIES, 0, 0},
     /* PgBouncer's: the period of SHOW STATS_AVERAGES (and the avg_ columns of SHOW STATS). */
     {"stats_period", KT_DURATION, FIELD(stats_period), "60s", 1, "s", 1000, INT_MAX},
     /* host:port of the Prometheus endpoint (GET /metrics); empty = none. */

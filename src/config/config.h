@@ -81,6 +81,12 @@ struct config {
     int stats_period;            /* ms: SHOW STATS_AVERAGES covers this long */
     char *metrics_listen;        /* host:port of GET /metrics; empty = none */
     char *pidfile;               /* absolute; written at start, removed at exit; empty = none */
+    int log_connections;         /* bool: a line per client login and per server opened */
+    int log_disconnections;      /* bool: a line per client and server closed, with why */
+    int log_pooler_errors;       /* bool: a line per error pgstay itself sends a client */
+    int syslog;                  /* bool: the log also to syslog */
+    char *syslog_ident;
+    int syslog_facility;         /* index in LOGSYS_FACILITIES */
     char *logfile;               /* absolute; the log, reopened on SIGHUP; empty = stderr */
     /* TLS towards clients: 'S' to an SSLRequest once a certificate and key are set. */
     int client_tls_sslmode; /* enum tls_mode */

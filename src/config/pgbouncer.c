@@ -15,9 +15,6 @@ static const struct {
     const char *key;
     const char *why;
 } reasons[] = {
-    {"syslog", "pgstay logs to stderr or logfile: let systemd's journal keep it"},
-    {"syslog_ident", "pgstay logs to stderr"},
-    {"syslog_facility", "pgstay logs to stderr"},
     {"unix_socket_mode", "pgstay's unix sockets are mode 0777, PgBouncer's default"},
     {"unix_socket_group", "pgstay's unix sockets keep the group pgstay runs as"},
     {"user", "pgstay does not change user: start it as the user it should run as"},

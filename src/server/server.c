@@ -67,7 +67,12 @@ void server_close_by(struct server *s, enum writer_evidence ev, const char *reas
     if (s->state == SV_CLOSING)
         return;
     enum server_state was = s->state;
-    SLOG(info, s, "closing: %s", reason);
+    /* Probes come and go every period: their lines would drown the rest (debug only). */
+    if (s->w->cfg->log_disconnections && s->pool)
+        SLOG(info, s, "closing because: %s (age=%llds)", reason,
+             (long long)((now_ms() - s->connected_at) / 1000));
+    else
+        SLOG(debug, s, "closing because: %s", reason);
     conn_read_stop(&s->conn);
     if (was != SV_CONNECTING && was != SV_CLOSING) {
         struct pbuf b;
@@ -318,7 +323,10 @@ static void login_done(struct server *s)
     if (s->pool->base.n == 0)
         for (int i = 0; i < s->params.n; i++)
             kv_set(&s->pool->base, s->params.items[i].name, s->params.items[i].value);
-    SLOG(debug, s, "logged in (backend pid %u)", s->be_pid);
+    if (s->w->cfg->log_connections && s->pool)
+        SLOG(info, s, "new server connection (backend pid %u)", s->be_pid);
+    else
+        SLOG(debug, s, "logged in (backend pid %u)", s->be_pid);
     pool_server_ready(s);
 }
 

@@ -11,7 +11,8 @@ import time
 import psycopg
 import pytest
 
-from wire import Raw, msg
+from conftest import build_dir
+from wire import Raw
 
 
 def wait_for(pred, timeout=10.0):
@@ -261,3 +262,68 @@ def test_application_name_add_host(cluster1, make_proxy):
         assert name.startswith("app - 127.0.0.1:"), name
     cfg = {r["key"]: r["value"] for r in p.admin_rows("SHOW CONFIG")}
     assert cfg["track_extra_parameters"] == "search_path"
+
+
+def test_log_connections_disconnections_pooler_errors(cluster1, make_proxy):
+    """PgBouncer's log_connections, log_disconnections and log_pooler_errors (on by default):
+    a login line, a line per client and server closed saying why and how old, a line per error
+    pgstay itself sends; off, none of them."""
+    p = make_proxy(cluster1, pool_mode="session", server_lifetime="1s", server_idle_timeout="0")
+    with p.connect(user="app", dbname="app") as c:
+        c.execute("select 1")
+    with pytest.raises(psycopg.Error):
+        p.admin("SHOW NONSENSE")
+    assert wait_for(lambda: "server_lifetime (age=" in p.log())  # the server, closed idle
+    log = p.log()
+    assert "login: db=app user=app tls=no" in log
+    assert "app/app: closing because: client sent Terminate (age=0s)" in log
+    assert "pooler error: 42601" in log and "NONSENSE" in log
+    assert "new server connection (backend pid" in log
+    p.stop()
+    mark = len(p.log())  # the same log file: only what q writes counts below
+    q = make_proxy(cluster1, pool_mode="session", log_connections="off",
+                   log_disconnections="off", log_pooler_errors="off")
+    with q.connect(user="app", dbname="app") as c:
+        c.execute("select 1")
+    with pytest.raises(psycopg.Error):
+        q.admin("SHOW NONSENSE")
+    time.sleep(0.2)
+    log = q.log()[mark:]
+    for line in ("login: db=", "closing because: client sent Terminate", "pooler error",
+                 "new server connection"):
+        assert line not in log, line
+
+
+def test_syslog(cluster1, make_proxy, tmp_path):
+    """syslog = on sends every log line to the system log as syslog_ident with syslog_facility
+    (a datagram socket standing in for /dev/log, in a private mount namespace)."""
+    if subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
+        pytest.skip("needs unshare -m (root)")
+    dev = tempfile.mkdtemp(prefix="ops-dev-")
+    sink = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sink.bind(os.path.join(dev, "log"))
+    sink.settimeout(10)
+    p = make_proxy(cluster1, start=False, syslog="on", syslog_ident="stay7",
+                   syslog_facility="local3")
+    p.write_config()
+    # pgstay itself, with /dev replaced by the folder holding the socket
+    real = os.path.join(build_dir(), "pgstay")
+    logf = open(p.log_path, "ab")
+    proc = subprocess.Popen(["unshare", "-m", "sh", "-c",
+                             'mount --bind "$0" /dev && exec "$1" "$2"', dev, real, p.conf_path],
+                            stdout=logf, stderr=subprocess.STDOUT)
+    try:
+        got = []
+        deadline = time.time() + 10
+        while time.time() < deadline and not any(b"started" in g for g in got):
+            got.append(sink.recv(4096))
+        started = [g for g in got if b"started" in g]
+        assert started, got
+        # <PRI> = facility local3 (19) * 8 + info (6) = 158; the ident and the level name
+        assert started[0].startswith(b"<158>"), started[0]
+        assert b"stay7[" in started[0] and b"LOG pgstay" in started[0]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(10)
+        logf.close()
+        sink.close()
