@@ -10,6 +10,7 @@
 
 #include <event2/event.h>
 
+#include "app/notify.h"
 #include "app/worker.h"
 #include "config/config.h"
 #include "config/userlist.h"
@@ -45,6 +46,7 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
         break;
     case SIGINT:
         log_info("SIGINT: exiting now");
+        notify_stopping();
         event_base_loopbreak(w->base);
         break;
     }
@@ -176,6 +178,7 @@ int main(int argc, char **argv)
     }
     log_info("pgstay %s started (%d nodes, pool_mode %s)", PGSTAY_VERSION, cfg.n_nodes,
              cfg.pool_mode == POOL_SESSION ? "session" : "transaction");
+    notify_ready(); /* every listener is open (worker_listen) */
     event_base_dispatch(w.base);
     for (int i = 0; i < 3; i++)
         event_free(sigs[i]);

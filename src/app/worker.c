@@ -18,6 +18,7 @@
 
 #include "admin/admin.h"
 #include "admin/metrics.h"
+#include "app/notify.h"
 #include "client/client.h"
 #include "config/config.h"
 #include "config/userlist.h"
@@ -354,6 +355,7 @@ void worker_begin_shutdown(struct worker *w)
     if (w->shutting_down)
         return;
     w->shutting_down = 1;
+    notify_stopping();
     w->shutdown_deadline = now_ms() + w->cfg->shutdown_timeout;
     worker_stop_listening(w);
     int live = 0;
@@ -371,7 +373,19 @@ void worker_begin_shutdown(struct worker *w)
     worker_schedule_reap(w);
 }
 
+static int reload(struct worker *w);
+
 int worker_reload(struct worker *w)
+{
+    /* systemd hears of the reload whether it succeeds or not: the running config stays in
+     * place on failure, and pgstay is ready again either way. */
+    notify_reloading();
+    int r = reload(w);
+    notify_ready();
+    return r;
+}
+
+static int reload(struct worker *w)
 {
     char err[512];
     struct config *fresh = calloc(1, sizeof(*fresh));

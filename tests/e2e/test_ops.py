@@ -327,3 +327,42 @@ def test_syslog(cluster1, make_proxy, tmp_path):
         proc.wait(10)
         logf.close()
         sink.close()
+
+
+def test_systemd_notify(cluster1, make_proxy, tmp_path):
+    """systemd's Type=notify protocol through NOTIFY_SOCKET: READY=1 once the listeners accept,
+    RELOADING=1 then READY=1 around a SIGHUP and an admin RELOAD, STOPPING=1 at SIGTERM; and
+    contrib/pgstay.service is a Type=notify unit reloading with SIGHUP."""
+    d = tempfile.mkdtemp(prefix="ops-nfy-")
+    path = os.path.join(d, "notify")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(15)
+    os.environ["NOTIFY_SOCKET"] = path
+    try:
+        p = make_proxy(cluster1, start=False)
+        p.start(wait_writer=False)
+    finally:
+        del os.environ["NOTIFY_SOCKET"]
+
+    def recv():
+        return dict(line.split("=", 1) for line in sock.recv(4096).decode().splitlines())
+
+    first = recv()
+    assert first.get("READY") == "1", first
+    socket.create_connection(("127.0.0.1", p.port), timeout=2).close()  # open when READY
+    p.signal(signal.SIGHUP)
+    m = recv()
+    assert m.get("RELOADING") == "1" and int(m["MONOTONIC_USEC"]) > 0, m
+    assert recv().get("READY") == "1"
+    assert wait_for(lambda: p.admin("SHOW NODES") is not None)
+    p.admin("RELOAD")
+    assert recv().get("RELOADING") == "1"
+    assert recv().get("READY") == "1"
+    p.signal(signal.SIGTERM)
+    assert recv().get("STOPPING") == "1"
+    p.proc.wait(15)
+    sock.close()
+    unit = open(os.path.join(os.path.dirname(__file__), "..", "..", "contrib",
+                             "pgstay.service")).read()
+    assert "Type=notify" in unit and "ExecReload=/bin/kill -HUP $MAINPID" in unit
