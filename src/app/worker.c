@@ -98,19 +98,24 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
         }
     }
     /* Idle pooled servers: unused for server_idle_timeout, or older than server_lifetime
-     * (PgBouncer's keys: backends do not live forever, a pool shrinks after a burst). */
-    if (w->cfg->server_idle_timeout > 0 || w->cfg->server_lifetime > 0) {
+     * (PgBouncer's keys: backends do not live forever, a pool shrinks after a burst), or
+     * beyond a pool_size (and its reserve) a reload made smaller, as PgBouncer trims them. */
+    {
         struct list *pos, *tmp;
         list_for_each_safe(pos, tmp, &w->servers[SV_IDLE])
         {
             struct server *s = container_of(pos, struct server, node);
             if (!s->pool)
                 continue;
+            struct pool *p = s->pool;
             if (w->cfg->server_idle_timeout > 0 && now - s->last_used > w->cfg->server_idle_timeout &&
-                s->pool->n_servers > w->cfg->min_pool_size)
+                p->n_servers > w->cfg->min_pool_size)
                 server_close(s, "server_idle_timeout");
             else if (w->cfg->server_lifetime > 0 && now - s->connected_at > w->cfg->server_lifetime)
                 server_close(s, "server_lifetime");
+            else if (p->n_servers > config_pool_size(w->cfg, p->database, p->user) +
+                                        w->cfg->reserve_pool_size)
+                server_close(s, "pool_size lowered: more servers than pool_size and reserve_pool_size");
         }
     }
     pool_keep_min(w);

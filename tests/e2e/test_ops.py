@@ -189,6 +189,13 @@ def test_per_user_and_database_pool_size(cluster1, make_proxy):
         t.join(5)
         assert not t.is_alive()
         c.close()
+    # a smaller size by reload: the idle servers beyond it are closed
+    assert wait_for(lambda: pool_row(p, "app", "app")["sv_idle"] == 2)
+    p.sections = "[databases]\napp = pool_size=3\n[users]\napp = pool_size=1\n"
+    p.write_config()
+    p.signal(signal.SIGHUP)
+    assert wait_for(lambda: pool_row(p, "app", "app")["sv_idle"] == 1)
+    assert "pool_size lowered" in p.log()
 
 
 def psql(sockdir, port, sql, user="app", db="app"):
