@@ -474,8 +474,6 @@ static void pool_kick_loop(struct pool *p)
              * another pool of the same database or user makes room, or the clients wait. */
             if (at_shared_limit(p) && !evict_idle_for(p))
                 break;
-            /* Opened with the pool's neutral parameters: a client's own are applied when it
-             * is lent the server, and undone before the next one. */
             if (p->n_servers >= config_pool_size(w->cfg, p->database, p->user)) {
                 /* PgBouncer warns the same way: a pool living on its reserve is undersized. */
                 struct client *c = container_of(list_first(&p->waiting), struct client, pool_node);
@@ -483,6 +481,8 @@ static void pool_kick_loop(struct pool *p)
                          (unsigned long long)c->id, p->database, p->user,
                          (long long)(now_ms() - c->wait_since));
             }
+            /* Opened with the pool's neutral parameters: a client's own are applied when it
+             * is lent the server, and undone before the next one. */
             if (!server_open(w, p, nd, p->user, p->database))
                 break;
             want--;
@@ -521,7 +521,7 @@ void pool_check_reserve(struct worker *w)
     list_for_each_safe(pos, tmp, &w->pools)
     {
         struct pool *p = container_of(pos, struct pool, node);
-        if (p->n_waiting > p->n_connecting && p->n_servers < pool_cap(p))
+        if (p->n_waiting > p->n_connecting + p->n_checking && p->n_servers < pool_cap(p))
             pool_kick(p);
     }
 }

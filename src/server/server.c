@@ -94,11 +94,11 @@ void server_close_by(struct server *s, enum writer_evidence ev, const char *reas
         p->n_servers--;
         if (was == SV_CONNECTING || was == SV_LOGIN)
             p->n_connecting--;
+        if (s->checking)
+            p->n_checking--;
         /* A writer connection that dies may mean the writer died: look now, not at the next
          * probe; and before its client is told, so that the failure counts in the failover it
          * starts (or the suspicion before it). */
-        if (s->checking)
-            p->n_checking--;
         if (p->role == ROLE_WRITER && s->nd && s->nd == s->w->topo->writer &&
             was != SV_RESETTING && !s->w->shutting_down && ev != EVIDENCE_NONE)
             topology_probe_now(s->w, ev, reason);

@@ -334,6 +334,8 @@ def test_syslog(cluster1, make_proxy, tmp_path):
         proc.wait(10)
         logf.close()
         sink.close()
+    log = p.log()
+    assert "ERROR: AddressSanitizer" not in log and "runtime error:" not in log, log[-4000:]
 
 
 def test_systemd_notify(cluster1, make_proxy, tmp_path):
