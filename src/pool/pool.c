@@ -392,7 +392,9 @@ void pool_check_done(struct server *s)
     struct pool *p = s->pool;
     s->checking = 0;
     p->n_checking--;
-    s->checked = 1;
+    /* Lent without another check only to a client waiting now: left idle, it is checked again
+     * once idle past server_check_delay. */
+    s->checked = !list_empty(&p->waiting);
     pool_server_ready(s);
 }
 
