@@ -108,14 +108,16 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
             if (!s->pool)
                 continue;
             struct pool *p = s->pool;
-            if (w->cfg->server_idle_timeout > 0 && now - s->last_used > w->cfg->server_idle_timeout &&
+            if (w->cfg->server_idle_timeout > 0 &&
+                now - s->last_used > w->cfg->server_idle_timeout &&
                 p->n_servers > w->cfg->min_pool_size)
                 server_close(s, "server_idle_timeout");
             else if (w->cfg->server_lifetime > 0 && now - s->connected_at > w->cfg->server_lifetime)
                 server_close(s, "server_lifetime");
-            else if (p->n_servers > config_pool_size(w->cfg, p->database, p->user) +
-                                        w->cfg->reserve_pool_size)
-                server_close(s, "pool_size lowered: more servers than pool_size and reserve_pool_size");
+            else if (p->n_servers >
+                     config_pool_size(w->cfg, p->database, p->user) + w->cfg->reserve_pool_size)
+                server_close(
+                    s, "pool_size lowered: more servers than pool_size and reserve_pool_size");
         }
     }
     pool_keep_min(w);
@@ -298,7 +300,8 @@ static int listen_on_unix(struct worker *w, const char *dir, int port, int role)
     chmod(sun.sun_path, 0777);
     w->unix_listeners[role] = l;
     w->unix_paths[role] = strdup(sun.sun_path);
-    log_info("listening on %s (%s endpoint)", sun.sun_path, role == ROLE_WRITER ? "writer" : "reader");
+    log_info("listening on %s (%s endpoint)", sun.sun_path,
+             role == ROLE_WRITER ? "writer" : "reader");
     return 0;
 }
 

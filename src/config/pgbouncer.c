@@ -214,11 +214,13 @@ static void add_override(char *sec, size_t cap, const char *secname, const char 
     char *end;
     long n = strtol(size, &end, 10);
     if (!*size || *end || n < 1) {
-        drop(d, "[%s] %s: pool_size=%s: pgstay needs a pool_size of at least 1", secname, name, size);
+        drop(d, "[%s] %s: pool_size=%s: pgstay needs a pool_size of at least 1", secname, name,
+             size);
         return;
     }
     if (strpbrk(name, " \t=;#\"")) {
-        drop(d, "[%s] %s: pool_size=%s: the name cannot be written in pgstay.ini", secname, name, size);
+        drop(d, "[%s] %s: pool_size=%s: the name cannot be written in pgstay.ini", secname, name,
+             size);
         return;
     }
     size_t len = strlen(sec);

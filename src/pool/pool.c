@@ -670,8 +670,8 @@ void pool_server_ready(struct server *s)
     }
     server_change_state(s, SV_IDLE);
     s->last_used = now_ms(); /* idle from now: server_idle_timeout and server_check_delay */
-    if (s->checked)
-        list_append(p->idle.next, &s->pool_node); /* first: it goes to the client it was checked for */
+    if (s->checked) /* first: it goes to the client it was checked for */
+        list_append(p->idle.next, &s->pool_node);
     else
         list_append(&p->idle, &s->pool_node);
     pool_kick_sharing(p);

@@ -423,7 +423,8 @@ static int handle_internal(struct server *s, const struct msg_hdr *h, const uint
         }
         if (s->checking) {
             /* The client it was checked for never hears of it: another server serves it. */
-            SLOG(info, s, "server_check_query failed: %s %s: %s", e.severity, e.sqlstate, e.message);
+            SLOG(info, s, "server_check_query failed: %s %s: %s", e.severity, e.sqlstate,
+                 e.message);
             return -1;
         }
         if (strcmp(e.severity, "FATAL") == 0 || strcmp(e.severity, "PANIC") == 0) {

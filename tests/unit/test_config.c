@@ -531,13 +531,19 @@ static void test_userlist_errors(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_defaults),        cmocka_unit_test(test_every_type),
-        cmocka_unit_test(test_bools),           cmocka_unit_test(test_relative_auth_file),
-        cmocka_unit_test(test_errors),          cmocka_unit_test(test_pgbouncer_names),
+        cmocka_unit_test(test_defaults),
+        cmocka_unit_test(test_every_type),
+        cmocka_unit_test(test_bools),
+        cmocka_unit_test(test_relative_auth_file),
+        cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_pgbouncer_names),
         cmocka_unit_test(test_pool_size_overrides),
-        cmocka_unit_test(test_too_many_nodes),  cmocka_unit_test(test_unreadable),
-        cmocka_unit_test(test_reload),          cmocka_unit_test(test_list_has),
-        cmocka_unit_test(test_userlist),        cmocka_unit_test(test_userlist_last_wins),
+        cmocka_unit_test(test_too_many_nodes),
+        cmocka_unit_test(test_unreadable),
+        cmocka_unit_test(test_reload),
+        cmocka_unit_test(test_list_has),
+        cmocka_unit_test(test_userlist),
+        cmocka_unit_test(test_userlist_last_wins),
         cmocka_unit_test(test_userlist_errors),
     };
     return cmocka_run_group_tests_name("config", tests, NULL, NULL);
