@@ -56,9 +56,16 @@ static const struct key_def keys[] = {
     {"max_db_connections", KT_INT, FIELD(max_db_connections), "0", 1, NULL, 0, INT_MAX},
     {"max_user_connections", KT_INT, FIELD(max_user_connections), "0", 1, NULL, 0, INT_MAX},
     {"max_client_conn", KT_INT, FIELD(max_client_conn), "10000", 1, NULL, 1, INT_MAX},
-    {"auth_type", KT_ENUM, FIELD(auth_type), "scram-sha-256", 1, "trust|md5|scram-sha-256", 0, 0},
+    {"auth_type", KT_ENUM, FIELD(auth_type), "scram-sha-256", 1, "trust|md5|scram-sha-256|hba", 0,
+     0},
     {"auth_file", KT_PATH, FIELD(auth_file), "userlist.txt", 1, NULL, 0, 0},
+    {"auth_hba_file", KT_PATH, FIELD(auth_hba_file), "", 1, NULL, 0, 0},
+    {"auth_user", KT_STRING, FIELD(auth_user), "", 1, NULL, 0, 0},
+    {"auth_query", KT_STRING, FIELD(auth_query),
+     "SELECT usename, passwd FROM pg_shadow WHERE usename = $1", 1, NULL, 0, 0},
+    {"auth_cache_ttl", KT_DURATION, FIELD(auth_cache_ttl), "60s", 1, "s", 0, INT_MAX},
     {"admin_users", KT_STRING, FIELD(admin_users), "", 1, NULL, 0, 0},
+    {"stats_users", KT_STRING, FIELD(stats_users), "", 1, NULL, 0, 0},
     {"application_name_add_host", KT_BOOL, FIELD(application_name_add_host), "off", 1, NULL, 0, 0},
     /* PgBouncer's list of parameters to track beyond its five; pgstay tracks every startup
      * parameter and SET of a client already, so the list changes nothing (accepted as is). */
@@ -830,6 +837,10 @@ int config_load(const char *path, struct config *cfg, char *err, size_t errlen)
     }
     if (check_tls(cfg, msg, sizeof(msg)) < 0) {
         snprintf(err, errlen, "%s: %s", path, msg);
+        goto fail;
+    }
+    if (cfg->auth_type == AUTH_HBA && !*cfg->auth_hba_file) {
+        snprintf(err, errlen, "%s: auth_type = hba needs auth_hba_file", path);
         goto fail;
     }
     free(line);

@@ -89,8 +89,8 @@ dns_max_ttl = 15
     assert main["reserve_pool_size"] == "5"
     assert settings(out, "[databases]")[1] == {"reports": "pool_size=5"}
     assert main["unix_socket_dir"] == "/var/run/postgresql"
-    for key, why in [("stats_users", "admin_users"),
-                     ("dns_max_ttl", "libevent")]:
+    assert main["stats_users"] == "stats, postgres"  # carried over since issue 11
+    for key, why in [("dns_max_ttl", "libevent")]:
         assert any(key in line and why in line for line in out.splitlines()
                    if line.startswith(";  ")), (key, out)
         assert key in err
