@@ -5,6 +5,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -361,8 +362,21 @@ static int listen_on_unix(struct worker *w, const char *dir, int port, int role)
         return -1;
     }
     evconnlistener_set_error_cb(l, accept_error_cb); /* out of descriptors: as the TCP ones */
-    /* PgBouncer's unix_socket_mode default: who may connect is auth_type's business. */
-    chmod(sun.sun_path, 0777);
+    /* unix_socket_mode and unix_socket_group: who may connect at all (0777 by default, as in
+     * PgBouncer: then auth_type decides). */
+    const char *group = w->cfg->unix_socket_group;
+    if (group && *group) {
+        struct group *gr = getgrnam(group);
+        if (!gr || chown(sun.sun_path, (uid_t)-1, gr->gr_gid) < 0) {
+            log_error("unix_socket_group \"%s\": %s", group,
+                      gr ? strerror(errno) : "no such group");
+            evconnlistener_free(l);
+            unlink(sun.sun_path);
+            return -1;
+        }
+    }
+    if (chmod(sun.sun_path, (mode_t)config_unix_mode(w->cfg)) < 0)
+        log_warn("unix_socket_mode: chmod %s: %s", sun.sun_path, strerror(errno));
     w->unix_listeners[role] = l;
     w->unix_paths[role] = strdup(sun.sun_path);
     log_info("listening on %s (%s endpoint)", sun.sun_path,
@@ -458,6 +472,13 @@ void worker_begin_shutdown(struct worker *w)
 }
 
 static int reload(struct worker *w);
+
+/* What the unix sockets are made from, to tell whether a reload changed it. */
+static void unix_settings(const struct config *cfg, char *out, size_t cap)
+{
+    snprintf(out, cap, "%s\n%s\n%s", cfg->unix_socket_dir, cfg->unix_socket_mode,
+             cfg->unix_socket_group);
+}
 int worker_hba_load(const struct config *cfg, struct hba **out, char *err, size_t errlen)
 {
     *out = NULL;
@@ -537,18 +558,20 @@ static int reload(struct worker *w)
     }
     worker_hba_free(w->hba);
     w->hba = hba;
-    char *old_unix = strdup(w->cfg->unix_socket_dir ? w->cfg->unix_socket_dir : "");
+    char old_unix[1024], new_unix[1024];
+    unix_settings(w->cfg, old_unix, sizeof(old_unix));
     config_apply_reload(w->cfg, fresh);
     free(fresh);
-    /* unix_socket_dir changed: the sockets move (connected clients stay where they are). */
-    if (old_unix && strcmp(old_unix, w->cfg->unix_socket_dir) != 0 && !w->shutting_down) {
+    /* unix_socket_dir, _mode or _group changed: the sockets are made again (connected clients
+     * stay where they are). */
+    unix_settings(w->cfg, new_unix, sizeof(new_unix));
+    if (strcmp(old_unix, new_unix) != 0 && !w->shutting_down) {
         stop_unix(w);
         if (listen_unix(w) < 0)
             log_error("unix_socket_dir \"%s\": not listening on unix sockets until the next "
                       "reload",
                       w->cfg->unix_socket_dir);
     }
-    free(old_unix);
     userlist_keep_mock(&ul, w->users);
     userlist_free(w->users);
     *w->users = ul;

@@ -45,6 +45,9 @@ static const struct key_def keys[] = {
     /* PgBouncer's: the endpoints also as unix sockets .s.PGSQL.<port> in this folder (psql -h
      * folder); empty = none. Reloadable: the sockets move with it. */
     {"unix_socket_dir", KT_STRING, FIELD(unix_socket_dir), "", 1, NULL, 0, 0},
+    /* PgBouncer's: the sockets' permissions (octal, as chmod) and group (a name). */
+    {"unix_socket_mode", KT_STRING, FIELD(unix_socket_mode), "0777", 1, NULL, 0, 0},
+    {"unix_socket_group", KT_STRING, FIELD(unix_socket_group), "", 1, NULL, 0, 0},
     {"listen_backlog", KT_INT, FIELD(listen_backlog), "128", 0, NULL, 1, INT_MAX},
     {"pool_mode", KT_ENUM, FIELD(pool_mode), "session", 0, "session|transaction", 0, 0},
     {"pool_size", KT_INT, FIELD(pool_size), "20", 1, NULL, 1, INT_MAX},
@@ -578,6 +581,17 @@ static const struct pool_override *find_override(const struct pool_override *lis
     return NULL;
 }
 
+int config_unix_mode(const struct config *cfg)
+{
+    const char *m = cfg->unix_socket_mode;
+    char *end;
+    errno = 0;
+    long v = m && *m ? strtol(m, &end, 8) : -1;
+    if (v < 0 || *end || errno || v > 0777)
+        return -1;
+    return (int)v;
+}
+
 int config_pool_size(const struct config *cfg, const char *database, const char *user)
 {
     const struct pool_override *o = find_override(cfg->user_overrides, cfg->n_user_overrides, user);
@@ -837,6 +851,13 @@ int config_load(const char *path, struct config *cfg, char *err, size_t errlen)
     }
     if (check_tls(cfg, msg, sizeof(msg)) < 0) {
         snprintf(err, errlen, "%s: %s", path, msg);
+        goto fail;
+    }
+    if (config_unix_mode(cfg) < 0) {
+        snprintf(err, errlen,
+                 "%s: invalid value \"%s\" for unix_socket_mode: expected an octal mode such as "
+                 "0777 or 0770",
+                 path, cfg->unix_socket_mode);
         goto fail;
     }
     if (cfg->auth_type == AUTH_HBA && !*cfg->auth_hba_file) {

@@ -34,6 +34,8 @@ struct config {
     int listen_port;             /* the writer endpoint */
     int readonly_port;           /* the reader endpoint; 0 = none */
     char *unix_socket_dir;       /* the endpoints as unix sockets in this folder too; "" = none */
+    char *unix_socket_mode;      /* octal text, as PgBouncer's (config_unix_mode) */
+    char *unix_socket_group;     /* group of the socket files; "" = pgstay's own */
     int listen_backlog;
     int pool_mode;               /* enum pool_mode */
     int pool_size;               /* server connections per (database, user) */
@@ -155,6 +157,9 @@ int config_from_pgbouncer(const char *path, FILE *out, FILE *err);
 /* One conninfo value at *pp: 'single quoted' with backslash escapes (as libpq), or up to a
  * blank; *pp moves past it. 0, or -1 if unterminated or longer than cap - 1. */
 int conninfo_value(const char **pp, char *out, size_t cap);
+/* unix_socket_mode as a mode for chmod; -1 if it is not an octal mode. */
+int config_unix_mode(const struct config *cfg);
+
 /* The pool_size of the pool of (database, user): the [users] entry of user, else the
  * [databases] entry of database, else pool_size. Either name may be NULL. */
 int config_pool_size(const struct config *cfg, const char *database, const char *user);

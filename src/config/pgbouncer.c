@@ -15,8 +15,6 @@ static const struct {
     const char *key;
     const char *why;
 } reasons[] = {
-    {"unix_socket_mode", "pgstay's unix sockets are mode 0777, PgBouncer's default"},
-    {"unix_socket_group", "pgstay's unix sockets keep the group pgstay runs as"},
     {"user", "pgstay does not change user: start it as the user it should run as"},
     {"auth_dbname", "pgstay runs auth_query in the database the client asked for"},
     {"server_round_robin", "pgstay picks servers by node role (the writer; the least-loaded "

@@ -1,5 +1,6 @@
 """Operations keys with PgBouncer's names and semantics (issue 13): reserve pool, server checks,
 transaction_timeout, per-user and per-database pool sizes, unix sockets, logging."""
+import grp
 import os
 import signal
 import socket
@@ -224,6 +225,15 @@ def test_unix_socket_dir(cluster1, make_proxy, tmp_path):
     assert wait_for(lambda: not os.path.exists(w))
     assert psql(d2, p.port, "select 1").stdout.strip() == "1"
     assert held.execute("select 3").fetchone()[0] == 3  # a connected client stays
+    w2 = os.path.join(d2, ".s.PGSQL.%d" % p.port)
+    assert os.stat(w2).st_mode & 0o777 == 0o777  # PgBouncer's default unix_socket_mode
+    # unix_socket_mode and unix_socket_group, by reload too
+    p.settings.update(unix_socket_mode="0770", unix_socket_group="nogroup")
+    p.write_config()
+    p.signal(signal.SIGHUP)
+    assert wait_for(lambda: os.path.exists(w2) and os.stat(w2).st_mode & 0o777 == 0o770)
+    assert grp.getgrgid(os.stat(w2).st_gid).gr_name == "nogroup"
+    assert psql(d2, p.port, "select 1").stdout.strip() == "1"  # root: still allowed
     held.close()
     p.stop()
     assert not os.path.exists(os.path.join(d2, ".s.PGSQL.%d" % p.port))
@@ -251,6 +261,15 @@ def test_unix_socket_stale_and_busy(cluster1, make_proxy):
         q.start()
     assert "another process listens there" in str(e.value)
     busy.close()
+    os.unlink(path)
+    r = subprocess.run([os.path.join(build_dir(), "pgstay"), "--check-config", q.conf_path],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    q.settings["unix_socket_mode"] = "0999"
+    q.write_config()
+    r = subprocess.run([os.path.join(build_dir(), "pgstay"), "--check-config", q.conf_path],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and "unix_socket_mode" in r.stderr
 
 
 def test_application_name_add_host(cluster1, make_proxy):
