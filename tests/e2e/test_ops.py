@@ -1,5 +1,5 @@
 """Operations keys with PgBouncer's names and semantics (issue 13): reserve pool, server checks,
-transaction_timeout, per-user and per-database pool sizes, unix sockets, logging."""
+transaction_timeout, per-user and per-database pool sizes, unix sockets, logging, systemd."""
 import grp
 import os
 import signal
