@@ -238,7 +238,13 @@ static void parse_user_entry(const char *name, const char *val, char *sec, size_
         while (isspace((unsigned char)*p))
             p++;
         char v[256];
-        if (*p != '=' || (p++, conninfo_value(&p, v, sizeof(v)) < 0)) {
+        if (*p == '=')
+            p++;
+        else
+            klen = 0;
+        while (isspace((unsigned char)*p))
+            p++;
+        if (klen == 0 || conninfo_value(&p, v, sizeof(v)) < 0) {
             drop(d, "[users] %s = %s: not key=value pairs", name, val);
             return;
         }
