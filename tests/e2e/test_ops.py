@@ -2,6 +2,7 @@
 transaction_timeout, per-user and per-database pool sizes, unix sockets, logging, systemd."""
 import grp
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -199,16 +200,30 @@ def test_per_user_and_database_pool_size(cluster1, make_proxy):
     assert "pool_size lowered" in p.log()
 
 
+@pytest.fixture
+def short_dir():
+    """Folders under /tmp (a unix socket path must stay under 108 bytes), removed afterwards."""
+    made = []
+
+    def make(prefix):
+        made.append(tempfile.mkdtemp(prefix=prefix))
+        return made[-1]
+
+    yield make
+    for d in made:
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def psql(sockdir, port, sql, user="app", db="app"):
     return subprocess.run(["psql", "-X", "-At", "-h", sockdir, "-p", str(port), "-U", user,
                            "-d", db, "-c", sql], capture_output=True, text=True, timeout=20)
 
 
-def test_unix_socket_dir(cluster1, make_proxy, tmp_path):
+def test_unix_socket_dir(cluster1, make_proxy, short_dir):
     """PgBouncer's unix_socket_dir: both endpoints also listen on .s.PGSQL.<port> there, so
     psql -h <dir> works; a reload moves the sockets; the files go when pgstay stops."""
-    d1 = tempfile.mkdtemp(prefix="ops-s1-")
-    d2 = tempfile.mkdtemp(prefix="ops-s2-")
+    d1 = short_dir("ops-s1-")
+    d2 = short_dir("ops-s2-")
     open(os.path.join(d1, ".s.PGSQL.1"), "w").close()  # unrelated file: left alone
     p = make_proxy(cluster1, unix_socket_dir=d1)
     w, r = (os.path.join(d1, ".s.PGSQL.%d" % port) for port in (p.port, p.readonly_port))
@@ -242,10 +257,10 @@ def test_unix_socket_dir(cluster1, make_proxy, tmp_path):
     assert os.path.exists(os.path.join(d1, ".s.PGSQL.1"))
 
 
-def test_unix_socket_stale_and_busy(cluster1, make_proxy):
+def test_unix_socket_stale_and_busy(cluster1, make_proxy, short_dir):
     """A socket file left by a dead process is replaced; one another process listens on is not
     taken over (pgstay refuses to start, naming it)."""
-    d = tempfile.mkdtemp(prefix="ops-s3-")
+    d = short_dir("ops-s3-")
     p = make_proxy(cluster1, start=False, unix_socket_dir=d)
     path = os.path.join(d, ".s.PGSQL.%d" % p.port)
     s = socket.socket(socket.AF_UNIX)
@@ -322,12 +337,12 @@ def test_log_connections_disconnections_pooler_errors(cluster1, make_proxy):
         assert line not in log, line
 
 
-def test_syslog(cluster1, make_proxy, tmp_path):
+def test_syslog(cluster1, make_proxy, short_dir):
     """syslog = on sends every log line to the system log as syslog_ident with syslog_facility
     (a datagram socket standing in for /dev/log, in a private mount namespace)."""
     if subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
         pytest.skip("needs unshare -m (root)")
-    dev = tempfile.mkdtemp(prefix="ops-dev-")
+    dev = short_dir("ops-dev-")
     sink = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sink.bind(os.path.join(dev, "log"))
     sink.settimeout(10)
@@ -359,11 +374,11 @@ def test_syslog(cluster1, make_proxy, tmp_path):
     assert "ERROR: AddressSanitizer" not in log and "runtime error:" not in log, log[-4000:]
 
 
-def test_systemd_notify(cluster1, make_proxy, tmp_path):
+def test_systemd_notify(cluster1, make_proxy, short_dir):
     """systemd's Type=notify protocol through NOTIFY_SOCKET: READY=1 once the listeners accept,
     RELOADING=1 then READY=1 around a SIGHUP and an admin RELOAD, STOPPING=1 at SIGTERM; and
     contrib/pgstay.service is a Type=notify unit reloading with SIGHUP."""
-    d = tempfile.mkdtemp(prefix="ops-nfy-")
+    d = short_dir("ops-nfy-")
     path = os.path.join(d, "notify")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(path)
