@@ -66,19 +66,44 @@ void kv_set(struct kvlist *l, const char *name, const char *value)
     l->n++;
 }
 
+static uint64_t kv_item_hash(const char *name, const char *value)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (const char *p = name; *p; p++)
+        h = (h ^ (uint8_t)*p) * 1099511628211ULL;
+    h = (h ^ '=') * 1099511628211ULL;
+    for (const char *p = value; *p; p++)
+        h = (h ^ (uint8_t)*p) * 1099511628211ULL;
+    return h;
+}
+
 uint64_t kv_hash(const struct kvlist *l)
 {
+    /* A sum: the order of the items (kv_del reorders) does not matter, and one item's hash
+     * can be taken out again (welcome_key). */
     uint64_t sum = 0;
-    for (int i = 0; i < l->n; i++) {
-        uint64_t h = 1469598103934665603ULL;
-        for (const char *p = l->items[i].name; *p; p++)
-            h = (h ^ (uint8_t)*p) * 1099511628211ULL;
-        h = (h ^ '=') * 1099511628211ULL;
-        for (const char *p = l->items[i].value; *p; p++)
-            h = (h ^ (uint8_t)*p) * 1099511628211ULL;
-        sum += h; /* a sum: the order of the items (kv_del reorders) does not matter */
-    }
+    for (int i = 0; i < l->n; i++)
+        sum += kv_item_hash(l->items[i].name, l->items[i].value);
     return sum;
+}
+
+/* The key of the welcome a client may share with others (pool_welcome_find). With
+ * application_name_add_host every client's application_name is its own: it is left out of the
+ * key, and each client is told its own (welcome_value), so logins still need no server. */
+static uint64_t welcome_key(const struct client *c)
+{
+    uint64_t key = kv_hash(&c->params);
+    const char *app =
+        c->w->cfg->application_name_add_host ? kv_get(&c->params, "application_name") : NULL;
+    return app ? key - kv_item_hash("application_name", app) : key;
+}
+
+static const char *welcome_value(const struct client *c, const char *name, const char *value)
+{
+    const char *own = c->w->cfg->application_name_add_host && !strcmp(name, "application_name")
+                          ? kv_get(&c->params, name)
+                          : NULL;
+    return own ? own : value;
 }
 
 const char *kv_get(const struct kvlist *l, const char *name)
@@ -921,15 +946,17 @@ void client_logged_in(struct client *c)
         log_debug("C-%llu %s: logged in as %s to %s", (unsigned long long)c->id, client_addr(c),
                   c->user, c->database);
     client_change_state(c, CL_IDLE);
-    const struct kvlist *welcome = pool_welcome_find(c->pool, kv_hash(&c->params));
+    const struct kvlist *welcome = pool_welcome_find(c->pool, welcome_key(c));
     if (welcome) {
         /* A server was set up for these very parameters before: welcome the client from what
          * it reported, as PgBouncer does; only its first statement waits for a server. */
         struct pbuf wb;
         pbuf_init(&wb);
         for (int i = 0; i < welcome->n; i++) {
-            proto_build_param_status(&wb, welcome->items[i].name, welcome->items[i].value);
-            client_note_reported(c, welcome->items[i].name, welcome->items[i].value);
+            const char *name = welcome->items[i].name;
+            const char *value = welcome_value(c, name, welcome->items[i].value);
+            proto_build_param_status(&wb, name, value);
+            client_note_reported(c, name, value);
         }
         proto_build_key_data(&wb, c->cancel_pid, c->cancel_key);
         proto_build_ready(&wb, 'I');
@@ -1565,7 +1592,7 @@ void client_linked(struct client *c)
         c->reported_hash = s->params_hash;
     }
     if (!c->got_welcome) {
-        pool_welcome_store(c->pool, kv_hash(&c->params), &s->params);
+        pool_welcome_store(c->pool, welcome_key(c), &s->params);
         proto_build_key_data(&b, c->cancel_pid, c->cancel_key);
         proto_build_ready(&b, 'I');
         c->got_welcome = 1;

@@ -411,3 +411,27 @@ def test_systemd_notify(cluster1, make_proxy, short_dir):
     unit = open(os.path.join(os.path.dirname(__file__), "..", "..", "contrib",
                              "pgstay.service")).read()
     assert "Type=notify" in unit and "ExecReload=/bin/kill -HUP $MAINPID" in unit
+
+
+def test_application_name_add_host_login_needs_no_server(cluster1, make_proxy):
+    """With application_name_add_host every client's application_name differs, yet a login
+    is welcomed at once like any other (no server needed while the pool is busy), and told its
+    own application_name."""
+    p = make_proxy(cluster1, pool_mode="transaction", pool_size=1,
+                   application_name_add_host="on")
+    first = p.connect(user="app", dbname="app", application_name="web")
+    first.execute("select 1")  # the pool has welcomed these parameters once
+    first.execute("begin")
+    first.execute("select 1")  # holds the pool's one server
+    t0 = time.time()
+    c = p.connect(user="app", dbname="app", application_name="web", connect_timeout=3)
+    assert time.time() - t0 < 1.5  # not waiting for the server
+    s = socket.fromfd(c.pgconn.socket, socket.AF_INET, socket.SOCK_STREAM)
+    own = "web - 127.0.0.1:%d" % s.getsockname()[1]
+    s.close()
+    assert c.info.parameter_status("application_name") == own
+    first.execute("commit")
+    assert c.execute("select current_setting('application_name')").fetchone()[0] == own
+    assert c.info.parameter_status("application_name") == own
+    first.close()
+    c.close()
