@@ -190,6 +190,7 @@ class Pgstay(Proxy):
                     "pool_size = %d\nmax_client_conn = 11000\nauth_type = trust\n"
                     "auth_file = userlist.txt\nadmin_users = postgres\n"
                     "health_check_user = postgres\nhealth_check_dbname = postgres\n"
+                    "log_connections = 0\nlog_disconnections = 0\n"  # as PgBouncer's, above
                     "[nodes]\nn1 = host=127.0.0.1 port=%d\n"
                     % (self.port, self.mode, self.pool, self.node_port))
         self.logf = open(self.log_path, "wb")

@@ -10,10 +10,12 @@
 
 #include <event2/event.h>
 
+#include "app/notify.h"
 #include "app/worker.h"
 #include "config/config.h"
 #include "config/userlist.h"
 #include "core/log.h"
+#include "core/logsys.h"
 
 #ifndef PGSTAY_VERSION
 #define PGSTAY_VERSION "0.1.0"
@@ -44,6 +46,7 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
         break;
     case SIGINT:
         log_info("SIGINT: exiting now");
+        notify_stopping();
         event_base_loopbreak(w->base);
         break;
     }
@@ -164,6 +167,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "pgstay: %s\n", lerr);
         return 1;
     }
+    logsys_config(cfg.syslog, cfg.syslog_ident, cfg.syslog_facility);
     if (pidfile_claim(cfg.pidfile) < 0)
         return 1;
     static struct worker w;
@@ -181,6 +185,7 @@ int main(int argc, char **argv)
     }
     log_info("pgstay %s started (%d nodes, pool_mode %s)", PGSTAY_VERSION, cfg.n_nodes,
              cfg.pool_mode == POOL_SESSION ? "session" : "transaction");
+    notify_ready(); /* every listener is open (worker_listen) */
     event_base_dispatch(w.base);
     for (int i = 0; i < 3; i++)
         event_free(sigs[i]);

@@ -4,7 +4,7 @@
 # Debian's separate libfuzzer-14-dev is the standalone library, not needed with -fsanitize=fuzzer).
 set -e
 PKGS="build-essential pkg-config libevent-dev libssl-dev libpq-dev postgresql postgresql-15 postgresql-client-15 \
-libcmocka-dev libidn-dev libpg-query-dev libprotobuf-c-dev openssl python3-pytest python3-psycopg python3-asyncpg pgbouncer iptables iproute2 procps util-linux \
+libcmocka-dev libidn-dev libsystemd-dev libpg-query-dev libprotobuf-c-dev openssl python3-pytest python3-psycopg python3-asyncpg pgbouncer iptables iproute2 procps util-linux \
 default-jdk-headless libpostgresql-jdbc-java prometheus-pgbouncer-exporter python3-prometheus-client prometheus \
 clang libclang-rt-14-dev"
 missing=""

@@ -798,9 +798,9 @@ static void show_databases(struct client *c)
             cell_s(&v, NULL);
         cell_s(&v, dbs[i]);
         cell_s(&v, NULL);
-        cell_i(&v, w->cfg->pool_size);
-        cell_i(&v, 0);
-        cell_i(&v, 0);
+        cell_i(&v, config_pool_size(w->cfg, dbs[i], NULL));
+        cell_i(&v, w->cfg->min_pool_size);
+        cell_i(&v, w->cfg->reserve_pool_size);
         cell_s(&v, mode_name(w));
         cell_i(&v, 0);
         cell_i(&v, conns);

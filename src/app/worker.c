@@ -5,11 +5,14 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -17,12 +20,14 @@
 
 #include "admin/admin.h"
 #include "admin/metrics.h"
+#include "app/notify.h"
 #include "client/authquery.h"
 #include "client/client.h"
 #include "config/config.h"
 #include "config/hba.h"
 #include "config/userlist.h"
 #include "core/log.h"
+#include "core/logsys.h"
 #include "failover/failover.h"
 #include "pool/backoff.h"
 #include "pool/pool.h"
@@ -97,22 +102,30 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
         }
     }
     /* Idle pooled servers: unused for server_idle_timeout, or older than server_lifetime
-     * (PgBouncer's keys: backends do not live forever, a pool shrinks after a burst). */
-    if (w->cfg->server_idle_timeout > 0 || w->cfg->server_lifetime > 0) {
+     * (PgBouncer's keys: backends do not live forever, a pool shrinks after a burst), or
+     * beyond a pool_size (and its reserve) a reload made smaller, as PgBouncer trims them. */
+    {
         struct list *pos, *tmp;
         list_for_each_safe(pos, tmp, &w->servers[SV_IDLE])
         {
             struct server *s = container_of(pos, struct server, node);
             if (!s->pool)
                 continue;
-            if (w->cfg->server_idle_timeout > 0 && now - s->last_used > w->cfg->server_idle_timeout &&
-                s->pool->n_servers > w->cfg->min_pool_size)
+            struct pool *p = s->pool;
+            if (w->cfg->server_idle_timeout > 0 &&
+                now - s->last_used > w->cfg->server_idle_timeout &&
+                p->n_servers > w->cfg->min_pool_size)
                 server_close(s, "server_idle_timeout");
             else if (w->cfg->server_lifetime > 0 && now - s->connected_at > w->cfg->server_lifetime)
                 server_close(s, "server_lifetime");
+            else if (p->n_servers >
+                     config_pool_size(w->cfg, p->database, p->user) + w->cfg->reserve_pool_size)
+                server_close(
+                    s, "pool_size lowered: more servers than pool_size and reserve_pool_size");
         }
     }
     pool_keep_min(w);
+    pool_check_reserve(w);
     /* Servers stuck connecting or logging in past server_connect_timeout. */
     for (int st = SV_CONNECTING; st <= SV_LOGIN; st++) {
         struct list *pos, *tmp;
@@ -231,9 +244,12 @@ static void accept_resume_cb(evutil_socket_t fd, short what, void *arg)
     struct worker *w = arg;
     if (w->spare_fd < 0)
         w->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-    for (int i = 0; i < 2; i++)
+    for (int i = 0; i < 2; i++) {
         if (w->listeners[i])
             evconnlistener_enable(w->listeners[i]);
+        if (w->unix_listeners[i])
+            evconnlistener_enable(w->unix_listeners[i]);
+    }
 }
 
 /*
@@ -265,9 +281,12 @@ static void accept_error_cb(struct evconnlistener *l, void *arg)
         if (fd >= 0)
             client_accept_fd(ctx, fd, (struct sockaddr *)&ss, (int)len, 1);
     }
-    for (int i = 0; i < 2; i++)
+    for (int i = 0; i < 2; i++) {
         if (w->listeners[i])
             evconnlistener_disable(w->listeners[i]);
+        if (w->unix_listeners[i])
+            evconnlistener_disable(w->unix_listeners[i]);
+    }
     struct timeval tv = {0, 100 * 1000};
     evtimer_add(w->accept_resume, &tv);
 }
@@ -311,6 +330,87 @@ static struct evconnlistener *listen_on(struct worker *w, const char *addr, int 
     return l;
 }
 
+/* An endpoint as the unix socket dir/.s.PGSQL.port, where libpq looks for it (psql -h dir -p
+ * port). A socket file left by a process that died is replaced; one that answers is not. */
+static int listen_on_unix(struct worker *w, const char *dir, int port, int role)
+{
+    struct sockaddr_un sun;
+    memset(&sun, 0, sizeof(sun));
+    sun.sun_family = AF_UNIX;
+    int n = snprintf(sun.sun_path, sizeof(sun.sun_path), "%s/.s.PGSQL.%d", dir, port);
+    if (n < 0 || (size_t)n >= sizeof(sun.sun_path)) {
+        log_error("unix_socket_dir \"%s\": the socket path is too long", dir);
+        return -1;
+    }
+    int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (probe >= 0) {
+        int live = connect(probe, (struct sockaddr *)&sun, sizeof(sun)) == 0;
+        close(probe);
+        if (live) {
+            log_error("cannot listen on %s: another process listens there", sun.sun_path);
+            return -1;
+        }
+    }
+    unlink(sun.sun_path); /* stale, from a process that did not remove it */
+    w->listen_ctx[role].w = w;
+    w->listen_ctx[role].role = role;
+    struct evconnlistener *l = evconnlistener_new_bind(
+        w->base, client_accept, &w->listen_ctx[role], LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC,
+        w->cfg->listen_backlog, (struct sockaddr *)&sun, (int)sizeof(sun));
+    if (!l) {
+        log_error("cannot listen on %s: %s", sun.sun_path, strerror(errno));
+        return -1;
+    }
+    evconnlistener_set_error_cb(l, accept_error_cb); /* out of descriptors: as the TCP ones */
+    /* unix_socket_mode and unix_socket_group: who may connect at all (0777 by default, as in
+     * PgBouncer: then auth_type decides). */
+    const char *group = w->cfg->unix_socket_group;
+    if (group && *group) {
+        struct group *gr = getgrnam(group);
+        if (!gr || chown(sun.sun_path, (uid_t)-1, gr->gr_gid) < 0) {
+            log_error("unix_socket_group \"%s\": %s", group,
+                      gr ? strerror(errno) : "no such group");
+            evconnlistener_free(l);
+            unlink(sun.sun_path);
+            return -1;
+        }
+    }
+    if (chmod(sun.sun_path, (mode_t)config_unix_mode(w->cfg)) < 0)
+        log_warn("unix_socket_mode: chmod %s: %s", sun.sun_path, strerror(errno));
+    w->unix_listeners[role] = l;
+    w->unix_paths[role] = strdup(sun.sun_path);
+    log_info("listening on %s (%s endpoint)", sun.sun_path,
+             role == ROLE_WRITER ? "writer" : "reader");
+    return 0;
+}
+
+static void stop_unix(struct worker *w)
+{
+    for (int i = 0; i < 2; i++) {
+        if (w->unix_listeners[i]) {
+            evconnlistener_free(w->unix_listeners[i]);
+            w->unix_listeners[i] = NULL;
+        }
+        if (w->unix_paths[i]) {
+            unlink(w->unix_paths[i]);
+            free(w->unix_paths[i]);
+            w->unix_paths[i] = NULL;
+        }
+    }
+}
+
+static int listen_unix(struct worker *w)
+{
+    const char *dir = w->cfg->unix_socket_dir;
+    if (!dir || !*dir)
+        return 0;
+    if (listen_on_unix(w, dir, w->cfg->listen_port, ROLE_WRITER) < 0)
+        return -1;
+    if (w->cfg->readonly_port > 0 && listen_on_unix(w, dir, w->cfg->readonly_port, ROLE_READER) < 0)
+        return -1;
+    return 0;
+}
+
 int worker_listen(struct worker *w)
 {
     if (!w->accept_resume) {
@@ -325,6 +425,8 @@ int worker_listen(struct worker *w)
         if (!w->listeners[1])
             return -1;
     }
+    if (listen_unix(w) < 0)
+        return -1;
     return metrics_start(w);
 }
 
@@ -336,6 +438,7 @@ void worker_stop_listening(struct worker *w)
             w->listeners[i] = NULL;
         }
     }
+    stop_unix(w);
     if (w->accept_resume) {
         event_free(w->accept_resume);
         w->accept_resume = NULL;
@@ -350,6 +453,7 @@ void worker_begin_shutdown(struct worker *w)
     if (w->shutting_down)
         return;
     w->shutting_down = 1;
+    notify_stopping();
     w->shutdown_deadline = now_ms() + w->cfg->shutdown_timeout;
     worker_stop_listening(w);
     int live = 0;
@@ -367,6 +471,14 @@ void worker_begin_shutdown(struct worker *w)
     worker_schedule_reap(w);
 }
 
+static int reload(struct worker *w);
+
+/* What the unix sockets are made from, to tell whether a reload changed it. */
+static void unix_settings(const struct config *cfg, char *out, size_t cap)
+{
+    snprintf(out, cap, "%s\n%s\n%s", cfg->unix_socket_dir, cfg->unix_socket_mode,
+             cfg->unix_socket_group);
+}
 int worker_hba_load(const struct config *cfg, struct hba **out, char *err, size_t errlen)
 {
     *out = NULL;
@@ -394,6 +506,16 @@ void worker_hba_free(struct hba *h)
 }
 
 int worker_reload(struct worker *w)
+{
+    /* systemd hears of the reload whether it succeeds or not: the running config stays in
+     * place on failure, and pgstay is ready again either way. */
+    notify_reloading();
+    int r = reload(w);
+    notify_ready();
+    return r;
+}
+
+static int reload(struct worker *w)
 {
     char err[512];
     struct config *fresh = calloc(1, sizeof(*fresh));
@@ -436,8 +558,20 @@ int worker_reload(struct worker *w)
     }
     worker_hba_free(w->hba);
     w->hba = hba;
+    char old_unix[1024], new_unix[1024];
+    unix_settings(w->cfg, old_unix, sizeof(old_unix));
     config_apply_reload(w->cfg, fresh);
     free(fresh);
+    /* unix_socket_dir, _mode or _group changed: the sockets are made again (connected clients
+     * stay where they are). */
+    unix_settings(w->cfg, new_unix, sizeof(new_unix));
+    if (strcmp(old_unix, new_unix) != 0 && !w->shutting_down) {
+        stop_unix(w);
+        if (listen_unix(w) < 0)
+            log_error("unix_socket_dir \"%s\": not listening on unix sockets until the next "
+                      "reload",
+                      w->cfg->unix_socket_dir);
+    }
     userlist_keep_mock(&ul, w->users);
     userlist_free(w->users);
     *w->users = ul;
@@ -450,6 +584,7 @@ int worker_reload(struct worker *w)
     char lerr[300];
     if (log_to_file(w->cfg->logfile, lerr, sizeof(lerr)) < 0)
         log_error("%s: keeping the current log", lerr);
+    logsys_config(w->cfg->syslog, w->cfg->syslog_ident, w->cfg->syslog_facility);
     log_info("configuration reloaded from %s", w->cfg->path);
     pool_kick_all(w);
     return 0;

@@ -66,19 +66,44 @@ void kv_set(struct kvlist *l, const char *name, const char *value)
     l->n++;
 }
 
+static uint64_t kv_item_hash(const char *name, const char *value)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (const char *p = name; *p; p++)
+        h = (h ^ (uint8_t)*p) * 1099511628211ULL;
+    h = (h ^ '=') * 1099511628211ULL;
+    for (const char *p = value; *p; p++)
+        h = (h ^ (uint8_t)*p) * 1099511628211ULL;
+    return h;
+}
+
 uint64_t kv_hash(const struct kvlist *l)
 {
+    /* A sum: the order of the items (kv_del reorders) does not matter, and one item's hash
+     * can be taken out again (welcome_key). */
     uint64_t sum = 0;
-    for (int i = 0; i < l->n; i++) {
-        uint64_t h = 1469598103934665603ULL;
-        for (const char *p = l->items[i].name; *p; p++)
-            h = (h ^ (uint8_t)*p) * 1099511628211ULL;
-        h = (h ^ '=') * 1099511628211ULL;
-        for (const char *p = l->items[i].value; *p; p++)
-            h = (h ^ (uint8_t)*p) * 1099511628211ULL;
-        sum += h; /* a sum: the order of the items (kv_del reorders) does not matter */
-    }
+    for (int i = 0; i < l->n; i++)
+        sum += kv_item_hash(l->items[i].name, l->items[i].value);
     return sum;
+}
+
+/* The key of the welcome a client may share with others (pool_welcome_find). With
+ * application_name_add_host every client's application_name is its own: it is left out of the
+ * key, and each client is told its own (welcome_value), so logins still need no server. */
+static uint64_t welcome_key(const struct client *c)
+{
+    uint64_t key = kv_hash(&c->params);
+    const char *app =
+        c->w->cfg->application_name_add_host ? kv_get(&c->params, "application_name") : NULL;
+    return app ? key - kv_item_hash("application_name", app) : key;
+}
+
+static const char *welcome_value(const struct client *c, const char *name, const char *value)
+{
+    const char *own = c->w->cfg->application_name_add_host && !strcmp(name, "application_name")
+                          ? kv_get(&c->params, name)
+                          : NULL;
+    return own ? own : value;
 }
 
 const char *kv_get(const struct kvlist *l, const char *name)
@@ -338,16 +363,25 @@ void client_close(struct client *c, const char *sqlstate, const char *reason)
 {
     if (c->state == CL_CLOSING)
         return;
+    const struct config *cfg = c->w->cfg;
     if (sqlstate) {
         struct pbuf b;
         pbuf_init(&b);
         proto_build_error(&b, "FATAL", sqlstate, reason, NULL);
         client_send_pbuf(c, &b);
+        if (cfg->log_pooler_errors)
+            log_warn("C-%llu %s: pooler error: %s %s", (unsigned long long)c->id, client_addr(c),
+                     sqlstate, reason);
     }
-    if (sqlstate || c->state == CL_LOGIN)
-        log_info("C-%llu %s: closing: %s", (unsigned long long)c->id, client_addr(c), reason);
+    /* PgBouncer's log_disconnections line: who, why, and how long it was connected. */
+    long long age = (long long)(now_ms() / 1000) - (long long)c->connect_s;
+    if (cfg->log_disconnections)
+        log_info("C-%llu %s %s/%s: closing because: %s (age=%llds)", (unsigned long long)c->id,
+                 client_addr(c), c->user ? c->user : "-", c->database ? c->database : "-", reason,
+                 age);
     else
-        log_debug("C-%llu: closing: %s", (unsigned long long)c->id, reason);
+        log_debug("C-%llu %s: closing because: %s (age=%llds)", (unsigned long long)c->id,
+                  client_addr(c), reason, age);
     if (c->state == CL_WAITING)
         pool_cancel_wait(c);
     if (c->server) {
@@ -441,6 +475,9 @@ void client_send_error(struct client *c, const char *sqlstate, const char *msg)
     pbuf_init(&b);
     proto_build_error(&b, "ERROR", sqlstate, msg, NULL);
     client_send_pbuf(c, &b);
+    if (c->w->cfg->log_pooler_errors)
+        log_warn("C-%llu %s: pooler error: %s %s", (unsigned long long)c->id, client_addr(c),
+                 sqlstate, msg);
 }
 
 /* ---- accepting ---- */
@@ -750,6 +787,14 @@ static void handle_startup(struct client *c, const uint8_t *pkt, uint32_t len)
         }
         kv_set(&c->params, n, sp.values[i]);
     }
+    if (c->w->cfg->application_name_add_host) {
+        /* PgBouncer's: "name - address:port" in pg_stat_activity tells which client host a
+         * statement came from, which the pooled server connection no longer shows. */
+        const char *app = kv_get(&c->params, "application_name");
+        char named[400];
+        snprintf(named, sizeof(named), "%s - %s", app ? app : "app", client_addr(c));
+        kv_set(&c->params, "application_name", named);
+    }
     c->is_admin = !strcmp(c->database, ADMIN_DBNAME) || !strcmp(c->database, ADMIN_DBNAME_ALIAS);
     if (c->fd_short && !c->is_admin) {
         c->w->stats.clients_rejected++;
@@ -894,18 +939,24 @@ void client_logged_in(struct client *c)
     c->user = c->pool->user;
     c->database = c->pool->database;
     c->names_shared = 1;
-    log_debug("C-%llu %s: logged in as %s to %s", (unsigned long long)c->id, client_addr(c), c->user,
-              c->database);
+    if (c->w->cfg->log_connections)
+        log_info("C-%llu %s: login: db=%s user=%s tls=%s", (unsigned long long)c->id,
+                 client_addr(c), c->database, c->user, c->conn.tls ? "yes" : "no");
+    else
+        log_debug("C-%llu %s: logged in as %s to %s", (unsigned long long)c->id, client_addr(c),
+                  c->user, c->database);
     client_change_state(c, CL_IDLE);
-    const struct kvlist *welcome = pool_welcome_find(c->pool, kv_hash(&c->params));
+    const struct kvlist *welcome = pool_welcome_find(c->pool, welcome_key(c));
     if (welcome) {
         /* A server was set up for these very parameters before: welcome the client from what
          * it reported, as PgBouncer does; only its first statement waits for a server. */
         struct pbuf wb;
         pbuf_init(&wb);
         for (int i = 0; i < welcome->n; i++) {
-            proto_build_param_status(&wb, welcome->items[i].name, welcome->items[i].value);
-            client_note_reported(c, welcome->items[i].name, welcome->items[i].value);
+            const char *name = welcome->items[i].name;
+            const char *value = welcome_value(c, name, welcome->items[i].value);
+            proto_build_param_status(&wb, name, value);
+            client_note_reported(c, name, value);
         }
         proto_build_key_data(&wb, c->cancel_pid, c->cancel_key);
         proto_build_ready(&wb, 'I');
@@ -1541,7 +1592,7 @@ void client_linked(struct client *c)
         c->reported_hash = s->params_hash;
     }
     if (!c->got_welcome) {
-        pool_welcome_store(c->pool, kv_hash(&c->params), &s->params);
+        pool_welcome_store(c->pool, welcome_key(c), &s->params);
         proto_build_key_data(&b, c->cancel_pid, c->cancel_key);
         proto_build_ready(&b, 'I');
         c->got_welcome = 1;
@@ -1802,7 +1853,8 @@ void client_check_timeouts(struct worker *w, int64_t now)
         client_fail_request(c, state, why);
         client_process(c);
     }
-    if (w->cfg->query_timeout > 0 || w->cfg->idle_transaction_timeout > 0) {
+    if (w->cfg->query_timeout > 0 || w->cfg->idle_transaction_timeout > 0 ||
+        w->cfg->transaction_timeout > 0) {
         int64_t now_u = now_us();
         list_for_each_safe(pos, tmp, &w->clients[CL_ACTIVE])
         {
@@ -1817,6 +1869,16 @@ void client_check_timeouts(struct worker *w, int64_t now)
                 client_close(c, SQLSTATE_QUERY_CANCELED, "query_timeout: the request ran too long");
                 if (s->state != SV_CLOSING)
                     server_close(s, "query_timeout"); /* not drained: its query may run on */
+                continue;
+            }
+            /* PgBouncer's transaction_timeout: a transaction (or a statement outside one) open
+             * this long, busy or idle, ends both connections with PgBouncer's FATAL 08P01
+             * "transaction timeout"; the server is closed, which rolls the transaction back. */
+            if (w->cfg->transaction_timeout > 0 && s->xact_start &&
+                now_u - s->xact_start > (int64_t)w->cfg->transaction_timeout * 1000) {
+                client_close(c, SQLSTATE_PROTOCOL_VIOLATION, "transaction timeout");
+                if (s->state != SV_CLOSING)
+                    server_close(s, "transaction_timeout");
                 continue;
             }
             /* idle_transaction_timeout: inside a transaction, nothing asked since the last

@@ -10,6 +10,7 @@
 #include <strings.h>
 
 #include "core/log.h"
+#include "core/logsys.h"
 
 enum key_type {
     KT_STRING,
@@ -41,10 +42,20 @@ static const struct key_def keys[] = {
     {"listen_addr", KT_STRING, FIELD(listen_addr), "127.0.0.1", 0, NULL, 0, 0},
     {"listen_port", KT_INT, FIELD(listen_port), "6432", 0, NULL, 1, 65535},
     {"readonly_port", KT_INT, FIELD(readonly_port), "0", 0, NULL, 0, 65535},
+    /* PgBouncer's: the endpoints also as unix sockets .s.PGSQL.<port> in this folder (psql -h
+     * folder); empty = none. Reloadable: the sockets move with it. */
+    {"unix_socket_dir", KT_STRING, FIELD(unix_socket_dir), "", 1, NULL, 0, 0},
+    /* PgBouncer's: the sockets' permissions (octal, as chmod) and group (a name). */
+    {"unix_socket_mode", KT_STRING, FIELD(unix_socket_mode), "0777", 1, NULL, 0, 0},
+    {"unix_socket_group", KT_STRING, FIELD(unix_socket_group), "", 1, NULL, 0, 0},
     {"listen_backlog", KT_INT, FIELD(listen_backlog), "128", 0, NULL, 1, INT_MAX},
     {"pool_mode", KT_ENUM, FIELD(pool_mode), "session", 0, "session|transaction", 0, 0},
     {"pool_size", KT_INT, FIELD(pool_size), "20", 1, NULL, 1, INT_MAX},
     {"min_pool_size", KT_INT, FIELD(min_pool_size), "0", 1, NULL, 0, INT_MAX},
+    /* PgBouncer's reserve pool: extra servers for a pool whose oldest waiting client has waited
+     * reserve_pool_timeout (a burst is absorbed without raising pool_size for good). */
+    {"reserve_pool_size", KT_INT, FIELD(reserve_pool_size), "0", 1, NULL, 0, INT_MAX},
+    {"reserve_pool_timeout", KT_DURATION, FIELD(reserve_pool_timeout), "5s", 1, "s", 0, INT_MAX},
     {"max_db_connections", KT_INT, FIELD(max_db_connections), "0", 1, NULL, 0, INT_MAX},
     {"max_user_connections", KT_INT, FIELD(max_user_connections), "0", 1, NULL, 0, INT_MAX},
     {"max_client_conn", KT_INT, FIELD(max_client_conn), "10000", 1, NULL, 1, INT_MAX},
@@ -58,13 +69,23 @@ static const struct key_def keys[] = {
     {"auth_cache_ttl", KT_DURATION, FIELD(auth_cache_ttl), "60s", 1, "s", 0, INT_MAX},
     {"admin_users", KT_STRING, FIELD(admin_users), "", 1, NULL, 0, 0},
     {"stats_users", KT_STRING, FIELD(stats_users), "", 1, NULL, 0, 0},
+    {"application_name_add_host", KT_BOOL, FIELD(application_name_add_host), "off", 1, NULL, 0, 0},
+    /* PgBouncer's list of parameters to track beyond its five; pgstay tracks every startup
+     * parameter and SET of a client already, so the list changes nothing (accepted as is). */
+    {"track_extra_parameters", KT_STRING, FIELD(track_extra_parameters), "", 1, NULL, 0, 0},
     {"ignore_startup_parameters", KT_STRING, FIELD(ignore_startup_parameters), "", 1, NULL, 0, 0},
     {"server_reset_query", KT_STRING, FIELD(server_reset_query), "DISCARD ALL", 1, NULL, 0, 0},
+    /* PgBouncer's sanity check: a server idle longer than server_check_delay runs
+     * server_check_query before it is lent (empty = never); one that fails is closed unseen. */
+    {"server_check_query", KT_STRING, FIELD(server_check_query), "select 1", 1, NULL, 0, 0},
+    {"server_check_delay", KT_DURATION, FIELD(server_check_delay), "30s", 1, "s", 0, INT_MAX},
     {"server_connect_timeout", KT_DURATION, FIELD(server_connect_timeout), "5s", 1, "s", 0,
      INT_MAX},
     {"query_wait_timeout", KT_DURATION, FIELD(query_wait_timeout), "120s", 1, "s", 0, INT_MAX},
     {"client_idle_timeout", KT_DURATION, FIELD(client_idle_timeout), "0", 1, "s", 0, INT_MAX},
-    {"idle_transaction_timeout", KT_DURATION, FIELD(idle_transaction_timeout), "0", 1, "s", 0, INT_MAX},
+    {"idle_transaction_timeout", KT_DURATION, FIELD(idle_transaction_timeout), "0", 1, "s", 0,
+     INT_MAX},
+    {"transaction_timeout", KT_DURATION, FIELD(transaction_timeout), "0", 1, "s", 0, INT_MAX},
     {"query_timeout", KT_DURATION, FIELD(query_timeout), "0", 1, "s", 0, INT_MAX},
     {"server_idle_timeout", KT_DURATION, FIELD(server_idle_timeout), "600s", 1, "s", 0, INT_MAX},
     {"server_lifetime", KT_DURATION, FIELD(server_lifetime), "3600s", 1, "s", 0, INT_MAX},
@@ -93,6 +114,13 @@ static const struct key_def keys[] = {
     {"verbose", KT_INT, FIELD(verbose), "0", 1, NULL, 0, INT_MAX},
     {"pidfile", KT_PATH, FIELD(pidfile), "", 0, NULL, 0, 0},
     {"logfile", KT_PATH, FIELD(logfile), "", 1, NULL, 0, 0},
+    /* PgBouncer's logging switches and syslog, with its defaults. */
+    {"log_connections", KT_BOOL, FIELD(log_connections), "on", 1, NULL, 0, 0},
+    {"log_disconnections", KT_BOOL, FIELD(log_disconnections), "on", 1, NULL, 0, 0},
+    {"log_pooler_errors", KT_BOOL, FIELD(log_pooler_errors), "on", 1, NULL, 0, 0},
+    {"syslog", KT_BOOL, FIELD(syslog), "off", 1, NULL, 0, 0},
+    {"syslog_ident", KT_STRING, FIELD(syslog_ident), "pgstay", 1, NULL, 0, 0},
+    {"syslog_facility", KT_ENUM, FIELD(syslog_facility), "daemon", 1, LOGSYS_FACILITIES, 0, 0},
     /* PgBouncer's: the period of SHOW STATS_AVERAGES (and the avg_ columns of SHOW STATS). */
     {"stats_period", KT_DURATION, FIELD(stats_period), "60s", 1, "s", 1000, INT_MAX},
     /* host:port of the Prometheus endpoint (GET /metrics); empty = none. */
@@ -474,14 +502,126 @@ static int parse_node(struct config *cfg, const char *name, const char *val, cha
     return 0;
 }
 
+/* ---- [databases] and [users] ---- */
+
+/* "name = pool_size=N" (PgBouncer's key=value list, of which pgstay takes pool_size): a later
+ * entry for the same name replaces the earlier one. */
+static int parse_override(struct pool_override **list, int *n, const char *sec, const char *name,
+                          const char *val, char *msg, size_t msglen)
+{
+    int pool_size = -1;
+    const char *p = val;
+    for (;;) {
+        while (isspace((unsigned char)*p))
+            p++;
+        if (*p == '\0')
+            break;
+        const char *kstart = p;
+        while (*p && *p != '=' && !isspace((unsigned char)*p))
+            p++;
+        size_t klen = (size_t)(p - kstart);
+        while (isspace((unsigned char)*p))
+            p++;
+        if (*p != '=' || klen == 0) {
+            snprintf(msg, msglen, "[%s] %s: expected key=value in \"%s\"", sec, name, val);
+            return -1;
+        }
+        p++;
+        while (isspace((unsigned char)*p))
+            p++;
+        char v[64];
+        if (conninfo_value(&p, v, sizeof(v)) < 0) {
+            snprintf(msg, msglen, "[%s] %s: value of \"%.*s\" is unterminated or too long", sec,
+                     name, (int)klen, kstart);
+            return -1;
+        }
+        if (klen != 9 || strncmp(kstart, "pool_size", 9) != 0) {
+            snprintf(msg, msglen, "[%s] %s: unknown key \"%.*s\" (only pool_size)", sec, name,
+                     (int)klen, kstart);
+            return -1;
+        }
+        char *end;
+        errno = 0;
+        long ps = strtol(v, &end, 10);
+        if (v[0] == '\0' || *end || errno || ps < 1 || ps > INT_MAX) {
+            snprintf(msg, msglen, "[%s] %s: invalid pool_size \"%s\": must be at least 1", sec,
+                     name, v);
+            return -1;
+        }
+        pool_size = (int)ps;
+    }
+    for (int i = 0; i < *n; i++) {
+        if (strcmp((*list)[i].name, name) == 0) {
+            (*list)[i].pool_size = pool_size;
+            return 0;
+        }
+    }
+    struct pool_override *nl = realloc(*list, sizeof(**list) * (size_t)(*n + 1));
+    char *copy = strdup(name);
+    if (!nl || !copy) {
+        if (nl)
+            *list = nl;
+        free(copy);
+        snprintf(msg, msglen, "out of memory");
+        return -1;
+    }
+    *list = nl;
+    nl[*n].name = copy;
+    nl[*n].pool_size = pool_size;
+    (*n)++;
+    return 0;
+}
+
+static const struct pool_override *find_override(const struct pool_override *list, int n,
+                                                 const char *name)
+{
+    for (int i = 0; name && i < n; i++)
+        if (strcmp(list[i].name, name) == 0)
+            return &list[i];
+    return NULL;
+}
+
+int config_unix_mode(const struct config *cfg)
+{
+    const char *m = cfg->unix_socket_mode;
+    char *end;
+    errno = 0;
+    long v = m && *m ? strtol(m, &end, 8) : -1;
+    if (v < 0 || *end || errno || v > 0777)
+        return -1;
+    return (int)v;
+}
+
+int config_pool_size(const struct config *cfg, const char *database, const char *user)
+{
+    const struct pool_override *o = find_override(cfg->user_overrides, cfg->n_user_overrides, user);
+    if (o && o->pool_size > 0)
+        return o->pool_size;
+    o = find_override(cfg->db_overrides, cfg->n_db_overrides, database);
+    if (o && o->pool_size > 0)
+        return o->pool_size;
+    return cfg->pool_size;
+}
+
+static void free_overrides(struct pool_override **list, int *n)
+{
+    for (int i = 0; i < *n; i++)
+        free((*list)[i].name);
+    free(*list);
+    *list = NULL;
+    *n = 0;
+}
+
 /* ---- the INI reader ---- */
 
-enum section { SEC_NONE, SEC_PGSTAY, SEC_NODES };
+enum section { SEC_NONE, SEC_PGSTAY, SEC_NODES, SEC_DATABASES, SEC_USERS };
 static const struct {
     const char *name;
     enum section sec;
 } sections[] = {{"pgstay", SEC_PGSTAY},
                 {"nodes", SEC_NODES},
+                {"databases", SEC_DATABASES},
+                {"users", SEC_USERS},
                 /* PgBouncer's name for the main section, so its settings read as they are */
                 {"pgbouncer", SEC_PGSTAY}};
 
@@ -612,6 +752,12 @@ static int parse_line(struct config *cfg, char *line, enum section *sec, const c
     }
     case SEC_NODES:
         return parse_node(cfg, key, val, msg, msglen);
+    case SEC_DATABASES:
+        return parse_override(&cfg->db_overrides, &cfg->n_db_overrides, "databases", key, val, msg,
+                              msglen);
+    case SEC_USERS:
+        return parse_override(&cfg->user_overrides, &cfg->n_user_overrides, "users", key, val, msg,
+                              msglen);
     }
     return 0;
 }
@@ -707,6 +853,13 @@ int config_load(const char *path, struct config *cfg, char *err, size_t errlen)
         snprintf(err, errlen, "%s: %s", path, msg);
         goto fail;
     }
+    if (config_unix_mode(cfg) < 0) {
+        snprintf(err, errlen,
+                 "%s: invalid value \"%s\" for unix_socket_mode: expected an octal mode such as "
+                 "0777 or 0770",
+                 path, cfg->unix_socket_mode);
+        goto fail;
+    }
     if (cfg->auth_type == AUTH_HBA && !*cfg->auth_hba_file) {
         snprintf(err, errlen, "%s: auth_type = hba needs auth_hba_file", path);
         goto fail;
@@ -732,6 +885,8 @@ void config_free(struct config *cfg)
             store_str(cfg, &keys[i], NULL);
     free(cfg->path);
     cfg->path = NULL;
+    free_overrides(&cfg->db_overrides, &cfg->n_db_overrides);
+    free_overrides(&cfg->user_overrides, &cfg->n_user_overrides);
 }
 
 static int nodes_equal(const struct config *a, const struct config *b)
@@ -765,6 +920,15 @@ void config_apply_reload(struct config *cur, struct config *fresh)
                      load_num(fresh, k), load_num(cur, k));
         }
     }
+    /* [databases] and [users] pool sizes apply at once (pools read them at each lending). */
+    free_overrides(&cur->db_overrides, &cur->n_db_overrides);
+    free_overrides(&cur->user_overrides, &cur->n_user_overrides);
+    cur->db_overrides = fresh->db_overrides;
+    cur->n_db_overrides = fresh->n_db_overrides;
+    cur->user_overrides = fresh->user_overrides;
+    cur->n_user_overrides = fresh->n_user_overrides;
+    fresh->db_overrides = fresh->user_overrides = NULL;
+    fresh->n_db_overrides = fresh->n_user_overrides = 0;
     if (!nodes_equal(cur, fresh))
         log_warn("config: [nodes] changed but needs a restart; keeping the %d node(s) in use",
                  cur->n_nodes);

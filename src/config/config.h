@@ -21,18 +21,29 @@ struct node_conf {
     int port;
 };
 
+/* A [databases] or [users] entry: PgBouncer's per-database and per-user pool_size. */
+struct pool_override {
+    char *name;    /* the database or user it is for */
+    int pool_size; /* -1 = not set there */
+};
+
 /* Every setting; durations are held in milliseconds whatever unit the file used. */
 struct config {
     char *path;                  /* the file this was read from */
     char *listen_addr;           /* writer and reader endpoints bind here */
     int listen_port;             /* the writer endpoint */
     int readonly_port;           /* the reader endpoint; 0 = none */
+    char *unix_socket_dir;       /* the endpoints as unix sockets in this folder too; "" = none */
+    char *unix_socket_mode;      /* octal text, as PgBouncer's (config_unix_mode) */
+    char *unix_socket_group;     /* group of the socket files; "" = pgstay's own */
     int listen_backlog;
     int pool_mode;               /* enum pool_mode */
     int pool_size;               /* server connections per (database, user) */
     int max_client_conn;
     int auth_type;               /* enum auth_type */
     char *auth_file;             /* absolute, resolved against the config file's folder */
+    int application_name_add_host;   /* bool: " - host:port" appended to application_name */
+    char *track_extra_parameters;    /* PgBouncer's; pgstay tracks every parameter anyway */
     char *auth_hba_file;         /* absolute; empty = none. When set, its first matching line
                                   * decides the method, whatever auth_type says */
     char *auth_user;             /* runs auth_query on the writer; empty = no auth_query */
@@ -42,15 +53,20 @@ struct config {
     char *stats_users;           /* comma-separated: may run SHOW on the admin console */
     char *ignore_startup_parameters; /* comma-separated: startup parameters dropped */
     char *server_reset_query;
+    char *server_check_query;    /* run on a server idle past server_check_delay; "" = never */
+    int server_check_delay;      /* ms; 0 = check at every lending */
     int server_connect_timeout;  /* ms */
     int query_wait_timeout;      /* ms; 0 = wait forever */
     int client_idle_timeout;     /* ms; 0 = never */
     int client_login_timeout;    /* ms */
     int idle_transaction_timeout; /* ms; 0 = never: a client idle inside a transaction */
+    int transaction_timeout;     /* ms; 0 = never: a transaction open longer ends its client */
     int query_timeout;           /* ms; 0 = never: a request running longer is cancelled */
     int server_idle_timeout;     /* ms; 0 = never: an idle pooled server unused this long */
     int server_lifetime;         /* ms; 0 = never: a pooled server this old, once idle */
     int min_pool_size;           /* servers each pool keeps open, idle or not */
+    int reserve_pool_size;       /* extra servers a pool may open for clients waiting too long */
+    int reserve_pool_timeout;    /* ms: a client waiting this long may get a reserve server */
     int max_db_connections;      /* servers of all pools of one database; 0 = no limit */
     int max_user_connections;    /* servers of all pools of one user; 0 = no limit */
     int shutdown_timeout;        /* ms: SIGTERM lets clients finish this long */
@@ -74,6 +90,12 @@ struct config {
     int stats_period;            /* ms: SHOW STATS_AVERAGES covers this long */
     char *metrics_listen;        /* host:port of GET /metrics; empty = none */
     char *pidfile;               /* absolute; written at start, removed at exit; empty = none */
+    int log_connections;         /* bool: a line per client login and per server opened */
+    int log_disconnections;      /* bool: a line per client and server closed, with why */
+    int log_pooler_errors;       /* bool: a line per error pgstay itself sends a client */
+    int syslog;                  /* bool: the log also to syslog */
+    char *syslog_ident;
+    int syslog_facility;         /* index in LOGSYS_FACILITIES */
     char *logfile;               /* absolute; the log, reopened on SIGHUP; empty = stderr */
     /* TLS towards clients: 'S' to an SSLRequest once a certificate and key are set. */
     int client_tls_sslmode; /* enum tls_mode */
@@ -93,6 +115,10 @@ struct config {
     int server_scram_max_iterations; /* a server's SCRAM iteration count above this is refused */
     struct node_conf nodes[CONFIG_MAX_NODES];
     int n_nodes;
+    /* [databases] and [users] (reloadable): a user's pool_size wins over its database's, which
+     * wins over pool_size, as in PgBouncer. */
+    struct pool_override *db_overrides, *user_overrides;
+    int n_db_overrides, n_user_overrides;
 };
 
 /* Fill *cfg with defaults, then read path. On error returns -1 and writes
@@ -131,6 +157,13 @@ int config_from_pgbouncer(const char *path, FILE *out, FILE *err);
 /* One conninfo value at *pp: 'single quoted' with backslash escapes (as libpq), or up to a
  * blank; *pp moves past it. 0, or -1 if unterminated or longer than cap - 1. */
 int conninfo_value(const char **pp, char *out, size_t cap);
+/* unix_socket_mode as a mode for chmod; -1 if it is not an octal mode. */
+int config_unix_mode(const struct config *cfg);
+
+/* The pool_size of the pool of (database, user): the [users] entry of user, else the
+ * [databases] entry of database, else pool_size. Either name may be NULL. */
+int config_pool_size(const struct config *cfg, const char *database, const char *user);
+
 /* Is name (a comma-separated list member) in list? */
 int config_list_has(const char *list, const char *name);
 

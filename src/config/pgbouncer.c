@@ -15,12 +15,6 @@ static const struct {
     const char *key;
     const char *why;
 } reasons[] = {
-    {"syslog", "pgstay logs to stderr or logfile: let systemd's journal keep it"},
-    {"syslog_ident", "pgstay logs to stderr"},
-    {"syslog_facility", "pgstay logs to stderr"},
-    {"unix_socket_dir", "pgstay listens on TCP only"},
-    {"unix_socket_mode", "pgstay listens on TCP only"},
-    {"unix_socket_group", "pgstay listens on TCP only"},
     {"user", "pgstay does not change user: start it as the user it should run as"},
     {"auth_dbname", "pgstay runs auth_query in the database the client asked for"},
     {"server_round_robin", "pgstay picks servers by node role (the writer; the least-loaded "
@@ -116,7 +110,7 @@ static int split_list(const char *s, char items[][256], int max)
 /* A [databases] entry: its servers into *cl; what pgstay does not do, into d. 0, or -1 when the
  * entry names no TCP server. */
 static int parse_db_entry(const char *name, const char *val, struct cluster *cl, struct dropped *d,
-                          char *pool_mode, size_t pm_cap)
+                          char *pool_mode, size_t pm_cap, char *pool_size, size_t ps_cap)
 {
     char hosts[512] = "", ports[256] = "";
     const char *p = val;
@@ -162,10 +156,7 @@ static int parse_db_entry(const char *name, const char *val, struct cluster *cl,
         else if (!strcmp(key, "pool_mode"))
             snprintf(pool_mode, pm_cap, "%s", v);
         else if (!strcmp(key, "pool_size"))
-            drop(d,
-                 "[databases] %s: pool_size=%s: no per-database pool_size in pgstay yet (pool_size "
-                 "applies to every pool)",
-                 name, v);
+            snprintf(pool_size, ps_cap, "%s", v);
         else
             drop(d, "[databases] %s: %s=%s: not supported by pgstay", name, key, v);
     }
@@ -209,6 +200,62 @@ static int fractional_seconds(const char *v, char *out, size_t cap)
 
 enum sec { S_NONE, S_MAIN, S_DATABASES, S_USERS, S_OTHER };
 
+/* Append "name = pool_size=N" to a [databases] or [users] section being built, if N is one
+ * pgstay accepts; otherwise say why not. */
+static void add_override(char *sec, size_t cap, const char *secname, const char *name,
+                         const char *size, struct dropped *d)
+{
+    char *end;
+    long n = strtol(size, &end, 10);
+    if (!*size || *end || n < 1) {
+        drop(d, "[%s] %s: pool_size=%s: pgstay needs a pool_size of at least 1", secname, name,
+             size);
+        return;
+    }
+    if (strpbrk(name, " \t=;#\"")) {
+        drop(d, "[%s] %s: pool_size=%s: the name cannot be written in pgstay.ini", secname, name,
+             size);
+        return;
+    }
+    size_t len = strlen(sec);
+    snprintf(sec + len, cap - len, "%s = pool_size=%ld\n", name, n);
+}
+
+/* A [users] entry: its pool_size is kept; other per-user settings are named as dropped. */
+static void parse_user_entry(const char *name, const char *val, char *sec, size_t cap,
+                             struct dropped *d)
+{
+    const char *p = val;
+    for (;;) {
+        while (isspace((unsigned char)*p))
+            p++;
+        if (!*p)
+            return;
+        const char *k = p;
+        while (*p && *p != '=' && !isspace((unsigned char)*p))
+            p++;
+        size_t klen = (size_t)(p - k);
+        while (isspace((unsigned char)*p))
+            p++;
+        char v[256];
+        if (*p == '=')
+            p++;
+        else
+            klen = 0;
+        while (isspace((unsigned char)*p))
+            p++;
+        if (klen == 0 || conninfo_value(&p, v, sizeof(v)) < 0) {
+            drop(d, "[users] %s = %s: not key=value pairs", name, val);
+            return;
+        }
+        if (klen == 9 && !strncmp(k, "pool_size", 9))
+            add_override(sec, cap, "users", name, v, d);
+        else
+            drop(d, "[users] %s: %.*s=%s: no per-user %.*s in pgstay (only pool_size)", name,
+                 (int)klen, k, v, (int)klen, k);
+    }
+}
+
 int config_from_pgbouncer(const char *path, FILE *out, FILE *err)
 {
     FILE *f = fopen(path, "r");
@@ -225,8 +272,9 @@ int config_from_pgbouncer(const char *path, FILE *out, FILE *err)
     char main_keys[4096] = "";
     size_t mlen = 0;
     char mode[32] = "session";
-    int set_auth = 0, set_maxconn = 0, set_connect = 0, set_mode = 0;
+    int set_auth = 0, set_maxconn = 0, set_connect = 0, set_mode = 0, set_unix = 0;
     char first_db[128] = "";
+    char dbs_sec[4096] = "", users_sec[4096] = ""; /* [databases] and [users] pool sizes */
     while (getline(&line, &cap, f) >= 0) {
         lineno++;
         char *s = trim(line);
@@ -263,13 +311,13 @@ int config_from_pgbouncer(const char *path, FILE *out, FILE *err)
                 *q = 0;
         }
         if (sec == S_USERS) {
-            drop(&d, "[users] %s = %s: no per-user settings in pgstay yet", key, val);
+            parse_user_entry(key, val, users_sec, sizeof(users_sec), &d);
             continue;
         }
         if (sec == S_DATABASES) {
             struct cluster c;
-            char pm[32] = "";
-            if (parse_db_entry(key, val, &c, &d, pm, sizeof(pm)) < 0)
+            char pm[32] = "", ps[32] = "";
+            if (parse_db_entry(key, val, &c, &d, pm, sizeof(pm), ps, sizeof(ps)) < 0)
                 continue;
             if (pm[0] && strcasecmp(pm, mode) && (set_mode || have_cluster))
                 drop(&d, "[databases] %s: pool_mode=%s: one pool_mode for every database in pgstay",
@@ -287,6 +335,7 @@ int config_from_pgbouncer(const char *path, FILE *out, FILE *err)
                      "[databases] %s: its servers are another cluster than %s's: pgstay serves "
                      "one cluster (run a second pgstay for it); not merged",
                      key, first_db);
+                continue;
             } else {
                 /* Sharing a server, it is the same cluster: pgstay routes every database to
                  * its writer (or a standby) whichever of its servers an entry named. */
@@ -300,6 +349,13 @@ int config_from_pgbouncer(const char *path, FILE *out, FILE *err)
                     cl.hp[cl.n++] = c.hp[i];
                 }
             }
+            if (ps[0] && !strcmp(key, "*"))
+                drop(&d,
+                     "[databases] *: pool_size=%s: pgstay has no fallback entry (pool_size is for "
+                     "every database without its own)",
+                     ps);
+            else if (ps[0])
+                add_override(dbs_sec, sizeof(dbs_sec), "databases", key, ps, &d);
             continue;
         }
         if (sec != S_MAIN) {
@@ -307,6 +363,8 @@ int config_from_pgbouncer(const char *path, FILE *out, FILE *err)
                 drop(&d, "line %d: %s outside of a section", lineno, key);
             continue;
         }
+        if (!*val && !strcasecmp(key, "unix_socket_dir"))
+            set_unix = 1; /* PgBouncer: empty = no unix socket, pgstay's default */
         if (!*val)
             continue; /* PgBouncer reads an empty value as its default */
         const char *canon = config_canonical_key(key);
@@ -347,6 +405,7 @@ int config_from_pgbouncer(const char *path, FILE *out, FILE *err)
         set_auth |= !strcmp(canon, "auth_type");
         set_maxconn |= !strcmp(canon, "max_client_conn");
         set_connect |= !strcmp(canon, "server_connect_timeout");
+        set_unix |= !strcmp(canon, "unix_socket_dir");
         int n = snprintf(main_keys + mlen, sizeof(main_keys) - mlen, "%s = %s\n", canon, use);
         if (n > 0 && (size_t)n < sizeof(main_keys) - mlen)
             mlen += (size_t)n;
@@ -375,9 +434,15 @@ int config_from_pgbouncer(const char *path, FILE *out, FILE *err)
         fputs("max_client_conn = 100 ; PgBouncer's default\n", out);
     if (!set_connect)
         fputs("server_connect_timeout = 15 ; PgBouncer's default\n", out);
+    if (!set_unix)
+        fputs("unix_socket_dir = /tmp ; PgBouncer's default\n", out);
     fputs("[nodes]\n", out);
     for (int i = 0; i < cl.n; i++)
         fprintf(out, "n%d = host=%s port=%d\n", i + 1, cl.hp[i].host, cl.hp[i].port);
+    if (dbs_sec[0])
+        fprintf(out, "[databases]\n%s", dbs_sec);
+    if (users_sec[0])
+        fprintf(out, "[users]\n%s", users_sec);
     if (d.n) {
         fprintf(out, "; not carried over:\n");
         for (int i = 0; i < d.n; i++)

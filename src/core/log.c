@@ -11,6 +11,8 @@
 #include <sys/time.h>
 #include <time.h>
 
+#include "core/logsys.h"
+
 int log_verbosity = LOG_INFO;
 
 static const char *const level_names[] = {"ERROR", "WARNING", "LOG", "DEBUG"};
@@ -31,6 +33,8 @@ void log_msg(enum log_level lvl, const char *fmt, ...)
     vsnprintf(line, sizeof(line), fmt, ap);
     va_end(ap);
     fprintf(stderr, "%s.%06ld %s %s\n", ts, (long)tv.tv_usec, level_names[lvl], line);
+    if (logsys_on)
+        logsys_line((int)lvl, level_names[lvl], line);
 }
 
 int log_to_file(const char *path, char *err, size_t errlen)

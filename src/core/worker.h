@@ -84,6 +84,10 @@ struct worker {
     struct list cancels; /* CancelRequests on their way to a server (pool.c) */
     struct list authq;   /* auth_query's secrets, per user (client/authquery.c) */
     struct evconnlistener *listeners[2]; /* writer, reader endpoint */
+    /* The same endpoints as unix sockets in unix_socket_dir (NULL: none), and their files,
+     * removed when they close. */
+    struct evconnlistener *unix_listeners[2];
+    char *unix_paths[2];
     struct listen_ctx listen_ctx[2];
     /* Out of file descriptors: accepting pauses (accept_resume re-arms it) and the descriptor
      * kept spare takes one connection, so the admin console stays reachable (app/worker.c). */

@@ -345,7 +345,9 @@ void failover_open_ahead(struct worker *w)
             int usable = t->writer ? nd == t->writer : nd->role == NODE_STANDBY;
             if (!usable || nd->suspect || login_backoff_wait(p, nd))
                 continue;
-            for (int have = servers_of(w, p, nd); have < want && p->n_servers < w->cfg->pool_size; have++)
+            for (int have = servers_of(w, p, nd);
+                 have < want && p->n_servers < config_pool_size(w->cfg, p->database, p->user);
+                 have++)
                 if (!server_open(w, p, nd, p->user, p->database))
                     break;
         }

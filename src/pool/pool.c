@@ -193,6 +193,26 @@ static int evict_idle_for(struct pool *p)
     return 1;
 }
 
+/* Has the client at the head of p's queue waited long enough for a reserve server
+ * (PgBouncer's reserve_pool_timeout; 0 means never)? */
+static int reserve_due(struct pool *p)
+{
+    const struct config *cfg = p->w->cfg;
+    struct list *first = list_first(&p->waiting);
+    if (cfg->reserve_pool_size <= 0 || cfg->reserve_pool_timeout <= 0 || !first)
+        return 0;
+    struct client *c = container_of(first, struct client, pool_node);
+    return now_ms() - c->wait_since >= cfg->reserve_pool_timeout;
+}
+
+/* How many servers p may have now: pool_size, plus reserve_pool_size while a client has waited
+ * past reserve_pool_timeout. */
+static int pool_cap(struct pool *p)
+{
+    int cap = config_pool_size(p->w->cfg, p->database, p->user);
+    return reserve_due(p) ? cap + p->w->cfg->reserve_pool_size : cap;
+}
+
 /* May a server on nd serve this pool now? (A demoted or fenced node no longer may.) */
 static int node_fits(struct pool *p, struct node *nd)
 {
@@ -306,6 +326,7 @@ static void link_pair(struct pool *p, struct server *s, struct client *c)
     }
     c->server = s;
     s->client = c;
+    s->checked = 0;
     s->last_used = now_ms();
     s->query_start = s->xact_start = 0;
     stats_waited(p, c->wait_since);
@@ -348,6 +369,35 @@ static void link_pair(struct pool *p, struct server *s, struct client *c)
 }
 
 static void pool_kick_loop(struct pool *p);
+
+/* PgBouncer's server_check_query: a server idle longer than server_check_delay may have been
+ * cut off by a firewall or a restart nobody saw; it answers the query before a client gets it. */
+static int needs_check(struct server *s)
+{
+    const struct config *cfg = s->w->cfg;
+    return !s->checked && cfg->server_check_query && *cfg->server_check_query &&
+           now_ms() - s->last_used >= cfg->server_check_delay;
+}
+
+static void start_check(struct pool *p, struct server *s)
+{
+    s->checking = 1;
+    p->n_checking++;
+    s->last_used = now_ms(); /* the tick's SERVER_DRAIN_TIMEOUT_MS bounds the check too */
+    server_change_state(s, SV_RESETTING);
+    server_run_internal(s, p->w->cfg->server_check_query);
+}
+
+void pool_check_done(struct server *s)
+{
+    struct pool *p = s->pool;
+    s->checking = 0;
+    p->n_checking--;
+    /* Lent without another check only to a client waiting now: left idle, it is checked again
+     * once idle past server_check_delay. */
+    s->checked = !list_empty(&p->waiting);
+    pool_server_ready(s);
+}
 
 static void mark_held(struct pool *p)
 {
@@ -399,10 +449,18 @@ static void pool_kick_loop(struct pool *p)
                                 "it spoke or closed while idle (terminated)");
                 continue;
             }
+            if (needs_check(s)) {
+                start_check(p, s);
+                if (p->n_checking >= p->n_waiting)
+                    return; /* the clients wait for its answer */
+                continue;
+            }
             struct client *c = container_of(list_first(&p->waiting), struct client, pool_node);
             link_pair(p, s, c);
             continue;
         }
+        if (p->n_checking >= p->n_waiting)
+            return; /* servers being checked will serve the ones waiting */
         struct node *nd = target_node(p);
         if (!nd) {
             mark_held(p);
@@ -411,13 +469,21 @@ static void pool_kick_loop(struct pool *p)
         if (login_backoff_wait(p, nd))
             return; /* a login failed: the next waits (server_login_retry), clients too */
         /* Open as many as are waiting, within pool_size and the concurrent-login bound. */
-        int want = p->n_waiting - p->n_connecting;
-        while (want > 0 && p->n_servers < w->cfg->pool_size &&
+        int want = p->n_waiting - p->n_connecting - p->n_checking;
+        int cap = pool_cap(p);
+        while (want > 0 && p->n_servers < cap &&
                p->n_connecting < w->cfg->server_connect_concurrency) {
             /* max_db_connections / max_user_connections: at the limit, an idle server of
              * another pool of the same database or user makes room, or the clients wait. */
             if (at_shared_limit(p) && !evict_idle_for(p))
                 break;
+            if (p->n_servers >= config_pool_size(w->cfg, p->database, p->user)) {
+                /* PgBouncer warns the same way: a pool living on its reserve is undersized. */
+                struct client *c = container_of(list_first(&p->waiting), struct client, pool_node);
+                log_warn("C-%llu %s/%s: taking a server from reserve_pool (waited %lld ms)",
+                         (unsigned long long)c->id, p->database, p->user,
+                         (long long)(now_ms() - c->wait_since));
+            }
             /* Opened with the pool's neutral parameters: a client's own are applied when it
              * is lent the server, and undone before the next one. */
             if (!server_open(w, p, nd, p->user, p->database))
@@ -442,10 +508,24 @@ void pool_keep_min(struct worker *w)
         struct node *nd = target_node(p);
         if (!nd || login_backoff_wait(p, nd))
             continue;
-        int cap = min < w->cfg->pool_size ? min : w->cfg->pool_size;
+        int size = config_pool_size(w->cfg, p->database, p->user);
+        int cap = min < size ? min : size;
         while (p->n_servers < cap && p->n_connecting < w->cfg->server_connect_concurrency)
             if (!server_open(w, p, nd, p->user, p->database))
                 break;
+    }
+}
+
+void pool_check_reserve(struct worker *w)
+{
+    if (w->cfg->reserve_pool_size <= 0)
+        return;
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, &w->pools)
+    {
+        struct pool *p = container_of(pos, struct pool, node);
+        if (p->n_waiting > p->n_connecting + p->n_checking && p->n_servers < pool_cap(p))
+            pool_kick(p);
     }
 }
 
@@ -591,7 +671,11 @@ void pool_server_ready(struct server *s)
         return;
     }
     server_change_state(s, SV_IDLE);
-    list_append(&p->idle, &s->pool_node);
+    s->last_used = now_ms(); /* idle from now: server_idle_timeout and server_check_delay */
+    if (s->checked) /* first: it goes to the client it was checked for */
+        list_append(p->idle.next, &s->pool_node);
+    else
+        list_append(&p->idle, &s->pool_node);
     pool_kick_sharing(p);
 }
 

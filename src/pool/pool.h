@@ -24,6 +24,7 @@ struct pool {
     int n_servers;         /* every server of this pool, whatever its state */
     int n_connecting;      /* in SV_CONNECTING or SV_LOGIN */
     int n_waiting;
+    int n_checking;        /* servers running server_check_query for the waiting clients */
     int64_t last_login_error_at;
     /* ParameterStatus values of this pool's first server at login, before any client's
      * parameters: each client stores only its own differences, so an idle client that asked
@@ -90,12 +91,17 @@ void pool_release(struct server *s, int reusable);
 void pool_take_back(struct server *s, int pending, int unsynced, int mid_message);
 /* A server of p finished login or reset: lend it or keep it idle. */
 void pool_server_ready(struct server *s);
+/* server_check_query answered: the server goes to a waiting client (server.c). */
+void pool_check_done(struct server *s);
 /* A server login failed with an error the waiting clients must see (bad db/user/password). */
 void pool_login_failed(struct pool *p, const uint8_t *err_msg, size_t len, const char *why);
 /* Try to serve waiting clients of every pool (after a writer appears, RESUME, a server frees). */
 /* min_pool_size (PgBouncer's): open servers until each pool has that many (the 1 s tick), so
  * that load coming back after total inactivity finds them logged in. */
 void pool_keep_min(struct worker *w);
+/* reserve_pool_size (PgBouncer's): kick pools whose oldest waiting client has now waited past
+ * reserve_pool_timeout, so they may open a reserve server (the tick). */
+void pool_check_reserve(struct worker *w);
 /* pool_kick, and with max_db_connections / max_user_connections set, the kick of every other
  * pool of the same database or user that has clients waiting. */
 void pool_kick_sharing(struct pool *p);

@@ -68,7 +68,12 @@ void server_close_by(struct server *s, enum writer_evidence ev, const char *reas
     if (s->state == SV_CLOSING)
         return;
     enum server_state was = s->state;
-    SLOG(info, s, "closing: %s", reason);
+    /* Probes come and go every period: their lines would drown the rest (debug only). */
+    if (s->w->cfg->log_disconnections && s->pool)
+        SLOG(info, s, "closing because: %s (age=%llds)", reason,
+             (long long)((now_ms() - s->connected_at) / 1000));
+    else
+        SLOG(debug, s, "closing because: %s", reason);
     conn_read_stop(&s->conn);
     if (was != SV_CONNECTING && was != SV_CLOSING) {
         struct pbuf b;
@@ -90,6 +95,8 @@ void server_close_by(struct server *s, enum writer_evidence ev, const char *reas
         p->n_servers--;
         if (was == SV_CONNECTING || was == SV_LOGIN)
             p->n_connecting--;
+        if (s->checking)
+            p->n_checking--;
         /* A writer connection that dies may mean the writer died: look now, not at the next
          * probe; and before its client is told, so that the failure counts in the failover it
          * starts (or the suspicion before it). */
@@ -320,7 +327,10 @@ static void login_done(struct server *s)
     if (s->pool->base.n == 0)
         for (int i = 0; i < s->params.n; i++)
             kv_set(&s->pool->base, s->params.items[i].name, s->params.items[i].value);
-    SLOG(debug, s, "logged in (backend pid %u)", s->be_pid);
+    if (s->w->cfg->log_connections && s->pool)
+        SLOG(info, s, "new server connection (backend pid %u)", s->be_pid);
+    else
+        SLOG(debug, s, "logged in (backend pid %u)", s->be_pid);
     pool_server_ready(s);
 }
 
@@ -415,6 +425,12 @@ static int handle_internal(struct server *s, const struct msg_hdr *h, const uint
                 pool_login_failed(s->pool, body - PROTO_HDR_LEN, h->len + 1, e.message);
             return -1;
         }
+        if (s->checking) {
+            /* The client it was checked for never hears of it: another server serves it. */
+            SLOG(info, s, "server_check_query failed: %s %s: %s", e.severity, e.sqlstate,
+                 e.message);
+            return -1;
+        }
         if (strcmp(e.severity, "FATAL") == 0 || strcmp(e.severity, "PANIC") == 0) {
             SLOG(info, s, "server error: %s %s: %s", e.severity, e.sqlstate, e.message);
             if (strcmp(e.sqlstate, SQLSTATE_ADMIN_SHUTDOWN) == 0)
@@ -501,7 +517,9 @@ static int handle_internal(struct server *s, const struct msg_hdr *h, const uint
             else
                 pool_release(s, 1);
         } else if (s->state == SV_RESETTING) {
-            if (s->reset_pending)
+            if (s->checking)
+                pool_check_done(s);
+            else if (s->reset_pending)
                 server_finish_drain(s);
             else
                 pool_server_ready(s);
@@ -893,6 +911,8 @@ static void server_process_loop(struct server *s)
                     server_close(s, "login failed");
                 else if (s->setup_rejected)
                     server_close(s, "a client's setting was rejected");
+                else if (s->checking)
+                    server_close(s, "server_check_query failed");
                 else
                     server_close_by(s, s->terminated ? EVIDENCE_TERMINATED : EVIDENCE_FAILURE,
                                     "server error");

@@ -60,6 +60,8 @@ struct server {
     int login_error;       /* the login failed with the server's ErrorResponse (or pgstay's words) */
     int setup_rejected;    /* a client's setting failed on it: closed by pgstay, not the node */
     int close_needed;      /* RECONNECT: closed instead of going back to its pool */
+    int checking;          /* SV_RESETTING for server_check_query, before being lent */
+    int checked;           /* passed that check: lent next without another */
     struct kvlist applied; /* settings clients left on it: name -> the statement that made it */
     char txn_status;
     int64_t connected_at;

@@ -77,6 +77,7 @@ class Pgstay:
             "shutdown_timeout": "10s",
         }
         self.settings.update(settings)
+        self.sections = ""  # more sections ([databases], [users]) as INI text
         self.userlist = {"postgres": "postgres", "app": "app"}
         self.proc = None
         self.nofile = None  # RLIMIT_NOFILE for the process, if set
@@ -91,6 +92,7 @@ class Pgstay:
             f.write("[nodes]\n")
             for i in range(1, self.lab.nodes + 1):
                 f.write("n%d = host=127.0.0.1 port=%d\n" % (i, self.lab.node_port(i)))
+            f.write(self.sections)
         with open(os.path.join(self.dir, "userlist.txt"), "w") as f:
             for u, p in self.userlist.items():
                 f.write('"%s" "%s"\n' % (u, p))

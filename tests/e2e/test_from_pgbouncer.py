@@ -18,8 +18,9 @@ def convert(tmp_path, text, name="pgbouncer.ini"):
     return p.returncode, p.stdout, p.stderr
 
 
-def settings(out):
-    """The [pgstay] keys and [nodes] entries of a converted file, comments dropped."""
+def settings(out, section="[nodes]"):
+    """The [pgstay] keys and the entries of another section (by default [nodes]) of a converted
+    file, comments dropped."""
     main, nodes, sec = {}, {}, None
     for line in out.splitlines():
         line = line.split(" ;")[0].strip()
@@ -29,7 +30,10 @@ def settings(out):
             sec = line
             continue
         k, v = (x.strip() for x in line.split("=", 1))
-        (main if sec == "[pgstay]" else nodes)[k] = v
+        if sec == "[pgstay]":
+            main[k] = v
+        elif sec == section:
+            nodes[k] = v
     return main, nodes
 
 
@@ -82,11 +86,11 @@ dns_max_ttl = 15
     assert main["logfile"] and main["pidfile"]
     assert "ignore_startup_parameters" in main
     assert main["client_tls_sslmode"] == "prefer"  # TLS keys carry over since issue 11
+    assert main["reserve_pool_size"] == "5"
+    assert settings(out, "[databases]")[1] == {"reports": "pool_size=5"}
+    assert main["unix_socket_dir"] == "/var/run/postgresql"
     assert main["stats_users"] == "stats, postgres"  # carried over since issue 11
-    for key, why in [("unix_socket_dir", "TCP only"),
-                     ("reserve_pool_size", "not supported"),
-                     ("dns_max_ttl", "libevent"),
-                     ("reports: pool_size=5", "per-database pool_size")]:
+    for key, why in [("dns_max_ttl", "libevent")]:
         assert any(key in line and why in line for line in out.splitlines()
                    if line.startswith(";  ")), (key, out)
         assert key in err
@@ -107,6 +111,7 @@ local = host=/var/run/postgresql
 
 [users]
 app = pool_mode=session
+svc = pool_size=4 max_user_connections=2
 
 [pgbouncer]
 auth_type = trust
@@ -119,6 +124,7 @@ listen_addr = 127.0.0.1,10.0.0.1
                      "n3": "host=db3.internal port=5434"}
     assert main["pool_mode"] == "session"
     assert main["listen_addr"] == "127.0.0.1"
+    assert main["unix_socket_dir"] == "/tmp"  # PgBouncer's default, not pgstay's (none)
     dropped = [line for line in out.splitlines() if line.startswith(";  ")]
     text = "\n".join(dropped)
     assert "analytics: its servers are another cluster" in text and "not merged" in text
@@ -127,7 +133,9 @@ listen_addr = 127.0.0.1,10.0.0.1
     assert "dbname=real: pgstay does not rename databases" in text
     assert "renamed: user=" in text and "renamed: password=" in text
     assert "local: a unix-socket server" in text
-    assert "%include" in text and "[users] app" in text
+    assert "%include" in text and "[users] app: pool_mode=session" in text
+    assert "[users] svc: max_user_connections=2" in text
+    assert settings(out, "[users]")[1] == {"svc": "pool_size=4"}
     assert "pool_mode = statement" in text and "listen_addr = 127.0.0.1,10.0.0.1" in text
     r = check_config(tmp_path, out)
     assert r.returncode == 0, r.stderr

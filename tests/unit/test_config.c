@@ -21,6 +21,27 @@
 static int load_text(const char *text, struct config *cfg, char *path, size_t pathcap, char *err,
                      size_t errlen);
 
+/* [users] and [databases] pool_size (PgBouncer's): the user's wins over the database's, which
+ * wins over pool_size; the last entry for a name wins. */
+static void test_pool_size_overrides(void **state)
+{
+    char path[64], err[512];
+    struct config c;
+    assert_int_equal(load_text("[pgstay]\npool_size = 9\n[databases]\nreports = pool_size=5\n"
+                               "app = pool_size=3\napp = pool_size=4\n[users]\nbatch = "
+                               "pool_size=2\n" NODES,
+                               &c, path, sizeof(path), err, sizeof(err)),
+                     0);
+    assert_int_equal(config_pool_size(&c, "reports", "alice"), 5);
+    assert_int_equal(config_pool_size(&c, "app", "alice"), 4);
+    assert_int_equal(config_pool_size(&c, "reports", "batch"), 2);
+    assert_int_equal(config_pool_size(&c, "other", "alice"), 9);
+    assert_int_equal(config_pool_size(&c, "other", NULL), 9);
+    assert_int_equal(config_pool_size(&c, "reports", NULL), 5);
+    config_free(&c);
+    unlink(path);
+}
+
 /* PgBouncer's names: [pgbouncer] is read as [pgstay], default_pool_size as pool_size; SET's
  * config_set takes reloadable keys only. */
 static void test_pgbouncer_names(void **state)
@@ -33,7 +54,7 @@ static void test_pgbouncer_names(void **state)
     assert_int_equal(c.pool_size, 7);
     assert_int_equal(c.stats_period, 2000);
     assert_string_equal(config_canonical_key("DEFAULT_POOL_SIZE"), "pool_size");
-    assert_null(config_canonical_key("reserve_pool_size"));
+    assert_null(config_canonical_key("server_round_robin"));
     assert_int_equal(config_set(&c, "default_pool_size", "9", err, sizeof(err)), 0);
     assert_int_equal(c.pool_size, 9);
     assert_int_equal(config_set(&c, "listen_port", "1", err, sizeof(err)), -1);
@@ -246,7 +267,12 @@ static void test_errors(void **state)
     static const struct err_case cases[] = {
         {"[pgstay]\npool_sise = 3\n" NODES, "2: unknown key \"pool_sise\""},
         {"[pgstay]\n\n\n\n\n\npool_sise = 3\n", "7: unknown key \"pool_sise\""},
-        {"[databases]\n", "1: unknown section \"databases\""},
+        {"[clusters]\n", "1: unknown section \"clusters\""},
+        {"[databases]\napp = host=10.0.0.1\n",
+         "2: [databases] app: unknown key \"host\" (only pool_size)"},
+        {"[users]\nbob = pool_size=0\n",
+         "2: [users] bob: invalid pool_size \"0\": must be at least 1"},
+        {"[users]\nbob = pool_size\n", "2: [users] bob: expected key=value in \"pool_size\""},
         {"[pgstay\n", "1: missing \"]\" in section header"},
         {"[pgstay]\npool_size 3\n", "2: missing \"=\" in \"pool_size 3\""},
         {"[pgstay]\n= 3\n", "2: missing key before \"=\""},
@@ -505,12 +531,19 @@ static void test_userlist_errors(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_defaults),        cmocka_unit_test(test_every_type),
-        cmocka_unit_test(test_bools),           cmocka_unit_test(test_relative_auth_file),
-        cmocka_unit_test(test_errors),          cmocka_unit_test(test_pgbouncer_names),
-        cmocka_unit_test(test_too_many_nodes),  cmocka_unit_test(test_unreadable),
-        cmocka_unit_test(test_reload),          cmocka_unit_test(test_list_has),
-        cmocka_unit_test(test_userlist),        cmocka_unit_test(test_userlist_last_wins),
+        cmocka_unit_test(test_defaults),
+        cmocka_unit_test(test_every_type),
+        cmocka_unit_test(test_bools),
+        cmocka_unit_test(test_relative_auth_file),
+        cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_pgbouncer_names),
+        cmocka_unit_test(test_pool_size_overrides),
+        cmocka_unit_test(test_too_many_nodes),
+        cmocka_unit_test(test_unreadable),
+        cmocka_unit_test(test_reload),
+        cmocka_unit_test(test_list_has),
+        cmocka_unit_test(test_userlist),
+        cmocka_unit_test(test_userlist_last_wins),
         cmocka_unit_test(test_userlist_errors),
     };
     return cmocka_run_group_tests_name("config", tests, NULL, NULL);
