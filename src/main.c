@@ -10,6 +10,7 @@
 
 #include <event2/event.h>
 
+#include "app/takeover.h"
 #include "app/worker.h"
 #include "config/config.h"
 #include "config/userlist.h"
@@ -22,7 +23,9 @@
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: pgstay [-v] CONFIG_FILE\n"
+            "usage: pgstay [-v] [-R] CONFIG_FILE\n"
+            "       -R: take over from the running pgstay (takeover_socket): its listening\n"
+            "           sockets and idle clients move here, it finishes the rest and exits\n"
             "       pgstay --check-config CONFIG_FILE\n"
             "       pgstay --from-pgbouncer PGBOUNCER_INI   (prints an equivalent pgstay.ini)\n"
             "       pgstay --version\n"
@@ -54,11 +57,12 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
  * are a mistake), taken over when stale. Written with O_EXCL through a temporary name so that
  * a reader never sees it half written.
  */
-static int pidfile_claim(const char *path)
+static int pidfile_claim(const char *path, int takeover)
 {
     if (!path || !*path)
         return 0;
-    FILE *f = fopen(path, "r");
+    /* pgstay -R: the live pgstay named there is the one being replaced. */
+    FILE *f = takeover ? NULL : fopen(path, "r");
     if (f) {
         long pid = 0;
         int n = fscanf(f, "%ld", &pid);
@@ -87,10 +91,27 @@ static int pidfile_claim(const char *path)
     return 0;
 }
 
+/* Removed at exit only while it still names this process: after a takeover it names the new
+ * one. */
+static void pidfile_release(const char *path)
+{
+    if (!path || !*path)
+        return;
+    FILE *f = fopen(path, "r");
+    long pid = 0;
+    if (f) {
+        if (fscanf(f, "%ld", &pid) != 1)
+            pid = 0;
+        fclose(f);
+    }
+    if (pid == (long)getpid())
+        unlink(path);
+}
+
 int main(int argc, char **argv)
 {
     const char *path = NULL;
-    int check_only = 0, verbose = 0;
+    int check_only = 0, verbose = 0, takeover = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--version")) {
             printf("pgstay %s\n", PGSTAY_VERSION);
@@ -106,6 +127,8 @@ int main(int argc, char **argv)
             return config_from_pgbouncer(argv[i + 1], stdout, stderr) < 0 ? 1 : 0;
         } else if (!strcmp(argv[i], "--check-config")) {
             check_only = 1;
+        } else if (!strcmp(argv[i], "-R")) {
+            takeover = 1;
         } else if (!strcmp(argv[i], "-v")) {
             verbose++;
         } else if (argv[i][0] == '-') {
@@ -164,15 +187,16 @@ int main(int argc, char **argv)
         fprintf(stderr, "pgstay: %s\n", lerr);
         return 1;
     }
-    if (pidfile_claim(cfg.pidfile) < 0)
-        return 1;
     static struct worker w;
-    if (worker_init(&w, &cfg) < 0 || worker_listen(&w) < 0) {
+    /* -R: the listening sockets come from the running pgstay before anything is bound here;
+     * the pidfile is claimed once they have (until then the old process is the one running). */
+    if (worker_init(&w, &cfg) < 0 || (takeover && takeover_receive(&w) < 0) ||
+        pidfile_claim(cfg.pidfile, takeover) < 0 || worker_listen(&w) < 0) {
         log_error("cannot start");
-        if (cfg.pidfile && *cfg.pidfile)
-            unlink(cfg.pidfile);
+        pidfile_release(cfg.pidfile);
         return 1;
     }
+    takeover_listen(&w);
     struct event *sigs[3];
     int signums[3] = {SIGHUP, SIGTERM, SIGINT};
     for (int i = 0; i < 3; i++) {
@@ -185,8 +209,7 @@ int main(int argc, char **argv)
     for (int i = 0; i < 3; i++)
         event_free(sigs[i]);
     worker_free(&w);
-    if (cfg.pidfile && *cfg.pidfile)
-        unlink(cfg.pidfile);
+    pidfile_release(cfg.pidfile);
     config_free(&cfg);
     log_info("pgstay stopped");
     return 0;

@@ -74,6 +74,7 @@ struct config {
     int stats_period;            /* ms: SHOW STATS_AVERAGES covers this long */
     char *metrics_listen;        /* host:port of GET /metrics; empty = none */
     char *pidfile;               /* absolute; written at start, removed at exit; empty = none */
+    char *takeover_socket;       /* where pgstay -R finds this process; empty = in /tmp, "off" */
     char *logfile;               /* absolute; the log, reopened on SIGHUP; empty = stderr */
     /* TLS towards clients: 'S' to an SSLRequest once a certificate and key are set. */
     int client_tls_sslmode; /* enum tls_mode */

@@ -735,6 +735,10 @@ void cancel_forward(struct worker *w, uint32_t pid, uint32_t key)
     struct client *c = client_find_by_cancel(w, pid, key);
     if (c && cancel_waiting(c))
         return;
+    if (!c && w->cancel_elsewhere) {
+        w->cancel_elsewhere(w, pid, key);
+        return;
+    }
     if (!c || !c->server || !c->server->nd || c->server->state != SV_ACTIVE) {
         log_debug("cancel request for no running query");
         return;
