@@ -43,6 +43,7 @@ struct takeover {
     struct event *peer_ev;
     int new_side;             /* this process is the one taking over */
     int moved;                /* clients handed over (old side) or taken (new side) */
+    int done;                 /* old side: the exit was decided (said once) */
     uint8_t *buf;             /* REC_MAX bytes, for reading records */
 };
 
@@ -384,6 +385,8 @@ int takeover_sweep(struct worker *w)
             conn_close(&c->conn);
         }
     }
+    if (t && t->done)
+        return 1;
     int live = 0, admins = 0;
     for (int i = 0; i < CL_CLOSING; i++)
         live += w->n_clients[i];
@@ -395,11 +398,15 @@ int takeover_sweep(struct worker *w)
     /* Admin console sessions do not move (their state is this process's): they end with it. */
     if (live - admins == 0) {
         log_info("takeover: %d clients handed over, none left here: exiting", t ? t->moved : 0);
+        if (t)
+            t->done = 1;
         return 1;
     }
     if (now_ms() >= w->shutdown_deadline) {
         log_info("takeover: shutdown_timeout: %d clients handed over, %d still here are closed",
                  t ? t->moved : 0, live);
+        if (t)
+            t->done = 1;
         return 1;
     }
     return 0;
