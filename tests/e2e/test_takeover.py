@@ -1,0 +1,108 @@
+"""pgstay -R: a new process takes the listening sockets and the idle clients of the running one
+(SCM_RIGHTS over takeover_socket) while the old one finishes what is in flight and exits."""
+import os
+import subprocess
+import time
+
+import psycopg
+
+from conftest import build_dir
+
+
+def takeover(p):
+    """Start `pgstay -R` on p's config; p then stands for the new process (the fixture stops
+    it). Returns the old process."""
+    old = p.proc
+    env = dict(os.environ)
+    env.setdefault("ASAN_OPTIONS", "quarantine_size_mb=4:detect_leaks=1")
+    p.proc = subprocess.Popen([os.path.join(build_dir(), "pgstay"), "-R", p.conf_path],
+                              stdout=p.logf, stderr=subprocess.STDOUT, env=env)
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        if "listening sockets taken from the old process" in p.log():
+            return old
+        assert p.proc.poll() is None, p.log()[-3000:]
+        time.sleep(0.05)
+    raise AssertionError("the new pgstay did not take over: " + p.log()[-3000:])
+
+
+def wait_exit(proc, timeout):
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        return None
+
+
+def test_restart_keeps_idle_clients(cluster1, make_proxy, tmp_path):
+    """100 idle clients and pgbench through pgstay, then pgstay -R: the old pid exits, every
+    idle client answers and keeps its SET, pgbench sees no error, and a client inside a
+    transaction finishes it on the old process before it moves too."""
+    sock = str(tmp_path / "takeover.sock")
+    p = make_proxy(cluster1, pool_mode="transaction", pool_size=8, takeover_socket=sock,
+                   shutdown_timeout="15s")
+    out = subprocess.run(["pgbench", "-i", "-s", "1", "-q", cluster1.dsn(1)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    idle = []
+    for i in range(100):
+        c = p.connect()
+        c.execute("SET application_name = 'idle%d'" % i)
+        # past psycopg's prepare_threshold: a protocol-level prepared statement moves too
+        for _ in range(6):
+            assert c.execute("SELECT 1").fetchone() == (1,)
+        idle.append(c)
+    intx = p.connect(autocommit=False)
+    intx.execute("SELECT 1")  # BEGIN sent: the transaction is open on its server
+
+    bench = subprocess.Popen(["pgbench", "-n", "-S", "-c", "4", "-j", "2", "-T", "8",
+                              p.dsn()], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(2)
+    old = takeover(p)
+    # A client inside a transaction finishes it where it began.
+    time.sleep(0.5)
+    assert old.poll() is None, "the old process left before its transaction ended"
+    assert intx.execute("SELECT 2").fetchone() == (2,)
+    intx.commit()
+    # Idle, it moves too; then the old process has nothing left and exits.
+    assert wait_exit(old, 10) == 0, p.log()[-3000:]
+    assert intx.execute("SELECT 3").fetchone() == (3,)
+    intx.commit()
+
+    for i, c in enumerate(idle):
+        assert c.execute("SELECT 1").fetchone() == (1,)
+        assert c.execute("SHOW application_name").fetchone() == ("idle%d" % i,)
+    # New connections reach the new process.
+    with p.connect() as c:
+        assert c.execute("SELECT 4").fetchone() == (4,)
+    stdout, stderr = bench.communicate(timeout=30)
+    assert bench.returncode == 0, stdout + stderr
+    assert "error" not in stderr.lower(), stderr
+    log = p.log()
+    assert "takeover: the old process is done" in log
+    assert "handed over, none left here: exiting" in log
+    for c in idle:
+        c.close()
+    intx.close()
+
+
+def test_session_client_in_transaction_finishes_on_old(cluster1, make_proxy, tmp_path):
+    """Session mode: a client inside a transaction stays with the old process, commits there;
+    new clients are served by the new process meanwhile."""
+    sock = str(tmp_path / "takeover.sock")
+    p = make_proxy(cluster1, pool_mode="session", takeover_socket=sock, shutdown_timeout="15s")
+    with p.connect() as c:
+        c.execute("CREATE TABLE IF NOT EXISTS takeover_t (a int)")
+    c = p.connect(autocommit=False)
+    c.execute("INSERT INTO takeover_t VALUES (1)")
+    old = takeover(p)
+    with p.connect() as fresh:
+        assert fresh.execute("SELECT 5").fetchone() == (5,)
+    assert old.poll() is None
+    c.execute("INSERT INTO takeover_t VALUES (2)")
+    c.commit()
+    c.close()
+    assert wait_exit(old, 10) == 0, p.log()[-3000:]
+    with p.connect() as c2:
+        n = c2.execute("SELECT count(*) FROM takeover_t WHERE a IN (1, 2)").fetchone()[0]
+        assert n >= 2
+        c2.execute("DROP TABLE takeover_t")
