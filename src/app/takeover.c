@@ -351,6 +351,11 @@ int takeover_sweep(struct worker *w)
     struct takeover *t = w->tko;
     struct list *pos, *tmp;
     if (t && t->peer_fd >= 0 && !t->new_side) {
+        /* Session mode: clients between transactions let their servers go, then move. */
+        list_for_each_safe(pos, tmp, &w->clients[CL_ACTIVE])
+        {
+            client_release_for_handover(container_of(pos, struct client, node));
+        }
         list_for_each_safe(pos, tmp, &w->clients[CL_IDLE])
         {
             struct client *c = container_of(pos, struct client, node);

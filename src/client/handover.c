@@ -5,9 +5,12 @@
 #include <string.h>
 
 #include "client/client.h"
+#include "config/config.h"
 #include "core/log.h"
 #include "pool/pool.h"
+#include "pool/prepared.h"
 #include "proto/proto.h"
+#include "server/server.h"
 
 /* A record larger than this is not sent (one SOCK_SEQPACKET datagram; a client with that much
  * state is rare and simply finishes on the old process). */
@@ -18,9 +21,10 @@ static int track_quiet(const struct track *t)
     return t->n == 0 && t->n_txn == 0 && t->batch.n_ops == 0 && t->batch_execs == 0;
 }
 
-int client_movable(const struct client *c)
+/* Everything but where it stands (idle, or linked in session mode) that a move needs. */
+static int session_quiet(const struct client *c)
 {
-    if (c->state != CL_IDLE || c->is_admin || !c->got_welcome || !c->pool || c->server)
+    if (c->is_admin || !c->got_welcome || !c->pool)
         return 0;
     /* Between transactions, nothing in flight: the next byte either way starts afresh. */
     if (c->pending || c->unsynced || c->fwd_left || c->skip_left || c->txn_status != 'I' ||
@@ -44,6 +48,31 @@ int client_movable(const struct client *c)
             if (!m->prepared[i].msg)
                 return 0; /* past what is kept to replay (pinned anyway) */
     }
+    return 1;
+}
+
+int client_movable(const struct client *c)
+{
+    return c->state == CL_IDLE && !c->server && session_quiet(c);
+}
+
+int client_release_for_handover(struct client *c)
+{
+    struct server *s = c->server;
+    if (c->state != CL_ACTIVE || !s || c->w->cfg->pool_mode != POOL_SESSION || !session_quiet(c))
+        return 0;
+    /* The server must have nothing on its way to the client either: an answer half read, or
+     * bytes read and not yet forwarded, would be lost with it. */
+    if (s->state != SV_ACTIVE || s->fwd_left || s->txn_status != 'I' || !plan_empty(s) ||
+        conn_avail(&s->conn) > 0)
+        return 0;
+    /* Session mode keeps what a new server needs (startup parameters, SETs, prepared
+     * statements; what it cannot keep pins the session, and pinned sessions stay): the
+     * server is reset into its pool, as after a failover the session is rebuilt elsewhere. */
+    c->server = NULL;
+    s->client = NULL;
+    client_change_state(c, CL_IDLE);
+    pool_take_back(s, 0, 0, 0);
     return 1;
 }
 

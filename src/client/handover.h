@@ -19,6 +19,9 @@ struct worker;
  * logged in and welcomed, no server, nothing in flight or buffered either way, not TLS (the
  * TLS session's keys live in this process), not pinned (its state is on a server). */
 int client_movable(const struct client *c);
+/* Session mode: a client between transactions whose session pgstay can rebuild gives its
+ * server back (reset into the pool) and becomes idle, so that it can move: 1 if it did. */
+int client_release_for_handover(struct client *c);
 /* c's session, appended to b (its socket travels beside it). */
 void client_export(const struct client *c, struct pbuf *b);
 /* A client rebuilt from a record on socket fd, idle in its pool: NULL (fd untouched) if the

@@ -557,6 +557,9 @@ void pool_after_ready(struct client *c)
     struct server *s = c->server;
     if (s)
         stats_ready(s, c);
+    /* pgstay -R under way: a session between transactions may move now (app/takeover.c). */
+    if (c->w->handing_over)
+        worker_schedule_reap(c->w);
     if (!s || !POOL_OPS(c->w)->releasable(c) || !plan_empty(s))
         return;
     c->server = NULL;

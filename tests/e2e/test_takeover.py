@@ -85,24 +85,35 @@ def test_restart_keeps_idle_clients(cluster1, make_proxy, tmp_path):
     intx.close()
 
 
-def test_session_client_in_transaction_finishes_on_old(cluster1, make_proxy, tmp_path):
-    """Session mode: a client inside a transaction stays with the old process, commits there;
-    new clients are served by the new process meanwhile."""
+def test_session_mode_clients_move_between_transactions(cluster1, make_proxy, tmp_path):
+    """Session mode: an idle client lets its server go and moves with its SET and its prepared
+    statement; a client inside a transaction finishes it on the old process, then moves; new
+    clients are served by the new process meanwhile."""
     sock = str(tmp_path / "takeover.sock")
     p = make_proxy(cluster1, pool_mode="session", takeover_socket=sock, shutdown_timeout="15s")
     with p.connect() as c:
         c.execute("CREATE TABLE IF NOT EXISTS takeover_t (a int)")
+    idle = p.connect()
+    idle.execute("SET search_path = takeover_nowhere, public")
+    for _ in range(6):  # prepared by psycopg past its threshold
+        assert idle.execute("SELECT %s::int", (7,)).fetchone() == (7,)
     c = p.connect(autocommit=False)
     c.execute("INSERT INTO takeover_t VALUES (1)")
     old = takeover(p)
     with p.connect() as fresh:
         assert fresh.execute("SELECT 5").fetchone() == (5,)
-    assert old.poll() is None
+    time.sleep(0.3)
+    assert old.poll() is None, "the old process left before its transaction ended"
     c.execute("INSERT INTO takeover_t VALUES (2)")
     c.commit()
-    c.close()
     assert wait_exit(old, 10) == 0, p.log()[-3000:]
-    with p.connect() as c2:
-        n = c2.execute("SELECT count(*) FROM takeover_t WHERE a IN (1, 2)").fetchone()[0]
-        assert n >= 2
-        c2.execute("DROP TABLE takeover_t")
+    assert c.execute("SELECT count(*) FROM takeover_t WHERE a IN (1, 2)").fetchone()[0] >= 2
+    c.commit()
+    assert idle.execute("SHOW search_path").fetchone() == ("takeover_nowhere, public",)
+    for _ in range(3):
+        assert idle.execute("SELECT %s::int", (8,)).fetchone() == (8,)
+    c.execute("DROP TABLE takeover_t")
+    c.commit()
+    c.close()
+    idle.close()
+    assert "the old process is done: 2 clients taken over" in p.log()
