@@ -117,3 +117,39 @@ def test_session_mode_clients_move_between_transactions(cluster1, make_proxy, tm
     c.close()
     idle.close()
     assert "the old process is done: 2 clients taken over" in p.log()
+
+
+def test_cancel_reaches_a_query_on_the_old_process(cluster1, make_proxy, tmp_path):
+    """A cancel request arrives at the new process (it has the listening socket) for a query
+    still running on the old one: it is passed on over the control socket and cancels it."""
+    import threading
+
+    sock = str(tmp_path / "takeover.sock")
+    p = make_proxy(cluster1, pool_mode="transaction", takeover_socket=sock, shutdown_timeout="15s")
+    c = p.connect()
+    result = {}
+
+    def run():
+        try:
+            c.execute("SELECT pg_sleep(20)")
+            result["done"] = True
+        except psycopg.errors.QueryCanceled:
+            result["canceled"] = True
+        except Exception as e:  # anything else is a failure, reported below
+            result["error"] = repr(e)
+
+    th = threading.Thread(target=run)
+    th.start()
+    time.sleep(0.5)
+    old = takeover(p)
+    time.sleep(0.3)
+    assert old.poll() is None
+    t0 = time.time()
+    c.cancel()
+    th.join(10)
+    assert result == {"canceled": True}, result
+    assert time.time() - t0 < 5
+    # Idle again, it moves; the old process is then done.
+    assert wait_exit(old, 10) == 0, p.log()[-3000:]
+    assert c.execute("SELECT 9").fetchone() == (9,)
+    c.close()
