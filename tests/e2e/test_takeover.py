@@ -153,3 +153,36 @@ def test_cancel_reaches_a_query_on_the_old_process(cluster1, make_proxy, tmp_pat
     assert wait_exit(old, 10) == 0, p.log()[-3000:]
     assert c.execute("SELECT 9").fetchone() == (9,)
     c.close()
+
+
+def test_tls_client_drained_by_the_old_process(cluster1, make_proxy, tmp_path):
+    """A TLS client's session keys are the old process's: it stays there and is served until
+    it leaves; a plaintext client moves, and new TLS clients are served by the new process."""
+    d = str(tmp_path)
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", "server.key", "-out",
+                    "server.crt", "-days", "2", "-subj", "/CN=localhost"],
+                   cwd=d, check=True, capture_output=True)
+    os.chmod(os.path.join(d, "server.key"), 0o600)
+    p = make_proxy(cluster1, pool_mode="transaction", takeover_socket=os.path.join(d, "tk.sock"),
+                   client_tls_cert_file=os.path.join(d, "server.crt"),
+                   client_tls_key_file=os.path.join(d, "server.key"), shutdown_timeout="15s")
+    tls = psycopg.connect(p.dsn(sslmode="require"), autocommit=True)
+    assert tls.pgconn.ssl_in_use
+    tls.execute("SET application_name = 'tls'")
+    plain = psycopg.connect(p.dsn(sslmode="disable"), autocommit=True)
+    plain.execute("SET application_name = 'plain'")
+    old = takeover(p)
+    with psycopg.connect(p.dsn(sslmode="require")) as fresh:
+        assert fresh.pgconn.ssl_in_use
+        assert fresh.execute("SELECT 1").fetchone() == (1,)
+    time.sleep(0.5)
+    assert plain.execute("SHOW application_name").fetchone() == ("plain",)
+    # Still on the old process, which waits for it.
+    assert old.poll() is None
+    assert tls.execute("SHOW application_name").fetchone() == ("tls",)
+    tls.close()
+    assert wait_exit(old, 10) == 0, p.log()[-3000:]
+    assert plain.execute("SELECT 1").fetchone() == (1,)
+    plain.close()
+    assert "the old process is done: 1 clients taken over" in p.log()
