@@ -124,8 +124,25 @@ void client_export(const struct client *c, struct pbuf *b)
     pbuf_put_str(b, c->user);
     pbuf_put_str(b, c->database);
     put_kv(b, &c->params);
-    /* What it was told in ParameterStatus: the new process tells it only what differs. */
-    put_kv(b, &c->reported);
+    /* Everything it was told in ParameterStatus (c->reported keeps only what differs from
+     * this process's pool base, which the new process does not have): the new process tells
+     * it only what differs from this. */
+    const struct kvlist *base = &c->pool->base;
+    int n = c->reported.n;
+    for (int i = 0; i < base->n; i++)
+        if (!kv_get(&c->reported, base->items[i].name))
+            n++;
+    pbuf_put_u32(b, (uint32_t)n);
+    for (int i = 0; i < c->reported.n; i++) {
+        pbuf_put_str(b, c->reported.items[i].name);
+        pbuf_put_str(b, c->reported.items[i].value);
+    }
+    for (int i = 0; i < base->n; i++) {
+        if (kv_get(&c->reported, base->items[i].name))
+            continue;
+        pbuf_put_str(b, base->items[i].name);
+        pbuf_put_str(b, base->items[i].value);
+    }
     const struct client_more *m = c->more;
     pbuf_put_u8(b, m != NULL);
     if (m) {

@@ -7,6 +7,7 @@ import time
 import psycopg
 
 from conftest import build_dir
+from wire import Raw
 
 
 def takeover(p):
@@ -38,8 +39,9 @@ def test_restart_keeps_idle_clients(cluster1, make_proxy, tmp_path):
     idle client answers and keeps its SET, pgbench sees no error, and a client inside a
     transaction finishes it on the old process before it moves too."""
     sock = str(tmp_path / "takeover.sock")
+    pidfile = str(tmp_path / "pgstay.pid")
     p = make_proxy(cluster1, pool_mode="transaction", pool_size=8, takeover_socket=sock,
-                   shutdown_timeout="15s")
+                   shutdown_timeout="15s", pidfile=pidfile)
     out = subprocess.run(["pgbench", "-i", "-s", "1", "-q", cluster1.dsn(1)],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
@@ -51,6 +53,11 @@ def test_restart_keeps_idle_clients(cluster1, make_proxy, tmp_path):
         for _ in range(6):
             assert c.execute("SELECT 1").fetchone() == (1,)
         idle.append(c)
+    # A raw client sees every byte: after the move, not one ParameterStatus more.
+    raw = Raw(p.port)
+    raw.login_trust()
+    msgs, closed = raw.query("SELECT 1")
+    assert not closed and [t for t, _ in msgs] == [b"T", b"D", b"C", b"Z"], msgs
     intx = p.connect(autocommit=False)
     intx.execute("SELECT 1")  # BEGIN sent: the transaction is open on its server
 
@@ -65,6 +72,11 @@ def test_restart_keeps_idle_clients(cluster1, make_proxy, tmp_path):
     intx.commit()
     # Idle, it moves too; then the old process has nothing left and exits.
     assert wait_exit(old, 10) == 0, p.log()[-3000:]
+    with open(pidfile) as f:
+        assert int(f.read()) == p.proc.pid  # the new process's, left alone by the old one
+    msgs, closed = raw.query("SELECT 1")
+    assert not closed and [t for t, _ in msgs] == [b"T", b"D", b"C", b"Z"], msgs
+    raw.close()
     assert intx.execute("SELECT 3").fetchone() == (3,)
     intx.commit()
 
