@@ -189,9 +189,11 @@ int main(int argc, char **argv)
     }
     static struct worker w;
     /* -R: the listening sockets come from the running pgstay before anything is bound here;
-     * the pidfile is claimed once they have (until then the old process is the one running). */
+     * the pidfile is claimed, and the old process told to hand over, once everything started
+     * (until then the old one runs on as if nothing happened). */
     if (worker_init(&w, &cfg) < 0 || (takeover && takeover_receive(&w) < 0) ||
-        pidfile_claim(cfg.pidfile, takeover) < 0 || worker_listen(&w) < 0) {
+        (!takeover && pidfile_claim(cfg.pidfile, 0) < 0) || worker_listen(&w) < 0 ||
+        (takeover && (pidfile_claim(cfg.pidfile, 1) < 0 || takeover_ready(&w) < 0))) {
         log_error("cannot start");
         pidfile_release(cfg.pidfile);
         return 1;

@@ -2,7 +2,9 @@
  * SOCK_SEQPACKET socket: one datagram per record, a descriptor travelling with its record.
  *
  *   new -> old  'H' version                    hello; the old process answers with
- *   old -> new  'L' n, role[n] + n fds         its listening sockets, and stops accepting
+ *   old -> new  'L' n, role[n] + n fds         its listening sockets (both processes accept)
+ *   new -> old  'R'                            the new process is up: the old one stops
+ *                                              accepting and hands over
  *   old -> new  'C' client record + its fd     each client as soon as it is idle (client_movable)
  *   new -> old  'X' pid key                    a cancel request for a client still on the old one
  *
@@ -198,6 +200,14 @@ static void hand_listeners(struct worker *w, struct takeover *t)
         return;
     }
     pbuf_free(&b);
+    /* Until the new process says it is up, this one keeps accepting too: if the new one fails
+     * to start, nothing was lost. */
+    log_info("takeover: listening sockets sent to the new process; waiting for it to start");
+}
+
+/* The new process is up: stop accepting, hand over the clients. */
+static void begin_handing_over(struct worker *w)
+{
     /* The sockets live on in the new process: closing ours stops accepting here only. */
     worker_stop_listening(w);
     metrics_stop(w);
@@ -206,7 +216,7 @@ static void hand_listeners(struct worker *w, struct takeover *t)
     int live = 0;
     for (int i = 0; i < CL_CLOSING; i++)
         live += w->n_clients[i];
-    log_info("takeover: listening sockets handed to the new process; handing over idle clients, "
+    log_info("takeover: the new process is up and accepting; handing over idle clients, "
              "finishing the others (%d clients, up to %d ms)",
              live, w->cfg->shutdown_timeout);
     worker_schedule_reap(w);
@@ -231,7 +241,7 @@ static void old_peer_cb(evutil_socket_t fd, short what, void *arg)
                 w->shutting_down = 1;
                 worker_schedule_reap(w);
             } else {
-                log_info("takeover: the connecting process left before taking over");
+                log_info("takeover: the new process left before it started: running on");
                 takeover_listen(w);
             }
             close_peer(t);
@@ -252,6 +262,8 @@ static void old_peer_cb(evutil_socket_t fd, short what, void *arg)
             hand_listeners(w, t);
             if (t->peer_fd < 0)
                 return;
+        } else if (type == 'R' && !w->handing_over && !w->shutting_down) {
+            begin_handing_over(w);
         } else if (type == 'X') {
             uint32_t pid = mr_u32(&r), key = mr_u32(&r);
             if (!r.bad)
@@ -529,8 +541,20 @@ int takeover_receive(struct worker *w)
     }
     event_add(t->peer_ev, NULL);
     w->cancel_elsewhere = send_cancel;
-    log_info("takeover: %d listening sockets taken from the old process; its idle clients follow",
-             nfds);
+    log_info("takeover: %d listening sockets taken from the old process", nfds);
+    return 0;
+}
+
+int takeover_ready(struct worker *w)
+{
+    struct takeover *t = w->tko;
+    if (!t || !t->new_side || t->peer_fd < 0)
+        return 0;
+    uint8_t r = 'R';
+    if (send_rec(t->peer_fd, &r, 1, NULL, 0) < 0) {
+        log_error("takeover: cannot tell the old process to hand over: %s", strerror(errno));
+        return -1;
+    }
     return 0;
 }
 

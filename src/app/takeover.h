@@ -8,10 +8,13 @@
 /* Listen on takeover_socket for a future pgstay -R (nothing if it is "off"). A failure is
  * logged and the process runs on without it: 0 always. */
 int takeover_listen(struct worker *w);
-/* pgstay -R: connect to the running process, take its listening sockets (which start
- * accepting here at once) and then, from the loop, every client it hands over. 0, or -1 with
- * the reason logged (nothing was taken: the old process runs on). */
+/* pgstay -R: connect to the running process and take its listening sockets (which start
+ * accepting here at once); then, from the loop, every client it hands over. 0, or -1 with the
+ * reason logged (the old process runs on). */
 int takeover_receive(struct worker *w);
+/* pgstay -R, once everything else started: the old process stops accepting and hands over its
+ * clients (until then both accept, so a new process that fails to start loses nothing). */
+int takeover_ready(struct worker *w);
 /* The old process, from its reaper: hand over each client that can move now; returns 1 once
  * every client is gone (or shutdown_timeout passed) and the process can exit. */
 int takeover_sweep(struct worker *w);

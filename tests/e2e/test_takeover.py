@@ -20,7 +20,7 @@ def takeover(p):
                               stdout=p.logf, stderr=subprocess.STDOUT, env=env)
     deadline = time.time() + 10
     while time.time() < deadline:
-        if "listening sockets taken from the old process" in p.log():
+        if "the new process is up and accepting" in p.log():
             return old
         assert p.proc.poll() is None, p.log()[-3000:]
         time.sleep(0.05)
@@ -198,3 +198,30 @@ def test_tls_client_drained_by_the_old_process(cluster1, make_proxy, tmp_path):
     assert plain.execute("SELECT 1").fetchone() == (1,)
     plain.close()
     assert "the old process is done: 1 clients taken over" in p.log()
+
+
+def test_failed_new_process_loses_nothing(cluster1, make_proxy, tmp_path):
+    """A new process that fails after taking the listening sockets (here: its pidfile cannot be
+    written) never told the old one to hand over: the old one runs on, keeps accepting and
+    serving, and a later pgstay -R succeeds."""
+    sock = str(tmp_path / "takeover.sock")
+    p = make_proxy(cluster1, pool_mode="transaction", takeover_socket=sock)
+    c = p.connect()
+    c.execute("SET application_name = 'stays'")
+    bad_conf = str(tmp_path / "bad.ini")
+    with open(p.conf_path) as f:
+        text = f.read()
+    with open(bad_conf, "w") as f:
+        f.write(text.replace("[pgstay]\n", "[pgstay]\npidfile = /nonexistent/dir/pgstay.pid\n", 1))
+    bad = subprocess.run([os.path.join(build_dir(), "pgstay"), "-R", bad_conf],
+                         capture_output=True, text=True, timeout=20)
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert "running on" in p.log()
+    assert p.proc.poll() is None
+    assert c.execute("SHOW application_name").fetchone() == ("stays",)
+    with p.connect() as fresh:
+        assert fresh.execute("SELECT 1").fetchone() == (1,)
+    old = takeover(p)
+    assert wait_exit(old, 10) == 0, p.log()[-3000:]
+    assert c.execute("SHOW application_name").fetchone() == ("stays",)
+    c.close()
