@@ -5,15 +5,30 @@ import subprocess
 import time
 
 import psycopg
+import pytest
 
 from conftest import build_dir
 from wire import Raw
+
+_olds = []
+
+
+@pytest.fixture(autouse=True)
+def _reap_old_processes():
+    """An old process a failed test left behind does not outlive it."""
+    yield
+    while _olds:
+        proc = _olds.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def takeover(p):
     """Start `pgstay -R` on p's config; p then stands for the new process (the fixture stops
     it). Returns the old process."""
     old = p.proc
+    _olds.append(old)
     env = dict(os.environ)
     env.setdefault("ASAN_OPTIONS", "quarantine_size_mb=4:detect_leaks=1")
     p.proc = subprocess.Popen([os.path.join(build_dir(), "pgstay"), "-R", p.conf_path],
