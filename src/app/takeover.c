@@ -2,7 +2,7 @@
  * SOCK_SEQPACKET socket: one datagram per record, a descriptor travelling with its record.
  *
  *   new -> old  'H' version                    hello; the old process answers with
- *   old -> new  'L' n, role[n] + n fds         its listening sockets (both processes accept)
+ *   old -> new  'L' n, role[n] + n fds         its listening sockets (it goes on accepting)
  *   new -> old  'R'                            the new process is up: the old one stops
  *                                              accepting and hands over
  *   old -> new  'C' client record + its fd     each client as soon as it is idle (client_movable)
@@ -30,6 +30,7 @@
 #include "core/log.h"
 #include "pool/pool.h"
 #include "proto/proto.h"
+#include "topology/topology.h"
 
 /* The largest record read (a client record is bounded by handover.c below this). */
 #define REC_MAX 65536
@@ -46,6 +47,8 @@ struct takeover {
     int new_side;             /* this process is the one taking over */
     int moved;                /* clients handed over (old side) or taken (new side) */
     int done;                 /* old side: the exit was decided (said once) */
+    struct event *ready_ev;   /* new side: asks for the clients once the writer is known */
+    int64_t ready_at;         /* ms: ask anyway from then on */
     uint8_t *buf;             /* REC_MAX bytes, for reading records */
 };
 
@@ -523,8 +526,10 @@ int takeover_receive(struct worker *w)
             close(fds[i]);
         else if (roles[i] == ROLE_METRICS)
             ok = metrics_start_fd(w, fds[i]) == 0;
-        else
-            ok = worker_listen_fd(w, fds[i], roles[i]) == 0;
+        else if ((ok = worker_listen_fd(w, fds[i], roles[i]) == 0))
+            /* The old process, which knows the writer, goes on accepting until this one is
+             * ready (takeover_ready): a new client is not held meanwhile. */
+            evconnlistener_disable(w->listeners[roles[i]]);
     }
     if (!ok) {
         log_error("takeover: the listening sockets received are not usable");
@@ -545,16 +550,48 @@ int takeover_receive(struct worker *w)
     return 0;
 }
 
+/* How long the new process waits for its own probes to find the writer before it asks for
+ * the clients anyway (they are then held until a writer is found, as at any start). */
+#define READY_WAIT_MS 3000
+
+static void ready_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct worker *w = arg;
+    struct takeover *t = w->tko;
+    if (t->peer_fd < 0)
+        return;
+    /* Clients handed over before this process knows the writer would have their next request
+     * held meanwhile: the old process, which knows it, keeps serving them until then. */
+    if (!w->topo->writer && now_ms() < t->ready_at) {
+        struct timeval tv = {0, 20 * 1000};
+        evtimer_add(t->ready_ev, &tv);
+        return;
+    }
+    /* Accepting here from now on (the old process stops as it reads this). */
+    for (int i = 0; i < 2; i++)
+        if (w->listeners[i])
+            evconnlistener_enable(w->listeners[i]);
+    uint8_t r = 'R';
+    if (send_rec(t->peer_fd, &r, 1, NULL, 0) < 0) {
+        log_error("takeover: cannot tell the old process to hand over (%s): both processes "
+                  "accept, the old one keeps its clients",
+                  strerror(errno));
+        return;
+    }
+    log_info("takeover: asking the old process for its clients%s",
+             w->topo->writer ? "" : " (no writer found yet)");
+}
+
 int takeover_ready(struct worker *w)
 {
     struct takeover *t = w->tko;
     if (!t || !t->new_side || t->peer_fd < 0)
         return 0;
-    uint8_t r = 'R';
-    if (send_rec(t->peer_fd, &r, 1, NULL, 0) < 0) {
-        log_error("takeover: cannot tell the old process to hand over: %s", strerror(errno));
+    t->ready_at = now_ms() + READY_WAIT_MS;
+    t->ready_ev = evtimer_new(w->base, ready_cb, w);
+    if (!t->ready_ev)
         return -1;
-    }
+    ready_cb(-1, 0, w);
     return 0;
 }
 
@@ -565,6 +602,8 @@ void takeover_free(struct worker *w)
         return;
     close_peer(t);
     close_listen(t, 1);
+    if (t->ready_ev)
+        event_free(t->ready_ev);
     free(t->buf);
     free(t);
     w->tko = NULL;

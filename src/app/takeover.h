@@ -12,8 +12,9 @@ int takeover_listen(struct worker *w);
  * accepting here at once); then, from the loop, every client it hands over. 0, or -1 with the
  * reason logged (the old process runs on). */
 int takeover_receive(struct worker *w);
-/* pgstay -R, once everything else started: the old process stops accepting and hands over its
- * clients (until then both accept, so a new process that fails to start loses nothing). */
+/* pgstay -R, once everything else started: as soon as this process's probes know the writer
+ * (or after a few seconds), the old process is told to stop accepting and hand over its
+ * clients. Until then both accept, so a new process that fails to start loses nothing. */
 int takeover_ready(struct worker *w);
 /* The old process, from its reaper: hand over each client that can move now; returns 1 once
  * every client is gone (or shutdown_timeout passed) and the process can exit. */

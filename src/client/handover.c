@@ -262,7 +262,6 @@ struct client *client_import(struct worker *w, int fd, const uint8_t *p, size_t 
     c->state = CL_IDLE;
     list_append(&w->clients[CL_IDLE], &c->node);
     w->n_clients[CL_IDLE]++;
-    w->stats.clients_accepted++;
     client_attach_fd(c, fd);
     log_debug("C-%llu %s: taken over (C-%llu of the old process) as %s to %s",
               (unsigned long long)c->id, client_addr(c), (unsigned long long)old_id, c->user,

@@ -231,6 +231,9 @@ def test_failed_new_process_loses_nothing(cluster1, make_proxy, tmp_path):
     bad = subprocess.run([os.path.join(build_dir(), "pgstay"), "-R", bad_conf],
                          capture_output=True, text=True, timeout=20)
     assert bad.returncode == 1, bad.stdout + bad.stderr
+    deadline = time.time() + 5  # the old process notices the closed socket in its own time
+    while "running on" not in p.log() and time.time() < deadline:
+        time.sleep(0.05)
     assert "running on" in p.log()
     assert p.proc.poll() is None
     assert c.execute("SHOW application_name").fetchone() == ("stays",)
