@@ -36,20 +36,20 @@
 #define REC_MAX 65536
 /* Listening sockets: writer, reader, metrics. */
 #define MAX_LISTEN_FDS 3
-#define ROLE_METRICS 2
+#define ROLE_METRICS   2
 
 struct takeover {
     char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
-    int listen_fd;            /* waiting for a pgstay -R (-1: none) */
+    int listen_fd; /* waiting for a pgstay -R (-1: none) */
     struct event *listen_ev;
-    int peer_fd;              /* the other process during a takeover (-1: none) */
+    int peer_fd; /* the other process during a takeover (-1: none) */
     struct event *peer_ev;
-    int new_side;             /* this process is the one taking over */
-    int moved;                /* clients handed over (old side) or taken (new side) */
-    int done;                 /* old side: the exit was decided (said once) */
-    struct event *ready_ev;   /* new side: asks for the clients once the writer is known */
-    int64_t ready_at;         /* ms: ask anyway from then on */
-    uint8_t *buf;             /* REC_MAX bytes, for reading records */
+    int new_side;           /* this process is the one taking over */
+    int moved;              /* clients handed over (old side) or taken (new side) */
+    int done;               /* old side: the exit was decided (said once) */
+    struct event *ready_ev; /* new side: asks for the clients once the writer is known */
+    int64_t ready_at;       /* ms: ask anyway from then on */
+    uint8_t *buf;           /* REC_MAX bytes, for reading records */
 };
 
 static struct takeover *tko_get(struct worker *w)
