@@ -11,6 +11,7 @@
 #include <event2/event.h>
 
 #include "app/notify.h"
+#include "app/takeover.h"
 #include "app/worker.h"
 #include "config/config.h"
 #include "config/userlist.h"
@@ -24,7 +25,9 @@
 static void usage(FILE *f)
 {
     fprintf(f,
-            "usage: pgstay [-v] CONFIG_FILE\n"
+            "usage: pgstay [-v] [-R] CONFIG_FILE\n"
+            "       -R: take over from the running pgstay (takeover_socket): its listening\n"
+            "           sockets and idle clients move here, it finishes the rest and exits\n"
             "       pgstay --check-config CONFIG_FILE\n"
             "       pgstay --from-pgbouncer PGBOUNCER_INI   (prints an equivalent pgstay.ini)\n"
             "       pgstay --version\n"
@@ -57,11 +60,12 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
  * are a mistake), taken over when stale. Written with O_EXCL through a temporary name so that
  * a reader never sees it half written.
  */
-static int pidfile_claim(const char *path)
+static int pidfile_claim(const char *path, int takeover)
 {
     if (!path || !*path)
         return 0;
-    FILE *f = fopen(path, "r");
+    /* pgstay -R: the live pgstay named there is the one being replaced. */
+    FILE *f = takeover ? NULL : fopen(path, "r");
     if (f) {
         long pid = 0;
         int n = fscanf(f, "%ld", &pid);
@@ -90,10 +94,27 @@ static int pidfile_claim(const char *path)
     return 0;
 }
 
+/* Removed at exit only while it still names this process: after a takeover it names the new
+ * one. */
+static void pidfile_release(const char *path)
+{
+    if (!path || !*path)
+        return;
+    FILE *f = fopen(path, "r");
+    long pid = 0;
+    if (f) {
+        if (fscanf(f, "%ld", &pid) != 1)
+            pid = 0;
+        fclose(f);
+    }
+    if (pid == (long)getpid())
+        unlink(path);
+}
+
 int main(int argc, char **argv)
 {
     const char *path = NULL;
-    int check_only = 0, verbose = 0;
+    int check_only = 0, verbose = 0, takeover = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--version")) {
             printf("pgstay %s\n", PGSTAY_VERSION);
@@ -109,6 +130,8 @@ int main(int argc, char **argv)
             return config_from_pgbouncer(argv[i + 1], stdout, stderr) < 0 ? 1 : 0;
         } else if (!strcmp(argv[i], "--check-config")) {
             check_only = 1;
+        } else if (!strcmp(argv[i], "-R")) {
+            takeover = 1;
         } else if (!strcmp(argv[i], "-v")) {
             verbose++;
         } else if (argv[i][0] == '-') {
@@ -168,15 +191,25 @@ int main(int argc, char **argv)
         return 1;
     }
     logsys_config(cfg.syslog, cfg.syslog_ident, cfg.syslog_facility);
-    if (pidfile_claim(cfg.pidfile) < 0)
-        return 1;
-    static struct worker w;
-    if (worker_init(&w, &cfg) < 0 || worker_listen(&w) < 0) {
-        log_error("cannot start");
-        if (cfg.pidfile && *cfg.pidfile)
-            unlink(cfg.pidfile);
+    if (takeover && cfg.unix_socket_dir && *cfg.unix_socket_dir) {
+        /* The old process's unix sockets are not handed over (yet): binding new ones over
+         * its live files would be refused, and its exit would remove the new process's. */
+        log_error("pgstay -R: unix_socket_dir is set, and taking over unix sockets is not "
+                  "supported: restart without -R (or clear unix_socket_dir)");
         return 1;
     }
+    static struct worker w;
+    /* -R: the listening sockets come from the running pgstay before anything is bound here;
+     * the pidfile is claimed, and the old process told to hand over, once everything started
+     * (until then the old one runs on as if nothing happened). */
+    if (worker_init(&w, &cfg) < 0 || (takeover && takeover_receive(&w) < 0) ||
+        (!takeover && pidfile_claim(cfg.pidfile, 0) < 0) || worker_listen(&w) < 0 ||
+        (takeover && (pidfile_claim(cfg.pidfile, 1) < 0 || takeover_ready(&w) < 0))) {
+        log_error("cannot start");
+        pidfile_release(cfg.pidfile);
+        return 1;
+    }
+    takeover_listen(&w);
     struct event *sigs[3];
     int signums[3] = {SIGHUP, SIGTERM, SIGINT};
     for (int i = 0; i < 3; i++) {
@@ -190,8 +223,7 @@ int main(int argc, char **argv)
     for (int i = 0; i < 3; i++)
         event_free(sigs[i]);
     worker_free(&w);
-    if (cfg.pidfile && *cfg.pidfile)
-        unlink(cfg.pidfile);
+    pidfile_release(cfg.pidfile);
     config_free(&cfg);
     log_info("pgstay stopped");
     return 0;

@@ -27,6 +27,7 @@
 
 struct metrics {
     struct evhttp *http;
+    struct evhttp_bound_socket *bound; /* its listening socket: handed over by pgstay -R */
 };
 
 /* A growing text buffer (a scrape is a few kB per pool and node). */
@@ -430,6 +431,18 @@ static void other_cb(struct evhttp_request *req, void *arg)
 
 int metrics_start(struct worker *w)
 {
+    return metrics_start_fd(w, -1);
+}
+
+int metrics_fd(struct worker *w)
+{
+    if (!w->admin || !w->admin->metrics || !w->admin->metrics->bound)
+        return -1;
+    return (int)evhttp_bound_socket_get_fd(w->admin->metrics->bound);
+}
+
+int metrics_start_fd(struct worker *w, int fd)
+{
     const char *spec = w->cfg->metrics_listen;
     if (!spec || !*spec)
         return 0;
@@ -460,7 +473,11 @@ int metrics_start(struct worker *w)
     evhttp_set_cb(m->http, "/metrics", metrics_cb, w);
     evhttp_set_gencb(m->http, other_cb, w);
     evhttp_set_timeout(m->http, 10);
-    if (evhttp_bind_socket(m->http, h, (uint16_t)port) < 0) {
+    if (fd >= 0)
+        m->bound = evhttp_accept_socket_with_handle(m->http, fd);
+    else
+        m->bound = evhttp_bind_socket_with_handle(m->http, h, (uint16_t)port);
+    if (!m->bound) {
         log_error("metrics_listen: cannot listen on %s", spec);
         evhttp_free(m->http);
         free(m);

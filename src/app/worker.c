@@ -21,6 +21,7 @@
 #include "admin/admin.h"
 #include "admin/metrics.h"
 #include "app/notify.h"
+#include "app/takeover.h"
 #include "client/authquery.h"
 #include "client/client.h"
 #include "config/config.h"
@@ -72,6 +73,12 @@ static void reap_cb(evutil_socket_t fd, short what, void *arg)
     list_for_each_safe(pos, tmp, &w->servers[SV_CLOSING])
     {
         server_free(container_of(pos, struct server, node));
+    }
+    if (w->handing_over && !w->shutting_down) {
+        /* pgstay -R: idle clients go to the new process as they become idle. */
+        if (takeover_sweep(w))
+            event_base_loopexit(w->base, NULL);
+        return;
     }
     if (w->shutting_down) {
         int live = 0;
@@ -137,7 +144,7 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
                 server_close_by(s, EVIDENCE_FAILURE, "connect timeout");
         }
     }
-    if (w->shutting_down)
+    if (w->shutting_down || w->handing_over)
         worker_schedule_reap(w);
 }
 
@@ -417,17 +424,50 @@ int worker_listen(struct worker *w)
         w->accept_resume = evtimer_new(w->base, accept_resume_cb, w);
         w->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     }
-    w->listeners[0] = listen_on(w, w->cfg->listen_addr, w->cfg->listen_port, ROLE_WRITER);
-    if (!w->listeners[0])
-        return -1;
-    if (w->cfg->readonly_port > 0) {
+    /* What was taken over from an old process (worker_listen_fd) is not bound again. */
+    if (!w->listeners[0]) {
+        w->listeners[0] = listen_on(w, w->cfg->listen_addr, w->cfg->listen_port, ROLE_WRITER);
+        if (!w->listeners[0])
+            return -1;
+    }
+    if (w->cfg->readonly_port > 0 && !w->listeners[1]) {
         w->listeners[1] = listen_on(w, w->cfg->listen_addr, w->cfg->readonly_port, ROLE_READER);
         if (!w->listeners[1])
             return -1;
     }
     if (listen_unix(w) < 0)
         return -1;
-    return metrics_start(w);
+    return metrics_fd(w) >= 0 ? 0 : metrics_start(w);
+}
+
+int worker_listen_fd(struct worker *w, int fd, int role)
+{
+    if (role < 0 || role > 1 || w->listeners[role]) {
+        close(fd);
+        return -1;
+    }
+    evutil_make_socket_nonblocking(fd);
+    w->listen_ctx[role].w = w;
+    w->listen_ctx[role].role = role;
+    /* Backlog 0: the socket listens already, and its queue of connections comes with it. */
+    struct evconnlistener *l = evconnlistener_new(w->base, client_accept, &w->listen_ctx[role],
+                                                  LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, 0,
+                                                  fd);
+    if (!l) {
+        log_error("cannot take over a listening socket: %s", strerror(errno));
+        close(fd);
+        return -1;
+    }
+    evconnlistener_set_error_cb(l, accept_error_cb);
+    w->listeners[role] = l;
+    log_info("listening on the %s endpoint taken over from the old process",
+             role == ROLE_WRITER ? "writer" : "reader");
+    return 0;
+}
+
+int worker_listener_fd(struct worker *w, int role)
+{
+    return w->listeners[role] ? (int)evconnlistener_get_fd(w->listeners[role]) : -1;
 }
 
 void worker_stop_listening(struct worker *w)
@@ -593,6 +633,7 @@ static int reload(struct worker *w)
 void worker_free(struct worker *w)
 {
     worker_stop_listening(w);
+    takeover_free(w);
     topology_free(w);
     for (int st = 0; st < CL_NSTATES; st++) {
         struct list *pos, *tmp;

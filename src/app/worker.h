@@ -20,6 +20,11 @@ void worker_hba_free(struct hba *h);
 /* Re-read config, auth_file, auth_hba_file and the TLS files (SIGHUP, RELOAD). */
 int worker_reload(struct worker *w);
 int worker_listen(struct worker *w);
+/* pgstay -R: listen on a socket taken over from the old process (role: enum endpoint_role);
+ * worker_listen then binds only what was not taken over. The fd is the worker's either way. */
+int worker_listen_fd(struct worker *w, int fd, int role);
+/* The listening socket of that endpoint, -1 if none: what is handed to pgstay -R. */
+int worker_listener_fd(struct worker *w, int role);
 void worker_stop_listening(struct worker *w);
 /* SIGTERM: stop accepting, let clients finish up to shutdown_timeout. */
 void worker_begin_shutdown(struct worker *w);

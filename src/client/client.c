@@ -344,6 +344,10 @@ void client_change_state(struct client *c, enum client_state st)
     c->state = st;
     list_append(&w->clients[st], &c->node);
     w->n_clients[st]++;
+    /* Handing over to a new process (pgstay -R): a client that just became idle may go now,
+     * once the current callbacks return (its reply flushed, nothing more read). */
+    if (w->handing_over && st == CL_IDLE)
+        worker_schedule_reap(w);
 }
 
 void client_send(struct client *c, const void *p, size_t n)
@@ -536,6 +540,11 @@ static const struct conn_cbs client_cbs = {
     .on_drain = client_write_cb,
     .on_event = client_event_cb,
 };
+
+void client_attach_fd(struct client *c, int fd)
+{
+    conn_accept(&c->conn, &c->w->loop, fd, &client_cbs, c);
+}
 
 void client_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen,
                    void *arg)

@@ -198,6 +198,8 @@ void client_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr
 /* The same for a socket accepted by pgstay itself; FD_SHORT: on the last spare descriptor. */
 void client_accept_fd(struct listen_ctx *ctx, int fd, struct sockaddr *sa, int salen, int fd_short);
 void client_change_state(struct client *c, enum client_state st);
+/* Give c its socket, already connected and logged in elsewhere (client/handover.c). */
+void client_attach_fd(struct client *c, int fd);
 /* The client's address as text ("ip:port"), in a buffer reused by the next call. */
 const char *client_addr(const struct client *c);
 /* Close with a reason that is logged; if sqlstate is set the client is sent a FATAL first. */

@@ -113,6 +113,9 @@ static const struct key_def keys[] = {
     {"readonly_fallback", KT_ENUM, FIELD(readonly_fallback), "writer", 1, "writer|error", 0, 0},
     {"verbose", KT_INT, FIELD(verbose), "0", 1, NULL, 0, INT_MAX},
     {"pidfile", KT_PATH, FIELD(pidfile), "", 0, NULL, 0, 0},
+    /* The unix socket `pgstay -R` connects to, to take this process's listeners and idle
+     * clients; empty = /tmp/pgstay.<listen_port>.takeover, "off" = none. */
+    {"takeover_socket", KT_STRING, FIELD(takeover_socket), "", 0, NULL, 0, 0},
     {"logfile", KT_PATH, FIELD(logfile), "", 1, NULL, 0, 0},
     /* PgBouncer's logging switches and syslog, with its defaults. */
     {"log_connections", KT_BOOL, FIELD(log_connections), "on", 1, NULL, 0, 0},

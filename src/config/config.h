@@ -96,6 +96,7 @@ struct config {
     int syslog;                  /* bool: the log also to syslog */
     char *syslog_ident;
     int syslog_facility;         /* index in LOGSYS_FACILITIES */
+    char *takeover_socket;       /* where pgstay -R finds this process; empty = in /tmp, "off" */
     char *logfile;               /* absolute; the log, reopened on SIGHUP; empty = stderr */
     /* TLS towards clients: 'S' to an SSLRequest once a certificate and key are set. */
     int client_tls_sslmode; /* enum tls_mode */

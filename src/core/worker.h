@@ -22,6 +22,7 @@ struct topology;
 struct failover;
 struct admin;
 struct session_hooks;
+struct takeover;
 
 /* Client states: the list a client is on. */
 enum client_state {
@@ -110,6 +111,13 @@ struct worker {
     uint32_t cancel_keys[64];
     int n_cancel_keys;
     int shutting_down;      /* SIGTERM: accept nothing new, exit when clients are gone */
+    /* pgstay -R took the listeners: each client that becomes idle goes to the new process,
+     * the others finish here; exit when none is left (app/takeover.c). */
+    int handing_over;
+    struct takeover *tko; /* the takeover control socket, either side (app/takeover.c) */
+    /* A cancel request for a key no client here holds: during a takeover the new process
+     * passes it to the old one, which may still run that client's query. NULL: dropped. */
+    void (*cancel_elsewhere)(struct worker *w, uint32_t pid, uint32_t key);
     int64_t shutdown_deadline;
     struct worker_stats stats;
     /* The program's control verbs, set by worker_init (src/app) so that the admin console (RELOAD,

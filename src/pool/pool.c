@@ -637,6 +637,9 @@ void pool_after_ready(struct client *c)
     struct server *s = c->server;
     if (s)
         stats_ready(s, c);
+    /* pgstay -R under way: a session between transactions may move now (app/takeover.c). */
+    if (c->w->handing_over)
+        worker_schedule_reap(c->w);
     if (!s || !POOL_OPS(c->w)->releasable(c) || !plan_empty(s))
         return;
     c->server = NULL;
@@ -819,6 +822,10 @@ void cancel_forward(struct worker *w, uint32_t pid, uint32_t key)
     struct client *c = client_find_by_cancel(w, pid, key);
     if (c && cancel_waiting(c))
         return;
+    if (!c && w->cancel_elsewhere) {
+        w->cancel_elsewhere(w, pid, key);
+        return;
+    }
     if (!c || !c->server || !c->server->nd || c->server->state != SV_ACTIVE) {
         log_debug("cancel request for no running query");
         return;
