@@ -1,7 +1,9 @@
 """pgstay -R: a new process takes the listening sockets and the idle clients of the running one
 (SCM_RIGHTS over takeover_socket) while the old one finishes what is in flight and exits."""
 import os
+import shutil
 import subprocess
+import tempfile
 import time
 
 import psycopg
@@ -243,3 +245,22 @@ def test_failed_new_process_loses_nothing(cluster1, make_proxy, tmp_path):
     assert wait_exit(old, 10) == 0, p.log()[-3000:]
     assert c.execute("SHOW application_name").fetchone() == ("stays",)
     c.close()
+
+
+def test_unix_socket_dir_refused(cluster1, make_proxy, tmp_path):
+    """Unix sockets are not handed over: -R with unix_socket_dir set says so and exits, and
+    the running process is untouched."""
+    d = tempfile.mkdtemp(prefix="pgs-", dir="/tmp")  # short: a socket path is 107 bytes at most
+    try:
+        p = make_proxy(cluster1, pool_mode="transaction", unix_socket_dir=d,
+                       takeover_socket=str(tmp_path / "takeover.sock"))
+        c = p.connect()
+        new = subprocess.run([os.path.join(build_dir(), "pgstay"), "-R", p.conf_path],
+                             capture_output=True, text=True, timeout=20)
+        assert new.returncode == 1
+        assert "unix_socket_dir" in new.stdout + new.stderr
+        assert c.execute("SELECT 1").fetchone() == (1,)
+        assert p.proc.poll() is None
+        c.close()
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
