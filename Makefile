@@ -13,7 +13,7 @@ PYTHON   ?= /usr/bin/python3
 OPT      ?= -O2
 SANITIZE ?=
 
-PKG_PROXY := libevent openssl libidn
+PKG_PROXY := libevent openssl libidn libcurl json-c
 PKG_TOOLS := libpq
 
 CFLAGS_ALL := -std=gnu11 $(OPT) -g -Wall -Wextra -Werror -Wno-unused-parameter \

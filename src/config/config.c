@@ -76,6 +76,9 @@ static const struct key_def keys[] = {
      INT_MAX},
     {"health_check_fall", KT_INT, FIELD(health_check_fall), "2", 1, NULL, 1, 100},
     {"health_check_rise", KT_INT, FIELD(health_check_rise), "1", 1, NULL, 1, 100},
+    /* patroni: the leader Patroni names is the only writer; probes still judge liveness. */
+    {"topology_source", KT_ENUM, FIELD(topology_source), "probes", 0, "probes|patroni", 0, 0},
+    {"patroni_url", KT_STRING, FIELD(patroni_url), "", 0, NULL, 0, 0},
     {"server_login_retry", KT_DURATION, FIELD(server_login_retry), "15s", 1, "s", 0, INT_MAX},
     {"failover_timeout", KT_DURATION, FIELD(failover_timeout), "30s", 1, "s", 0, INT_MAX},
     {"pause_timeout", KT_DURATION, FIELD(pause_timeout), "60s", 1, "s", 0, INT_MAX},
@@ -698,6 +701,13 @@ int config_load(const char *path, struct config *cfg, char *err, size_t errlen)
     }
     if (check_tls(cfg, msg, sizeof(msg)) < 0) {
         snprintf(err, errlen, "%s: %s", path, msg);
+        goto fail;
+    }
+    if (cfg->topology_source == TOPO_PATRONI && !*cfg->patroni_url) {
+        snprintf(err, errlen,
+                 "%s: topology_source = patroni needs patroni_url (http://host:8008, one or more "
+                 "members' REST APIs, comma-separated)",
+                 path);
         goto fail;
     }
     free(line);
