@@ -28,6 +28,7 @@ struct patroni {
     size_t len;
     char errbuf[CURL_ERROR_SIZE];
     char why[256];         /* why the round's last request failed */
+    char unknown_leader[64]; /* a leader matching no node, logged once */
 };
 
 /* One libevent event per socket libcurl wants watched, kept as the socket's curl "socketp". */
@@ -181,10 +182,13 @@ static int read_cluster(struct patroni *p, struct node **leader)
         struct node *nd = member_node(t, m);
         int is_leader = role && !strcmp(role, "leader");
         if (!nd) {
+            const char *name = jstr(m, "name") ? jstr(m, "name") : "?";
+            if (is_leader && strcmp(p->unknown_leader, name) != 0)
+                log_error("Patroni's leader %s is none of [nodes] (by name, or by host and port): "
+                          "holding writes",
+                          name);
             if (is_leader)
-                snprintf(p->why, sizeof(p->why),
-                         "Patroni's leader %s is none of [nodes] (by name or host and port)",
-                         jstr(m, "name") ? jstr(m, "name") : "?");
+                snprintf(p->unknown_leader, sizeof(p->unknown_leader), "%s", name);
             continue;
         }
         nd->patroni_role = is_leader ? PAT_LEADER : PAT_REPLICA;

@@ -637,16 +637,17 @@ void topology_patroni_answer(struct topology *t, struct node *leader, int fresh,
         if (leader)
             kick_node(leader, 0);
     }
-    if (fresh != t->pat_fresh || !t->pat_answered) {
-        if (!fresh)
-            log_warn("Patroni does not answer (%s): %s", why ? why : "?",
-                     t->writer ? "keeping the writer while it answers its probes, no other is chosen"
-                               : "holding: no writer is chosen without it");
-        else if (t->pat_answered)
-            log_info("Patroni answers again");
-    }
+    /* Said once per change: answering, not answering (pat_fresh 1 or 0 after the first round). */
+    if (!fresh && (t->pat_fresh || !t->pat_rounds))
+        log_warn("Patroni does not answer (%s): %s", why ? why : "?",
+                 t->writer ? "keeping the writer while it answers its probes, no other is chosen"
+                           : "holding: no writer is chosen without it");
+    else if (fresh && !t->pat_fresh && t->pat_rounds)
+        log_info("Patroni answers again");
+    t->pat_rounds++;
     t->pat_fresh = fresh;
-    t->pat_answered = 1;
+    if (fresh)
+        t->pat_answered = 1;
     evaluate(t);
 }
 

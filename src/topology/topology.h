@@ -96,6 +96,7 @@ struct topology {
     struct node *pat_leader; /* the leader in the last answer; NULL: none named */
     int pat_answered;        /* Patroni answered at least once */
     int pat_fresh;           /* its last poll round answered */
+    uint64_t pat_rounds;     /* poll rounds completed, answered or not */
 };
 
 /* What the end of a server connection to the writer (or an answer on one) says about the
