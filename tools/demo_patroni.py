@@ -58,18 +58,22 @@ class Client(threading.Thread):
         seq = 0
         while not self.halt.is_set():
             seq += 1
+            was_open = False  # set once the insert is sent on a connection that is up
             try:
                 if not self.pooled or self.conn is None or self.conn.closed:
                     if self.conn is not None and not self.conn.closed:
                         self.conn.close()
                     self.conn = self._connect()
+                was_open = True
                 self.conn.execute("insert into demo values (%s, %s)", (self.cid, seq))
                 self.acked.append((time.time(), seq))
                 if not self.pooled:
                     self.conn.close()
             except psycopg.Error as e:
                 self.errors.append((time.time(), seq, str(e).strip().split("\n")[0]))
-                if self.pooled and self.conn is not None and self.conn.closed:
+                # A pooled connection that was open and is no longer: broken once, not again
+                # for each failed reconnection.
+                if self.pooled and was_open and self.conn is not None and self.conn.closed:
                     self.broken += 1
             time.sleep(INTERVAL)
         if self.conn is not None and not self.conn.closed:
@@ -114,24 +118,26 @@ def run_target(lab, name, dsn, event, proxy=None, settle=1.5, after=3.0):
     time.sleep(settle)
     watch = WritableWatch(lab, old)
     t_event = time.time()
+    pause = proxy is not None and event == "switchover"
     if event == "crash":
         watch.start()
         lab.kill_postgres(old)
     else:
-        if proxy:
+        if pause:
             proxy.admin("PAUSE")
         watch.start()
-        lab.switchover()
+        threading.Thread(target=lab.switchover, daemon=True).start()
     deadline = time.time() + 30
+    if pause:
+        # RESUME as soon as pgstay uses the new leader (it learns it before this script could).
+        while time.time() < deadline:
+            if any(r[0] != old and r[4] == "yes" for r in proxy.admin("SHOW NODES")):
+                break
+            time.sleep(0.005)
+        proxy.admin("RESUME")
     while (lab.leader() in (None, old)) and time.time() < deadline:
         time.sleep(0.05)
     new = lab.leader()
-    if proxy and event == "switchover":
-        while time.time() < deadline:
-            if any(r[0] == new and r[4] == "yes" for r in proxy.admin("SHOW NODES")):
-                break
-            time.sleep(0.01)
-        proxy.admin("RESUME")
     time.sleep(after)
     for c in clients:
         c.halt.set()
@@ -214,10 +220,14 @@ def main():
             proxies.append(p)
             targets.append(("pgstay-%s (patroni)" % mode, p.dsn(), p))
         out = {}
-        for i, event in enumerate(("crash", "switchover")):
-            say("%d/2 %s" % (i + 1, "crash of the leader's postgres (Patroni fails over)"
-                             if event == "crash" else "planned patronictl switchover"))
-            out[event] = {n: run_target(lab, n, dsn, event, proxy) for n, dsn, proxy in targets}
+        say("1/3 crash of the leader's postgres (Patroni fails over)")
+        out["crash"] = {n: run_target(lab, n, dsn, "crash", proxy) for n, dsn, proxy in targets}
+        say("2/3 planned patronictl switchover (pgstay: inside PAUSE/RESUME)")
+        out["switchover"] = {n: run_target(lab, n, dsn, "switchover", proxy)
+                             for n, dsn, proxy in targets}
+        say("3/3 planned patronictl switchover, pgstay not told (no PAUSE)")
+        out["bare"] = {n: run_target(lab, n, dsn, "bare", None)
+                       for n, dsn, proxy in targets if proxy}
         summary = "\n".join([
             "## pgstay demo against Patroni (topology_source = patroni)", "",
             "4 pooled clients + 1 client reconnecting for every insert, one insert every 10 ms "
@@ -226,7 +236,10 @@ def main():
             "### Crash of the leader's postgres (Patroni elects and promotes a new leader)", "",
             table(out["crash"]), "",
             "### Planned patronictl switchover (pgstay targets: inside PAUSE/RESUME)", "",
-            table(out["switchover"])])
+            table(out["switchover"]), "",
+            "### The same switchover without PAUSE (pgstay learns it from its probes and Patroni; "
+            "a statement in flight when Patroni stops the old leader gets 57P01)", "",
+            table(out["bare"])])
         with open(args.out, "w") as f:
             f.write(summary + "\n")
         print()
