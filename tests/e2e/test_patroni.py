@@ -202,7 +202,7 @@ def test_failover_and_leader_crash(plab, pgstay):
     gaps = {}
     old = plab.leader()
     assert writer_of(pgstay) == old
-    target = [n for n in plab.names() if n != old][0]
+    target = plab.sync_standby()  # synchronous_mode: the only candidate Patroni accepts
     t0 = time.time()
     plab.failover(target)
     assert wait_leader_change(plab, old) == target
@@ -341,7 +341,7 @@ def test_three_instances_agree(plab, tmp_path):
         th.start()
         time.sleep(0.3)
         old = plab.leader()
-        target = [n for n in plab.names() if n != old][-1]
+        target = plab.sync_standby()
         plab.failover(target)
         wait_leader_change(plab, old)
         deadline = time.time() + 20
