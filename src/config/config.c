@@ -42,6 +42,9 @@ static const struct key_def keys[] = {
     {"listen_port", KT_INT, FIELD(listen_port), "6432", 0, NULL, 1, 65535},
     {"readonly_port", KT_INT, FIELD(readonly_port), "0", 0, NULL, 0, 65535},
     {"listen_backlog", KT_INT, FIELD(listen_backlog), "128", 0, NULL, 1, INT_MAX},
+    /* Several stateless pgstay processes behind one port, the kernel spreading connections
+     * (issue 15); off by default so that a second pgstay started by mistake fails to bind. */
+    {"so_reuseport", KT_BOOL, FIELD(so_reuseport), "off", 0, NULL, 0, 0},
     {"pool_mode", KT_ENUM, FIELD(pool_mode), "session", 0, "session|transaction", 0, 0},
     {"pool_size", KT_INT, FIELD(pool_size), "20", 1, NULL, 1, INT_MAX},
     {"min_pool_size", KT_INT, FIELD(min_pool_size), "0", 1, NULL, 0, INT_MAX},

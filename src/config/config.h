@@ -29,6 +29,7 @@ struct config {
     int listen_port;             /* the writer endpoint */
     int readonly_port;           /* the reader endpoint; 0 = none */
     int listen_backlog;
+    int so_reuseport;            /* bool: several pgstay processes may listen on one port */
     int pool_mode;               /* enum pool_mode */
     int pool_size;               /* server connections per (database, user) */
     int max_client_conn;

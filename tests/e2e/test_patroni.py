@@ -321,18 +321,39 @@ def test_etcd_stopped(plab, pgstay):
         assert c.execute("select inet_server_port()").fetchone()[0] == plab.node_port(ld)
 
 
+def writer_at(proxy, port):
+    with psycopg.connect(proxy.dsn(dbname="pgstay", port=port), autocommit=True,
+                         prepare_threshold=None) as c:
+        rows = c.execute("SHOW NODES").fetchall()
+    return next((r[0] for r in rows if r[4] == "yes"), None)
+
+
 def test_three_instances_agree(plab, tmp_path):
-    """3 pgstay instances, no shared state: through a failover each goes from the old leader to
-    the new one (possibly through none), never to another node, within a second of the others."""
-    proxies = [make_pgstay(plab, str(tmp_path / ("p%d" % i))).start() for i in range(3)]
+    """3 pgstay instances sharing one port (so_reuseport), no shared state: through a failover
+    each goes from the old leader to the new one (possibly through none), never to another node,
+    within a second of the others; clients of the shared port write on the new leader."""
+    proxies = []
+    for i in range(3):
+        p = make_pgstay(plab, str(tmp_path / ("p%d" % i)), so_reuseport="on")
+        if proxies:  # the first one's port; each keeps its own reader port to be told apart
+            p.port = p.settings["listen_port"] = proxies[0].port
+        proxies.append(p.start())
     try:
+        # The kernel spreads the shared port's connections over the three.
+        who = set()  # each instance told apart by its reader port
+        for _ in range(30):
+            with psycopg.connect(proxies[0].dsn(dbname="pgstay"), autocommit=True,
+                                 prepare_threshold=None) as c:
+                rows = c.execute("SHOW CONFIG").fetchall()
+                who.add(next(r[1] for r in rows if r[0] == "readonly_port"))
+        assert len(who) > 1, "every connection to the shared port went to one pgstay"
         seen = [[] for _ in proxies]  # (time, writer)
         halt = threading.Event()
 
         def sample():
             while not halt.is_set():
                 for i, p in enumerate(proxies):
-                    wr = writer_of(p)
+                    wr = writer_at(p, p.readonly_port)
                     if not seen[i] or seen[i][-1][1] != wr:
                         seen[i].append((time.time(), wr))
                 time.sleep(0.02)
@@ -356,6 +377,10 @@ def test_three_instances_agree(plab, tmp_path):
             assert names.count(target) == 1 and names.count(old) == 1, seen
         arrivals = [s[-1][0] for s in seen]
         assert max(arrivals) - min(arrivals) < 1.0, seen
+        for _ in range(6):
+            with proxies[0].connect() as c:
+                assert c.execute("select inet_server_port()").fetchone()[0] == \
+                    plab.node_port(target)
     finally:
         for p in proxies:
             p.stop()

@@ -510,6 +510,7 @@ static void test_topology_source(void **state)
     assert_int_equal(load_text("[pgstay]\n" NODES, &c, path, sizeof(path), err, sizeof(err)), 0);
     assert_int_equal(c.topology_source, TOPO_PROBES);
     assert_string_equal(c.patroni_url, "");
+    assert_int_equal(c.so_reuseport, 0);
     config_free(&c);
     assert_int_equal(load_text("[pgstay]\ntopology_source = patroni\n" NODES, &c, path,
                                sizeof(path), err, sizeof(err)),
