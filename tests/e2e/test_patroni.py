@@ -9,11 +9,14 @@ import tempfile
 import threading
 import time
 
+import http.server
+import json
+
 import psycopg
 import pytest
 
 from conftest import Pgstay
-from lab import REPO, free_port_base
+from lab import REPO, Lab, free_port_base
 
 
 def _load_patroni_lab():
@@ -27,9 +30,6 @@ def _load_patroni_lab():
 
 patroni_lab = _load_patroni_lab()
 MISSING = [p for p in ("patroni", "patronictl", "etcd") if not shutil.which(p)]
-pytestmark = pytest.mark.skipif(
-    bool(MISSING), reason="not installed: %s (Debian packages patroni and etcd-server; "
-    "tools/deps.sh installs them)" % ", ".join(MISSING))
 
 # Errors a statement in flight on the lost leader may get (failover contract 3).
 IN_FLIGHT_STATES = ("08006", "08007", "57P01")
@@ -37,6 +37,9 @@ IN_FLIGHT_STATES = ("08006", "08007", "57P01")
 
 @pytest.fixture(scope="module")
 def plab():
+    if MISSING:
+        pytest.skip("not installed: %s (Debian packages patroni and etcd-server; tools/deps.sh "
+                    "installs them)" % ", ".join(MISSING))
     d = tempfile.mkdtemp(prefix="pgstay-patroni-")
     os.chmod(d, 0o755)  # the servers run as an unprivileged user
     lab = patroni_lab.PatroniLab(os.path.join(d, "lab"), port=free_port_base())
@@ -49,9 +52,11 @@ def plab():
 
 
 def make_pgstay(plab, tmpdir, **settings):
-    s = {"topology_source": "patroni", "patroni_url": plab.api_urls(), "pool_size": 40,
-         "failover_timeout": "20s", "health_check_timeout": "500ms"}
+    s = {"topology_source": "patroni", "pool_size": 40, "failover_timeout": "20s",
+         "health_check_timeout": "500ms"}
     s.update(settings)
+    if "patroni_url" not in s:
+        s["patroni_url"] = plab.api_urls()
     os.makedirs(tmpdir, exist_ok=True)
     return Pgstay(plab, tmpdir, **s)
 
@@ -385,3 +390,109 @@ def test_three_instances_agree(plab, tmp_path):
         for p in proxies:
             p.stop()
     plab.wait_healthy(60)
+
+
+# ---- pgstay's side alone, against a scripted /cluster (no Patroni needed) ----
+
+class FakePatroni:
+    """An HTTP server answering GET /cluster with whatever the test sets."""
+
+    def __init__(self):
+        fake = self
+        self.status, self.body, self.gets = 200, b"{}", 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                fake.gets += 1
+                body = fake.body if self.path == "/cluster" else b""
+                self.send_response(fake.status if self.path == "/cluster" else 404)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def members(self, lab, leader, state="running"):
+        ms = [{"name": "n%d" % i, "host": "127.0.0.1", "port": lab.node_port(i),
+               "role": "leader" if "n%d" % i == leader else "replica",
+               "state": state if "n%d" % i == leader else "running"}
+              for i in range(1, lab.nodes + 1)]
+        self.status, self.body = 200, json.dumps({"members": ms}).encode()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def lab2():
+    d = tempfile.mkdtemp(prefix="pgstay-fakepatroni-")
+    os.chmod(d, 0o755)
+    lab = Lab(os.path.join(d, "lab"), nodes=2, port=free_port_base(), sync=False, auth="scram")
+    lab.init()
+    yield lab
+    lab.destroy()
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def wait_writer(proxy, want, timeout=5):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if writer_of(proxy) == want:
+            return
+        time.sleep(0.02)
+    raise AssertionError("writer %s, wanted %s:\n%s" % (writer_of(proxy), want,
+                                                         proxy.log()[-2000:]))
+
+
+def test_scripted_patroni_is_the_authority(lab2, tmp_path):
+    """n1 is the primary by its probes. Patroni naming n2 (a standby) leader: no writer at all
+    (hold and log, never n1); naming nobody, or a leader that is stopping: hold; naming n1:
+    writer n1; Patroni unreachable or answering nonsense: n1 kept while it answers."""
+    fake = FakePatroni()
+    try:
+        fake.members(lab2, "n2")
+        p = make_pgstay(lab2, str(tmp_path), patroni_url="127.0.0.1:%d" % fake.port,
+                        failover_timeout="1s")
+        p.start(wait_writer=False)
+        time.sleep(0.5)
+        assert writer_of(p) is None
+        assert "Patroni names n2 leader but it is in recovery" in p.log()
+        with pytest.raises(psycopg.OperationalError) as e:
+            with p.connect() as c:
+                c.execute("insert into nowhere values (1)")
+        # Held, then failed by failover_timeout: it never reached n1 (which would say 42P01).
+        assert (e.value.sqlstate or "").startswith("08"), (e.value.sqlstate, e.value)
+        fake.members(lab2, "n1")
+        wait_writer(p, "n1")
+        src = {r[0]: r[15] for r in p.admin("SHOW NODES")}
+        assert src == {"n1": "patroni leader running", "n2": "patroni replica running"}, src
+        fake.members(lab2, "n1", state="stopping")
+        wait_writer(p, None)
+        assert "Patroni names no running leader" in p.log()
+        fake.members(lab2, "n1")
+        wait_writer(p, "n1")
+        for status, body in ((500, b"oops"), (200, b"not json")):
+            fake.status, fake.body = status, body
+            time.sleep(0.5)
+            assert writer_of(p) == "n1"
+            with p.connect() as c:
+                assert c.execute("select inet_server_port()").fetchone()[0] == lab2.node_port(1)
+            assert "stale" in p.admin("SHOW NODES")[0][15]
+        assert "Patroni does not answer" in p.log()
+        assert p.log().count("Patroni does not answer") == 1  # once per change, not per poll
+        fake.members(lab2, "n1")
+        time.sleep(0.3)
+        assert "Patroni answers again" in p.log()
+        gets = fake.gets
+        time.sleep(1)
+        assert 5 <= fake.gets - gets <= 15, "polled %d times in 1 s" % (fake.gets - gets)
+        p.stop()
+    finally:
+        fake.close()
