@@ -22,12 +22,12 @@ struct patroni {
     struct event *timeout; /* libcurl's own timer (connect and transfer timeouts, retries) */
     char urls[PATRONI_MAX_URLS][300]; /* each member's /cluster */
     int n_urls;
-    int cur;               /* the URL asked now; a round starts at the last one that answered */
-    int tried;             /* URLs asked in this round */
-    char *body;            /* the answer so far (NUL-terminated) */
+    int cur;    /* the URL asked now; a round starts at the last one that answered */
+    int tried;  /* URLs asked in this round */
+    char *body; /* the answer so far (NUL-terminated) */
     size_t len;
     char errbuf[CURL_ERROR_SIZE];
-    char why[256];         /* why the round's last request failed */
+    char why[256];           /* why the round's last request failed */
     char unknown_leader[64]; /* a leader matching no node, logged once */
 };
 
@@ -76,7 +76,8 @@ static int timer_cb(CURLM *m, long ms, void *userp)
 static void sock_event_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct patroni *p = arg;
-    int flags = ((what & EV_READ) ? CURL_CSELECT_IN : 0) | ((what & EV_WRITE) ? CURL_CSELECT_OUT : 0);
+    int flags =
+        ((what & EV_READ) ? CURL_CSELECT_IN : 0) | ((what & EV_WRITE) ? CURL_CSELECT_OUT : 0);
     int running;
     curl_multi_socket_action(p->multi, fd, flags, &running);
     check_done(p);
@@ -267,9 +268,9 @@ static int parse_urls(struct patroni *p, const char *list)
         int scheme = n > 3 && memmem(s, n, "://", 3) != NULL;
         while (n > 1 && s[n - 1] == '/')
             n--;
-        int has_path = n > 8 && memmem(s, n, "/cluster", 8) == s + n - 8;
-        int w = snprintf(p->urls[p->n_urls], sizeof(p->urls[0]), "%s%.*s%s", scheme ? "" : "http://",
-                         (int)n, s, has_path ? "" : "/cluster");
+        int has_path = n > 8 && !memcmp(s + n - 8, "/cluster", 8);
+        int w = snprintf(p->urls[p->n_urls], sizeof(p->urls[0]), "%s%.*s%s",
+                         scheme ? "" : "http://", (int)n, s, has_path ? "" : "/cluster");
         if (w < 0 || (size_t)w >= sizeof(p->urls[0])) {
             log_error("patroni_url: \"%.*s\" is too long", (int)n, s);
             return -1;
