@@ -145,6 +145,13 @@ int main(int argc, char **argv)
         }
         tls_ctx_free(ctls);
         tls_ctx_free(stls);
+        struct hba *hba;
+        if (worker_hba_load(&cfg, &hba, err, sizeof(err)) < 0) {
+            fprintf(stderr, "pgstay: %s\n", err);
+            config_free(&cfg);
+            return 1;
+        }
+        worker_hba_free(hba);
         printf("%s: configuration is valid (%d nodes)\n", path, cfg.n_nodes);
         config_free(&cfg);
         return 0;

@@ -1283,8 +1283,21 @@ static int run_command(struct client *c, char *q)
     struct worker *w = c->w;
     const char *p = q;
     char verb[32], arg[256];
+    /* Checked at every command, not only at login: a reload that takes a user out of
+     * admin_users or stats_users stops them at their next command (PgBouncer's words). */
+    int is_admin_user = config_list_has(w->cfg->admin_users, c->user);
+    if (!is_admin_user && !config_list_has(w->cfg->stats_users, c->user)) {
+        log_info("C-%llu admin %s: no longer in admin_users or stats_users",
+                 (unsigned long long)c->id, c->user);
+        client_close(c, SQLSTATE_INVALID_AUTH, "not allowed");
+        return 1;
+    }
     if (!next_word(&p, verb, sizeof(verb))) {
         error(c, "unknown command");
+        return 0;
+    }
+    if (!is_admin_user && strcasecmp(verb, "SHOW") != 0) {
+        error(c, "admin access needed");
         return 0;
     }
     if (!strcasecmp(verb, "SET")) {

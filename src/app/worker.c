@@ -4,19 +4,23 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <event2/dns.h>
 
 #include "admin/admin.h"
 #include "admin/metrics.h"
+#include "client/authquery.h"
 #include "client/client.h"
 #include "config/config.h"
+#include "config/hba.h"
 #include "config/userlist.h"
 #include "core/log.h"
 #include "failover/failover.h"
@@ -169,6 +173,7 @@ int worker_tls_build(const struct config *cfg, tls_ctx **client, tls_ctx **serve
 int worker_init(struct worker *w, struct config *cfg)
 {
     memset(w, 0, sizeof(*w));
+    w->spare_fd = -1;
     w->cfg = cfg;
     w->session = &session_hooks;
     w->reload = worker_reload;
@@ -180,6 +185,7 @@ int worker_init(struct worker *w, struct config *cfg)
     list_init(&w->pools);
     list_init(&w->stats_kept);
     list_init(&w->cancels);
+    list_init(&w->authq);
     w->base = event_base_new();
     if (!w->base)
         return -1;
@@ -209,9 +215,61 @@ int worker_init(struct worker *w, struct config *cfg)
         }
         log_warn("%s (auth_type is trust: continuing without passwords)", err);
     }
+    if (worker_hba_load(cfg, &w->hba, err, sizeof(err)) < 0) {
+        log_error("%s", err);
+        return -1;
+    }
     if (failover_init(w) < 0 || admin_init(w) < 0 || topology_init(w, &topology_hooks) < 0)
         return -1;
     return 0;
+}
+
+/* Accepting again after a pause for want of file descriptors; the spare one is taken back
+ * first if a descriptor was freed meanwhile. */
+static void accept_resume_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct worker *w = arg;
+    if (w->spare_fd < 0)
+        w->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    for (int i = 0; i < 2; i++)
+        if (w->listeners[i])
+            evconnlistener_enable(w->listeners[i]);
+}
+
+/*
+ * accept() failed for another reason than "try again", typically EMFILE/ENFILE. The pending
+ * connection keeps the listener readable, so without this libevent would call accept() again
+ * at every loop turn: 100 % CPU and a log line each time. Pause accepting for 100 ms instead
+ * (the connections wait in the backlog), and give the descriptor kept spare for this to one
+ * of them: an operator's admin console gets in, anyone else gets 53300 at once rather than a
+ * silent wait (PgBouncer pauses the same way; the spare descriptor is pgstay's addition).
+ */
+static void accept_error_cb(struct evconnlistener *l, void *arg)
+{
+    struct listen_ctx *ctx = arg;
+    struct worker *w = ctx->w;
+    int err = EVUTIL_SOCKET_ERROR();
+    if (now_ms() - w->fd_short_logged >= 1000) {
+        log_warn("accept failed: %s: accepting paused for 100 ms%s", strerror(err),
+                 w->spare_fd >= 0 ? "; the spare descriptor takes one connection (admin only)"
+                                  : "");
+        w->fd_short_logged = now_ms();
+    }
+    if (w->spare_fd >= 0 && (err == EMFILE || err == ENFILE)) {
+        close(w->spare_fd);
+        w->spare_fd = -1;
+        struct sockaddr_storage ss;
+        socklen_t len = sizeof(ss);
+        int fd = accept4(evconnlistener_get_fd(l), (struct sockaddr *)&ss, &len,
+                         SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd >= 0)
+            client_accept_fd(ctx, fd, (struct sockaddr *)&ss, (int)len, 1);
+    }
+    for (int i = 0; i < 2; i++)
+        if (w->listeners[i])
+            evconnlistener_disable(w->listeners[i]);
+    struct timeval tv = {0, 100 * 1000};
+    evtimer_add(w->accept_resume, &tv);
 }
 
 static struct evconnlistener *listen_on(struct worker *w, const char *addr, int port, int role)
@@ -250,12 +308,17 @@ static struct evconnlistener *listen_on(struct worker *w, const char *addr, int 
         log_error("cannot listen on %s:%d: %s", addr, port, strerror(errno));
         return NULL;
     }
+    evconnlistener_set_error_cb(l, accept_error_cb);
     log_info("listening on %s:%d (%s endpoint)", addr, port, role == ROLE_WRITER ? "writer" : "reader");
     return l;
 }
 
 int worker_listen(struct worker *w)
 {
+    if (!w->accept_resume) {
+        w->accept_resume = evtimer_new(w->base, accept_resume_cb, w);
+        w->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    }
     w->listeners[0] = listen_on(w, w->cfg->listen_addr, w->cfg->listen_port, ROLE_WRITER);
     if (!w->listeners[0])
         return -1;
@@ -275,6 +338,13 @@ void worker_stop_listening(struct worker *w)
             w->listeners[i] = NULL;
         }
     }
+    if (w->accept_resume) {
+        event_free(w->accept_resume);
+        w->accept_resume = NULL;
+    }
+    if (w->spare_fd >= 0)
+        close(w->spare_fd);
+    w->spare_fd = -1;
 }
 
 void worker_begin_shutdown(struct worker *w)
@@ -297,6 +367,32 @@ void worker_begin_shutdown(struct worker *w)
                      "pgstay is shutting down");
     }
     worker_schedule_reap(w);
+}
+
+int worker_hba_load(const struct config *cfg, struct hba **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    if (!cfg->auth_hba_file || !*cfg->auth_hba_file)
+        return 0;
+    struct hba *h = calloc(1, sizeof(*h));
+    if (!h) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    if (hba_load(cfg->auth_hba_file, h, err, errlen) < 0) {
+        free(h);
+        return -1;
+    }
+    *out = h;
+    return 0;
+}
+
+void worker_hba_free(struct hba *h)
+{
+    if (h) {
+        hba_free(h);
+        free(h);
+    }
 }
 
 int worker_reload(struct worker *w)
@@ -328,6 +424,20 @@ int worker_reload(struct worker *w)
         free(fresh);
         return -1;
     }
+    /* An hba file that does not parse keeps the running rules (as PostgreSQL does): a typo
+     * must not open or close the door. */
+    struct hba *hba;
+    if (worker_hba_load(fresh, &hba, err, sizeof(err)) < 0) {
+        log_error("reload failed, keeping the running configuration: %s", err);
+        tls_ctx_free(ctls);
+        tls_ctx_free(stls);
+        userlist_free(&ul);
+        config_free(fresh);
+        free(fresh);
+        return -1;
+    }
+    worker_hba_free(w->hba);
+    w->hba = hba;
     config_apply_reload(w->cfg, fresh);
     free(fresh);
     userlist_keep_mock(&ul, w->users);
@@ -380,6 +490,9 @@ void worker_free(struct worker *w)
         userlist_free(w->users);
         free(w->users);
     }
+    worker_hba_free(w->hba);
+    w->hba = NULL;
+    authq_free(w);
     tls_ctx_free(w->client_tls);
     tls_ctx_free(w->server_tls);
     /* Bufferevents with deferred callbacks finish freeing themselves in the loop. */

@@ -5,6 +5,7 @@
 #include "core/worker.h"
 
 struct config;
+struct hba;
 
 int worker_init(struct worker *w, struct config *cfg);
 void worker_free(struct worker *w);
@@ -12,7 +13,11 @@ void worker_free(struct worker *w);
  * Also what --check-config runs, so that a certificate that cannot be read is found then. */
 int worker_tls_build(const struct config *cfg, tls_ctx **client, tls_ctx **server, char *err,
                      size_t errlen);
-/* Re-read config, auth_file and the TLS files (SIGHUP, RELOAD). */
+/* auth_hba_file's rules (*out NULL when no file is set): 0, or -1 with "file:line: why" in err.
+ * --check-config runs it too. */
+int worker_hba_load(const struct config *cfg, struct hba **out, char *err, size_t errlen);
+void worker_hba_free(struct hba *h);
+/* Re-read config, auth_file, auth_hba_file and the TLS files (SIGHUP, RELOAD). */
 int worker_reload(struct worker *w);
 int worker_listen(struct worker *w);
 void worker_stop_listening(struct worker *w);

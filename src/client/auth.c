@@ -1,6 +1,9 @@
-/* Client authentication: pgstay checks the client's password itself against auth_file. */
+/* Client authentication: auth_hba_file picks the method, and pgstay checks the client's password
+ * itself against auth_file. */
 #include "client/auth.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -8,7 +11,10 @@
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 
+#include "client/authquery.h"
 #include "client/client.h"
+#include "config/config.h"
+#include "config/hba.h"
 #include "config/userlist.h"
 #include "core/log.h"
 #include "core/tls.h"
@@ -22,6 +28,66 @@ static void auth_fail(struct client *c)
     char msg[256];
     snprintf(msg, sizeof(msg), "password authentication failed for user \"%s\"", c->user);
     client_close(c, SQLSTATE_INVALID_PASSWORD, msg);
+}
+
+/* The client's IP address alone, as PostgreSQL names the host in its hba messages. */
+static const char *client_host(const struct client *c, char *buf, size_t cap)
+{
+    if (c->addr_family == AF_INET)
+        inet_ntop(AF_INET, c->addr_ip, buf, (socklen_t)cap);
+    else if (c->addr_family == AF_INET6)
+        inet_ntop(AF_INET6, c->addr_ip, buf, (socklen_t)cap);
+    else
+        snprintf(buf, cap, "[local]");
+    return buf;
+}
+
+/* No line, or a reject line: PostgreSQL's words, so that tools and people recognise them. */
+static void hba_refuse(struct client *c, const char *what)
+{
+    char host[INET6_ADDRSTRLEN], msg[600];
+    snprintf(msg, sizeof(msg), "%s for host \"%s\", user \"%s\", database \"%s\", %s", what,
+             client_host(c, host, sizeof(host)), c->user, c->database,
+             conn_is_tls(&c->conn) ? "SSL encryption" : "no encryption");
+    client_close(c, SQLSTATE_INVALID_AUTH, msg);
+}
+
+/* cert and clientcert=: a certificate the handshake verified against client_tls_ca_file, and
+ * for verify-full one whose CN is the user name. 0 to go on, -1 closed. */
+static int check_client_cert(struct client *c, int level)
+{
+    char cn[256];
+    if (!conn_tls_peer_cn(&c->conn, cn, sizeof(cn))) {
+        char msg[300];
+        snprintf(msg, sizeof(msg),
+                 level == HBA_CERT_VERIFY_CA || c->auth_method != HBA_CERT
+                     ? "connection requires a valid client certificate"
+                     : "certificate authentication failed for user \"%s\"",
+                 c->user);
+        client_close(c, SQLSTATE_INVALID_AUTH, msg);
+        return -1;
+    }
+    if (level == HBA_CERT_VERIFY_FULL && strcmp(cn, c->user) != 0) {
+        char msg[400];
+        snprintf(msg, sizeof(msg),
+                 c->auth_method == HBA_CERT
+                     ? "certificate authentication failed for user \"%s\": CN mismatch"
+                     : "certificate validation (clientcert=verify-full) failed for user \"%s\": CN "
+                       "mismatch",
+                 c->user);
+        client_close(c, SQLSTATE_INVALID_AUTH, msg);
+        return -1;
+    }
+    return 0;
+}
+
+static void ask_cleartext(struct client *c)
+{
+    struct pbuf b;
+    pbuf_init(&b);
+    proto_build_auth(&b, AUTH_REQ_CLEARTEXT, NULL, 0);
+    client_send_pbuf(c, &b);
+    c->auth_step = AUTH_STEP_CLEARTEXT;
 }
 
 static void ask_md5(struct client *c)
@@ -65,22 +131,92 @@ static void ask_scram(struct client *c, const struct user_secret *us)
     c->auth_step = AUTH_STEP_SASL_INIT;
 }
 
+/* The method auth_hba_file's first matching line gives: enum hba_method, or -1 when the client
+ * was refused (and closed). */
+static int hba_method(struct client *c)
+{
+    struct hba_login l = {
+        .family = c->addr_family,
+        .ip = c->addr_ip,
+        .tls = conn_is_tls(&c->conn),
+        .database = c->database,
+        .user = c->user,
+    };
+    const struct hba_rule *r = hba_match(c->w->hba, &l);
+    if (!r) {
+        hba_refuse(c, "no pg_hba.conf entry");
+        return -1;
+    }
+    log_debug("C-%llu %s: auth_hba_file line %d: %s", (unsigned long long)c->id, client_addr(c),
+              r->line, hba_method_name(r->method));
+    if (r->method == HBA_REJECT) {
+        hba_refuse(c, "pg_hba.conf rejects connection");
+        return -1;
+    }
+    c->auth_method = (uint8_t)r->method;
+    if (r->clientcert != HBA_CERT_NONE && check_client_cert(c, r->clientcert) < 0)
+        return -1;
+    return r->method;
+}
+
+/* auth_type = scram-sha-256 without auth_hba_file: SCRAM, or md5 for a user whose secret is md5
+ * (PgBouncer's rule; an hba scram-sha-256 line is PostgreSQL's, SCRAM only). */
+#define METHOD_SCRAM_OR_MD5 (HBA_PEER + 1) /* fits c->auth_method's 4 bits */
+
+/* The secret the client is checked against: auth_file's, else what auth_query fetched. */
+static const struct user_secret *secret_of(struct client *c)
+{
+    const struct user_secret *us = userlist_find(c->w->users, c->user);
+    if (!us && !c->is_admin)
+        us = authq_find(c->w, c->user);
+    return us;
+}
+
 void auth_begin(struct client *c)
 {
     struct worker *w = c->w;
-    const struct user_secret *us = userlist_find(w->users, c->user);
-    switch (w->cfg->auth_type) {
-    case AUTH_TRUST:
+    int m;
+    if (w->hba) {
+        if ((m = hba_method(c)) < 0)
+            return;
+    } else {
+        m = w->cfg->auth_type == AUTH_TRUST ? HBA_TRUST
+            : w->cfg->auth_type == AUTH_MD5 ? HBA_MD5
+                                            : METHOD_SCRAM_OR_MD5;
+    }
+    c->auth_method = (uint8_t)m;
+    if (m == HBA_TRUST || m == HBA_CERT) { /* the certificate was checked by hba_method */
         client_logged_in(c);
         return;
-    case AUTH_MD5:
-        /* A SCRAM secret cannot answer md5: use SCRAM for that user, as PgBouncer does. */
+    }
+    /* A user auth_file does not know: ask the writer (auth_query), the loop going on. */
+    if (!c->is_admin && authq_enabled(w) && !userlist_find(w->users, c->user) &&
+        authq_lookup(c) == 0) {
+        c->auth_step = AUTH_STEP_LOOKUP;
+        return;
+    }
+    auth_resume(c);
+}
+
+void auth_resume(struct client *c)
+{
+    const struct user_secret *us = secret_of(c);
+    switch (c->auth_method) {
+    case HBA_MD5:
+        /* A SCRAM secret cannot answer md5: SCRAM for that user (PostgreSQL and PgBouncer). */
         if (us && us->kind == SECRET_SCRAM)
             ask_scram(c, us);
         else
             ask_md5(c);
         return;
-    case AUTH_SCRAM:
+    case HBA_PASSWORD:
+        ask_cleartext(c);
+        return;
+    case HBA_SCRAM:
+        /* PostgreSQL's rule: an md5 secret goes through the exchange with a doomed verifier. */
+        ask_scram(c, us && us->kind != SECRET_MD5 ? us : NULL);
+        return;
+    case METHOD_SCRAM_OR_MD5:
     default:
         /* An md5 secret cannot drive SCRAM: fall back to md5 for that user. */
         if (us && us->kind == SECRET_MD5)
@@ -93,7 +229,7 @@ void auth_begin(struct client *c)
 
 static void check_md5(struct client *c, const uint8_t *body, size_t len)
 {
-    const struct user_secret *us = userlist_find(c->w->users, c->user);
+    const struct user_secret *us = secret_of(c);
     if (len == 0 || body[len - 1] != 0 || !us || us->kind == SECRET_SCRAM) {
         auth_fail(c);
         return;
@@ -105,6 +241,45 @@ static void check_md5(struct client *c, const uint8_t *body, size_t len)
         pg_md5_hash(us->secret, c->user, hash);
     pg_md5_salted(hash, c->md5_salt, expected);
     if (strlen((const char *)body) != 35 || CRYPTO_memcmp(expected, body, 35) != 0) {
+        auth_fail(c);
+        return;
+    }
+    client_logged_in(c);
+}
+
+/* hba's password method: the password in clear (over TLS, one hopes), checked against whatever
+ * the secret is. Against a SCRAM secret that takes one PBKDF2 on the loop, as in PostgreSQL;
+ * the count is bounded like a server's (server_scram_max_iterations). */
+static void check_cleartext(struct client *c, const uint8_t *body, size_t len)
+{
+    const struct user_secret *us = secret_of(c);
+    if (len == 0 || body[len - 1] != 0 || strlen((const char *)body) != len - 1) {
+        client_close(c, SQLSTATE_PROTOCOL_VIOLATION, "invalid password packet size");
+        return;
+    }
+    const char *pw = (const char *)body;
+    int ok = 0;
+    if (us && us->kind == SECRET_PLAIN) {
+        size_t n = strlen(us->secret);
+        ok = n == len - 1 && CRYPTO_memcmp(us->secret, pw, n) == 0;
+    } else if (us && us->kind == SECRET_MD5) {
+        char hash[36];
+        pg_md5_hash(pw, c->user, hash);
+        ok = CRYPTO_memcmp(hash, us->secret, 35) == 0;
+    } else if (us && us->kind == SECRET_SCRAM && us->scram &&
+               us->scram->iterations <= c->w->cfg->server_scram_max_iterations) {
+        struct scram_secret derived;
+        char *prepared = scram_saslprep(pw);
+        if (prepared && scram_secret_from_password(prepared, us->scram->salt, us->scram->salt_len,
+                                                   us->scram->iterations, &derived) == 0)
+            ok = CRYPTO_memcmp(derived.stored_key, us->scram->stored_key, SCRAM_KEY_LEN) == 0;
+        if (prepared) {
+            OPENSSL_cleanse(prepared, strlen(prepared));
+            free(prepared);
+        }
+        OPENSSL_cleanse(&derived, sizeof(derived));
+    }
+    if (!ok) {
         auth_fail(c);
         return;
     }
@@ -151,7 +326,7 @@ static void sasl_final(struct client *c, const uint8_t *body, size_t len)
         client_close(c, SQLSTATE_PROTOCOL_VIOLATION, "malformed SCRAM message");
         return;
     }
-    const struct user_secret *us = userlist_find(c->w->users, c->user);
+    const struct user_secret *us = secret_of(c);
     if (r < 0 || !us) {
         auth_fail(c);
         return;
@@ -178,6 +353,9 @@ void auth_handle(struct client *c, const uint8_t *body, size_t len)
     switch (c->auth_step) {
     case AUTH_STEP_PASSWORD:
         check_md5(c, body, len);
+        break;
+    case AUTH_STEP_CLEARTEXT:
+        check_cleartext(c, body, len);
         break;
     case AUTH_STEP_SASL_INIT:
         sasl_init(c, body, len);

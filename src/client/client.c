@@ -503,7 +503,11 @@ static const struct conn_cbs client_cbs = {
 void client_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen,
                    void *arg)
 {
-    struct listen_ctx *ctx = arg;
+    client_accept_fd(arg, fd, sa, salen, 0);
+}
+
+void client_accept_fd(struct listen_ctx *ctx, int fd, struct sockaddr *sa, int salen, int fd_short)
+{
     struct worker *w = ctx->w;
     int role = ctx->role;
     int live = 0;
@@ -542,6 +546,7 @@ void client_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr
     /* Over max_client_conn: refused once its startup packet is read, as PostgreSQL does, so
      * the client sees the error and not a broken SSL negotiation. */
     c->over_limit = live >= w->cfg->max_client_conn;
+    c->fd_short = (uint8_t)fd_short;
     log_debug("C-%llu %s: connected to the %s endpoint", (unsigned long long)c->id, client_addr(c),
               role == ROLE_WRITER ? "writer" : "reader");
 }
@@ -746,8 +751,16 @@ static void handle_startup(struct client *c, const uint8_t *pkt, uint32_t len)
         kv_set(&c->params, n, sp.values[i]);
     }
     c->is_admin = !strcmp(c->database, ADMIN_DBNAME) || !strcmp(c->database, ADMIN_DBNAME_ALIAS);
-    if (c->is_admin && !config_list_has(c->w->cfg->admin_users, c->user)) {
-        client_close(c, SQLSTATE_INVALID_AUTH, "not allowed to connect to the pgstay admin database");
+    if (c->fd_short && !c->is_admin) {
+        c->w->stats.clients_rejected++;
+        client_close(c, SQLSTATE_TOO_MANY_CONNECTIONS,
+                     "sorry, too many clients already: pgstay is out of file descriptors");
+        return;
+    }
+    if (c->is_admin && !config_list_has(c->w->cfg->admin_users, c->user) &&
+        !config_list_has(c->w->cfg->stats_users, c->user)) {
+        /* PgBouncer's words; what each may run is checked at every command (admin.c). */
+        client_close(c, SQLSTATE_INVALID_AUTH, "not allowed");
         return;
     }
     if (c->w->shutting_down) {
@@ -1724,6 +1737,7 @@ static void lost_decide(struct client *c, const char *why, const char *sqlstate,
         c->discard_copy = 1;
         c->in_copy_in = 0;
     }
+    c->in_copy_out = 0;
     if (in_block)
         c->txn_lost = 1;
     if (c->pending > 0) {

@@ -154,7 +154,10 @@ struct client {
     uint8_t tls_direct;         /* TLS began without an SSLRequest (PostgreSQL 17 clients) */
 
     /* Authentication */
-    uint8_t auth_step;                /* which message pgstay expects next */
+    /* Two nibbles of one byte: an idle client is mostly this struct, and a byte more here
+     * costs 8 with the padding before the next pointer. */
+    uint8_t auth_step : 4;   /* enum auth_step: which message pgstay expects next */
+    uint8_t auth_method : 4; /* the method chosen: enum hba_method, or auth.c's own */
     uint8_t md5_salt[4];
     struct scram_server *scram;   /* only during a SCRAM exchange */
 
@@ -171,6 +174,9 @@ struct client {
     int64_t wait_since; /* ms: when it began waiting for a server */
     int64_t last_active;
     uint8_t held;           /* waiting because there is no writer (counted by failover) */
+    /* in the padding before unsynced: an idle client is mostly this struct */
+    uint8_t in_copy_out;    /* the server is sending COPY data (CopyOut/CopyBoth, until CopyDone) */
+    uint8_t fd_short;       /* accepted on the spare descriptor: only the admin console is served */
     int unsynced;       /* extended-protocol messages sent since the last Sync */
     struct client_more *more; /* session state, made at its first use: see client_more() */
     uint8_t resetup;        /* its startup parameters need applying again (after a RESET) */
@@ -194,6 +200,8 @@ struct client {
 /* Accept callback for the writer and reader listeners. */
 void client_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen,
                    void *arg);
+/* The same for a socket accepted by pgstay itself; FD_SHORT: on the last spare descriptor. */
+void client_accept_fd(struct listen_ctx *ctx, int fd, struct sockaddr *sa, int salen, int fd_short);
 void client_change_state(struct client *c, enum client_state st);
 /* The client's address as text ("ip:port"), in a buffer reused by the next call. */
 const char *client_addr(const struct client *c);

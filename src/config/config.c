@@ -51,9 +51,16 @@ static const struct key_def keys[] = {
     {"max_db_connections", KT_INT, FIELD(max_db_connections), "0", 1, NULL, 0, INT_MAX},
     {"max_user_connections", KT_INT, FIELD(max_user_connections), "0", 1, NULL, 0, INT_MAX},
     {"max_client_conn", KT_INT, FIELD(max_client_conn), "10000", 1, NULL, 1, INT_MAX},
-    {"auth_type", KT_ENUM, FIELD(auth_type), "scram-sha-256", 1, "trust|md5|scram-sha-256", 0, 0},
+    {"auth_type", KT_ENUM, FIELD(auth_type), "scram-sha-256", 1, "trust|md5|scram-sha-256|hba", 0,
+     0},
     {"auth_file", KT_PATH, FIELD(auth_file), "userlist.txt", 1, NULL, 0, 0},
+    {"auth_hba_file", KT_PATH, FIELD(auth_hba_file), "", 1, NULL, 0, 0},
+    {"auth_user", KT_STRING, FIELD(auth_user), "", 1, NULL, 0, 0},
+    {"auth_query", KT_STRING, FIELD(auth_query),
+     "SELECT usename, passwd FROM pg_shadow WHERE usename = $1", 1, NULL, 0, 0},
+    {"auth_cache_ttl", KT_DURATION, FIELD(auth_cache_ttl), "60s", 1, "s", 0, INT_MAX},
     {"admin_users", KT_STRING, FIELD(admin_users), "", 1, NULL, 0, 0},
+    {"stats_users", KT_STRING, FIELD(stats_users), "", 1, NULL, 0, 0},
     {"ignore_startup_parameters", KT_STRING, FIELD(ignore_startup_parameters), "", 1, NULL, 0, 0},
     {"server_reset_query", KT_STRING, FIELD(server_reset_query), "DISCARD ALL", 1, NULL, 0, 0},
     {"server_connect_timeout", KT_DURATION, FIELD(server_connect_timeout), "5s", 1, "s", 0,
@@ -711,6 +718,10 @@ int config_load(const char *path, struct config *cfg, char *err, size_t errlen)
                  "%s: topology_source = patroni needs patroni_url (http://host:8008, one or more "
                  "members' REST APIs, comma-separated)",
                  path);
+        goto fail;
+    }
+    if (cfg->auth_type == AUTH_HBA && !*cfg->auth_hba_file) {
+        snprintf(err, errlen, "%s: auth_type = hba needs auth_hba_file", path);
         goto fail;
     }
     free(line);

@@ -8,7 +8,8 @@
 #include "core/tls.h"
 
 enum pool_mode { POOL_SESSION = 0, POOL_TRANSACTION = 1 };
-enum auth_type { AUTH_TRUST = 0, AUTH_MD5 = 1, AUTH_SCRAM = 2 };
+/* hba: the method comes from auth_hba_file's matching line (PgBouncer's auth_type = hba). */
+enum auth_type { AUTH_TRUST = 0, AUTH_MD5 = 1, AUTH_SCRAM = 2, AUTH_HBA = 3 };
 enum readonly_fallback { FALLBACK_WRITER = 0, FALLBACK_ERROR = 1 };
 /* Who decides the writer: pgstay's own probes, or Patroni's leader (issue 15). */
 enum topology_source { TOPO_PROBES = 0, TOPO_PATRONI = 1 };
@@ -35,7 +36,13 @@ struct config {
     int max_client_conn;
     int auth_type;               /* enum auth_type */
     char *auth_file;             /* absolute, resolved against the config file's folder */
-    char *admin_users;           /* comma-separated */
+    char *auth_hba_file;         /* absolute; empty = none. When set, its first matching line
+                                  * decides the method, whatever auth_type says */
+    char *auth_user;             /* runs auth_query on the writer; empty = no auth_query */
+    char *auth_query;            /* fetches (usename, passwd) of a user not in auth_file */
+    int auth_cache_ttl;          /* ms: how long a secret auth_query fetched is reused */
+    char *admin_users;           /* comma-separated: may run every admin console command */
+    char *stats_users;           /* comma-separated: may run SHOW on the admin console */
     char *ignore_startup_parameters; /* comma-separated: startup parameters dropped */
     char *server_reset_query;
     int server_connect_timeout;  /* ms */

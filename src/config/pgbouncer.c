@@ -22,11 +22,7 @@ static const struct {
     {"unix_socket_mode", "pgstay listens on TCP only"},
     {"unix_socket_group", "pgstay listens on TCP only"},
     {"user", "pgstay does not change user: start it as the user it should run as"},
-    {"stats_users", "pgstay has admin_users only"},
-    {"auth_query", "pgstay authenticates from auth_file only"},
-    {"auth_user", "pgstay authenticates from auth_file only"},
-    {"auth_dbname", "pgstay authenticates from auth_file only"},
-    {"auth_hba_file", "pgstay authenticates from auth_file only"},
+    {"auth_dbname", "pgstay runs auth_query in the database the client asked for"},
     {"server_round_robin", "pgstay picks servers by node role (the writer; the least-loaded "
                            "standby for the reader endpoint)"},
     {"conffile", "not a setting"},

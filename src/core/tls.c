@@ -532,7 +532,7 @@ tls_ctx *tls_ctx_new(const struct tls_settings *s, int accept, char *err, size_t
             set_error(err, errlen, "cannot load the TLS CA file", s->ca_file);
             goto fail;
         }
-        if (accept && verify) {
+        if (accept) {
             STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(s->ca_file);
             if (names)
                 SSL_CTX_set_client_CA_list(ctx, names);
@@ -544,6 +544,11 @@ tls_ctx *tls_ctx_new(const struct tls_settings *s, int accept, char *err, size_t
     if (verify)
         SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | (accept ? SSL_VERIFY_FAIL_IF_NO_PEER_CERT : 0),
                            NULL);
+    else if (accept && s->ca_file && *s->ca_file)
+        /* As PostgreSQL with ssl_ca_file set: a client certificate is asked for, verified when
+         * one is sent, and not required, so that auth_hba_file's cert method and clientcert=
+         * can require it per line. */
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
     else
         SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
     if (accept)

@@ -17,6 +17,7 @@
 
 struct config;
 struct userlist;
+struct hba;
 struct topology;
 struct failover;
 struct admin;
@@ -69,6 +70,7 @@ struct worker {
     struct conn_loop loop; /* the connection layer's buffers, flush queue and clock */
     struct config *cfg;
     struct userlist *users; /* auth_file; replaced whole on reload */
+    struct hba *hba;        /* auth_hba_file's rules; NULL when none is set; replaced on reload */
     /* TLS contexts (NULL: TLS off on that side); a reload replaces them, and connections keep
      * the one they were made with (OpenSSL counts references). */
     tls_ctx *client_tls;
@@ -80,8 +82,14 @@ struct worker {
     struct list pools;
     struct list stats_kept; /* counters of freed pools (pool/stats.c) */
     struct list cancels; /* CancelRequests on their way to a server (pool.c) */
+    struct list authq;   /* auth_query's secrets, per user (client/authquery.c) */
     struct evconnlistener *listeners[2]; /* writer, reader endpoint */
     struct listen_ctx listen_ctx[2];
+    /* Out of file descriptors: accepting pauses (accept_resume re-arms it) and the descriptor
+     * kept spare takes one connection, so the admin console stays reachable (app/worker.c). */
+    int spare_fd;
+    struct event *accept_resume;
+    int64_t fd_short_logged; /* ms: the last "out of file descriptors" line (one a second) */
     struct event *reaper;                /* frees closing objects outside their callbacks */
     struct event *tick;                  /* 1 s housekeeping: timeouts */
     struct defer_queue defer;            /* work run once the current callbacks return */

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "client/authquery.h"
 #include "core/log.h"
 #include "pool/backoff.h"
 #include "proto/proto.h"
@@ -450,6 +451,7 @@ void pool_keep_min(struct worker *w)
 
 void pool_kick_all(struct worker *w)
 {
+    authq_kick(w); /* logins waiting for a writer to look their user up */
     struct list *pos, *tmp;
     list_for_each_safe(pos, tmp, &w->pools)
     {

@@ -325,6 +325,37 @@ void proto_build_query(struct pbuf *b, const char *sql)
     proto_end_msg(b, off);
 }
 
+void proto_build_query_params(struct pbuf *b, const char *sql, int n, const char *const *values)
+{
+    size_t off = proto_begin_msg(b, FE_PARSE);
+    pbuf_put_str(b, "");
+    pbuf_put_str(b, sql);
+    pbuf_put_u16(b, 0); /* parameter types: the server infers them */
+    proto_end_msg(b, off);
+    off = proto_begin_msg(b, FE_BIND);
+    pbuf_put_str(b, "");
+    pbuf_put_str(b, "");
+    pbuf_put_u16(b, 0); /* every parameter in text format */
+    pbuf_put_u16(b, (uint16_t)n);
+    for (int i = 0; i < n; i++) {
+        if (!values[i]) {
+            pbuf_put_u32(b, 0xffffffffu);
+            continue;
+        }
+        size_t l = strlen(values[i]);
+        pbuf_put_u32(b, (uint32_t)l);
+        pbuf_put(b, values[i], l);
+    }
+    pbuf_put_u16(b, 0); /* every result column in text format */
+    proto_end_msg(b, off);
+    off = proto_begin_msg(b, FE_EXECUTE);
+    pbuf_put_str(b, "");
+    pbuf_put_u32(b, 0);
+    proto_end_msg(b, off);
+    off = proto_begin_msg(b, FE_SYNC);
+    proto_end_msg(b, off);
+}
+
 void proto_build_terminate(struct pbuf *b)
 {
     size_t off = proto_begin_msg(b, FE_TERMINATE);

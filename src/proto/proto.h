@@ -165,6 +165,10 @@ void proto_build_param_status(struct pbuf *b, const char *name, const char *valu
 void proto_build_key_data(struct pbuf *b, uint32_t pid, uint32_t key);
 void proto_build_ready(struct pbuf *b, char status);
 void proto_build_query(struct pbuf *b, const char *sql);
+/* sql with n text parameters ($1...) through the extended protocol: Parse, Bind, Execute and
+ * Sync on the unnamed statement and portal (one ReadyForQuery answers it). A value is never
+ * spliced into the SQL text, so nothing a client names can change the statement. */
+void proto_build_query_params(struct pbuf *b, const char *sql, int n, const char *const *values);
 void proto_build_terminate(struct pbuf *b);
 void proto_build_password(struct pbuf *b, const char *password);
 void proto_build_sasl_initial(struct pbuf *b, const char *mech, const void *data, size_t len);

@@ -9,6 +9,7 @@
 
 #include <event2/dns.h>
 
+#include "client/authquery.h"
 #include "client/track.h"
 #include "config/userlist.h"
 #include "core/conn.h"
@@ -141,7 +142,10 @@ void server_run_internal(struct server *s, const char *sql)
 
 static const struct user_secret *secret_for(struct server *s)
 {
-    return userlist_find(s->w->users, s->user);
+    const struct user_secret *us = userlist_find(s->w->users, s->user);
+    /* A user auth_query found: log in with the secret the writer gave (md5 answered as is,
+     * SCRAM with the ClientKey its client's proof revealed). */
+    return us ? us : authq_find(s->w, s->user);
 }
 
 /* The waiting clients of s's pool get this FATAL (a probe has none). */
@@ -448,8 +452,9 @@ static int handle_internal(struct server *s, const struct msg_hdr *h, const uint
             struct msg_reader r;
             mr_init(&r, body, len);
             int n = mr_u16(&r);
+            /* 256: a SCRAM secret (auth_query's passwd column) is some 135 bytes. */
             const char *vals[16];
-            char bufs[16][128];
+            char bufs[16][256];
             if (n > 16)
                 n = 16;
             for (int i = 0; i < n; i++) {
@@ -512,8 +517,9 @@ static int handle_internal(struct server *s, const struct msg_hdr *h, const uint
     case BE_COPY_OUT:
     case BE_COPY_DATA:
     case BE_COPY_DONE:
-        /* Answers to a client's requests that pgstay drains after the client left. */
-        if (s->state != SV_RESETTING)
+        /* Answers to a client's requests that pgstay drains after the client left, or to
+         * an internal query with parameters (auth_query). */
+        if (s->state != SV_RESETTING && s->state != SV_PROBE)
             goto unexpected;
         return 0;
     case BE_NEGOTIATE_VERSION:
@@ -704,10 +710,35 @@ static int long_type(uint8_t t)
 /* What a server must not send to a client, said from the header before a byte of it is
  * relayed (NULL: fine). Found by test_bad_peers: these were relayed to the client as they came
  * (a short message type past WHOLE_MAX was streamed). */
-static const char *stream_violation(const struct client *c, const struct msg_hdr *h, size_t whole)
+static const char *stream_violation(struct client *c, const struct msg_hdr *h, size_t whole)
 {
     if (whole > WHOLE_MAX && !long_type(h->type))
         return "the server sent an oversized message";
+    /* COPY data comes only between CopyOutResponse (or CopyBothResponse) and CopyDone: a
+     * client not in a COPY would take it for a protocol error (found by fuzz_backend). The
+     * header is looked at again when a whole message is awaited: both updates are idempotent. */
+    switch (h->type) {
+    case BE_COPY_DATA:
+        if (!c->in_copy_out)
+            return "the server sent COPY data outside a COPY";
+        break;
+    case BE_COPY_DONE:
+        if (!c->in_copy_out)
+            return "the server sent CopyDone outside a COPY";
+        c->in_copy_out = 0;
+        break;
+    case BE_COPY_OUT:
+    case BE_COPY_BOTH:
+        c->in_copy_out = 1;
+        break;
+    case BE_COMMAND_COMPLETE:
+    case BE_ERROR:
+    case BE_READY:
+        c->in_copy_out = 0;
+        break;
+    default:
+        break;
+    }
     /* Nothing asked and nothing running: only what PostgreSQL sends on its own may come. */
     if (c->pending == 0 && c->unsynced == 0 && !c->in_copy_in && h->type != BE_NOTICE &&
         h->type != BE_PARAM_STATUS && h->type != BE_NOTIFY && h->type != BE_ERROR)
@@ -1004,7 +1035,10 @@ static void server_event_cb(void *arg, int what)
                      evutil_gai_strerror(dns));
         else
             snprintf(why, sizeof(why), "%s", conn_strerror(&s->conn));
-        server_close_by(s, EVIDENCE_FAILURE, why);
+        /* Out of descriptors or memory here says nothing about the node: never a failover. */
+        int local = s->conn.err == EMFILE || s->conn.err == ENFILE || s->conn.err == ENOBUFS ||
+                    s->conn.err == ENOMEM;
+        server_close_by(s, local ? EVIDENCE_NONE : EVIDENCE_FAILURE, why);
     }
 }
 

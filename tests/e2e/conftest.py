@@ -1,6 +1,7 @@
 """Fixtures for end-to-end tests: real PostgreSQL clusters from pgstay-lab and a real pgstay in front."""
 import os
 import random
+import resource
 import shutil
 import signal
 import socket
@@ -78,6 +79,7 @@ class Pgstay:
         self.settings.update(settings)
         self.userlist = {"postgres": "postgres", "app": "app"}
         self.proc = None
+        self.nofile = None  # RLIMIT_NOFILE for the process, if set
         self.log_path = os.path.join(tmpdir, "pgstay.log")
         self.conf_path = os.path.join(tmpdir, "pgstay.ini")
 
@@ -115,8 +117,15 @@ class Pgstay:
         # ASan keeps freed memory in a quarantine (256 MB by default), which would read as
         # pgstay's own growth in the bounded-memory tests.
         env.setdefault("ASAN_OPTIONS", "quarantine_size_mb=4:detect_leaks=1")
+        nofile = self.nofile
+
+        def limits():
+            if nofile:  # a test of running out of descriptors
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
         self.proc = subprocess.Popen([os.path.join(build_dir(), "pgstay"), self.conf_path],
-                                     stdout=self.logf, stderr=subprocess.STDOUT, env=env)
+                                     stdout=self.logf, stderr=subprocess.STDOUT, env=env,
+                                     preexec_fn=limits)
         deadline = time.time() + 15
         while time.time() < deadline:
             if self.proc.poll() is not None:

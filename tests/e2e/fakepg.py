@@ -373,6 +373,8 @@ class Session:
             "ready_empty_body": lambda: head + cmd("SELECT 1") + msg(b"Z"),
             "second_auth_ok": lambda: head + msg(b"R", struct.pack("!I", 0)) + cmd("SELECT 1") + rfq(),
             "auth_request_mid_result": lambda: head + msg(b"R", struct.pack("!I", 3)) + cmd("SELECT 1") + rfq(),
+            "copydata_mid_result": lambda: head + msg(b"d", b"junk\n") + cmd("SELECT 1") + rfq(),
+            "copydone_mid_result": lambda: head + msg(b"c") + cmd("SELECT 1") + rfq(),
             "key_data_mid_result": lambda: head + msg(b"K", struct.pack("!II", 1, 2)) + cmd("SELECT 1") + rfq(),
             "unsolicited_after_ready": lambda: head + cmd("SELECT 1") + rfq(self.txn) + head + cmd("SELECT 1") + rfq(self.txn),
             "copy_out_unasked": lambda: head + cmd("SELECT 1") + rfq(self.txn) + msg(b"H", b"\0\0\0") + msg(b"d", b"junk\n"),

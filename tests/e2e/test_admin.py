@@ -187,7 +187,9 @@ def test_disable_enable(proxy):
                 assert c.execute("select 1").fetchone() == (1,)
 
 
-def test_reconnect(proxy):
+def test_reconnect(cluster1, make_proxy):
+    # session mode: the client keeps the server RECONNECT marks (the suite may run in either)
+    proxy = make_proxy(cluster1, pool_mode="session")
     with proxy.connect() as c:
         pid = c.execute("select pg_backend_pid()").fetchone()[0]
         with proxy.connect() as idle:
@@ -350,3 +352,36 @@ def test_pause_resume_one_database(cluster1, make_proxy):
         assert app.execute("select 4").fetchone() == (4,)
     app.close()
     other.close()
+
+
+def test_admin_and_stats_users(cluster1, make_proxy):
+    """Issue 11: admin_users run every command, stats_users SHOW only, anyone else is refused
+    (PgBouncer's words); checked at every command, so a reload that takes a user out of the
+    lists stops an open session at its next command."""
+    p = make_proxy(cluster1, start=False, auth_type="md5", stats_users="app")
+    p.userlist["nobody"] = "nobody"
+    p.start()
+    with pytest.raises(psycopg.OperationalError, match="not allowed"):
+        psycopg.connect(p.dsn(dbname="pgbouncer", user="nobody"))
+    with psycopg.connect(p.dsn(dbname="pgbouncer", user="app"), autocommit=True,
+                         prepare_threshold=None) as st, admin_conn(p) as a:
+        assert any(r["name"] == "n1" for r in show(st, "NODES"))
+        for cmd in ("PAUSE", "RESUME", "RELOAD", "SHUTDOWN", "KILL postgres", "DISABLE postgres",
+                    "SET pool_size = 3", "RECONNECT"):
+            with pytest.raises(psycopg.Error, match="admin access needed"):
+                st.execute(cmd)
+        assert st.execute("SHOW VERSION").fetchone()
+        # the admin runs anything; it takes app out of stats_users and reloads
+        assert a.execute("SET pool_size = 11").statusmessage == "SET"
+        p.settings["stats_users"] = ""
+        p.write_config()
+        assert a.execute("RELOAD").statusmessage == "RELOAD"
+        with pytest.raises(psycopg.OperationalError, match="not allowed"):
+            st.execute("SHOW POOLS")
+        # and postgres out of admin_users: its own session stops too
+        p.settings["admin_users"] = "someone_else"
+        p.write_config()
+        assert a.execute("RELOAD").statusmessage == "RELOAD"
+        with pytest.raises(psycopg.OperationalError, match="not allowed"):
+            a.execute("SHOW POOLS")
+    assert p.log().count("no longer in admin_users or stats_users") == 2

@@ -82,7 +82,8 @@ dns_max_ttl = 15
     assert main["logfile"] and main["pidfile"]
     assert "ignore_startup_parameters" in main
     assert main["client_tls_sslmode"] == "prefer"  # TLS keys carry over since issue 11
-    for key, why in [("unix_socket_dir", "TCP only"), ("stats_users", "admin_users"),
+    assert main["stats_users"] == "stats, postgres"  # carried over since issue 11
+    for key, why in [("unix_socket_dir", "TCP only"),
                      ("reserve_pool_size", "not supported"),
                      ("dns_max_ttl", "libevent"),
                      ("reports: pool_size=5", "per-database pool_size")]:

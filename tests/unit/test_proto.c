@@ -231,6 +231,53 @@ static void test_build_session_messages(void **state)
     pbuf_free(&b);
 }
 
+/* auth_query's statement: Parse, Bind (the user name as a text parameter, a NULL as -1),
+ * Execute, Sync, each a whole message in one buffer. */
+static void test_build_query_params(void **state)
+{
+    struct pbuf b;
+    struct msg_reader r;
+    struct msg_hdr h;
+    pbuf_init(&b);
+    const char *vals[2] = {"it's me", NULL};
+    proto_build_query_params(&b, "select $1, $2", 2, vals);
+    assert_false(b.failed);
+    size_t off = 0;
+    assert_int_equal(proto_parse_header(b.data, b.len, MAX_LEN, &h), PROTO_OK);
+    assert_int_equal(h.type, FE_PARSE);
+    mr_init(&r, b.data + PROTO_HDR_LEN, h.len - 4);
+    assert_string_equal(mr_str(&r), "");
+    assert_string_equal(mr_str(&r), "select $1, $2");
+    assert_int_equal(mr_u16(&r), 0);
+    assert_done(&r);
+    off += h.len + 1;
+    assert_int_equal(proto_parse_header(b.data + off, b.len - off, MAX_LEN, &h), PROTO_OK);
+    assert_int_equal(h.type, FE_BIND);
+    mr_init(&r, b.data + off + PROTO_HDR_LEN, h.len - 4);
+    assert_string_equal(mr_str(&r), "");
+    assert_string_equal(mr_str(&r), "");
+    assert_int_equal(mr_u16(&r), 0);
+    assert_int_equal(mr_u16(&r), 2);
+    assert_int_equal(mr_u32(&r), 7);
+    assert_memory_equal(mr_bytes(&r, 7), "it's me", 7);
+    assert_int_equal(mr_u32(&r), 0xffffffffu);
+    assert_int_equal(mr_u16(&r), 0);
+    assert_done(&r);
+    off += h.len + 1;
+    assert_int_equal(proto_parse_header(b.data + off, b.len - off, MAX_LEN, &h), PROTO_OK);
+    assert_int_equal(h.type, FE_EXECUTE);
+    mr_init(&r, b.data + off + PROTO_HDR_LEN, h.len - 4);
+    assert_string_equal(mr_str(&r), "");
+    assert_int_equal(mr_u32(&r), 0);
+    assert_done(&r);
+    off += h.len + 1;
+    assert_int_equal(proto_parse_header(b.data + off, b.len - off, MAX_LEN, &h), PROTO_OK);
+    assert_int_equal(h.type, FE_SYNC);
+    assert_int_equal(h.len, 4);
+    assert_int_equal(off + 5, b.len);
+    pbuf_free(&b);
+}
+
 static void test_build_password_and_sasl(void **state)
 {
     struct pbuf b;
@@ -725,6 +772,7 @@ int main(void)
         cmocka_unit_test(test_build_notice),
         cmocka_unit_test(test_build_auth),
         cmocka_unit_test(test_build_session_messages),
+        cmocka_unit_test(test_build_query_params),
         cmocka_unit_test(test_build_password_and_sasl),
         cmocka_unit_test(test_build_cancel),
         cmocka_unit_test(test_build_negotiate_version),
