@@ -456,10 +456,10 @@ def test_scripted_patroni_is_the_authority(lab2, tmp_path):
     (hold and log, never n1); naming nobody, or a leader that is stopping: hold; naming n1:
     writer n1; Patroni unreachable or answering nonsense: n1 kept while it answers."""
     fake = FakePatroni()
+    fake.members(lab2, "n2")
+    p = make_pgstay(lab2, str(tmp_path), patroni_url="127.0.0.1:%d" % fake.port,
+                    failover_timeout="1s")
     try:
-        fake.members(lab2, "n2")
-        p = make_pgstay(lab2, str(tmp_path), patroni_url="127.0.0.1:%d" % fake.port,
-                        failover_timeout="1s")
         p.start(wait_writer=False)
         time.sleep(0.5)
         assert writer_of(p) is None
@@ -494,6 +494,6 @@ def test_scripted_patroni_is_the_authority(lab2, tmp_path):
         gets = fake.gets
         time.sleep(1)
         assert 5 <= fake.gets - gets <= 15, "polled %d times in 1 s" % (fake.gets - gets)
-        p.stop()
     finally:
+        p.stop()
         fake.close()
