@@ -4,6 +4,7 @@
 #   make asan     the same under AddressSanitizer + UBSan, in build-asan/
 #   make check    layer check, install deps, build, run unit and end-to-end tests
 #   make demo     install deps, build, run the failover experiment
+#   make demo-patroni  the same experiment against a Patroni cluster (tools/patroni-lab)
 #   make bench    throughput and memory side by side with PgBouncer
 #   make fuzz     each libFuzzer target for FUZZ_SECONDS (clang, ASan + UBSan), in build-fuzz/
 
@@ -13,7 +14,7 @@ PYTHON   ?= /usr/bin/python3
 OPT      ?= -O2
 SANITIZE ?=
 
-PKG_PROXY := libevent openssl libidn libsystemd
+PKG_PROXY := libevent openssl libidn libsystemd libcurl json-c
 PKG_TOOLS := libpq
 
 CFLAGS_ALL := -std=gnu11 $(OPT) -g -Wall -Wextra -Werror -Wno-unused-parameter \
@@ -50,7 +51,7 @@ FUZZ_SANITIZE := -fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-poi
 
 BINS := $(BUILD)/pgstay $(BUILD)/pgstay-lab $(BUILD)/pgstay-bench
 
-.PHONY: all asan deps check check-layers check-unit check-e2e asan-check demo demo-quick bench format clean \
+.PHONY: all asan deps check check-layers check-unit check-e2e asan-check demo demo-quick demo-patroni bench format clean \
 	fuzz fuzz-bins check-fuzz-corpus
 all: $(BINS)
 
@@ -154,6 +155,11 @@ asan-check: deps
 demo: deps
 	$(MAKE) all
 	$(PYTHON) tools/demo.py $(DEMO_ARGS)
+
+# The experiment with topology_source = patroni, against tools/patroni-lab (issue 15).
+demo-patroni: deps
+	$(MAKE) all
+	$(PYTHON) tools/demo_patroni.py $(DEMO_ARGS)
 
 demo-quick: deps
 	$(MAKE) all

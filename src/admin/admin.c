@@ -955,16 +955,19 @@ static void show_nodes(struct client *c)
                                        "health",
                                        "system_identifier",
                                        "max_timeline",
-                                       "note"};
+                                       "note",
+                                       "source"};
     struct result r;
-    res_begin(&r, 15, cols);
+    res_begin(&r, 16, cols);
     struct topology *t = c->w->topo;
     for (int i = 0; i < t->n_nodes; i++) {
         struct node *nd = &t->nodes[i];
         char port[16], tli[16], lsn[32], lag[24], lat[24], sv[16], fails[16], sysid[24], maxtli[16];
         snprintf(lsn, sizeof(lsn), "%X/%X", (unsigned)(nd->lsn >> 32), (unsigned)nd->lsn);
         snprintf(sysid, sizeof(sysid), "%llu", (unsigned long long)nd->sysid);
-        const char *vals[15] = {nd->name,
+        char source[64];
+        topology_role_source(t, nd, source, sizeof(source));
+        const char *vals[16] = {nd->name,
                                 nd->host,
                                 I2S(port, nd->port),
                                 node_role_name(nd->role),
@@ -978,7 +981,8 @@ static void show_nodes(struct client *c)
                                 topology_health_name(t, nd),
                                 nd->sysid ? sysid : NULL,
                                 I2S(maxtli, t->max_tli),
-                                nd->note[0] ? nd->note : NULL};
+                                nd->note[0] ? nd->note : NULL,
+                                source};
         res_row(&r, vals);
     }
     res_end(c, &r, "SHOW");

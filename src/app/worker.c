@@ -326,7 +326,9 @@ static struct evconnlistener *listen_on(struct worker *w, const char *addr, int 
     w->listen_ctx[role].role = role;
     struct evconnlistener *l = evconnlistener_new_bind(
         w->base, client_accept, &w->listen_ctx[role],
-        LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC, w->cfg->listen_backlog,
+        LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC |
+            (w->cfg->so_reuseport ? LEV_OPT_REUSEABLE_PORT : 0),
+        w->cfg->listen_backlog,
         (struct sockaddr *)&ss, (int)len);
     if (!l) {
         log_error("cannot listen on %s:%d: %s", addr, port, strerror(errno));

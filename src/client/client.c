@@ -1662,8 +1662,8 @@ static int term_verdict(struct client *c)
         return -1;
     if (w->session->paused(w, c->database))
         return -1; /* a planned switchover shutting the node down */
-    if (nd->last_ok_sent_us > client_more(c)->term->at_us)
-        return 1; /* a probe sent after the termination was answered */
+    if (nd->last_ok_sent_us > client_more(c)->term->at_us + TERM_SHUTDOWN_GRACE_US)
+        return 1; /* a probe sent well after the termination was answered */
     if (now_ms() - client_more(c)->term->at > TERM_VERDICT_MAX_MS)
         return -1;
     return 0;

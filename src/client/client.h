@@ -88,6 +88,11 @@ void kv_del(struct kvlist *l, const char *name);
 
 /* How long pgstay waits to learn whether a 57P01 was an administrator's or a shutdown's. */
 #define TERM_VERDICT_MAX_MS 3000
+/* A probe answered counts for "an administrator's" only when sent this long after the 57P01: a
+ * shutdown signals every backend at once, but on a busy machine they act on it over tens of ms
+ * (35 ms seen in a Patroni switchover on 2 loaded cores), and a probe backend not yet reached
+ * would otherwise answer for a node that is going down. */
+#define TERM_SHUTDOWN_GRACE_US 100000
 
 /* The server ended this client's session with 57P01 (pg_terminate_backend or a shutdown). */
 struct client_term {

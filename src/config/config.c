@@ -49,6 +49,9 @@ static const struct key_def keys[] = {
     {"unix_socket_mode", KT_STRING, FIELD(unix_socket_mode), "0777", 1, NULL, 0, 0},
     {"unix_socket_group", KT_STRING, FIELD(unix_socket_group), "", 1, NULL, 0, 0},
     {"listen_backlog", KT_INT, FIELD(listen_backlog), "128", 0, NULL, 1, INT_MAX},
+    /* Several stateless pgstay processes behind one port, the kernel spreading connections
+     * (issue 15); off by default so that a second pgstay started by mistake fails to bind. */
+    {"so_reuseport", KT_BOOL, FIELD(so_reuseport), "off", 0, NULL, 0, 0},
     {"pool_mode", KT_ENUM, FIELD(pool_mode), "session", 0, "session|transaction", 0, 0},
     {"pool_size", KT_INT, FIELD(pool_size), "20", 1, NULL, 1, INT_MAX},
     {"min_pool_size", KT_INT, FIELD(min_pool_size), "0", 1, NULL, 0, INT_MAX},
@@ -104,6 +107,9 @@ static const struct key_def keys[] = {
      INT_MAX},
     {"health_check_fall", KT_INT, FIELD(health_check_fall), "2", 1, NULL, 1, 100},
     {"health_check_rise", KT_INT, FIELD(health_check_rise), "1", 1, NULL, 1, 100},
+    /* patroni: the leader Patroni names is the only writer; probes still judge liveness. */
+    {"topology_source", KT_ENUM, FIELD(topology_source), "probes", 0, "probes|patroni", 0, 0},
+    {"patroni_url", KT_STRING, FIELD(patroni_url), "", 0, NULL, 0, 0},
     {"server_login_retry", KT_DURATION, FIELD(server_login_retry), "15s", 1, "s", 0, INT_MAX},
     {"failover_timeout", KT_DURATION, FIELD(failover_timeout), "30s", 1, "s", 0, INT_MAX},
     {"pause_timeout", KT_DURATION, FIELD(pause_timeout), "60s", 1, "s", 0, INT_MAX},
@@ -861,6 +867,13 @@ int config_load(const char *path, struct config *cfg, char *err, size_t errlen)
                  "%s: invalid value \"%s\" for unix_socket_mode: expected an octal mode such as "
                  "0777 or 0770",
                  path, cfg->unix_socket_mode);
+        goto fail;
+    }
+    if (cfg->topology_source == TOPO_PATRONI && !*cfg->patroni_url) {
+        snprintf(err, errlen,
+                 "%s: topology_source = patroni needs patroni_url (http://host:8008, one or more "
+                 "members' REST APIs, comma-separated)",
+                 path);
         goto fail;
     }
     if (cfg->auth_type == AUTH_HBA && !*cfg->auth_hba_file) {

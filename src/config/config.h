@@ -11,6 +11,8 @@ enum pool_mode { POOL_SESSION = 0, POOL_TRANSACTION = 1 };
 /* hba: the method comes from auth_hba_file's matching line (PgBouncer's auth_type = hba). */
 enum auth_type { AUTH_TRUST = 0, AUTH_MD5 = 1, AUTH_SCRAM = 2, AUTH_HBA = 3 };
 enum readonly_fallback { FALLBACK_WRITER = 0, FALLBACK_ERROR = 1 };
+/* Who decides the writer: pgstay's own probes, or Patroni's leader (issue 15). */
+enum topology_source { TOPO_PROBES = 0, TOPO_PATRONI = 1 };
 
 #define CONFIG_MAX_NODES 16
 
@@ -37,6 +39,7 @@ struct config {
     char *unix_socket_mode;      /* octal text, as PgBouncer's (config_unix_mode) */
     char *unix_socket_group;     /* group of the socket files; "" = pgstay's own */
     int listen_backlog;
+    int so_reuseport;            /* bool: several pgstay processes may listen on one port */
     int pool_mode;               /* enum pool_mode */
     int pool_size;               /* server connections per (database, user) */
     int max_client_conn;
@@ -80,6 +83,8 @@ struct config {
     int health_check_timeout;    /* ms */
     int health_check_fall;       /* failed probes in a row before a node is down */
     int health_check_rise;       /* answered probes in a row before a down node is used again */
+    int topology_source;         /* enum topology_source */
+    char *patroni_url;           /* comma-separated REST API base URLs of Patroni members */
     int server_login_retry;      /* ms: wait after a failed server login (per pool and node) */
     int failover_timeout;        /* ms: longest hold of a request while there is no writer */
     int pause_timeout;           /* ms: PAUSE waits this long for in-flight transactions */

@@ -9,6 +9,7 @@
 
 #include "core/log.h"
 #include "server/server.h"
+#include "topology/patroni.h"
 
 /* Role, timeline, WAL position and cluster identity in one round trip. pg_walfile_name() carries
  * the insert timeline on a primary; a standby's is the newer of its control file's and the one
@@ -198,6 +199,46 @@ static void adopt_sysid(struct topology *t)
              counts[best], total);
 }
 
+/* topology_source = patroni: the leader Patroni named, once its probes say it is a primary of
+ * the cluster (not fenced, not newly suspect); NULL with the reason otherwise. While Patroni does
+ * not answer, the writer in use stays as long as it is that leader and answers, and no other node
+ * is taken: holding beats guessing. */
+static struct node *patroni_writer(struct topology *t, char *why, size_t cap)
+{
+    struct node *ld = t->pat_leader;
+    if (!t->pat_answered) {
+        snprintf(why, cap, "Patroni has not answered yet");
+        return NULL;
+    }
+    if (!ld) {
+        snprintf(why, cap, "Patroni names no running leader");
+        return NULL;
+    }
+    if (!t->pat_fresh && ld != t->writer) {
+        snprintf(why, cap, "Patroni does not answer: no new writer is chosen without it");
+        return NULL;
+    }
+    if (ld->role == NODE_PRIMARY && !(ld->suspect && ld != t->writer))
+        return ld;
+    const char *what = ld->role == NODE_STANDBY ? "in recovery"
+                       : ld->role == NODE_DOWN  ? "down"
+                       : ld->suspect            ? "suspect"
+                                                : node_role_name(ld->role);
+    snprintf(why, cap, "Patroni names %s leader but it is %s", ld->name, what);
+    return NULL;
+}
+
+void topology_role_source(struct topology *t, struct node *nd, char *out, size_t cap)
+{
+    static const char *const names[] = {"unknown", "leader", "replica", "absent"};
+    if (!t->patroni) {
+        snprintf(out, cap, "probe");
+        return;
+    }
+    snprintf(out, cap, "patroni %s%s%s%s", names[nd->patroni_role], nd->patroni_state[0] ? " " : "",
+             nd->patroni_state, t->pat_answered && !t->pat_fresh ? " (stale)" : "");
+}
+
 /* Decide the writer from the latest probe results (failover contract 4). */
 static void evaluate(struct topology *t)
 {
@@ -252,6 +293,11 @@ static void evaluate(struct topology *t)
     /* A node that just failed a probe is not taken as a new writer until it answers. */
     if (writer && n_primary == 1 && writer->suspect && writer != t->writer)
         writer = NULL;
+    char pat_reason[sizeof(t->hold_reason)] = "";
+    if (t->patroni) {
+        writer = patroni_writer(t, pat_reason, sizeof(pat_reason));
+        n_primary = writer ? 1 : 0; /* the leader lock fences the others, not the timeline alone */
+    }
     if (n_primary > 1) {
         if (t->writer || !t->split_logged)
             log_error("%d nodes claim to be primary on timeline %u: holding writes, never guessing",
@@ -269,7 +315,9 @@ static void evaluate(struct topology *t)
     }
     /* Why there is no writer, said once per change, and beside the fenced nodes. */
     char reason[sizeof(t->hold_reason)] = "";
-    if (!writer && n_primary > 1)
+    if (!writer && pat_reason[0])
+        snprintf(reason, sizeof(reason), "%s", pat_reason);
+    else if (!writer && n_primary > 1)
         snprintf(reason, sizeof(reason), "%d primaries on timeline %u", n_primary, t->max_tli);
     else if (!writer && n_fenced > 0)
         snprintf(reason, sizeof(reason), "the only primary left is fenced (timeline below %u)",
@@ -296,6 +344,7 @@ static void evaluate(struct topology *t)
     struct node *old = t->writer;
     if (old) {
         const char *why = writer                        ? "another node became the writer"
+                          : pat_reason[0]               ? pat_reason
                           : old->role == NODE_STANDBY  ? "the writer is in recovery"
                           : old->role == NODE_FENCED   ? "a newer timeline exists"
                           : n_primary > 1              ? "two primaries on one timeline"
@@ -526,6 +575,7 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct topology *t = arg;
     probe_all(t);
+    patroni_poll(t);
     t->hooks->backoff_due(t->w);
     t->hooks->open_ahead(t->w);
     schedule(t);
@@ -573,6 +623,32 @@ void topology_node_signal(struct worker *w, struct node *nd, const char *why)
 {
     if (nd && nd == w->topo->writer)
         topology_probe_now(w, EVIDENCE_FAILURE, why);
+}
+
+void topology_patroni_answer(struct topology *t, struct node *leader, int fresh, const char *why)
+{
+    if (fresh && (leader != t->pat_leader || !t->pat_answered)) {
+        log_info("Patroni: leader is %s%s%s", leader ? leader->name : "none",
+                 t->pat_answered ? ", was " : "",
+                 t->pat_answered ? (t->pat_leader ? t->pat_leader->name : "none") : "");
+        t->pat_leader = leader;
+        if (leader && leader->probe)
+            leader->probe_again = 1; /* its role is asked again now, not at the next period */
+        if (leader)
+            kick_node(leader, 0);
+    }
+    /* Said once per change: answering, not answering (pat_fresh 1 or 0 after the first round). */
+    if (!fresh && (t->pat_fresh || !t->pat_rounds))
+        log_warn("Patroni does not answer (%s): %s", why ? why : "?",
+                 t->writer ? "keeping the writer while it answers its probes, no other is chosen"
+                           : "holding: no writer is chosen without it");
+    else if (fresh && !t->pat_fresh && t->pat_rounds)
+        log_info("Patroni answers again");
+    t->pat_rounds++;
+    t->pat_fresh = fresh;
+    if (fresh)
+        t->pat_answered = 1;
+    evaluate(t);
 }
 
 void topology_set_fast(struct worker *w, int fast)
@@ -623,6 +699,9 @@ int topology_init(struct worker *w, const struct topology_hooks *hooks)
     }
     t->timer = evtimer_new(w->base, timer_cb, t);
     t->fast = 1;
+    if (w->cfg->topology_source == TOPO_PATRONI && patroni_init(t) < 0)
+        return -1;
+    patroni_poll(t);
     probe_all(t);
     schedule(t);
     return 0;
@@ -643,6 +722,7 @@ void topology_free(struct worker *w)
             event_free(nd->kick);
         t->hooks->backoff_free(nd);
     }
+    patroni_free(t);
     event_free(t->timer);
     free(t);
     w->topo = NULL;

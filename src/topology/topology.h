@@ -2,6 +2,7 @@
 #ifndef PGSTAY_TOPOLOGY_TOPOLOGY_H
 #define PGSTAY_TOPOLOGY_TOPOLOGY_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "config/config.h"
@@ -17,6 +18,14 @@ enum node_role {
 };
 
 const char *node_role_name(int role);
+
+/* What Patroni's /cluster said of a node (topology_source = patroni). */
+enum patroni_role {
+    PAT_UNKNOWN = 0, /* not asked, or no answer yet */
+    PAT_LEADER,      /* holds the leader lock in the consensus store */
+    PAT_REPLICA,     /* a member that is not the leader (replica, sync_standby, standby_leader) */
+    PAT_ABSENT,      /* not among the members Patroni lists */
+};
 
 struct server;
 struct topology;
@@ -54,6 +63,8 @@ struct node {
     int n_servers;          /* pool connections on this node (least-loaded reader choice) */
     struct server *probe;   /* the probe connection */
     uint64_t generation;    /* bumped when the node changes role: servers from before are stale */
+    int patroni_role;       /* enum patroni_role: the last /cluster answer (SHOW NODES' source) */
+    char patroni_state[24]; /* Patroni's state of the member: running, stopped, starting, ... */
 };
 
 struct topology {
@@ -78,6 +89,14 @@ struct topology {
     int64_t suspect_since;
     int corroborated;    /* a server connection to the writer failed while suspect */
     char hold_reason[200]; /* why there is no writer (logged once per change) */
+    /* topology_source = patroni (topology/patroni.c): the leader Patroni named last is the only
+     * node that may be the writer; while Patroni does not answer it stays the writer as long as
+     * its probes say primary, and no other node is taken. */
+    struct patroni *patroni; /* NULL with topology_source = probes */
+    struct node *pat_leader; /* the leader in the last answer; NULL: none named */
+    int pat_answered;        /* Patroni answered at least once */
+    int pat_fresh;           /* its last poll round answered */
+    uint64_t pat_rounds;     /* poll rounds completed, answered or not */
 };
 
 /* What the end of a server connection to the writer (or an answer on one) says about the
@@ -120,6 +139,8 @@ struct node *topology_pick_reader(struct worker *w);
 /* Probe at health_check_fast_period (no writer) or the normal period. */
 void topology_set_fast(struct worker *w, int fast);
 struct node *topology_find(struct worker *w, const char *name);
+/* Where the node's role comes from, for SHOW NODES: "probe", or Patroni's role and state. */
+void topology_role_source(struct topology *t, struct node *nd, char *out, size_t cap);
 uint64_t lsn_parse(const char *s);
 
 #endif

@@ -528,6 +528,32 @@ static void test_userlist_errors(void **state)
     assert_string_equal(err, "/nonexistent/users.txt: cannot open: No such file or directory");
 }
 
+/* topology_source = patroni needs patroni_url; the default is pgstay's own probes. */
+static void test_topology_source(void **state)
+{
+    char path[64], err[512];
+    struct config c;
+    assert_int_equal(load_text("[pgstay]\n" NODES, &c, path, sizeof(path), err, sizeof(err)), 0);
+    assert_int_equal(c.topology_source, TOPO_PROBES);
+    assert_string_equal(c.patroni_url, "");
+    assert_int_equal(c.so_reuseport, 0);
+    config_free(&c);
+    assert_int_equal(load_text("[pgstay]\ntopology_source = patroni\n" NODES, &c, path,
+                               sizeof(path), err, sizeof(err)),
+                     -1);
+    assert_non_null(strstr(err, "needs patroni_url"));
+    assert_int_equal(load_text("[pgstay]\ntopology_source = patroni\npatroni_url = "
+                               "http://127.0.0.1:8008,http://127.0.0.1:8009\n" NODES,
+                               &c, path, sizeof(path), err, sizeof(err)),
+                     0);
+    assert_int_equal(c.topology_source, TOPO_PATRONI);
+    config_free(&c);
+    assert_int_equal(load_text("[pgstay]\ntopology_source = consul\n" NODES, &c, path,
+                               sizeof(path), err, sizeof(err)),
+                     -1);
+    assert_non_null(strstr(err, "expected one of probes/patroni"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -545,6 +571,7 @@ int main(void)
         cmocka_unit_test(test_userlist),
         cmocka_unit_test(test_userlist_last_wins),
         cmocka_unit_test(test_userlist_errors),
+        cmocka_unit_test(test_topology_source),
     };
     return cmocka_run_group_tests_name("config", tests, NULL, NULL);
 }
