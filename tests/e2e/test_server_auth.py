@@ -48,7 +48,15 @@ class FakeServer:
         try:
             f = s.makefile("rb")
             (n,) = struct.unpack("!I", f.read(4))
-            f.read(n - 4)  # the StartupMessage
+            first = f.read(n - 4)  # the StartupMessage, or an SSLRequest
+            if self.mode == "ssl_inject":
+                # 'S', then plaintext a man in the middle slipped in before the handshake
+                # (CVE-2021-23222's class): it must never be read as the server's answer.
+                assert n == 8 and struct.unpack("!I", first)[0] == 80877103
+                self.logins += 1
+                s.sendall(b"S" + msg(b"R", struct.pack("!I", AUTH_OK)) + msg(b"Z", b"I"))
+                s.recv(1024)
+                return
             s.sendall(msg(b"R", struct.pack("!I", AUTH_SASL) + b"SCRAM-SHA-256\0\0"))
             t = f.read(1)
             (n,) = struct.unpack("!I", f.read(4))
@@ -73,10 +81,10 @@ class FakeServer:
         self.sock.close()
 
 
-def check(make_proxy, mode, expect):
+def check(make_proxy, mode, expect, **settings):
     fake = FakeServer(mode)
     try:
-        p = make_proxy(FakeLab(fake.port), start=False, auth_type="trust")
+        p = make_proxy(FakeLab(fake.port), start=False, auth_type="trust", **settings)
         p.start(wait_writer=False)
         deadline = time.time() + 5
         while expect not in p.log() and time.time() < deadline:
@@ -101,3 +109,8 @@ def test_scram_iterations_above_ceiling_refused(make_proxy):
 def test_authentication_ok_before_scram_signature_refused(make_proxy):
     check(make_proxy, "early_ok",
           "AuthenticationOk before its SCRAM signature was verified: refused")
+
+
+def test_plaintext_after_ssl_response_refused(make_proxy):
+    check(make_proxy, "ssl_inject", "received unencrypted data after SSL response",
+          server_tls_sslmode="prefer")
