@@ -51,7 +51,7 @@ FUZZ_SANITIZE := -fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-poi
 
 BINS := $(BUILD)/pgstay $(BUILD)/pgstay-lab $(BUILD)/pgstay-bench
 
-.PHONY: all asan deps check check-layers check-unit check-e2e asan-check demo demo-quick demo-patroni bench format clean \
+.PHONY: all asan deps check check-layers check-docs man check-unit check-e2e asan-check demo demo-quick demo-patroni bench format clean \
 	fuzz fuzz-bins check-fuzz-corpus
 all: $(BINS)
 
@@ -140,7 +140,15 @@ check-e2e: all
 check-layers:
 	$(PYTHON) tools/layers.py
 
-check: check-layers deps
+# Every key of src/config/config.c documented in doc/config.md, and doc/pgstay.ini.5 generated
+# from it (`make man` writes it again); doc/pgstay.1 names every option of pgstay's usage.
+check-docs:
+	$(PYTHON) tools/manpages.py --check
+
+man:
+	$(PYTHON) tools/manpages.py
+
+check: check-layers check-docs deps
 	$(MAKE) all
 	$(MAKE) check-unit
 	$(MAKE) check-e2e
