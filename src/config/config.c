@@ -415,6 +415,35 @@ int conninfo_value(const char **pp, char *out, size_t cap)
     return 0;
 }
 
+int conninfo_next(const char **pp, const char **key, size_t *klen, char *out, size_t cap)
+{
+    const char *p = *pp;
+    while (isspace((unsigned char)*p))
+        p++;
+    *key = p;
+    *klen = 0;
+    if (*p == '\0') {
+        *pp = p;
+        return 0;
+    }
+    while (*p && *p != '=' && !isspace((unsigned char)*p))
+        p++;
+    size_t n = (size_t)(p - *key);
+    while (isspace((unsigned char)*p))
+        p++;
+    if (*p != '=' || n == 0) {
+        *pp = p;
+        return -1;
+    }
+    *klen = n;
+    p++;
+    while (isspace((unsigned char)*p))
+        p++;
+    int rc = conninfo_value(&p, out, cap);
+    *pp = p;
+    return rc < 0 ? -1 : 1;
+}
+
 /* Which conninfo keys a node accepts, and where each goes: libpq's names, nothing else. */
 enum node_key { NK_HOST, NK_PORT };
 static const struct {
@@ -446,27 +475,16 @@ static int parse_node(struct config *cfg, const char *name, const char *val, cha
     memcpy(nc.name, name, nlen + 1);
     nc.port = 5432;
 
-    const char *p = val;
-    for (;;) {
-        while (isspace((unsigned char)*p))
-            p++;
-        if (*p == '\0')
-            break;
-        const char *kstart = p;
-        while (*p && *p != '=' && !isspace((unsigned char)*p))
-            p++;
-        size_t klen = (size_t)(p - kstart);
-        while (isspace((unsigned char)*p))
-            p++;
-        if (*p != '=' || klen == 0) {
+    const char *p = val, *kstart;
+    size_t klen;
+    char v[256];
+    int rc;
+    while ((rc = conninfo_next(&p, &kstart, &klen, v, sizeof(v))) != 0) {
+        if (rc < 0 && klen == 0) {
             snprintf(msg, msglen, "node \"%s\": expected key=value in \"%s\"", name, val);
             return -1;
         }
-        p++;
-        while (isspace((unsigned char)*p))
-            p++;
-        char v[256];
-        if (conninfo_value(&p, v, sizeof(v)) < 0) {
+        if (rc < 0) {
             snprintf(msg, msglen, "node \"%s\": value of \"%.*s\" is unterminated or too long",
                      name, (int)klen, kstart);
             return -1;
@@ -519,27 +537,16 @@ static int parse_override(struct pool_override **list, int *n, const char *sec, 
                           const char *val, char *msg, size_t msglen)
 {
     int pool_size = -1;
-    const char *p = val;
-    for (;;) {
-        while (isspace((unsigned char)*p))
-            p++;
-        if (*p == '\0')
-            break;
-        const char *kstart = p;
-        while (*p && *p != '=' && !isspace((unsigned char)*p))
-            p++;
-        size_t klen = (size_t)(p - kstart);
-        while (isspace((unsigned char)*p))
-            p++;
-        if (*p != '=' || klen == 0) {
+    const char *p = val, *kstart;
+    size_t klen;
+    char v[64];
+    int rc;
+    while ((rc = conninfo_next(&p, &kstart, &klen, v, sizeof(v))) != 0) {
+        if (rc < 0 && klen == 0) {
             snprintf(msg, msglen, "[%s] %s: expected key=value in \"%s\"", sec, name, val);
             return -1;
         }
-        p++;
-        while (isspace((unsigned char)*p))
-            p++;
-        char v[64];
-        if (conninfo_value(&p, v, sizeof(v)) < 0) {
+        if (rc < 0) {
             snprintf(msg, msglen, "[%s] %s: value of \"%.*s\" is unterminated or too long", sec,
                      name, (int)klen, kstart);
             return -1;

@@ -163,6 +163,10 @@ int config_from_pgbouncer(const char *path, FILE *out, FILE *err);
 /* One conninfo value at *pp: 'single quoted' with backslash escapes (as libpq), or up to a
  * blank; *pp moves past it. 0, or -1 if unterminated or longer than cap - 1. */
 int conninfo_value(const char **pp, char *out, size_t cap);
+/* The next "key=value" of such a list at *pp (blanks around '=' allowed, the value as
+ * conninfo_value reads it): 1 with the key at *key (*klen bytes) and the value in out; 0 at the
+ * end; -1 when it is not key=value (*klen is then 0) or the value is unterminated or too long. */
+int conninfo_next(const char **pp, const char **key, size_t *klen, char *out, size_t cap);
 /* unix_socket_mode as a mode for chmod; -1 if it is not an octal mode. */
 int config_unix_mode(const struct config *cfg);
 

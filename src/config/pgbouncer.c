@@ -113,29 +113,17 @@ static int parse_db_entry(const char *name, const char *val, struct cluster *cl,
                           char *pool_mode, size_t pm_cap, char *pool_size, size_t ps_cap)
 {
     char hosts[512] = "", ports[256] = "";
-    const char *p = val;
+    const char *p = val, *k;
+    size_t klen;
+    char v[512];
+    int rc;
     memset(cl, 0, sizeof(*cl));
-    for (;;) {
-        while (isspace((unsigned char)*p))
-            p++;
-        if (!*p)
-            break;
-        const char *k = p;
-        while (*p && *p != '=' && !isspace((unsigned char)*p))
-            p++;
-        size_t klen = (size_t)(p - k);
-        while (isspace((unsigned char)*p))
-            p++;
-        if (*p != '=') {
-            drop(d, "[databases] %s: \"%s\" is not key=value pairs", name, val);
-            return -1;
-        }
-        p++;
-        while (isspace((unsigned char)*p))
-            p++;
-        char v[512];
-        if (conninfo_value(&p, v, sizeof(v)) < 0) {
-            drop(d, "[databases] %s: a value is unterminated or too long", name);
+    while ((rc = conninfo_next(&p, &k, &klen, v, sizeof(v))) != 0) {
+        if (rc < 0) {
+            if (klen == 0)
+                drop(d, "[databases] %s: \"%s\" is not key=value pairs", name, val);
+            else
+                drop(d, "[databases] %s: a value is unterminated or too long", name);
             return -1;
         }
         char key[64];
@@ -225,26 +213,12 @@ static void add_override(char *sec, size_t cap, const char *secname, const char 
 static void parse_user_entry(const char *name, const char *val, char *sec, size_t cap,
                              struct dropped *d)
 {
-    const char *p = val;
-    for (;;) {
-        while (isspace((unsigned char)*p))
-            p++;
-        if (!*p)
-            return;
-        const char *k = p;
-        while (*p && *p != '=' && !isspace((unsigned char)*p))
-            p++;
-        size_t klen = (size_t)(p - k);
-        while (isspace((unsigned char)*p))
-            p++;
-        char v[256];
-        if (*p == '=')
-            p++;
-        else
-            klen = 0;
-        while (isspace((unsigned char)*p))
-            p++;
-        if (klen == 0 || conninfo_value(&p, v, sizeof(v)) < 0) {
+    const char *p = val, *k;
+    size_t klen;
+    char v[256];
+    int rc;
+    while ((rc = conninfo_next(&p, &k, &klen, v, sizeof(v))) != 0) {
+        if (rc < 0) {
             drop(d, "[users] %s = %s: not key=value pairs", name, val);
             return;
         }
