@@ -215,6 +215,7 @@ int worker_init(struct worker *w, struct config *cfg)
         w->dns = evdns_base_new(w->base, 0);
     if (conn_loop_init(&w->loop, w->base, w->dns) < 0 || defer_init(&w->defer, w->base) < 0)
         return -1;
+    w->loop.defer = &w->defer;
     w->reaper = event_new(w->base, -1, 0, reap_cb, w);
     w->tick = event_new(w->base, -1, EV_PERSIST, tick_cb, w);
     struct timeval tv = {0, 100 * 1000};

@@ -394,6 +394,8 @@ static void conn_cb(evutil_socket_t fd, short what, void *arg)
     struct conn_loop *l = c->loop;
     clock_enter();
     l->in_cb = 1;
+    if (l->defer)
+        defer_enter(l->defer);
     if (what & EV_TIMEOUT) {
         /* A failure reported later (report_later): the owner hears it now. */
         c->cbs->on_event(c->arg, CONN_ERROR);
@@ -424,6 +426,8 @@ static void conn_cb(evutil_socket_t fd, short what, void *arg)
             do_read(c);
     }
 out:
+    if (l->defer)
+        defer_leave(l->defer); /* writes still queue for the flush below */
     l->in_cb = 0;
     conn_loop_flush(l);
     clock_leave();

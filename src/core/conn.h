@@ -18,6 +18,7 @@
 #include <event2/event.h>
 #include <event2/event_struct.h>
 
+#include "core/defer.h"
 #include "core/list.h"
 
 /* Unsent bytes past which a producer stops adding to a connection (and so stops reading its own
@@ -40,6 +41,9 @@ struct conn_loop {
     struct event flush_ev; /* sends what was queued outside a connection's own callback */
     int flush_armed;
     int in_cb;          /* inside a connection's callback: it flushes at its end */
+    /* The loop's deferred work (set by its owner, may be NULL): drained at the end of each
+     * connection callback, before that callback's flush, so what it writes goes out at once. */
+    struct defer_queue *defer;
     void **free_blocks; /* CONN_BLOCK buffers to lend again (a stack: the bottom is oldest) */
     int n_free, max_free;
     int low_free;         /* fewest free since the last trim: what went unused all along */

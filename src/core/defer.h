@@ -17,6 +17,7 @@ struct deferred {
 struct defer_queue {
     struct list items;
     struct event *ev;
+    int nest; /* defer_enter depth: a caller on the stack drains the queue when it leaves */
 };
 
 int defer_init(struct defer_queue *q, struct event_base *base);
@@ -24,6 +25,11 @@ int defer_init(struct defer_queue *q, struct event_base *base);
 void defer_free(struct defer_queue *q);
 /* Queue d unless it is queued already: queued twice before it runs, it runs once. */
 void defer(struct defer_queue *q, struct deferred *d);
+/* A callback that runs other work first (a connection's, core/conn.c) brackets it: what is
+ * deferred meanwhile runs at the outermost defer_leave, once that work has returned, instead
+ * of in a later loop callback. */
+void defer_enter(struct defer_queue *q);
+void defer_leave(struct defer_queue *q);
 /* Unqueue d (its owner is being freed). */
 void defer_cancel(struct deferred *d);
 

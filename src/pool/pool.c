@@ -252,7 +252,37 @@ static void build_param_set(struct pbuf *b, const char *name, const char *value)
     pbuf_put_u8(b, 0);
 }
 
+/* Whether stmt is what build_param_set writes for name and value, found without writing it:
+ * most lendings find the server has the client's parameters already, and building each
+ * statement to compare it cost more than the rest of a lending. */
+static int is_param_set(const char *stmt, const char *name, const char *value)
+{
+    static const char head[] = "SELECT pg_catalog.set_config('";
+    size_t nl = strlen(name);
+    if (strncmp(stmt, head, sizeof(head) - 1) != 0)
+        return 0;
+    stmt += sizeof(head) - 1;
+    if (strncmp(stmt, name, nl) != 0 || strncmp(stmt + nl, "', '", 4) != 0)
+        return 0;
+    stmt += nl + 4;
+    for (const char *v = value; *v; v++) {
+        if (*v == '\'' && *stmt++ != '\'')
+            return 0; /* a quote is written twice; a NUL in stmt stops here too */
+        if (*stmt++ != *v)
+            return 0;
+    }
+    return strcmp(stmt, "', false)") == 0;
+}
+
 /* Append one statement of a setup batch and remember it on the server. */
+/* Whether the server reports name with this value (what it started with, or a setting
+ * PostgreSQL reports that an earlier client changed and left). */
+static int server_param_is(struct server *s, const char *name, const char *value)
+{
+    const char *reported = server_param(s, name);
+    return reported && strcmp(reported, value) == 0;
+}
+
 static void setup_add(struct server *s, struct pbuf *sql, const char *name, const char *stmt)
 {
     pbuf_put(sql, stmt, strlen(stmt));
@@ -267,9 +297,10 @@ static void setup_add(struct server *s, struct pbuf *sql, const char *name, cons
  * are applied where the server differs. */
 static void build_setup(struct server *s, struct client *c, struct pbuf *b)
 {
+    const struct kvlist *sets = c->more ? &c->more->sets : NULL;
     for (int i = s->applied.n - 1; i >= 0; i--) {
         const char *name = s->applied.items[i].name;
-        if (kv_get(&client_more(c)->sets, name) || kv_get(&c->params, name))
+        if ((sets && kv_get(sets, name)) || kv_get(&c->params, name))
             continue;
         char stmt[128];
         snprintf(stmt, sizeof(stmt), "RESET %s;", name);
@@ -278,20 +309,20 @@ static void build_setup(struct server *s, struct client *c, struct pbuf *b)
     }
     for (int i = 0; i < c->params.n; i++) {
         const char *name = c->params.items[i].name, *value = c->params.items[i].value;
-        if (kv_get(&client_more(c)->sets, name) || !name_ok(name))
+        if ((sets && kv_get(sets, name)) || !name_ok(name))
             continue; /* a SET of the same name comes after and wins */
+        const char *have = kv_get(&s->applied, name);
+        if (have ? is_param_set(have, name, value) : server_param_is(s, name, value))
+            continue; /* the server has it: applied for an earlier client, or its own */
         struct pbuf stmt;
         pbuf_init(&stmt);
         build_param_set(&stmt, name, value);
-        const char *have = kv_get(&s->applied, name);
-        const char *reported = server_param(s, name);
-        if (!stmt.failed && !(have && strcmp(have, (char *)stmt.data) == 0) &&
-            !(!have && reported && strcmp(reported, value) == 0))
+        if (!stmt.failed)
             setup_add(s, b, name, (char *)stmt.data);
         pbuf_free(&stmt);
     }
-    for (int i = 0; c->more && i < c->more->sets.n; i++) {
-        const char *name = client_more(c)->sets.items[i].name, *stmt = client_more(c)->sets.items[i].value;
+    for (int i = 0; sets && i < sets->n; i++) {
+        const char *name = sets->items[i].name, *stmt = sets->items[i].value;
         const char *have = kv_get(&s->applied, name);
         if (have && strcmp(have, stmt) == 0)
             continue;
