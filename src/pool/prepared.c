@@ -11,7 +11,18 @@
 #include "core/log.h"
 #include "server/server.h"
 
-#define SERVER_NAME_FMT "pgstay_%016llx"
+#define SERVER_NAME_LEN 23 /* "pgstay_" and the statement's hash in 16 hex digits */
+
+/* A statement's name on the servers, from its hash. By hand: snprintf cost ~1,000 instructions
+ * per Bind, more than the rest of the rewrite (callgrind, pgbench -S -M prepared). */
+static void server_name(char out[SERVER_NAME_LEN + 1], uint64_t hash)
+{
+    static const char hex[] = "0123456789abcdef";
+    memcpy(out, "pgstay_", 7);
+    for (int i = 0; i < 16; i++)
+        out[7 + i] = hex[(hash >> (60 - 4 * i)) & 0xf];
+    out[SERVER_NAME_LEN] = 0;
+}
 
 uint64_t stmt_hash(const uint8_t *p, size_t n)
 {
@@ -105,7 +116,7 @@ int plan_evict(struct server *s, struct pbuf *wire)
             if (sc->used[i] < sc->used[oldest])
                 oldest = i;
         char name[32];
-        snprintf(name, sizeof(name), SERVER_NAME_FMT, (unsigned long long)sc->hashes[oldest]);
+        server_name(name, sc->hashes[oldest]);
         size_t off = proto_begin_msg(wire, FE_CLOSE);
         pbuf_put_u8(wire, 'S');
         pbuf_put_str(wire, name);
@@ -385,7 +396,7 @@ static void ensure_prepared(struct server *s, const struct prepared *p, struct c
     mr_str(&r);
     size_t rest_off = PROTO_HDR_LEN + r.pos;
     char name[32];
-    snprintf(name, sizeof(name), SERVER_NAME_FMT, (unsigned long long)p->hash);
+    server_name(name, p->hash);
     struct pbuf b;
     pbuf_init(&b);
     size_t off = proto_begin_msg(&b, FE_PARSE);
@@ -528,7 +539,7 @@ size_t plan_client_msg(struct client *c, struct server *s, const struct msg_hdr 
             return whole;
         }
         char sname[32];
-        snprintf(sname, sizeof(sname), SERVER_NAME_FMT, (unsigned long long)hash);
+        server_name(sname, hash);
         struct pbuf b;
         pbuf_init(&b);
         size_t off = proto_begin_msg(&b, FE_PARSE);
@@ -554,7 +565,7 @@ size_t plan_client_msg(struct client *c, struct server *s, const struct msg_hdr 
         }
         ensure_prepared(s, p, out);
         char sname[32];
-        snprintf(sname, sizeof(sname), SERVER_NAME_FMT, (unsigned long long)p->hash);
+        server_name(sname, p->hash);
         size_t consumed = PROTO_HDR_LEN + r.pos;
         /* New header and names; the parameters that follow are streamed unchanged. */
         uint32_t len = h->len - (uint32_t)strlen(stmt) + (uint32_t)strlen(sname);
@@ -591,7 +602,7 @@ size_t plan_client_msg(struct client *c, struct server *s, const struct msg_hdr 
         }
         ensure_prepared(s, p, out);
         char sname[32];
-        snprintf(sname, sizeof(sname), SERVER_NAME_FMT, (unsigned long long)p->hash);
+        server_name(sname, p->hash);
         struct pbuf b;
         pbuf_init(&b);
         size_t off = proto_begin_msg(&b, FE_DESCRIBE);
