@@ -1,6 +1,7 @@
 """SIGHUP with clients connected (issue 13): [nodes] changed by a reload (a new node is probed and
 judged as at start-up, a removed one drains, the writer is never removed silently), against a real
 lab cluster with pgbench running."""
+import grp
 import os
 import shutil
 import signal
@@ -186,3 +187,170 @@ def test_reload_refuses_removing_the_writer(lab3, proxies):
     assert str(nodes_of(p)["n1"]["port"]) == str(lab3.node_port(1))
     c.execute("insert into reload_w values (2)")
     c.close()
+
+
+# ---- every reloadable key, by SIGHUP, with clients connected ----
+
+def changed_values(d, p, certs):
+    """key -> (value written to the file, value SHOW CONFIG must then show), for the keys whose
+    new value cannot be derived from the old one (strings, enums, paths, limits)."""
+    with open(os.path.join(d, "users2.txt"), "w") as f:
+        for u, pw in p.userlist.items():
+            f.write('"%s" "%s"\n' % (u, pw))
+    with open(os.path.join(d, "hba.conf"), "w") as f:
+        f.write("local all all trust\nhost all all 127.0.0.1/32 trust\n")
+    sockdir = os.path.join(d, "sock")
+    os.mkdir(sockdir)
+    group = grp.getgrgid(os.getgid()).gr_name
+    same = lambda v: (v, v)  # noqa: E731
+    return {
+        "unix_socket_dir": same(sockdir),
+        "unix_socket_mode": same("0770"),
+        "unix_socket_group": same(group),
+        "max_packet_size": ("512MB", str(512 * 1024 * 1024)),
+        "max_replica_lag": ("32MB", str(32 * 1024 * 1024)),
+        "auth_type": same("md5"),
+        "auth_file": same(os.path.join(d, "users2.txt")),
+        "auth_hba_file": same(os.path.join(d, "hba.conf")),
+        "auth_user": same("postgres"),
+        "auth_query": same("SELECT usename, passwd FROM pg_shadow WHERE usename = $1 LIMIT 1"),
+        "admin_users": same("postgres,app"),
+        "stats_users": same("app"),
+        "track_extra_parameters": same("search_path"),
+        "ignore_startup_parameters": same("extra_float_digits"),
+        "server_reset_query": same("RESET ALL"),
+        "server_check_query": same("SELECT 2"),
+        "health_check_user": same("probe"),
+        "health_check_dbname": same("app"),
+        "readonly_fallback": same("error"),
+        "logfile": same(p.log_path),  # the file the test reads: appended to, as stdout is
+        "syslog_ident": same("pgstay-reload"),
+        "syslog_facility": same("local3"),
+        "client_tls_sslmode": same("allow"),
+        "client_tls_cert_file": same(certs("server.crt")),
+        "client_tls_key_file": same(certs("server.key")),
+        "client_tls_ca_file": same(certs("ca.crt")),
+        "client_tls_protocols": same("tlsv1.2,tlsv1.3"),
+        "client_tls_ciphers": same("HIGH:!aNULL"),
+        "server_tls_sslmode": same("prefer"),
+        "server_tls_cert_file": same(certs("client_postgres.crt")),
+        "server_tls_key_file": same(certs("client_postgres.key")),
+        "server_tls_ca_file": same(certs("ca.crt")),
+        "server_tls_protocols": same("tlsv1.2,tlsv1.3"),
+        "server_tls_ciphers": same("HIGH:!aNULL"),
+        "max_db_connections": same("100"),
+        "max_user_connections": same("100"),
+        "health_check_rise": same("2"),
+        "health_check_fall": same("3"),
+    }
+
+
+def derived(key, shown):
+    """A new value from the old for numbers, durations and booleans; None otherwise."""
+    if shown in ("on", "off"):
+        v = "off" if shown == "on" else "on"
+        return v, v
+    if shown.endswith("ms") and shown[:-2].isdigit():
+        ms = int(shown[:-2])
+        ms = ms * 2 if ms > 0 else 3600000  # 0 (never) becomes an hour: no client is timed out
+        return "%dms" % ms, "%dms" % ms
+    if shown.isdigit():
+        v = str(int(shown) + 1)
+        return v, v
+    return None
+
+
+@pytest.fixture(scope="module")
+def reload_certs():
+    from test_tls import make_ca, make_cert
+    d = tempfile.mkdtemp(prefix="pgstay-reload-tls-")
+    os.chmod(d, 0o755)
+    make_ca(d, "ca")
+    make_cert(d, "server", "ca", "localhost", "DNS:localhost,IP:127.0.0.1")
+    make_cert(d, "server2", "ca", "localhost", "DNS:localhost,IP:127.0.0.1")
+    make_cert(d, "client_postgres", "ca", "postgres")
+    make_cert(d, "client2", "ca", "postgres")
+    yield lambda name: os.path.join(d, name)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_reload_each_reloadable_key(cluster1, make_proxy, reload_certs, tmp_path):
+    """Every key SHOW CONFIG marks changeable (config.c's reloadable column) is changed in the file
+    and applied by SIGHUP, one reload each, while a writer session, a reader session and a client
+    inside a transaction stay connected: SHOW CONFIG shows each new value, no reload fails, and
+    afterwards every client is still there, on the same backend, its session intact. A key that
+    needs a restart (listen_backlog) is logged and keeps its running value."""
+    with psycopg.connect(cluster1.dsn(1), autocommit=True) as c:
+        if not c.execute("select 1 from pg_roles where rolname = 'probe'").fetchone():
+            c.execute("create role probe login superuser password 'probe'")
+    p = make_proxy(cluster1, start=False, pool_mode="session")
+    p.userlist["probe"] = "probe"
+    p.start()
+    d = str(tmp_path)
+    explicit = changed_values(d, p, reload_certs)
+
+    w = p.connect(user="app", dbname="app")
+    w.execute("set application_name = 'kept'")
+    w_pid = w.execute("select pg_backend_pid()").fetchone()[0]
+    r = p.connect(port=p.readonly_port)
+    r_pid = r.execute("select pg_backend_pid()").fetchone()[0]
+    t = p.connect(user="app", dbname="app")
+    t.execute("create table if not exists reload_keys (k text)")
+    t.execute("begin")
+    t.execute("insert into reload_keys values ('before')")
+    t_pid = t.execute("select pg_backend_pid()").fetchone()[0]
+
+    config = [(row[0], row[1], row[3]) for row in p.admin("SHOW CONFIG")]
+    reloadable = [(k, v) for k, v, changeable in config if changeable == "yes"]
+    assert len(reloadable) > 50, reloadable
+    # A certificate and its key are loaded together: the one is written with the other (the
+    # certificate first with a key, then the key with a second certificate).
+    pairs = {"client_tls_cert_file": {"client_tls_key_file": reload_certs("server.key")},
+             "client_tls_key_file": {"client_tls_cert_file": reload_certs("server2.crt")},
+             "server_tls_cert_file": {"server_tls_key_file": reload_certs("client_postgres.key")},
+             "server_tls_key_file": {"server_tls_cert_file": reload_certs("client2.crt")}}
+    explicit["client_tls_key_file"] = (reload_certs("server2.key"),) * 2
+    explicit["server_tls_key_file"] = (reload_certs("client2.key"),) * 2
+    done = []
+    for key, _ in reloadable:
+        old = {row[0]: row[1] for row in p.admin("SHOW CONFIG")}[key]
+        new = explicit.get(key) or derived(key, old)
+        assert new, "no new value for the reloadable key %s (now %r): add one" % (key, old)
+        assert new[1] != old, (key, old)
+        n_ok = p.log().count("configuration reloaded")
+        n_bad = p.log().count("reload failed")
+        p.settings.update(pairs.get(key, {}))
+        p.settings[key] = new[0]
+        p.write_config()
+        p.signal(signal.SIGHUP)
+        wait_for(lambda: p.log().count("configuration reloaded") > n_ok
+                 or p.log().count("reload failed") > n_bad, what="reload of " + key)
+        assert p.log().count("reload failed") == n_bad, (key, p.log()[-2000:])
+        shown = {row[0]: row[1] for row in p.admin("SHOW CONFIG")}
+        assert shown[key] == new[1], (key, shown[key], new[1])
+        done.append(key)
+        # the clients are still connected after each one
+        assert w.execute("select 1").fetchone()[0] == 1, key
+    assert "needs a restart" not in p.log()
+
+    # A key that needs a restart: logged, the running value kept.
+    old_backlog = {row[0]: row[1] for row in p.admin("SHOW CONFIG")}["listen_backlog"]
+    reload(p, listen_backlog=int(old_backlog) + 64)
+    assert "config: listen_backlog changed to %d but needs a restart; keeping %s" % (
+        int(old_backlog) + 64, old_backlog) in p.log()
+    assert {row[0]: row[1] for row in p.admin("SHOW CONFIG")}["listen_backlog"] == old_backlog
+
+    # No client was dropped: same backends, session and transaction intact.
+    assert w.execute("show application_name").fetchone()[0] == "kept"
+    assert w.execute("select pg_backend_pid()").fetchone()[0] == w_pid
+    assert r.execute("select pg_backend_pid()").fetchone()[0] == r_pid
+    t.execute("insert into reload_keys values ('after')")
+    assert t.execute("select pg_backend_pid()").fetchone()[0] == t_pid
+    t.execute("commit")
+    assert t.execute("select count(*) from reload_keys where k in ('before', 'after')"
+                     ).fetchone()[0] >= 2
+    # New clients get in under the new settings (md5 overridden by the hba file's trust).
+    with p.connect(user="app", dbname="app") as c:
+        assert c.execute("select 3").fetchone()[0] == 3
+    for c in (w, r, t):
+        c.close()
