@@ -752,7 +752,7 @@ static void remove_node(struct topology *t, struct node *nd)
 /* A removed node no longer used by any server: its slot is free for a node added later. */
 static void free_slot(struct topology *t, struct node *nd)
 {
-    log_info("node %s: drained: the last server connection to it is closed", nd->name);
+    log_info("node %s: drained: no server connection to it is left, it is gone", nd->name);
     t->hooks->backoff_free(nd);
     struct event *kick = nd->kick;
     uint64_t gen = nd->generation + 1;

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from lab import Lab, free_port_base
-from test_topology import Proxy, nodes_of, wait_for
+from test_topology import Proxy, drop_lab, new_lab, nodes_of, wait_for, writer_of
 
 
 @pytest.fixture(scope="module")
@@ -187,6 +187,34 @@ def test_reload_refuses_removing_the_writer(lab3, proxies):
     assert str(nodes_of(p)["n1"]["port"]) == str(lab3.node_port(1))
     c.execute("insert into reload_w values (2)")
     c.close()
+
+
+def test_added_stale_primary_is_fenced(proxies):
+    """The memory of the highest timeline covers nodes added by a reload: after a failover to
+    timeline 2, the old primary is removed, started again as a primary on timeline 1 and added
+    back: it is fenced at its first probe, never the writer, and writes stay on the new one."""
+    d, lab = new_lab(3, prefix="pgstay-reload-fence-")
+    try:
+        p = proxies(lab, health_check_timeout="300ms")
+        lab.failover(delay_ms=100)
+        new = wait_for(lambda: writer_of(p) not in (None, "n1") and writer_of(p),
+                       what="new writer")
+        reload(p, nodes=[n for n in p.nodes if n[0] != "n1"])
+        wait_for(lambda: "n1" not in nodes_of(p), what="n1 gone")
+        lab.start("n1")  # a primary again, on timeline 1
+        reload(p, nodes=p.nodes + [("n1", lab.node_port(1))])
+        wait_for(lambda: nodes_of(p).get("n1", {}).get("role") == "fenced", what="n1 fenced")
+        with p.connect() as c:
+            c.execute("create table if not exists fenced_w (x int)")
+            c.execute("insert into fenced_w values (1)")
+            assert server_port(c) == lab.node_port(new)
+        time.sleep(0.5)
+        rows = nodes_of(p)
+        assert rows["n1"]["role"] == "fenced" and rows["n1"]["writer"] == "no", rows["n1"]
+        assert writer_of(p) == new
+        assert p.log().count("new writer n1 seen") == 0
+    finally:
+        drop_lab(d, lab)
 
 
 # ---- every reloadable key, by SIGHUP, with clients connected ----
