@@ -13,7 +13,7 @@ enum node_role {
     NODE_PRIMARY,
     NODE_STANDBY,
     NODE_DOWN,
-    NODE_FENCED, /* claims to be primary on an older timeline: no traffic */
+    NODE_FENCED,  /* claims to be primary on an older timeline: no traffic */
     NODE_FOREIGN, /* another cluster (system identifier): never used */
     NODE_REMOVED, /* taken out of [nodes] by a reload: draining, never lent again */
 };
