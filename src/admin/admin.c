@@ -962,6 +962,8 @@ static void show_nodes(struct client *c)
     struct topology *t = c->w->topo;
     for (int i = 0; i < t->n_nodes; i++) {
         struct node *nd = &t->nodes[i];
+        if (!node_listed(nd))
+            continue; /* a free slot */
         char port[16], tli[16], lsn[32], lag[24], lat[24], sv[16], fails[16], sysid[24], maxtli[16];
         snprintf(lsn, sizeof(lsn), "%X/%X", (unsigned)(nd->lsn >> 32), (unsigned)nd->lsn);
         snprintf(sysid, sizeof(sysid), "%llu", (unsigned long long)nd->sysid);

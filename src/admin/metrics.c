@@ -273,10 +273,12 @@ static void pools_section(struct worker *w, struct out *o)
 static void nodes_section(struct worker *w, struct out *o)
 {
     struct topology *t = w->topo;
-    static const int roles[] = {NODE_UNKNOWN, NODE_PRIMARY, NODE_STANDBY,
-                                NODE_DOWN,    NODE_FENCED,  NODE_FOREIGN};
+    static const int roles[] = {NODE_UNKNOWN, NODE_PRIMARY, NODE_STANDBY, NODE_DOWN,
+                                NODE_FENCED,  NODE_FOREIGN, NODE_REMOVED};
     help(o, "pgstay_node_role", "gauge", "1 for the role each node has now (as SHOW NODES)");
     for (int i = 0; i < t->n_nodes; i++) {
+        if (!node_listed(&t->nodes[i]))
+            continue; /* a free slot */
         char n[160];
         esc(t->nodes[i].name, n, sizeof(n));
         for (size_t r = 0; r < sizeof(roles) / sizeof(roles[0]); r++)
@@ -284,41 +286,53 @@ static void nodes_section(struct worker *w, struct out *o)
                 t->nodes[i].role == roles[r]);
     }
     help(o, "pgstay_node_state", "gauge", "1 for the health each node has now (as SHOW NODES)");
-    static const char *const states[] = {"up", "suspect", "down", "unknown"};
+    static const char *const states[] = {"up", "suspect", "down", "unknown", "removed"};
     for (int i = 0; i < t->n_nodes; i++) {
+        if (!node_listed(&t->nodes[i]))
+            continue; /* a free slot */
         char n[160];
         esc(t->nodes[i].name, n, sizeof(n));
         const char *h = topology_health_name(t, &t->nodes[i]);
-        for (int s = 0; s < 4; s++)
+        for (int s = 0; s < 5; s++)
             put(o, "pgstay_node_state{node=\"%s\",state=\"%s\"} %d\n", n, states[s],
                 !strcmp(h, states[s]));
     }
     help(o, "pgstay_node_writer", "gauge", "1 for the node that is pgstay's writer now");
     for (int i = 0; i < t->n_nodes; i++) {
+        if (!node_listed(&t->nodes[i]))
+            continue; /* a free slot */
         char n[160];
         put(o, "pgstay_node_writer{node=\"%s\"} %d\n", esc(t->nodes[i].name, n, sizeof(n)),
             &t->nodes[i] == t->writer);
     }
     help(o, "pgstay_node_timeline", "gauge", "The node's timeline, as its last probe said");
     for (int i = 0; i < t->n_nodes; i++) {
+        if (!node_listed(&t->nodes[i]))
+            continue; /* a free slot */
         char n[160];
         put(o, "pgstay_node_timeline{node=\"%s\"} %u\n", esc(t->nodes[i].name, n, sizeof(n)),
             t->nodes[i].timeline);
     }
     help(o, "pgstay_node_lag_bytes", "gauge", "Replay lag of the node behind the writer");
     for (int i = 0; i < t->n_nodes; i++) {
+        if (!node_listed(&t->nodes[i]))
+            continue; /* a free slot */
         char n[160];
         put(o, "pgstay_node_lag_bytes{node=\"%s\"} %llu\n", esc(t->nodes[i].name, n, sizeof(n)),
             (unsigned long long)t->nodes[i].lag_bytes);
     }
     help(o, "pgstay_node_probe_latency_seconds", "gauge", "Round trip of the node's last probe");
     for (int i = 0; i < t->n_nodes; i++) {
+        if (!node_listed(&t->nodes[i]))
+            continue; /* a free slot */
         char n[160];
         put(o, "pgstay_node_probe_latency_seconds{node=\"%s\"} %.6f\n",
             esc(t->nodes[i].name, n, sizeof(n)), (double)t->nodes[i].latency_us / 1e6);
     }
     help(o, "pgstay_node_server_connections", "gauge", "Pool connections open on the node");
     for (int i = 0; i < t->n_nodes; i++) {
+        if (!node_listed(&t->nodes[i]))
+            continue; /* a free slot */
         char n[160];
         put(o, "pgstay_node_server_connections{node=\"%s\"} %d\n",
             esc(t->nodes[i].name, n, sizeof(n)), t->nodes[i].n_servers);

@@ -58,6 +58,7 @@ static const struct topology_hooks topology_hooks = {
     .open_ahead = failover_open_ahead,
     .kick_all = pool_kick_all,
     .node_dropped = pool_drop_node,
+    .node_drain = pool_drain_node,
     .backoff_due = login_backoff_due,
     .backoff_free = login_backoff_free,
 };
@@ -603,8 +604,16 @@ static int reload(struct worker *w)
     w->hba = hba;
     char old_unix[1024], new_unix[1024];
     unix_settings(w->cfg, old_unix, sizeof(old_unix));
+    /* [nodes]: a removed node drains and a new one is probed (topology_sync_nodes below), but
+     * the writer is never removed by a reload: that change is refused, the rest applies. */
+    if (topology_nodes_check(w, fresh->nodes, fresh->n_nodes, err, sizeof(err)) < 0) {
+        log_error("reload: %s", err);
+        memcpy(fresh->nodes, w->cfg->nodes, sizeof(fresh->nodes));
+        fresh->n_nodes = w->cfg->n_nodes;
+    }
     config_apply_reload(w->cfg, fresh);
     free(fresh);
+    topology_sync_nodes(w);
     /* unix_socket_dir, _mode or _group changed: the sockets are made again (connected clients
      * stay where they are). */
     unix_settings(w->cfg, new_unix, sizeof(new_unix));

@@ -952,9 +952,12 @@ void config_apply_reload(struct config *cur, struct config *fresh)
     cur->n_user_overrides = fresh->n_user_overrides;
     fresh->db_overrides = fresh->user_overrides = NULL;
     fresh->n_db_overrides = fresh->n_user_overrides = 0;
-    if (!nodes_equal(cur, fresh))
-        log_warn("config: [nodes] changed but needs a restart; keeping the %d node(s) in use",
-                 cur->n_nodes);
+    /* [nodes] applies too: the topology follows it (topology_sync_nodes), and whoever refuses
+     * a change (the writer removed) has put the running list back into fresh first. */
+    if (!nodes_equal(cur, fresh)) {
+        memcpy(cur->nodes, fresh->nodes, sizeof(cur->nodes));
+        cur->n_nodes = fresh->n_nodes;
+    }
     config_free(fresh);
 }
 

@@ -134,7 +134,7 @@ int config_load(const char *path, struct config *cfg, char *err, size_t errlen);
 /* Free the strings a loaded config owns. */
 void config_free(struct config *cfg);
 
-/* Take from fresh every reloadable key into cur; for each non-reloadable key
+/* Take from fresh every reloadable key, and [nodes], into cur; for each non-reloadable key
  * whose value changed, log a warning naming it and keep cur's. fresh is freed. */
 void config_apply_reload(struct config *cur, struct config *fresh);
 

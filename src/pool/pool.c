@@ -738,6 +738,21 @@ void pool_drop_node(struct worker *w, struct node *nd, const char *why)
     }
 }
 
+void pool_drain_node(struct worker *w, struct node *nd, const char *why)
+{
+    /* Servers lent to a client finish what they serve: node_fits refuses them at release. */
+    static const int states[] = {SV_CONNECTING, SV_LOGIN, SV_IDLE};
+    struct list *pos, *tmp;
+    for (size_t i = 0; i < sizeof(states) / sizeof(states[0]); i++) {
+        list_for_each_safe(pos, tmp, &w->servers[states[i]])
+        {
+            struct server *s = container_of(pos, struct server, node);
+            if (s->nd == nd && s->pool)
+                server_close(s, why);
+        }
+    }
+}
+
 /* ---- cancel ---- */
 
 /* A one-shot connection carrying a CancelRequest to the server's node. Until PostgreSQL has

@@ -109,6 +109,8 @@ void pool_kick_all(struct worker *w);
 void pool_kick(struct pool *p);
 /* Close idle servers of every pool on node nd (it lost its role). */
 void pool_drop_node(struct worker *w, struct node *nd, const char *why);
+/* A node removed by a reload: its servers not lent to a client (idle, logging in) are closed. */
+void pool_drain_node(struct worker *w, struct node *nd, const char *why);
 /* At exit: cancel connections still on their way. */
 void cancel_free_all(struct worker *w);
 /* Handle a CancelRequest packet with pgstay's key. */

@@ -154,7 +154,8 @@ static struct node *member_node(struct topology *t, struct json_object *m)
     if (!host || !json_object_object_get_ex(m, "port", &port))
         return NULL;
     for (int i = 0; i < t->n_nodes; i++)
-        if (!strcmp(t->nodes[i].host, host) && t->nodes[i].port == json_object_get_int(port))
+        if (t->nodes[i].role != NODE_REMOVED && node_listed(&t->nodes[i]) &&
+            !strcmp(t->nodes[i].host, host) && t->nodes[i].port == json_object_get_int(port))
             return &t->nodes[i];
     return NULL;
 }

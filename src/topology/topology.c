@@ -39,6 +39,8 @@ const char *node_role_name(int role)
         return "fenced";
     case NODE_FOREIGN:
         return "foreign";
+    case NODE_REMOVED:
+        return "removed";
     default:
         return "unknown";
     }
@@ -46,6 +48,8 @@ const char *node_role_name(int role)
 
 const char *topology_health_name(struct topology *t, struct node *nd)
 {
+    if (nd->role == NODE_REMOVED)
+        return "removed";
     if (nd->role == NODE_DOWN)
         return "down";
     if ((nd == t->writer && t->suspect) || nd->suspect)
@@ -66,7 +70,8 @@ uint64_t lsn_parse(const char *s)
 struct node *topology_find(struct worker *w, const char *name)
 {
     for (int i = 0; i < w->topo->n_nodes; i++)
-        if (!strcmp(w->topo->nodes[i].name, name))
+        if (w->topo->nodes[i].role != NODE_REMOVED && node_listed(&w->topo->nodes[i]) &&
+            !strcmp(w->topo->nodes[i].name, name))
             return &w->topo->nodes[i];
     return NULL;
 }
@@ -543,6 +548,8 @@ static void probe_all(struct topology *t)
     int timeout = t->w->cfg->health_check_timeout;
     for (int i = 0; i < t->n_nodes; i++) {
         struct node *nd = &t->nodes[i];
+        if (nd->role == NODE_REMOVED || !node_listed(nd))
+            continue; /* draining or a free slot: nothing to probe */
         if (!nd->probe) {
             open_probe(t, nd);
             continue;
@@ -571,9 +578,12 @@ static void probe_all(struct topology *t)
     }
 }
 
+static void drain_removed(struct topology *t);
+
 static void timer_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct topology *t = arg;
+    drain_removed(t);
     probe_all(t);
     patroni_poll(t);
     t->hooks->backoff_due(t->w);
@@ -585,6 +595,8 @@ static void kick_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct node *nd = arg;
     struct topology *t = nd->topo;
+    if (nd->role == NODE_REMOVED || !node_listed(nd))
+        return;
     if (!nd->probe)
         open_probe(t, nd);
     else
@@ -675,6 +687,152 @@ struct node *topology_pick_reader(struct worker *w)
             best = nd;
     }
     return best;
+}
+
+/* ---- [nodes] changed by a reload ---- */
+
+static const struct node_conf *conf_of(const struct node_conf *nodes, int n, const char *name)
+{
+    for (int i = 0; i < n; i++)
+        if (!strcmp(nodes[i].name, name))
+            return &nodes[i];
+    return NULL;
+}
+
+/* Is nd, a node in use, still in nodes with the same address? */
+static int kept(const struct node *nd, const struct node_conf *nodes, int n)
+{
+    const struct node_conf *nc = conf_of(nodes, n, nd->name);
+    return nc && !strcmp(nc->host, nd->host) && nc->port == nd->port;
+}
+
+int topology_nodes_check(struct worker *w, const struct node_conf *nodes, int n, char *why,
+                         size_t cap)
+{
+    struct node *wr = w->topo->writer;
+    if (!wr || kept(wr, nodes, n))
+        return 0;
+    /* Taking the writer away would hold every write until another node is promoted, which a
+     * reload cannot do: the operator switches over first (the writer changes, then it goes). */
+    snprintf(why, cap,
+             "[nodes] change refused: it %s %s, the writer now; switch over to another node "
+             "first, then reload (the other keys were applied, [nodes] stays as it was)",
+             conf_of(nodes, n, wr->name) ? "moves" : "removes", wr->name);
+    return -1;
+}
+
+/* nd leaves [nodes]: nothing new goes to it, what it serves drains (failover contract: no client
+ * is dropped for it). Its slot stays until nothing uses it (drain_removed). */
+static void remove_node(struct topology *t, struct node *nd)
+{
+    log_info("node %s (%s:%d): removed from [nodes] by a reload: no new connections; %d server "
+             "connections drain (idle ones closed now, lent ones when released)",
+             nd->name, nd->host, nd->port, nd->n_servers);
+    evtimer_del(nd->kick);
+    if (nd->probe) {
+        struct server *s = nd->probe;
+        nd->probe = NULL;
+        nd->probe_up = 0;
+        s->on_fail = NULL;
+        server_close(s, "its node was removed from [nodes]");
+    }
+    nd->generation++; /* what was judged of it before is stale */
+    nd->role = NODE_REMOVED;
+    nd->claim = 0;
+    nd->suspect = 0;
+    nd->answered = 1; /* the start-up rule waits for nodes of [nodes] only */
+    nd->probe_sent = 0;
+    nd->lag_bytes = 0;
+    set_note(nd, "removed from [nodes] by a reload: draining");
+    if (t->pat_leader == nd)
+        t->pat_leader = NULL;
+    t->hooks->node_drain(t->w, nd, "its node was removed from [nodes]");
+}
+
+/* A removed node no longer used by any server: its slot is free for a node added later. */
+static void free_slot(struct topology *t, struct node *nd)
+{
+    log_info("node %s: drained: no server connection to it is left, it is gone", nd->name);
+    t->hooks->backoff_free(nd);
+    struct event *kick = nd->kick;
+    uint64_t gen = nd->generation + 1;
+    memset(nd, 0, sizeof(*nd));
+    nd->topo = t;
+    nd->kick = kick;
+    nd->generation = gen;
+    nd->answered = 1; /* a free slot never holds the start-up rule */
+}
+
+static void drain_removed(struct topology *t)
+{
+    for (int i = 0; i < t->n_nodes; i++) {
+        struct node *nd = &t->nodes[i];
+        if (nd->role != NODE_REMOVED || !node_listed(nd))
+            continue;
+        if (nd->n_servers == 0 && !nd->probe)
+            free_slot(t, nd);
+        else /* a lent server released since went idle (a reset finished): it goes too */
+            t->hooks->node_drain(t->w, nd, "its node was removed from [nodes]");
+    }
+}
+
+/* A node of [nodes] not in use yet: probed at once, judged by evaluate as every node is (its
+ * system identifier, its timeline against the highest seen: a stale primary is fenced). */
+static int add_node(struct topology *t, const struct node_conf *nc)
+{
+    struct node *nd = NULL;
+    for (int i = 0; i < t->n_nodes && !nd; i++)
+        if (!node_listed(&t->nodes[i]))
+            nd = &t->nodes[i];
+    if (!nd && t->n_nodes < CONFIG_MAX_NODES) {
+        nd = &t->nodes[t->n_nodes];
+        memset(nd, 0, sizeof(*nd));
+        nd->topo = t;
+        nd->kick = evtimer_new(t->w->base, kick_cb, nd);
+        if (!nd->kick)
+            return -1;
+        t->n_nodes++;
+    }
+    if (!nd) {
+        log_error("node %s: not added: %d nodes are in use or still draining (at most %d); it is "
+                  "added once one has drained",
+                  nc->name, t->n_nodes, CONFIG_MAX_NODES);
+        return -1;
+    }
+    snprintf(nd->name, sizeof(nd->name), "%s", nc->name);
+    snprintf(nd->host, sizeof(nd->host), "%s", nc->host);
+    nd->port = nc->port;
+    nd->role = NODE_UNKNOWN;
+    nd->answered = 0;
+    nd->generation++;
+    log_info("node %s (%s:%d): added to [nodes] by a reload: probing it", nd->name, nd->host,
+             nd->port);
+    open_probe(t, nd);
+    return 0;
+}
+
+void topology_sync_nodes(struct worker *w)
+{
+    struct topology *t = w->topo;
+    const struct config *cfg = w->cfg;
+    /* First the nodes that go (or move: a node whose address changed is a new node), so that
+     * a name taken again finds its old node already out of the way. */
+    for (int i = 0; i < t->n_nodes; i++) {
+        struct node *nd = &t->nodes[i];
+        if (!node_listed(nd) || nd->role == NODE_REMOVED || kept(nd, cfg->nodes, cfg->n_nodes))
+            continue;
+        if (nd == t->writer) {
+            /* topology_nodes_check refused this already; never leave without a writer here. */
+            log_error("node %s is the writer: not removed", nd->name);
+            continue;
+        }
+        remove_node(t, nd);
+    }
+    for (int i = 0; i < cfg->n_nodes; i++)
+        if (!topology_find(w, cfg->nodes[i].name))
+            add_node(t, &cfg->nodes[i]);
+    evaluate(t);
+    t->hooks->kick_all(w);
 }
 
 int topology_init(struct worker *w, const struct topology_hooks *hooks)

@@ -13,8 +13,9 @@ enum node_role {
     NODE_PRIMARY,
     NODE_STANDBY,
     NODE_DOWN,
-    NODE_FENCED, /* claims to be primary on an older timeline: no traffic */
+    NODE_FENCED,  /* claims to be primary on an older timeline: no traffic */
     NODE_FOREIGN, /* another cluster (system identifier): never used */
+    NODE_REMOVED, /* taken out of [nodes] by a reload: draining, never lent again */
 };
 
 const char *node_role_name(int role);
@@ -120,6 +121,9 @@ struct topology_hooks {
     /* session: pools may lend again; every pool connection to nd goes (down, fenced, foreign). */
     void (*kick_all)(struct worker *w);
     void (*node_dropped)(struct worker *w, struct node *nd, const char *why);
+    /* session: a node removed by a reload drains: its idle and not yet lent servers are closed
+     * now (called again each period while it drains); lent ones close when released. */
+    void (*node_drain)(struct worker *w, struct node *nd, const char *why);
     /* session: login backoffs, per node: kick the pools whose wait ended; free a node's. */
     void (*backoff_due)(struct worker *w);
     void (*backoff_free)(struct node *nd);
@@ -138,7 +142,23 @@ const char *topology_health_name(struct topology *t, struct node *nd);
 struct node *topology_pick_reader(struct worker *w);
 /* Probe at health_check_fast_period (no writer) or the normal period. */
 void topology_set_fast(struct worker *w, int fast);
+/* A node of [nodes] by name (not one a reload removed). */
 struct node *topology_find(struct worker *w, const char *name);
+/* Is the slot in use (a node of [nodes], or a removed one still draining)? A slot is freed once
+ * nothing uses its node any more, and taken again by a node a later reload adds; its memory
+ * stays, so a stale pointer never reads freed memory, and its generation only grows. */
+static inline int node_listed(const struct node *nd)
+{
+    return nd->name[0] != '\0';
+}
+/* A reload's [nodes]: 0 if it may apply; -1 with why if it removes (or moves) the node that is
+ * the writer now, which a reload never does silently. */
+int topology_nodes_check(struct worker *w, const struct node_conf *nodes, int n, char *why,
+                         size_t cap);
+/* Make the topology follow w->cfg's [nodes]: a node gone or moved drains (no new connections,
+ * its idle servers closed, lent ones closed when released, freed when none is left), a new one
+ * is probed and judged as at start-up (system identifier, timeline fencing). */
+void topology_sync_nodes(struct worker *w);
 /* Where the node's role comes from, for SHOW NODES: "probe", or Patroni's role and state. */
 void topology_role_source(struct topology *t, struct node *nd, char *out, size_t cap);
 uint64_t lsn_parse(const char *s);

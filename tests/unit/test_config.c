@@ -384,9 +384,11 @@ static void test_reload(void **state)
     assert_int_equal(cur.listen_port, 6432);
     assert_string_equal(cur.listen_addr, "127.0.0.1");
     assert_int_equal(cur.readonly_port, 0);
-    assert_int_equal(cur.n_nodes, 1);
     assert_string_equal(cur.path, keep_path);
-    /* Reloadable: taken. */
+    /* Reloadable: taken. [nodes] too (the topology follows it: topology_sync_nodes). */
+    assert_int_equal(cur.n_nodes, 2);
+    assert_string_equal(cur.nodes[1].name, "n2");
+    assert_string_equal(cur.nodes[1].host, "127.0.0.2");
     assert_int_equal(cur.pool_size, 50);
     assert_string_equal(cur.server_reset_query, "");
     assert_int_equal(cur.max_replica_lag, 1024 * 1024);
