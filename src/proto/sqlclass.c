@@ -182,9 +182,14 @@ static int scan_words(const unsigned char *p, size_t n, int mode)
             if (p[k] != ' ' && p[k] != '\t' && p[k] != '\n' && p[k] != '\r' && p[k] != ';')
                 return PIN_UNTRACKED_SET;
     }
-    /* Every word below is two bytes or more: the last byte starts none. */
+    /* Every word below is two bytes or more: the last byte starts none. What the next byte may
+     * be followed by is carried over, so each byte is read and looked up once. */
+    uint32_t next = n > 0 ? word_next[p[0]] : 0;
     for (size_t i = 0; i + 1 < n; i++) {
-        if (!(word_next[p[i]] & byte_bit[p[i + 1]]))
+        unsigned char after = p[i + 1];
+        uint32_t now = next;
+        next = word_next[after];
+        if (!(now & byte_bit[after]))
             continue;
         switch (p[i]) {
         case 'a':
