@@ -123,6 +123,9 @@ struct topology_hooks {
     /* session: login backoffs, per node: kick the pools whose wait ended; free a node's. */
     void (*backoff_due)(struct worker *w);
     void (*backoff_free)(struct node *nd);
+    /* failover (topology_source = patroni): /cluster's scheduled switchover, from (NULL: the
+     * leader) in in_ms (INT64_MIN: none any more); see failover/planned.h. */
+    void (*switchover_scheduled)(struct worker *w, struct node *from, int64_t in_ms);
 };
 
 int topology_init(struct worker *w, const struct topology_hooks *hooks);

@@ -1,10 +1,12 @@
 """topology_source = patroni against a real Patroni cluster (one etcd, 3 members, Debian's
 packages, tools/patroni-lab): the leader Patroni names is the only writer, through failover,
 a crashed leader, switchover, etcd going away, and with 3 pgstay instances (issue 15)."""
+import datetime
 import importlib.machinery
 import importlib.util
 import os
 import shutil
+import subprocess
 import tempfile
 import threading
 import time
@@ -29,6 +31,7 @@ def _load_patroni_lab():
 
 
 patroni_lab = _load_patroni_lab()
+HOOK = os.path.join(REPO, "contrib", "patroni", "pgstay-patroni-hook")
 MISSING = [p for p in ("patroni", "patronictl", "etcd") if not shutil.which(p)]
 
 # Errors a statement in flight on the lost leader may get (failover contract 3).
@@ -80,9 +83,10 @@ class Writer(threading.Thread):
     """A client through pgstay inserting a row every 20 ms; each acknowledged insert records the
     server it ran on (inet_server_port) and when."""
 
-    def __init__(self, proxy, client_id):
+    def __init__(self, proxy, client_id, table="writes"):
         super().__init__(daemon=True)
         self.conn = psycopg.connect(proxy.dsn(), autocommit=True)
+        self.table = table
         self.client_id = client_id
         self.acked = []  # (t_start, t_end, seq, port)
         self.errors = []  # (seq, sqlstate, message)
@@ -95,9 +99,14 @@ class Writer(threading.Thread):
             self.seq += 1
             t0 = time.time()
             try:
-                port = self.conn.execute(
-                    "insert into writes values (%s, %s, inet_server_port()) "
-                    "returning inet_server_port()", (self.client_id, self.seq)).fetchone()[0]
+                if self.table == "writes":
+                    port = self.conn.execute(
+                        "insert into writes values (%s, %s, inet_server_port()) "
+                        "returning inet_server_port()", (self.client_id, self.seq)).fetchone()[0]
+                else:
+                    port = self.conn.execute(
+                        "insert into %s values (%%s) returning inet_server_port()" % self.table,
+                        (self.seq,)).fetchone()[0]
                 self.acked.append((t0, time.time(), self.seq, port))
             except psycopg.Error as e:
                 self.errors.append((self.seq, getattr(e, "sqlstate", None), str(e).strip()))
@@ -400,6 +409,7 @@ class FakePatroni:
     def __init__(self):
         fake = self
         self.status, self.body, self.gets = 200, b"{}", 0
+        self.schedule = None  # /cluster's scheduled_switchover, as Patroni writes it
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
@@ -423,7 +433,10 @@ class FakePatroni:
                "role": "leader" if "n%d" % i == leader else "replica",
                "state": state if "n%d" % i == leader else "running"}
               for i in range(1, lab.nodes + 1)]
-        self.status, self.body = 200, json.dumps({"members": ms}).encode()
+        doc = {"members": ms}
+        if self.schedule:
+            doc["scheduled_switchover"] = self.schedule
+        self.status, self.body = 200, json.dumps(doc).encode()
 
     def close(self):
         self.server.shutdown()
@@ -494,6 +507,104 @@ def test_scripted_patroni_is_the_authority(lab2, tmp_path):
         gets = fake.gets
         time.sleep(1)
         assert 5 <= fake.gets - gets <= 15, "polled %d times in 1 s" % (fake.gets - gets)
+    finally:
+        p.stop()
+        fake.close()
+
+
+def admin_conninfo(proxy):
+    return proxy.dsn(dbname="pgstay")
+
+
+def run_hook(node, *conninfos, timeout=30):
+    """contrib/patroni/pgstay-patroni-hook as Patroni's before_stop runs it."""
+    r = subprocess.run([HOOK, node] + list(conninfos), capture_output=True, text=True,
+                       timeout=timeout)
+    assert r.returncode == 0, r
+    return r.stderr
+
+
+def test_hook_without_switchover(lab2, tmp_path):
+    """SWITCHOVER n1 (what Patroni's before_stop hook sends): with n1 the writer, the hook
+    returns once the transaction in flight has committed (it is not cut), new transactions wait,
+    and since no switchover follows (Patroni keeps naming n1), pgstay resumes on n1 after
+    failover_timeout. Told of a node that is not the writer, nothing is held."""
+    fake = FakePatroni()
+    fake.members(lab2, "n1")
+    p = make_pgstay(lab2, str(tmp_path), patroni_url="127.0.0.1:%d" % fake.port,
+                    failover_timeout="2s")
+    try:
+        p.start()
+        with p.connect() as c:
+            c.execute("create table if not exists hook_t (x int)")
+        t0 = time.time()
+        run_hook("n2", admin_conninfo(p))
+        assert time.time() - t0 < 1.0
+        assert "n2 is not the writer" in p.log()
+        c1 = p.connect(autocommit=False)
+        c1.execute("insert into hook_t values (1)")  # a transaction in flight
+        out = []
+        th = threading.Thread(target=lambda: out.append(run_hook("n1", admin_conninfo(p))))
+        th.start()
+        time.sleep(0.5)
+        assert th.is_alive(), out  # waiting for c1's transaction to end
+        c1.execute("insert into hook_t values (2)")  # it goes on, and commits
+        c1.commit()
+        th.join(5)
+        assert not th.is_alive() and "holds: told in time" in out[0], out
+        t1 = time.time()
+        with p.connect() as c2:  # held: the writer is about to stop
+            c2.execute("insert into hook_t values (3)")
+            held = time.time() - t1
+            assert c2.execute("select count(*) from hook_t").fetchone()[0] == 3
+        assert 1.0 < held < 4.0, held
+        assert writer_of(p) == "n1"
+        assert "the writer did not stop within failover_timeout" in p.log()
+        # The hold is over: nothing waits any more.
+        t1 = time.time()
+        with p.connect() as c3:
+            c3.execute("select 1")
+        assert time.time() - t1 < 0.5
+        c1.close()
+    finally:
+        p.stop()
+        fake.close()
+
+
+def test_scheduled_switchover_withdrawn(lab2, tmp_path):
+    """/cluster shows a switchover Patroni scheduled: pgstay holds new transactions from
+    PLANNED_LEAD_MS (1 s) before its time; Patroni withdraws it while n1 stays leader: resumed
+    at once, and no client saw an error."""
+    fake = FakePatroni()
+    fake.members(lab2, "n1")
+    p = make_pgstay(lab2, str(tmp_path), patroni_url="127.0.0.1:%d" % fake.port)
+    try:
+        p.start()
+        with p.connect() as c:
+            c.execute("create table if not exists sched_t (x int)")
+        w = Writer(p, 1, table="sched_t")
+        w.start()
+        time.sleep(0.3)
+        at = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=1.6)
+        fake.schedule = {"at": at.isoformat(), "from": "n1", "to": "n2"}
+        fake.members(lab2, "n1")
+        t0 = time.time()
+        time.sleep(1.5)  # held from ~0.6 s on
+        fake.schedule = None
+        fake.members(lab2, "n1")
+        t_withdrawn = time.time()
+        wait_progress(w, 5)
+        w.stop()
+        assert w.errors == [] and not w.broken
+        ts = [t1 for _, t1, _, _ in w.acked]
+        gaps = [(a, b) for a, b in zip(ts, ts[1:]) if b - a > 0.4]
+        assert len(gaps) == 1, gaps
+        start, end = gaps[0]
+        assert 0.3 < start - t0 < 0.9, (start - t0)  # 1 s before the scheduled time
+        assert end - t_withdrawn < 0.5, (end - t_withdrawn)
+        log = p.log()
+        assert "a switchover from n1 is scheduled" in log
+        assert "Patroni withdrew the scheduled switchover" in log
     finally:
         p.stop()
         fake.close()
