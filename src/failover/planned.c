@@ -43,6 +43,7 @@ static void end_hold(struct planned *p, const char *how)
     struct worker *w = p->w;
     p->active = 0;
     p->sched_at = 0;
+    w->topo->planned_from = NULL;
     evtimer_del(p->timer);
     log_warn("planned switchover: %s: the hold ends after %lld ms", how,
              (long long)(now_ms() - p->started));
@@ -69,6 +70,7 @@ int planned_begin(struct worker *w, struct node *nd, int scheduled, const char *
     p->lost = 0;
     p->scheduled = scheduled;
     p->started = now_ms();
+    w->topo->planned_from = nd;
     if (!w->fo->paused) {
         failover_pause(w);
         p->owns_pause = 1;

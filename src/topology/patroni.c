@@ -263,8 +263,11 @@ static int read_cluster(struct patroni *p, struct node **leader)
         }
         nd->patroni_role = is_leader ? PAT_LEADER : PAT_REPLICA;
         snprintf(nd->patroni_state, sizeof(nd->patroni_state), "%s", state ? state : "");
-        /* A leader whose PostgreSQL is not running (stopping, restarting) is no writer yet. */
-        if (is_leader && state && !strcmp(state, "running"))
+        /* A leader whose PostgreSQL is not running (stopping, restarting) is no writer yet;
+         * except the one a planned switchover is stopping, whose state is "stopping" from
+         * before its before_stop hook runs: it still runs, and what is in flight ends there. */
+        if (is_leader && state &&
+            (!strcmp(state, "running") || (!strcmp(state, "stopping") && nd == t->planned_from)))
             *leader = nd;
     }
     read_schedule(p, root);

@@ -626,12 +626,18 @@ def test_hook_without_switchover(lab2, tmp_path):
         out = []
         th = threading.Thread(target=lambda: out.append(run_hook("n1", admin_conninfo(p))))
         th.start()
+        time.sleep(0.2)
+        # Patroni 3.0.3+ publishes the leader as "stopping" while before_stop runs: it stays the
+        # writer (its PostgreSQL still runs) so that the transaction in flight can end.
+        fake.members(lab2, "n1", state="stopping")
         time.sleep(0.5)
         assert th.is_alive(), out  # waiting for c1's transaction to end
+        assert writer_of(p) == "n1"
         c1.execute("insert into hook_t values (2)")  # it goes on, and commits
         c1.commit()
         th.join(5)
         assert not th.is_alive() and "holds: told in time" in out[0], out
+        fake.members(lab2, "n1")  # its stop failed, or never came: Patroni says running again
         t1 = time.time()
         with p.connect() as c2:  # held: the writer is about to stop
             c2.execute("insert into hook_t values (3)")
