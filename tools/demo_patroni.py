@@ -234,7 +234,7 @@ def main():
             "### Planned patronictl switchover, scheduled 2 s ahead (pgstay holds new "
             "transactions from 1 s before it, no admin PAUSE)", "",
             table(out["switchover"]), "",
-            "### The same switchover at once, not told (Patroni 3.0 has no before_stop hook: "
+            "### The same switchover at once, not told (Patroni 3.0.2 has no before_stop hook: "
             "pgstay learns it from its probes and Patroni; a statement in flight when Patroni "
             "stops the old leader may get 57P01)", "",
             table(out["bare"])])

@@ -304,10 +304,10 @@ def test_switchover_no_client_error(plab, pgstay, tmp_path):
     """A planned switchover pgstay is told of in time costs clients no error, in session and in
     transaction pooling, with statements and transactions in flight and no admin PAUSE:
     scheduled ahead (/cluster's scheduled_switchover), or announced by the leader's before_stop
-    hook (contrib/patroni/pgstay-patroni-hook; run by hand here, as Patroni 3.0 has no
-    before_stop). Nothing acknowledged is lost. Then a switchover nobody announces (Patroni 3.0
-    stops the leader with a fast shutdown at once): idle clients still see nothing, a statement
-    in flight may get 57P01."""
+    hook (contrib/patroni/pgstay-patroni-hook; run by hand here: Debian 12's Patroni 3.0.2 has
+    no before_stop, 3.0.3 has). Nothing acknowledged is lost. Then a switchover nobody announces
+    (Patroni stops the leader with a fast shutdown at once): idle clients still see nothing, a
+    statement in flight may get 57P01."""
     ptx = make_pgstay(plab, str(tmp_path / "txn"), pool_mode="transaction").start()
     proxies = [pgstay, ptx]
     plab.set_hook_targets([admin_conninfo(p) for p in proxies])
