@@ -694,3 +694,37 @@ def test_scheduled_switchover_withdrawn(lab2, tmp_path):
     finally:
         p.stop()
         fake.close()
+
+
+def test_hook_then_leader_restart(lab2, tmp_path):
+    """The hook for the writer, then its PostgreSQL restarts in place (patronictl restart of the
+    leader: Patroni keeps the lock, says "stopping", "stopped", then "running"): the hold lasts
+    through the restart and ends when the same node is the writer again; the writing client sees
+    no error."""
+    fake = FakePatroni()
+    fake.members(lab2, "n1")
+    p = make_pgstay(lab2, str(tmp_path), patroni_url="127.0.0.1:%d" % fake.port)
+    try:
+        p.start()
+        with p.connect() as c:
+            c.execute("create table if not exists restart_t (x int)")
+        w = Writer(p, 1, table="restart_t")
+        w.start()
+        time.sleep(0.3)
+        out = run_hook("n1", admin_conninfo(p))
+        assert "holds: told in time" in out, out
+        fake.members(lab2, "n1", state="stopping")
+        lab2.stop("n1")
+        fake.members(lab2, "n1", state="stopped")
+        wait_writer(p, None)
+        lab2.start("n1")
+        fake.members(lab2, "n1")
+        wait_writer(p, "n1", 15)
+        wait_progress(w, 10)
+        w.stop()
+        assert w.errors == [] and not w.broken, w.errors
+        assert "writer n1 found again after it stopped" in p.log()
+    finally:
+        p.stop()
+        fake.close()
+        lab2.start("n1")  # "already running", unless the test failed with n1 stopped
