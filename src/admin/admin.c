@@ -1323,10 +1323,12 @@ static int run_command(struct client *c, char *q)
             error(c, "too many PAUSE commands waiting at once");
             return 0;
         }
-        if (has_arg)
+        if (has_arg) {
             failover_pause_db(w, arg);
-        else
+        } else {
             failover_pause(w);
+            planned_pause_taken(w); /* a planned switchover's hold does not end this one */
+        }
         if (failover_pause_done(w, has_arg ? arg : NULL)) {
             simple_ok(c, "PAUSE");
             return 0;

@@ -91,6 +91,13 @@ int planned_active(struct worker *w)
     return p && p->active;
 }
 
+void planned_pause_taken(struct worker *w)
+{
+    struct planned *p = get(w);
+    if (p && p->active)
+        p->owns_pause = 0;
+}
+
 static void timer_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct planned *p = arg;

@@ -27,6 +27,9 @@ void planned_free(struct worker *w);
 int planned_begin(struct worker *w, struct node *nd, int scheduled, const char *why);
 /* The hold is on. */
 int planned_active(struct worker *w);
+/* An operator's PAUSE came during the hold: the pause is the operator's now, and the hold's end
+ * leaves it for the operator's RESUME. */
+void planned_pause_taken(struct worker *w);
 
 /* topology_source = patroni: /cluster's scheduled_switchover changed: from (NULL: the writer)
  * is to be stopped in_ms from now (may be negative: it is due); in_ms = INT64_MIN: no switchover

@@ -617,8 +617,10 @@ def test_hook_without_switchover(lab2, tmp_path):
     failover_timeout. Told of a node that is not the writer, nothing is held."""
     fake = FakePatroni()
     fake.members(lab2, "n1")
+    # Session pooling: c4 below keeps its server while PAUSE holds its next transaction (one
+    # waiting for a server would meet failover_timeout, PAUSE or not).
     p = make_pgstay(lab2, str(tmp_path), patroni_url="127.0.0.1:%d" % fake.port,
-                    failover_timeout="2s")
+                    failover_timeout="2s", pool_mode="session")
     try:
         p.start()
         with p.connect() as c:
@@ -658,6 +660,20 @@ def test_hook_without_switchover(lab2, tmp_path):
             c3.execute("select 1")
         assert time.time() - t1 < 0.5
         c1.close()
+        # An operator's PAUSE during such a hold is the operator's: the hold's end leaves it.
+        c4 = p.connect()
+        c4.execute("select 1")  # logged in and lent its server before the hold
+        assert "holds: told in time" in run_hook("n1", admin_conninfo(p))
+        p.admin("PAUSE")
+        th = threading.Thread(target=lambda: c4.execute("insert into hook_t values (4)"))
+        th.start()
+        time.sleep(2.5)
+        assert p.log().count("the writer did not stop within failover_timeout") == 2
+        assert th.is_alive()
+        p.admin("RESUME")
+        th.join(5)
+        assert not th.is_alive()
+        c4.close()
     finally:
         p.stop()
         fake.close()
