@@ -6,7 +6,7 @@ pgstay-bench drives pgstay-lab (it crashes and promotes nodes itself); with Patr
 Patroni's to choose, so this runs the experiment's clients here: 4 pooled clients and 1 client
 reconnecting for every insert, one insert every 10 ms each, per target; a crash of the leader's
 postgres (Patroni fails over: primary_start_timeout = 0), then a planned `patronictl
-switchover` scheduled 2 s ahead (pgstay reads the schedule in /cluster and holds new transactions
+switchover` scheduled 4 s ahead (pgstay reads the schedule in /cluster and holds new transactions
 from 1 s before it: told in time, with no admin PAUSE), then one run at once (not told). One
 cluster serves every target; each event starts from a healthy cluster.
 """
@@ -124,8 +124,10 @@ def run_target(lab, name, dsn, event, proxy=None, settle=1.5, after=3.0):
         lab.kill_postgres(old)
     elif event == "switchover":
         # Scheduled: Patroni runs it at t_event; /cluster shows it until then.
-        t_event += 2.0
-        lab.switchover(at=2.0)
+        # Scheduled 4 s ahead: patronictl takes seconds to start on a loaded machine, and Patroni
+        # drops a schedule that reaches it late as stale.
+        t_event += 4.0
+        lab.switchover(at=4.0)
         watch.start()
     else:
         watch.start()
@@ -218,7 +220,7 @@ def main():
         out = {}
         say("1/3 crash of the leader's postgres (Patroni fails over)")
         out["crash"] = {n: run_target(lab, n, dsn, "crash", proxy) for n, dsn, proxy in targets}
-        say("2/3 planned patronictl switchover, scheduled 2 s ahead (pgstay told by /cluster)")
+        say("2/3 planned patronictl switchover, scheduled 4 s ahead (pgstay told by /cluster)")
         out["switchover"] = {n: run_target(lab, n, dsn, "switchover", proxy)
                              for n, dsn, proxy in targets}
         say("3/3 planned patronictl switchover at once, pgstay not told")
@@ -231,7 +233,7 @@ def main():
             "ttl 5 s, loop_wait 1 s).", "",
             "### Crash of the leader's postgres (Patroni elects and promotes a new leader)", "",
             table(out["crash"]), "",
-            "### Planned patronictl switchover, scheduled 2 s ahead (pgstay holds new "
+            "### Planned patronictl switchover, scheduled 4 s ahead (pgstay holds new "
             "transactions from 1 s before it, no admin PAUSE)", "",
             table(out["switchover"]), "",
             "### The same switchover at once, not told (Patroni 3.0.2 has no before_stop hook: "

@@ -328,8 +328,10 @@ def test_switchover_no_client_error(plab, pgstay, tmp_path):
     def switch(how):
         old, t0 = plab.leader(), time.time()
         if how == "scheduled":
-            plab.switchover(at=2.5)
-            t0 += 2.5
+            # 4 s ahead: patronictl itself takes seconds to start on a loaded machine, and Patroni
+            # drops a schedule it receives more than loop_wait * 1.5 late as stale.
+            plab.switchover(at=4.0)
+            t0 += 4.0
         elif how == "hook":
             out = plab.run_hook(old)
             assert out.count("holds: told in time") == 2, out
