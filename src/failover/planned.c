@@ -12,11 +12,11 @@
 
 struct planned {
     struct worker *w;
-    int active;       /* the hold is on */
-    int owns_pause;   /* it set PAUSE (an operator's own PAUSE is the operator's to end) */
+    int active;        /* the hold is on */
+    int owns_pause;    /* it set PAUSE (an operator's own PAUSE is the operator's to end) */
     struct node *from; /* the writer that is to stop */
-    int lost;         /* it was lost since the hold began */
-    int scheduled;    /* begun for a switchover Patroni scheduled (its withdrawal ends it) */
+    int lost;          /* it was lost since the hold began */
+    int scheduled;     /* begun for a switchover Patroni scheduled (its withdrawal ends it) */
     int64_t started;
     struct event *timer; /* the hold's deadline; before a scheduled one, its beginning */
     /* The switchover Patroni has scheduled (topology_source = patroni): */
