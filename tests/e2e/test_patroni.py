@@ -695,7 +695,9 @@ def test_scheduled_switchover_withdrawn(lab2, tmp_path):
         w = Writer(p, 1, table="sched_t")
         w.start()
         time.sleep(0.3)
-        at = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=1.6)
+        # In another time zone than UTC, as Patroni writes what patronictl was given.
+        tz = datetime.timezone(datetime.timedelta(hours=-3, minutes=-30))
+        at = datetime.datetime.now(tz) + datetime.timedelta(seconds=1.6)
         fake.schedule = {"at": at.isoformat(), "from": "n1", "to": "n2"}
         fake.members(lab2, "n1")
         t0 = time.time()
