@@ -19,6 +19,7 @@
 #include "core/log.h"
 #include "core/tls.h"
 #include "failover/failover.h"
+#include "failover/planned.h"
 #include "pool/pool.h"
 #include "proto/proto.h"
 #include "proto/sqlclass.h"
@@ -1324,10 +1325,12 @@ static int run_command(struct client *c, char *q)
             error(c, "too many PAUSE commands waiting at once");
             return 0;
         }
-        if (has_arg)
+        if (has_arg) {
             failover_pause_db(w, arg);
-        else
+        } else {
             failover_pause(w);
+            planned_pause_taken(w); /* a planned switchover's hold does not end this one */
+        }
         if (failover_pause_done(w, has_arg ? arg : NULL)) {
             simple_ok(c, "PAUSE");
             return 0;
@@ -1335,7 +1338,38 @@ static int run_command(struct client *c, char *q)
         /* Answered by admin_check_pause once the transactions in flight are done. */
         struct admin_pause *ap = &a->pauses[a->n_pauses++];
         ap->client = c->id;
+        ap->planned = 0;
         snprintf(ap->database, sizeof(ap->database), "%s", has_arg ? arg : "");
+        c->pause_waiting = 1;
+        c->wait_since = now_ms();
+        return 1;
+    }
+    if (!strcasecmp(verb, "SWITCHOVER")) {
+        /* Patroni's before_stop hook (contrib/patroni/pgstay-patroni-hook): node is about to
+         * stop. If it is the writer: PAUSE now, answered once the transactions in flight are
+         * done, and RESUME by itself on the next writer (failover/planned.c). */
+        struct admin *a = w->admin;
+        struct node *nd = has_arg ? topology_find(w, arg) : NULL;
+        if (!nd) {
+            error(c, has_arg ? "SWITCHOVER: no such node in [nodes]"
+                             : "SWITCHOVER: which node is about to stop? (its name in [nodes])");
+            return 0;
+        }
+        if (a->n_pauses == ADMIN_MAX_PAUSES) {
+            error(c, "too many PAUSE commands waiting at once");
+            return 0;
+        }
+        char why[128];
+        snprintf(why, sizeof(why), "SWITCHOVER %s from C-%llu", nd->name,
+                 (unsigned long long)c->id);
+        if (!planned_begin(w, nd, 0, why) || failover_pause_done(w, NULL)) {
+            simple_ok(c, "SWITCHOVER");
+            return 0;
+        }
+        struct admin_pause *ap = &a->pauses[a->n_pauses++];
+        ap->client = c->id;
+        ap->database[0] = 0;
+        ap->planned = 1;
         c->pause_waiting = 1;
         c->wait_since = now_ms();
         return 1;
@@ -1402,8 +1436,8 @@ static int run_command(struct client *c, char *q)
         w->begin_shutdown(w);
         return 0;
     }
-    error(c, "unknown command: SHOW …, PAUSE, RESUME, RECONNECT [db], KILL db, DISABLE db, "
-             "ENABLE db, SET key = value, RELOAD, SHUTDOWN");
+    error(c, "unknown command: SHOW …, PAUSE, RESUME, SWITCHOVER node, RECONNECT [db], KILL db, "
+             "DISABLE db, ENABLE db, SET key = value, RELOAD, SHUTDOWN");
     return 0;
 }
 
@@ -1463,6 +1497,7 @@ void admin_check_pause(struct worker *w)
          * the client's next PAUSE, which adds one). */
         char db[sizeof(ap->database)];
         snprintf(db, sizeof(db), "%s", ap->database);
+        int planned = ap->planned;
         const char *database = db[0] ? db : NULL;
         int done = c && failover_pause_done(w, database);
         int late = c && !done && now_ms() - c->wait_since > w->cfg->pause_timeout;
@@ -1475,7 +1510,16 @@ void admin_check_pause(struct worker *w)
             continue;
         if (done) {
             c->pause_waiting = 0;
-            simple_ok(c, "PAUSE");
+            simple_ok(c, planned ? "SWITCHOVER" : "PAUSE");
+            ready(c);
+            admin_process(c);
+        } else if (planned) {
+            /* The node stops anyway (Patroni does not wait for ever): new transactions stay
+             * held for the next writer; those still running will be cut. */
+            c->pause_waiting = 0;
+            client_send_error(c, "57014",
+                              "SWITCHOVER: transactions still in flight after pause_timeout; new "
+                              "ones stay held until the next writer");
             ready(c);
             admin_process(c);
         } else {

@@ -23,6 +23,7 @@ struct admin_db_avg {
 struct admin_pause {
     uint64_t client;
     char database[128];
+    int planned; /* SWITCHOVER node: answered as such, and not resumed when it takes too long */
 };
 #define ADMIN_MAX_PAUSES 16
 

@@ -30,6 +30,7 @@
 #include "core/log.h"
 #include "core/logsys.h"
 #include "failover/failover.h"
+#include "failover/planned.h"
 #include "pool/backoff.h"
 #include "pool/pool.h"
 #include "pool/stats.h"
@@ -53,8 +54,9 @@ static const struct session_hooks session_hooks = {
 };
 
 static const struct topology_hooks topology_hooks = {
-    .writer_lost = failover_writer_lost,
-    .writer_found = failover_writer_found,
+    .writer_lost = planned_writer_lost,
+    .writer_found = planned_writer_found,
+    .switchover_scheduled = planned_scheduled,
     .open_ahead = failover_open_ahead,
     .kick_all = pool_kick_all,
     .node_dropped = pool_drop_node,
@@ -241,7 +243,8 @@ int worker_init(struct worker *w, struct config *cfg)
         log_error("%s", err);
         return -1;
     }
-    if (failover_init(w) < 0 || admin_init(w) < 0 || topology_init(w, &topology_hooks) < 0)
+    if (failover_init(w) < 0 || planned_init(w) < 0 || admin_init(w) < 0 ||
+        topology_init(w, &topology_hooks) < 0)
         return -1;
     return 0;
 }
@@ -669,6 +672,7 @@ void worker_free(struct worker *w)
     stats_free_kept(w);
     metrics_stop(w);
     admin_free(w);
+    planned_free(w);
     failover_free(w);
     cancel_free_all(w);
     sql_classify_cleanup();

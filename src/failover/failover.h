@@ -7,6 +7,7 @@
 #include "core/worker.h"
 
 struct node;
+struct planned;
 
 #define FAILOVER_MAX_EVENTS 64
 /* Hold durations (ms) as a histogram for /metrics: upper bounds, the last bucket is +Inf. */
@@ -55,6 +56,7 @@ struct failover {
         uint64_t n;
     } failed[FAILOVER_MAX_STATES];
     int n_failed;
+    struct planned *planned; /* failover/planned.c: a switchover told ahead */
 };
 
 int failover_init(struct worker *w);

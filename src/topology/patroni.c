@@ -1,9 +1,11 @@
 /* Patroni's /cluster, polled with libcurl's multi interface on the worker's libevent loop. */
 #include "topology/patroni.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <curl/curl.h>
 #include <json-c/json.h>
@@ -29,6 +31,9 @@ struct patroni {
     char errbuf[CURL_ERROR_SIZE];
     char why[256];           /* why the round's last request failed */
     char unknown_leader[64]; /* a leader matching no node, logged once */
+    /* /cluster's scheduled_switchover as last told to the layers above ("" = none): its time
+     * and the leader it is from, so that each change is told once. */
+    char sched[128];
 };
 
 /* One libevent event per socket libcurl wants watched, kept as the socket's curl "socketp". */
@@ -160,6 +165,70 @@ static struct node *member_node(struct topology *t, struct json_object *m)
     return NULL;
 }
 
+/* Patroni's scheduled_at (Python's isoformat(): 2026-12-06T15:40:00[.123456]+00:00) as ms since
+ * the epoch; -1 when it is not one. */
+static int64_t iso_ms(const char *s)
+{
+    struct tm tm = {0};
+    int len = 0;
+    if (sscanf(s, "%4d-%2d-%2dT%2d:%2d:%2d%n", &tm.tm_year, &tm.tm_mon, &tm.tm_mday, &tm.tm_hour,
+               &tm.tm_min, &tm.tm_sec, &len) != 6)
+        return -1;
+    tm.tm_year -= 1900;
+    tm.tm_mon -= 1;
+    int64_t ms = (int64_t)timegm(&tm) * 1000;
+    s += len;
+    if (*s == '.') {
+        int64_t frac = 0, scale = 1000;
+        for (s++; *s >= '0' && *s <= '9'; s++) {
+            frac = frac * 10 + (*s - '0');
+            scale *= 10;
+        }
+        ms += frac * 1000 * 1000 / scale; /* frac / 10^digits seconds */
+    }
+    if (*s == 'Z' || !*s)
+        return ms;
+    int hh, mm;
+    if ((*s != '+' && *s != '-') || sscanf(s + 1, "%2d:%2d", &hh, &mm) != 2)
+        return -1;
+    int64_t off = ((int64_t)hh * 60 + mm) * 60 * 1000;
+    return *s == '+' ? ms - off : ms + off;
+}
+
+/* /cluster's scheduled_switchover ({"at": ..., "from": leader, "to": candidate}), told to the
+ * layers above when it changes: they hold new transactions from a little before that time
+ * (failover/planned.c), so that a switchover planned ahead costs clients no error. */
+static void read_schedule(struct patroni *p, struct json_object *root)
+{
+    struct topology *t = p->t;
+    struct json_object *ss;
+    const char *at = NULL, *from = NULL;
+    if (json_object_object_get_ex(root, "scheduled_switchover", &ss)) {
+        at = jstr(ss, "at");
+        from = jstr(ss, "from");
+    }
+    char now_sched[sizeof(p->sched)];
+    snprintf(now_sched, sizeof(now_sched), "%s%s%s", at ? at : "", at ? " " : "",
+             at && from ? from : "");
+    if (!strcmp(now_sched, p->sched) || !t->hooks->switchover_scheduled)
+        return;
+    snprintf(p->sched, sizeof(p->sched), "%s", now_sched);
+    if (!at) {
+        t->hooks->switchover_scheduled(t->w, NULL, INT64_MIN);
+        return;
+    }
+    int64_t at_ms = iso_ms(at);
+    if (at_ms < 0) {
+        log_error("Patroni's scheduled switchover time \"%s\" is not understood: ignored", at);
+        return;
+    }
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    int64_t wall = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    struct node *nd = from ? topology_find(t->w, from) : NULL;
+    t->hooks->switchover_scheduled(t->w, nd, at_ms - wall);
+}
+
 /* Read one /cluster answer into the nodes; -1 with p->why when it is not one. */
 static int read_cluster(struct patroni *p, struct node **leader)
 {
@@ -195,10 +264,14 @@ static int read_cluster(struct patroni *p, struct node **leader)
         }
         nd->patroni_role = is_leader ? PAT_LEADER : PAT_REPLICA;
         snprintf(nd->patroni_state, sizeof(nd->patroni_state), "%s", state ? state : "");
-        /* A leader whose PostgreSQL is not running (stopping, restarting) is no writer yet. */
-        if (is_leader && state && !strcmp(state, "running"))
+        /* A leader whose PostgreSQL is not running (stopping, restarting) is no writer yet;
+         * except the one a planned switchover is stopping, whose state is "stopping" from
+         * before its before_stop hook runs: it still runs, and what is in flight ends there. */
+        if (is_leader && state &&
+            (!strcmp(state, "running") || (!strcmp(state, "stopping") && nd == t->planned_from)))
             *leader = nd;
     }
+    read_schedule(p, root);
     json_object_put(root);
     return 0;
 }

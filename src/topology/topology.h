@@ -98,6 +98,11 @@ struct topology {
     int pat_answered;        /* Patroni answered at least once */
     int pat_fresh;           /* its last poll round answered */
     uint64_t pat_rounds;     /* poll rounds completed, answered or not */
+    /* The writer a planned switchover is about to stop (failover/planned.c sets it while its
+     * hold lasts): Patroni names it leader in state "stopping" while its before_stop hook
+     * waits for the transactions in flight, and it stays the writer until its PostgreSQL
+     * really stops, so that they end instead of being cut (new ones are held meanwhile). */
+    struct node *planned_from;
 };
 
 /* What the end of a server connection to the writer (or an answer on one) says about the
@@ -127,6 +132,9 @@ struct topology_hooks {
     /* session: login backoffs, per node: kick the pools whose wait ended; free a node's. */
     void (*backoff_due)(struct worker *w);
     void (*backoff_free)(struct node *nd);
+    /* failover (topology_source = patroni): /cluster's scheduled switchover, from (NULL: the
+     * leader) in in_ms (INT64_MIN: none any more); see failover/planned.h. */
+    void (*switchover_scheduled)(struct worker *w, struct node *from, int64_t in_ms);
 };
 
 int topology_init(struct worker *w, const struct topology_hooks *hooks);
