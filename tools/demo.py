@@ -119,12 +119,15 @@ class Demo:
     def column(self, t):
         if not t["available"]:
             return {k: "n/a" for k in ("write_gap", "errors", "broken", "lost", "ran", "p2a",
-                                       "floor")}
+                                       "p2w", "floor")}
         m = t["median"]
         ph = t["runs"][0]["phases_ms"]
         floor = None
         if ph.get("crash") is not None and ph.get("writable") is not None:
             floor = ph["writable"] - ph["crash"]
+        p2w = None
+        if ph.get("promoted") is not None and ph.get("writable") is not None:
+            p2w = ph["writable"] - ph["promoted"]
         err = "%d" % m["errors"]
         if m["errors"]:
             err += " over %s" % self.ms(m["error_window_ms"])
@@ -135,6 +138,7 @@ class Demo:
             "lost": str(m["lost"]),
             "ran": str(m["ran_despite_error"]),
             "p2a": self.ms(m["promotion_to_first_ack_ms"]),
+            "p2w": self.ms(p2w),
             "floor": self.ms(floor),
         }
 
@@ -145,6 +149,11 @@ class Demo:
                 ("acknowledged inserts lost", "lost"),
                 ("inserts that ran although the client got an error", "ran"),
                 ("promotion → first acknowledged insert", "p2a"),
+                # The floor of the row above for any client: the lab's own commit, sent on a
+                # session it holds the moment it sees the promotion, waits for the synchronous
+                # standby to follow the new timeline like every other commit.
+                ("for scale: promotion → the lab's commit sent at that instant acknowledged "
+                 "(the synchronous standby's share), run 1", "p2w"),
                 ("for scale: the lab's crash (switchover start) → new primary writable, run 1", "floor")]
         cols = []
         if with_article:
@@ -200,12 +209,23 @@ class Demo:
                     ph = t["runs"][0]["phases_ms"]
                     if ph.get("crash") is not None and ph.get("writable") is not None:
                         fl = ph["writable"] - ph["crash"]
-                        items.append(("write gap ≤ the lab's crash→writable + 0.2 s (%s vs %s)" % (
+                        items.append(("write gap ≤ the lab's crash→writable + 50 ms (%s vs %s)" % (
                             self.ms(t["runs"][0]["metrics"]["write_gap_ms"]), self.ms(fl)),
-                            t["runs"][0]["metrics"]["write_gap_ms"] <= fl + 200, False))
+                            t["runs"][0]["metrics"]["write_gap_ms"] <= fl + 50, False))
                 else:
                     items.append(("no errors during the switchover (%d)" % m["errors"],
                                   m["errors"] == 0, False))
+                # Issue 10: the new writer used within 10 ms of its promotion. What no client can
+                # beat (a commit sent at the promotion, acknowledged once the synchronous standby
+                # follows) is taken out: that is the lab's, the rest is pgstay's.
+                ph = t["runs"][0]["phases_ms"]
+                p2a = t["runs"][0]["metrics"]["promotion_to_first_ack_ms"]
+                if ph.get("promoted") is not None and ph.get("writable") is not None and \
+                        p2a is not None:
+                    p2w = ph["writable"] - ph["promoted"]
+                    items.append(("promotion → first ack ≤ the lab's promotion → writable + 10 ms "
+                                  "(%s vs %s)" % (self.ms(p2a), self.ms(p2w)), p2a <= p2w + 10,
+                                  False))
                 for label, good, hard in items:
                     print("  %-4s %s %s: %s" % ("ok" if good else "MISS", ev, t["name"], label))
                     if hard and not good:

@@ -283,17 +283,21 @@ int failover_pause_done(struct worker *w, const char *database)
     return 1;
 }
 
-/* Servers of p on nd, logged in or on their way. */
-static int servers_of(struct worker *w, struct pool *p, struct node *nd)
+/* Servers of p on nd, logged in or on their way; *logging_in: those still on their way. */
+static int servers_of(struct worker *w, struct pool *p, struct node *nd, int *logging_in)
 {
     int n = 0;
+    *logging_in = 0;
     for (int st = SV_CONNECTING; st <= SV_IDLE; st++) {
         struct list *pos, *tmp;
         list_for_each_safe(pos, tmp, &w->servers[st])
         {
             struct server *s = container_of(pos, struct server, node);
-            if (s->pool == p && s->nd == nd)
+            if (s->pool == p && s->nd == nd) {
                 n++;
+                if (st != SV_IDLE)
+                    (*logging_in)++;
+            }
         }
     }
     return n;
@@ -335,19 +339,23 @@ void failover_open_ahead(struct worker *w)
         struct pool *p = container_of(pos, struct pool, node);
         if (p->role != ROLE_WRITER)
             continue;
+        /* One server for each client that will need one the moment the writer is back (in
+         * session mode each keeps its own), not only server_connect_concurrency of them: those
+         * past it would pay a login on a just-promoted node. That bound is on logins under way
+         * instead; the next tick opens more as they complete. */
         int want = p->n_waiting + (fo->paused ? paused_without_server(w, p) : 0);
         if (want == 0 && !t->writer)
             want = 1;
-        if (want > w->cfg->server_connect_concurrency)
-            want = w->cfg->server_connect_concurrency;
         for (int i = 0; i < t->n_nodes; i++) {
             struct node *nd = &t->nodes[i];
             int usable = t->writer ? nd == t->writer : nd->role == NODE_STANDBY;
             if (!usable || nd->suspect || login_backoff_wait(p, nd))
                 continue;
-            for (int have = servers_of(w, p, nd);
-                 have < want && p->n_servers < config_pool_size(w->cfg, p->database, p->user);
-                 have++)
+            int logging_in;
+            for (int have = servers_of(w, p, nd, &logging_in);
+                 have < want && logging_in < w->cfg->server_connect_concurrency &&
+                 p->n_servers < config_pool_size(w->cfg, p->database, p->user);
+                 have++, logging_in++)
                 if (!server_open(w, p, nd, p->user, p->database))
                     break;
         }

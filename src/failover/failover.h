@@ -63,7 +63,8 @@ int failover_init(struct worker *w);
 void failover_free(struct worker *w);
 /* Topology saw the writer go (old may be NULL at start-up). */
 void failover_writer_lost(struct worker *w, struct node *old, const char *why);
-/* While there is no writer: each writer pool keeps a few servers logged in on every standby, so
+/* While there is no writer: each writer pool keeps a server logged in on every standby for each
+ * held client (at least one; within pool_size, server_connect_concurrency logins at a time), so
  * the one that is promoted serves held requests with no login in between (a session opened
  * during recovery writes once its node is promoted); the others close when a writer is seen. */
 void failover_open_ahead(struct worker *w);

@@ -449,6 +449,7 @@ static void send_probe(struct topology *t, struct node *nd)
 static void node_answered(struct topology *t, struct node *nd)
 {
     struct config *cfg = t->w->cfg;
+    int64_t prev_sent_us = nd->last_ok_sent_us;
     nd->answered = 1;
     nd->fails = 0;
     nd->missed = 0;
@@ -465,7 +466,12 @@ static void node_answered(struct topology *t, struct node *nd)
     }
     int claim = nd->in_recovery ? NODE_STANDBY : NODE_PRIMARY;
     if (nd->claim && nd->claim != claim && (nd->role == NODE_PRIMARY || nd->role == NODE_STANDBY)) {
-        log_info("node %s: %s (timeline %u)", nd->name, node_role_name(claim), nd->timeline);
+        /* How fresh the news is: the change happened between the sending of these two probes
+         * (make demo's promotion → first acknowledged insert is read against it). */
+        log_info("node %s: %s (timeline %u; the probe that says so was sent %.1f ms ago, the one "
+                 "before %.1f ms earlier)",
+                 nd->name, node_role_name(claim), nd->timeline, (double)nd->latency_us / 1000.0,
+                 (double)(nd->probe_sent_us - prev_sent_us) / 1000.0);
         nd->generation++;
         nd->role = claim;
     }

@@ -276,6 +276,62 @@ def test_pause_opens_the_new_writers_servers_ahead(fo_proxy, cluster3):
         c.close()
 
 
+def test_every_held_client_has_a_server_opened_ahead(cluster3, tmp_path):
+    """While there is no writer, each held client of a session pool has a server logged in on
+    every standby, not only server_connect_concurrency of them (issue 10): the ones past it would
+    each pay a login on the just-promoted node. After the promotion every held insert runs on one
+    of those servers, with no error."""
+    p = Pgstay(cluster3, str(tmp_path), pool_mode="session", pool_size=20,
+               server_connect_concurrency=2, failover_timeout="20s",
+               health_check_timeout="500ms")
+    p.start()
+    n = 6
+    try:
+        with p.connect() as c:
+            c.execute("create table if not exists writes (client int, seq int, ts timestamptz "
+                      "default now(), primary key (client, seq))")
+        conns = [p.connect() for _ in range(n)]
+        for c in conns:
+            c.execute("select 1")
+        cluster3.crash("n1")
+        done, errors = [], []
+
+        def one(c, i):
+            try:
+                pid = c.execute("insert into writes (client, seq) values (%s, 1) "
+                                "returning pg_backend_pid()", (800 + i,)).fetchone()[0]
+                done.append(pid)
+            except psycopg.Error as e:
+                errors.append(str(e))
+
+        threads = [threading.Thread(target=one, args=(c, i), daemon=True)
+                   for i, c in enumerate(conns)]
+        for th in threads:
+            th.start()
+        deadline = time.time() + 20
+        ready = {}
+        while time.time() < deadline:
+            rows = show(p, "SHOW SERVERS")
+            ready = {nd: [r["remote_pid"] for r in rows if r["node"] == nd and
+                          r["state"] == "idle" and r["user"] == "postgres"]
+                     for nd in ("n2", "n3")}
+            if all(len(v) >= n for v in ready.values()):
+                break
+            time.sleep(0.05)
+        assert all(len(v) >= n for v in ready.values()), ready
+        assert done == [] and errors == [], "a request went through with no writer"
+        new = promote_best(cluster3)
+        for th in threads:
+            th.join(20)
+        assert errors == [] and len(done) == n, (errors, done)
+        # no login on the new writer: each insert ran on a server opened while it was a standby
+        assert set(done) <= set(ready[new]), (done, ready[new])
+        for c in conns:
+            c.close()
+    finally:
+        p.stop()
+
+
 def test_clients_held_while_suspect_are_counted(cluster3, tmp_path):
     """A client whose request waits while the writer is only suspect counts in the failover
     that follows (SHOW FAILOVERS clients_held): it was held, before the event existed."""

@@ -461,7 +461,8 @@ static void log_lines(struct run *r, const struct cmd_out *o)
     }
 }
 
-/* Phases from the lab's stamped lines; failover's own timings line wins when present. */
+/* Phases from the lab's stamped lines; its own timings line (failover, switchover, promote)
+ * wins when present: it was printed later than the instants it gives. */
 static void parse_phases(struct run *r, const struct cmd_out *o)
 {
     for (int i = 0; i < o->n; i++) {
@@ -471,6 +472,15 @@ static void parse_phases(struct run *r, const struct cmd_out *o)
         if (sscanf(t, "failover: crashed=%lld promoted=%lld writable=%lld new_primary=n%d", &cr,
                    &pr, &wr, &np) == 4) {
             r->ph.crash_us = cr * 1000;
+            r->ph.promoted_us = pr * 1000;
+            r->ph.writable_us = wr * 1000;
+            snprintf(r->new_primary, sizeof r->new_primary, "n%d", np);
+            continue;
+        }
+        long long st;
+        if (sscanf(t, "switchover: started=%lld promoted=%lld writable=%lld new_primary=n%d", &st,
+                   &pr, &wr, &np) == 4 ||
+            sscanf(t, "promote: promoted=%lld writable=%lld new_primary=n%d", &pr, &wr, &np) == 3) {
             r->ph.promoted_us = pr * 1000;
             r->ph.writable_us = wr * 1000;
             snprintf(r->new_primary, sizeof r->new_primary, "n%d", np);
