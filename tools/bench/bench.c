@@ -151,7 +151,10 @@ static void lab_reinit(struct bench *b)
     }
     char port[16];
     snprintf(port, sizeof port, "%d", b->port);
-    if (lab(b, &o, "init", "--nodes", "3", "--port", port, "--sync", "--fast", NULL) != 0) {
+    /* --async: no synchronous standby, so a commit on the new primary waits for nobody and
+     * promotion -> first acknowledged insert shows the proxy's own share alone. */
+    if (lab(b, &o, "init", "--nodes", "3", "--port", port, b->async ? "--fast" : "--sync",
+            "--fast", NULL) != 0) {
         print_cmd_out(&o);
         die("pgstay-lab init failed");
     }
@@ -768,7 +771,8 @@ static void usage(FILE *f)
           "  --timeout MS       longest wait for one insert (default 5000)\n"
           "  --pool-size N      pgstay pool_size (default 20)\n"
           "  --pgstay PATH, --pgstay-lab PATH   binaries (default: next to pgstay-bench)\n"
-          "  --keep-lab         leave the last cluster running\n",
+          "  --keep-lab         leave the last cluster running\n"
+          "  --async            a cluster without a synchronous standby (default: one)\n",
           f);
 }
 
@@ -873,6 +877,8 @@ int main(int argc, char **argv)
             b->pool_size = (int)num_arg(a, v, 1, 100000), i++;
         else if (!strcmp(a, "--keep-lab"))
             b->keep_lab = 1;
+        else if (!strcmp(a, "--async"))
+            b->async = 1;
         else if (!v)
             die("%s needs a value (see --help)", a);
         else if (!strcmp(a, "--event"))

@@ -71,6 +71,7 @@ struct bench {
     char pgstay_bin[1024];
     int pool_size;
     int keep_lab;
+    int async; /* --async: the lab without a synchronous standby */
     int ntargets;
     struct target targets[BENCH_MAX_TARGETS];
 };
