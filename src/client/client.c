@@ -1842,14 +1842,22 @@ void client_check_timeouts(struct worker *w, int64_t now)
             continue;
         pool_cancel_wait(c);
         client_change_state(c, CL_IDLE);
-        const char *why = holding ? "no writer is available: failover_timeout reached while waiting "
-                                    "for a new primary"
-                                  : "query_wait_timeout: no server connection became free in time";
-        if (holding)
+        /* Held by PAUSE while a writer answers: that is what the client is told, not a
+         * failover that is not happening (and no failover counts it). */
+        int pause_only = holding && w->topo->writer && !w->topo->suspect &&
+                         w->session->paused(w, c->database);
+        const char *why =
+            pause_only ? "the database is paused (PAUSE): failover_timeout reached while waiting "
+                         "for RESUME"
+            : holding  ? "no writer is available: failover_timeout reached while waiting for a new "
+                         "primary"
+                       : "query_wait_timeout: no server connection became free in time";
+        if (holding && !pause_only)
             w->session->note_timed_out(w);
         /* The server's own error when its logins are failing. */
         const struct login_backoff *lb = holding ? NULL : login_backoff_of(c->pool);
-        const char *state = holding ? SQLSTATE_CONNECTION_FAILURE : SQLSTATE_QUERY_WAIT_TIMEOUT;
+        const char *state = holding && !pause_only ? SQLSTATE_CONNECTION_FAILURE
+                                                   : SQLSTATE_QUERY_WAIT_TIMEOUT;
         if (lb) {
             state = lb->sqlstate;
             why = lb->message;

@@ -354,6 +354,27 @@ def test_pause_resume_one_database(cluster1, make_proxy):
     other.close()
 
 
+def test_paused_request_times_out_as_paused(cluster1, make_proxy):
+    """A request held by PAUSE while the writer answers fails at failover_timeout saying the
+    database is paused (query_wait_timeout's SQLSTATE), not that no writer is available, and
+    no failover counts it; the connection stays usable after RESUME."""
+    p = make_proxy(cluster1, pool_mode="transaction", failover_timeout="1s")
+    c = p.connect()
+    with admin_conn(p) as a:
+        assert a.execute("PAUSE").statusmessage == "PAUSE"
+        t0 = time.monotonic()
+        with pytest.raises(psycopg.Error) as e:
+            c.execute("select 1")
+        assert time.monotonic() - t0 >= 0.9
+        assert e.value.sqlstate == "08P01", e.value
+        assert "paused" in str(e.value) and "no writer" not in str(e.value), e.value
+        a.execute("RESUME")
+        assert c.execute("select 2").fetchone() == (2,)
+        fo = show(a, "FAILOVERS")
+        assert not fo or all(int(r.get("timed_out") or 0) == 0 for r in fo), fo
+    c.close()
+
+
 def test_admin_and_stats_users(cluster1, make_proxy):
     """Issue 11: admin_users run every command, stats_users SHOW only, anyone else is refused
     (PgBouncer's words); checked at every command, so a reload that takes a user out of the
