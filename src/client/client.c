@@ -9,7 +9,6 @@
 #include <string.h>
 #include <strings.h>
 
-#include <event2/buffer.h>
 #include <openssl/rand.h>
 
 #include "client/auth.h"
