@@ -4,8 +4,8 @@
 CPU time and TPS move with whatever else runs on the machine; the instructions a proxy executes
 per transaction do not, so this is the measure to compare code changes on a busy machine. Each
 proxy runs under valgrind --tool=callgrind in front of the one-node lab (same pool mode and
-size); pgbench warms it up, the counters are dumped (callgrind_control -d), the measured run
-follows, and the proxy's exit writes the counts of that run alone. Kernel work (the sends and
+size), once with the measured transactions and once without; the difference, per transaction,
+leaves start-up out. Kernel work (the sends and
 receives, most of a proxy's CPU: bench/results/profile-*.md) is not counted.
 
   bench/callgrind.py [--clients 1,32] [--transactions 20000] [--prepared] [--top 12]
@@ -14,8 +14,10 @@ import argparse
 import datetime
 import glob
 import os
+import pwd
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -29,27 +31,21 @@ import run  # noqa: E402  (the lab, the proxies, pgbench)
 VALGRIND = shutil.which("valgrind") or "/usr/bin/valgrind"
 
 
-def wrapper(path, real, out):
-    """An executable that runs real under callgrind (and plain for --version)."""
-    with open(path, "w") as f:
-        f.write('#!/bin/sh\n[ "$1" = "--version" ] && exec %s "$@"\n'
-                'exec %s --tool=callgrind --callgrind-out-file=%s %s "$@"\n'
-                % (real, VALGRIND, out, real))
-    os.chmod(path, 0o755)
-
-
 def totals(path):
     """Instructions in one callgrind output file, and the top functions by self cost."""
     r = subprocess.run(["callgrind_annotate", "--inclusive=no", path], capture_output=True,
                        text=True)
-    total, top = None, []
+    total, top, listing = None, [], False
     for line in r.stdout.splitlines():
+        if "file:function" in line:
+            listing = True  # the per-function table starts after this header
+            continue
         m = re.match(r"\s*([\d,]+) \(\s*[\d.]+%\)\s+PROGRAM TOTALS", line)
         if m:
             total = int(m.group(1).replace(",", ""))
             continue
         m = re.match(r"\s*([\d,]+) \(\s*[\d.]+%\)\s+(\S+)", line)
-        if m and total:
+        if m and total and listing:
             top.append((int(m.group(1).replace(",", "")), m.group(2)))
     return total, top
 
@@ -65,44 +61,88 @@ def pgbench_tx(port, clients, tx, prepared):
     return int(m.group(1))
 
 
-def measure(kind, tmp, node_port, clients, tx, prepared, pool):
-    """Instructions per transaction of one proxy (kind: pgstay | pgbouncer)."""
-    d = tempfile.mkdtemp(dir=tmp)
-    os.chmod(d, 0o777)  # PgBouncer runs as postgres and writes its counts here
-    out = os.path.join(d, "callgrind.out")
-    if kind == "pgstay":
-        bdir = os.path.join(d, "build")
-        os.makedirs(bdir)
-        wrapper(os.path.join(bdir, "pgstay"), os.path.join(run.build_dir(), "pgstay"), out)
-        os.environ["PGSTAY_BUILD"], saved = bdir, os.environ.get("PGSTAY_BUILD")
-        proxy = run.Pgstay(tmp, node_port, "transaction", pool)
-    else:
-        w = os.path.join(d, "pgbouncer")
-        wrapper(w, run.PGBOUNCER, out)
-        run.PGBOUNCER, saved = w, run.PGBOUNCER
-        proxy = run.PgBouncer(tmp, node_port, "transaction", pool)
-    try:
-        proxy.start()
-        # pgstay waits for its writer in start(); PgBouncer connects at the first client
-        pgbench_tx(proxy.port, clients, max(10, 320 // clients), prepared)
-        subprocess.run(["callgrind_control", "-d", str(proxy.pid)], capture_output=True,
-                       timeout=60)
-        time.sleep(1)
-        done = pgbench_tx(proxy.port, clients, tx, prepared)
-        proxy.stop()
-    finally:
-        proxy.stop()
+def start(kind, d, node_port, pool, out):
+    """The proxy under callgrind, in transaction mode; (process, port) once it serves."""
+    port = run.free_port()
+    with open(os.path.join(d, "userlist.txt"), "w") as f:
+        f.write('"postgres" "postgres"\n')
+    ini = os.path.join(d, "%s.ini" % kind)
+    with open(ini, "w") as f:
         if kind == "pgstay":
-            if saved is None:
-                del os.environ["PGSTAY_BUILD"]
-            else:
-                os.environ["PGSTAY_BUILD"] = saved
+            f.write("[pgstay]\nlisten_addr = 127.0.0.1\nlisten_port = %d\npool_mode = transaction\n"
+                    "pool_size = %d\nmax_client_conn = 1000\nauth_type = trust\n"
+                    "auth_file = %s/userlist.txt\nhealth_check_user = postgres\n"
+                    "health_check_dbname = postgres\nlog_connections = 0\n"
+                    "log_disconnections = 0\n[nodes]\nn1 = host=127.0.0.1 port=%d\n"
+                    % (port, pool, d, node_port))
+            argv, pre = [os.path.join(run.build_dir(), "pgstay"), ini], None
         else:
-            run.PGBOUNCER = saved
-    # the last file written holds what followed the dump: the measured run and the exit
-    files = sorted(glob.glob(out + "*"), key=os.path.getmtime)
-    total, top = totals(files[-1])
-    return total / done, [(n / done, f) for n, f in top]
+            f.write("[databases]\n* = host=127.0.0.1 port=%d\n[pgbouncer]\n"
+                    "listen_addr = 127.0.0.1\nlisten_port = %d\nunix_socket_dir =\n"
+                    "auth_type = trust\nauth_file = %s/userlist.txt\npool_mode = transaction\n"
+                    "default_pool_size = %d\nmax_client_conn = 1000\nlogfile = %s/pgb.log\n"
+                    "log_connections = 0\nlog_disconnections = 0\n"
+                    "ignore_startup_parameters = extra_float_digits\n"
+                    % (node_port, port, d, pool, d))
+            if run.pgbouncer_version() >= (1, 21):
+                f.write("max_prepared_statements = 200\n")
+            pg = pwd.getpwnam("postgres")
+            for p in os.listdir(d):
+                os.chown(os.path.join(d, p), pg.pw_uid, pg.pw_gid)
+            os.chown(d, pg.pw_uid, pg.pw_gid)
+
+            def pre():
+                os.setgid(pg.pw_gid)
+                os.setuid(pg.pw_uid)
+            argv = [run.PGBOUNCER, ini]
+    proc = subprocess.Popen([VALGRIND, "--tool=callgrind", "--callgrind-out-file=" + out] + argv,
+                            preexec_fn=pre, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            cwd=d)
+    psql = [os.path.join(run.PGBIN, "psql"), "-XAtq", "-h", "127.0.0.1", "-p", str(port), "-U",
+            "postgres", "-d", "postgres", "-c", "select 1"]
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("%s under callgrind exited at start" % kind)
+        if subprocess.run(psql, capture_output=True).returncode == 0:
+            return proc, port
+        time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError("%s under callgrind never served a query" % kind)
+
+
+def run_once(kind, tmp, node_port, clients, tx, prepared, pool):
+    """One proxy process under callgrind: a warm-up, then tx transactions per client (0: none).
+    Returns (total instructions, {function: instructions}, transactions done)."""
+    d = tempfile.mkdtemp(dir=tmp)
+    os.chmod(d, 0o777)
+    out = os.path.join(d, "callgrind.out")
+    proc, port = start(kind, d, node_port, pool, out)
+    done = 0
+    try:
+        pgbench_tx(port, clients, max(10, 320 // clients), prepared)  # connections, caches
+        if tx:
+            done = pgbench_tx(port, clients, tx, prepared)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    total, top = totals(out)
+    return total, dict((f, n) for n, f in top), done
+
+
+def measure(kind, tmp, node_port, clients, tx, prepared, pool):
+    """Instructions per transaction of one proxy (kind: pgstay | pgbouncer): a run with the
+    measured transactions minus one without them, so start-up (reading auth_file, the first
+    connections) is not counted. callgrind_control cannot be used: it needs to ptrace the
+    proxy, which this sandbox may not allow."""
+    t0, f0, _ = run_once(kind, tmp, node_port, clients, 0, prepared, pool)
+    t1, f1, done = run_once(kind, tmp, node_port, clients, tx, prepared, pool)
+    per = sorted(((n - f0.get(f, 0)) / done, f) for f, n in f1.items())[::-1]
+    return (t1 - t0) / done, per
 
 
 def main():
@@ -125,7 +165,7 @@ def main():
     lines = ["# User-space instructions per pgbench -S transaction (callgrind), %s" %
              datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), "",
              "`bench/callgrind.py %s`: transaction mode, pool %d, %s protocol; the proxy under "
-             "valgrind --tool=callgrind, counted over the measured run only (after a warm-up); "
+             "valgrind --tool=callgrind; a run without the measured transactions is subtracted (start-up); "
              "kernel work is not counted." % (" ".join(sys.argv[1:]), args.pool,
                                                "prepared" if args.prepared else "simple"), "",
              "| clients | PgBouncer Ir / tx | pgstay Ir / tx | pgstay / PgBouncer |",
