@@ -36,6 +36,7 @@
 #include "pool/stats.h"
 #include "proto/proto.h"
 #include "proto/sqlclass.h"
+#include "server/probe.h"
 #include "server/server.h"
 #include "topology/topology.h"
 
@@ -63,6 +64,11 @@ static const struct topology_hooks topology_hooks = {
     .node_drain = pool_drain_node,
     .backoff_due = login_backoff_due,
     .backoff_free = login_backoff_free,
+    .probe_open = probe_open,
+    .probe_idle = probe_idle,
+    .probe_query = probe_query,
+    .probe_close = probe_close,
+    .probe_detach = probe_detach,
 };
 
 static void reap_cb(evutil_socket_t fd, short what, void *arg)

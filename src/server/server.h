@@ -68,11 +68,13 @@ struct server {
     int64_t last_used;
     int64_t query_start, xact_start; /* µs: requests / a transaction in flight (pool/stats.c) */
     int64_t ready_at;                /* µs: its last request answered (idle_transaction_timeout) */
-    /* Probe state (SV_PROBE) */
+    /* Probe state (SV_PROBE): a connection without a pool running internal queries (topology's
+     * probes through server/probe.c, auth_query's lookups) */
     void (*on_row)(struct server *s, int ncols, const char **vals);
     void (*on_ready)(struct server *s);
     void (*on_fail)(struct server *s, const char *why);
     void *probe_arg;
+    const struct probe_callbacks *probe_cb; /* a topology probe's (server/probe.c) */
 };
 
 /* Open a server connection for pool p on node nd (pool NULL with probe callbacks for a probe). */

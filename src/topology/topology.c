@@ -1,4 +1,6 @@
-/* Topology: one probe connection per node; who is writer, who reads; what pgstay remembers. */
+/* Topology: one probe connection per node; who is writer, who reads; what pgstay remembers.
+ * The probe connections themselves belong to the session layer above (they are server
+ * connections without a pool): topology drives them through topology_hooks' probe_* calls. */
 #include "topology/topology.h"
 
 #include <inttypes.h>
@@ -8,7 +10,6 @@
 #include <string.h>
 
 #include "core/log.h"
-#include "server/server.h"
 #include "topology/patroni.h"
 
 /* Role, timeline, WAL position and cluster identity in one round trip. pg_walfile_name() carries
@@ -376,11 +377,10 @@ static void mark_down(struct topology *t, struct node *nd, const char *why)
     nd->oks = 0;
     nd->probe_sent = 0;
     if (nd->probe) {
-        struct server *s = nd->probe;
+        struct server *p = nd->probe;
         nd->probe = NULL;
         nd->probe_up = 0;
-        s->on_fail = NULL;
-        server_close(s, why);
+        t->hooks->probe_close(p, why);
     }
     if (nd == t->writer)
         lose_writer(t, why);
@@ -421,9 +421,9 @@ static void probe_failed(struct topology *t, struct node *nd, const char *why, i
     evaluate(t);
 }
 
-static void probe_on_row(struct server *s, int ncols, const char **vals)
+static void probe_on_row(void *arg, int ncols, const char **vals)
 {
-    struct node *nd = s->probe_arg;
+    struct node *nd = arg;
     if (ncols < 4 || !vals[0])
         return;
     nd->in_recovery = vals[0][0] == 't';
@@ -435,14 +435,14 @@ static void probe_on_row(struct server *s, int ncols, const char **vals)
 
 static void send_probe(struct topology *t, struct node *nd)
 {
-    if (!nd->probe || nd->probe->state != SV_PROBE || nd->probe_sent)
+    if (!nd->probe || !t->hooks->probe_idle(nd->probe) || nd->probe_sent)
         return;
     nd->got_row = 0;
     nd->missed = 0;
     nd->probe_again = 0;
     nd->probe_sent = now_ms();
     nd->probe_sent_us = now_us();
-    server_run_internal(nd->probe, PROBE_SQL);
+    t->hooks->probe_query(nd->probe, PROBE_SQL);
 }
 
 /* A probe answered: the node is up (after health_check_rise answers, if it was down). */
@@ -489,10 +489,10 @@ static void node_answered(struct topology *t, struct node *nd)
         t->hooks->kick_all(t->w);
 }
 
-static void probe_on_ready(struct server *s)
+static void probe_on_ready(void *arg)
 {
-    struct node *nd = s->probe_arg;
-    struct topology *t = s->w->topo;
+    struct node *nd = arg;
+    struct topology *t = nd->topo;
     if (!nd->probe_sent) {
         /* Just logged in: probe at once. */
         nd->probe_up = 1;
@@ -508,11 +508,11 @@ static void probe_on_ready(struct server *s)
     node_answered(t, nd);
 }
 
-static void probe_on_fail(struct server *s, const char *why)
+static void probe_on_fail(struct server *p, void *arg, const char *why)
 {
-    struct node *nd = s->probe_arg;
-    struct topology *t = s->w->topo;
-    if (nd->probe != s)
+    struct node *nd = arg;
+    struct topology *t = nd->topo;
+    if (nd->probe != p)
         return;
     /* Lost twice without an answer in between: that is a failed probe, not bad luck. */
     int established = nd->probe_up && !nd->lost_unanswered;
@@ -531,19 +531,19 @@ static void probe_on_fail(struct server *s, const char *why)
     probe_failed(t, nd, why, 0);
 }
 
+static const struct probe_callbacks probe_callbacks = {
+    .on_row = probe_on_row,
+    .on_ready = probe_on_ready,
+    .on_fail = probe_on_fail,
+};
+
 static void open_probe(struct topology *t, struct node *nd)
 {
     struct worker *w = t->w;
     nd->probe_sent = 0;
     nd->probe_up = 0;
-    struct server *s = server_open(w, NULL, nd, w->cfg->health_check_user, w->cfg->health_check_dbname);
-    if (!s)
-        return;
-    s->on_row = probe_on_row;
-    s->on_ready = probe_on_ready;
-    s->on_fail = probe_on_fail;
-    s->probe_arg = nd;
-    nd->probe = s;
+    nd->probe = t->hooks->probe_open(w, nd, w->cfg->health_check_user, w->cfg->health_check_dbname,
+                                     &probe_callbacks, nd);
 }
 
 static void schedule(struct topology *t);
@@ -736,11 +736,10 @@ static void remove_node(struct topology *t, struct node *nd)
              nd->name, nd->host, nd->port, nd->n_servers);
     evtimer_del(nd->kick);
     if (nd->probe) {
-        struct server *s = nd->probe;
+        struct server *p = nd->probe;
         nd->probe = NULL;
         nd->probe_up = 0;
-        s->on_fail = NULL;
-        server_close(s, "its node was removed from [nodes]");
+        t->hooks->probe_close(p, "its node was removed from [nodes]");
     }
     nd->generation++; /* what was judged of it before is stale */
     nd->role = NODE_REMOVED;
@@ -879,7 +878,7 @@ void topology_free(struct worker *w)
     for (int i = 0; i < t->n_nodes; i++) {
         struct node *nd = &t->nodes[i];
         if (nd->probe) {
-            nd->probe->on_fail = NULL;
+            t->hooks->probe_detach(nd->probe);
             nd->probe = NULL;
         }
         if (nd->kick)

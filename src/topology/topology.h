@@ -62,7 +62,7 @@ struct node {
     struct event *kick;     /* reconnect or re-probe this node soon (deferred) */
     struct login_backoff *backoffs; /* failed server logins, per pool (topology/backoff.c) */
     int n_servers;          /* pool connections on this node (least-loaded reader choice) */
-    struct server *probe;   /* the probe connection */
+    struct server *probe;   /* the probe connection (opaque here: topology_hooks' probe_*) */
     uint64_t generation;    /* bumped when the node changes role: servers from before are stale */
     int patroni_role;       /* enum patroni_role: the last /cluster answer (SHOW NODES' source) */
     char patroni_state[24]; /* Patroni's state of the member: running, stopped, starting, ... */
@@ -115,9 +115,33 @@ enum writer_evidence {
                             nothing is held; a probe sent now tells */
 };
 
+/* What a probe connection reports back to topology; arg is the node it probes. The connection
+ * itself is a session-layer struct server that topology only holds (never reads): it logs in as
+ * health_check_user, and its queries' rows and ends come back here. */
+struct probe_callbacks {
+    /* One row of the probe query's answer. */
+    void (*on_row)(void *arg, int ncols, const char **vals);
+    /* Logged in (first time), then once per query answered (ReadyForQuery). */
+    void (*on_ready)(void *arg);
+    /* The connection ended without topology closing it (refused, login failed, timeout, lost);
+     * p says which connection, so that a late end of a replaced one is told apart. */
+    void (*on_fail)(struct server *p, void *arg, const char *why);
+};
+
 /* Calls from topology up to failover and the session layer, which sit above it (see
  * tools/layers.py); the program registers them at topology_init, before the first probe. */
 struct topology_hooks {
+    /* session: the probe connections (src/server/probe.c). probe_open starts connecting and
+     * logging in (NULL if it could not even start); probe_idle: logged in and no query in
+     * flight, so a probe may be sent; probe_query sends one; probe_close closes it without
+     * calling on_fail (topology's own decision); probe_detach only stops its callbacks (the
+     * loop frees the connection with the others, at topology_free). */
+    struct server *(*probe_open)(struct worker *w, struct node *nd, const char *user,
+                                 const char *dbname, const struct probe_callbacks *cb, void *arg);
+    int (*probe_idle)(struct server *p);
+    void (*probe_query)(struct server *p, const char *sql);
+    void (*probe_close)(struct server *p, const char *why);
+    void (*probe_detach)(struct server *p);
     /* failover: the writer went (old may be NULL at start-up) or was found; standbys get
      * servers opened ahead while there is none. */
     void (*writer_lost)(struct worker *w, struct node *old, const char *why);
