@@ -432,6 +432,46 @@ def test_startup_parameters_raw_client_defaults(tenants, make_proxy):
     b.close()
 
 
+# PostgreSQL's setting names are case-insensitive: a startup parameter sent as TimeZone and a
+# SET timezone (the parser lowercases it) are the same setting on the server.
+@pytest.mark.parametrize("case", ["other-set-same-value", "other-set-then-reset",
+                                  "own-reset"])
+def test_setting_name_case_does_not_leak(cluster1, make_proxy, case):
+    """One server (transaction mode). A client whose startup parameter is TimeZone=Asia/Tokyo
+    gets Asia/Tokyo whatever an earlier client did to timezone on that server under another
+    spelling: before, pgstay reset "timezone" and skipped "TimeZone" (the server still reported
+    Asia/Tokyo, or its list of applied settings still had it), and the client got the default."""
+    p = tx(make_proxy, cluster1, 1)
+    dflt = defaults(cluster1, "TimeZone")["TimeZone"]
+    assert dflt != "Asia/Tokyo"
+    tokyo = "-c TimeZone=Asia/Tokyo"
+    show = "select current_setting('TimeZone')"
+    if case == "other-set-same-value":
+        # b changes timezone to the very value a asks for at startup, then leaves the server
+        with within(15, p.connect, autocommit=True) as b:
+            within(15, b.execute, "set timezone = 'Asia/Tokyo'")
+            with within(15, p.connect, options=tokyo, autocommit=True) as a:
+                assert within(15, lambda: a.execute(show).fetchone()[0]) == "Asia/Tokyo"
+                assert within(15, lambda: b.execute(show).fetchone()[0]) == "Asia/Tokyo"
+                assert within(15, lambda: a.execute(show).fetchone()[0]) == "Asia/Tokyo"
+    elif case == "other-set-then-reset":
+        # b has TimeZone=Asia/Tokyo at startup and resets it as timezone: the server is back
+        # at its default, which the next client with TimeZone=Asia/Tokyo must not inherit
+        with within(15, p.connect, options=tokyo, autocommit=True) as b:
+            assert within(15, lambda: b.execute(show).fetchone()[0]) == "Asia/Tokyo"
+            within(15, b.execute, "reset timezone")
+            with within(15, p.connect, options=tokyo, autocommit=True) as a:
+                assert within(15, lambda: a.execute(show).fetchone()[0]) == "Asia/Tokyo"
+    else:
+        # PostgreSQL: RESET goes back to the value the session started with
+        with within(15, p.connect, options=tokyo, autocommit=True) as a:
+            within(15, a.execute, "set timezone = 'Europe/Paris'")
+            within(15, a.execute, "reset timezone")
+            assert within(15, lambda: a.execute(show).fetchone()[0]) == "Asia/Tokyo"
+    with within(15, p.connect, autocommit=True) as c:
+        assert within(15, lambda: c.execute(show).fetchone()[0]) == dflt
+
+
 BAD_STARTUP = {
     "options statement_timeout=abc": {"options": "-c statement_timeout=abc"},
     "TimeZone parameter": {"TimeZone": "Nowhere/Bogus"},
