@@ -302,9 +302,14 @@ static void build_setup(struct server *s, struct client *c, struct pbuf *b)
         const char *name = s->applied.items[i].name;
         if ((sets && kv_get(sets, name)) || kv_get(&c->params, name))
             continue;
-        char stmt[128];
-        snprintf(stmt, sizeof(stmt), "RESET %s;", name);
-        pbuf_put(b, stmt, strlen(stmt));
+        /* set_config(name, NULL) is RESET name (guc.c runs both the same way), but takes the
+         * name whole: RESET's name goes through the SQL scanner, which truncates each part to
+         * 63 bytes, so a long custom name a startup packet or set_config() set would be left
+         * on the server for the next client. */
+        static const char head[] = "SELECT pg_catalog.set_config('";
+        pbuf_put(b, head, sizeof(head) - 1);
+        pbuf_put(b, name, strlen(name));
+        pbuf_put(b, "', NULL, false);", 16);
         kv_del(&s->applied, name);
     }
     for (int i = 0; i < c->params.n; i++) {

@@ -472,6 +472,27 @@ def test_setting_name_case_does_not_leak(cluster1, make_proxy, case):
         assert within(15, lambda: c.execute(show).fetchone()[0]) == dflt
 
 
+@pytest.mark.parametrize("length", [70, 130])
+def test_long_custom_parameter_does_not_leak(cluster1, make_proxy, length):
+    """A startup parameter with a long custom name (PostgreSQL takes it whole from the startup
+    packet and from set_config) is undone before the next client gets the server. Before,
+    pgstay undid it with RESET name, whose name the SQL scanner truncates to 63 bytes (and
+    pgstay itself to 120): another setting was reset and the next client read this one's
+    value."""
+    p = tx(make_proxy, cluster1, 1)
+    name = "tenant." + "k" * length
+    get = "select coalesce(current_setting('%s', true), '<unset>')" % name
+    a = Client(p.port, extra={name: "secret-of-a"})
+    assert rows(a.query(get)) == [["secret-of-a"]]
+    b = Client(p.port)
+    got = rows(b.query(get))
+    assert got != [["secret-of-a"]], got
+    assert rows(b.query("select 1")) == [["1"]]
+    assert rows(a.query(get)) == [["secret-of-a"]]
+    a.close()
+    b.close()
+
+
 BAD_STARTUP = {
     "options statement_timeout=abc": {"options": "-c statement_timeout=abc"},
     "TimeZone parameter": {"TimeZone": "Nowhere/Bogus"},
