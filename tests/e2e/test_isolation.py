@@ -493,6 +493,29 @@ def test_long_custom_parameter_does_not_leak(cluster1, make_proxy, length):
     b.close()
 
 
+@pytest.mark.parametrize("first", ["startup", "set"])
+def test_backslash_value_after_nonstandard_strings(cluster1, make_proxy, first):
+    """A client that turned standard_conforming_strings off (at startup or by SET) leaves the
+    server; the next client's startup parameter with a backslash is applied as it was sent.
+    Before, the next client's setup statements were read with the first client's setting:
+    C:\\new came out as C: + newline + ew."""
+    p = tx(make_proxy, cluster1, 1)
+    if first == "startup":
+        a = within(15, p.connect, options="-c standard_conforming_strings=off")
+    else:
+        a = within(15, p.connect)
+        within(15, a.execute, "set standard_conforming_strings = off")
+    assert within(15, lambda: a.execute("show standard_conforming_strings").fetchone()[0]) == "off"
+    value = "C:\\new\\tab\\x"
+    with within(15, p.connect, application_name=value) as b:
+        got = within(15, lambda: b.execute("select current_setting('application_name'), "
+                                           "current_setting('standard_conforming_strings')")
+                     .fetchone())
+    assert got == (value, "on"), got
+    assert within(15, lambda: a.execute("show standard_conforming_strings").fetchone()[0]) == "off"
+    a.close()
+
+
 BAD_STARTUP = {
     "options statement_timeout=abc": {"options": "-c statement_timeout=abc"},
     "TimeZone parameter": {"TimeZone": "Nowhere/Bogus"},
