@@ -626,7 +626,7 @@ void pool_release(struct server *s, int reusable)
     }
     if ((POOL_OPS(w)->reset_on_release || s->dirty) && w->cfg->server_reset_query &&
         *w->cfg->server_reset_query) {
-        kv_clear(&s->applied);
+        server_reset_settings(s, w->cfg->server_reset_query);
         plan_forget_all(s);
         s->dirty = 0;
         server_change_state(s, SV_RESETTING);

@@ -516,6 +516,23 @@ def test_backslash_value_after_nonstandard_strings(cluster1, make_proxy, first):
     a.close()
 
 
+@pytest.mark.parametrize("reset", ["DEALLOCATE ALL", "SELECT 1"])
+def test_startup_parameters_undone_after_partial_reset_query(cluster1, make_proxy, reset):
+    """Session mode with a server_reset_query that leaves settings alone: a client's startup
+    parameters are still undone before the next client gets the server (before, pgstay forgot
+    them at the reset, as if it had been DISCARD ALL, and the next client inherited them)."""
+    p = make_proxy(cluster1, pool_mode="session", pool_size=1, server_reset_query=reset,
+                   query_wait_timeout="10s")
+    dflt = defaults(cluster1, "statement_timeout")["statement_timeout"]
+    show = "select current_setting('statement_timeout')"
+    with within(15, p.connect, options="-c statement_timeout=4321") as a:
+        assert within(15, lambda: a.execute(show).fetchone()[0]) == "4321ms"
+    with within(15, p.connect) as b:
+        assert within(15, lambda: b.execute(show).fetchone()[0]) == dflt
+    with within(15, p.connect, options="-c statement_timeout=4321") as a:
+        assert within(15, lambda: a.execute(show).fetchone()[0]) == "4321ms"
+
+
 BAD_STARTUP = {
     "options statement_timeout=abc": {"options": "-c statement_timeout=abc"},
     "TimeZone parameter": {"TimeZone": "Nowhere/Bogus"},
