@@ -270,6 +270,28 @@ static void pools_section(struct worker *w, struct out *o)
     each_pool_stats(w, o, m_wait_hist);
 }
 
+/* Whether node i has its series: a free slot has none, and a name is shown once. A reload that
+ * moves a node (or adds back one still draining) leaves a removed node of the same name until it
+ * drains; Prometheus rejects a whole scrape that names a series twice, so the name is the node
+ * in [nodes] now (SHOW NODES lists both). */
+static int node_shown(const struct topology *t, int i)
+{
+    const struct node *nd = &t->nodes[i];
+    if (!node_listed(nd))
+        return 0;
+    for (int j = 0; j < t->n_nodes; j++) {
+        const struct node *o = &t->nodes[j];
+        if (j == i || !node_listed(o) || strcmp(o->name, nd->name) != 0)
+            continue;
+        int o_first = (o->role == NODE_REMOVED) == (nd->role == NODE_REMOVED)
+                          ? j < i
+                          : nd->role == NODE_REMOVED;
+        if (o_first)
+            return 0;
+    }
+    return 1;
+}
+
 static void nodes_section(struct worker *w, struct out *o)
 {
     struct topology *t = w->topo;
@@ -277,8 +299,8 @@ static void nodes_section(struct worker *w, struct out *o)
                                 NODE_FENCED,  NODE_FOREIGN, NODE_REMOVED};
     help(o, "pgstay_node_role", "gauge", "1 for the role each node has now (as SHOW NODES)");
     for (int i = 0; i < t->n_nodes; i++) {
-        if (!node_listed(&t->nodes[i]))
-            continue; /* a free slot */
+        if (!node_shown(t, i))
+            continue;
         char n[160];
         esc(t->nodes[i].name, n, sizeof(n));
         for (size_t r = 0; r < sizeof(roles) / sizeof(roles[0]); r++)
@@ -288,8 +310,8 @@ static void nodes_section(struct worker *w, struct out *o)
     help(o, "pgstay_node_state", "gauge", "1 for the health each node has now (as SHOW NODES)");
     static const char *const states[] = {"up", "suspect", "down", "unknown", "removed"};
     for (int i = 0; i < t->n_nodes; i++) {
-        if (!node_listed(&t->nodes[i]))
-            continue; /* a free slot */
+        if (!node_shown(t, i))
+            continue;
         char n[160];
         esc(t->nodes[i].name, n, sizeof(n));
         const char *h = topology_health_name(t, &t->nodes[i]);
@@ -299,40 +321,40 @@ static void nodes_section(struct worker *w, struct out *o)
     }
     help(o, "pgstay_node_writer", "gauge", "1 for the node that is pgstay's writer now");
     for (int i = 0; i < t->n_nodes; i++) {
-        if (!node_listed(&t->nodes[i]))
-            continue; /* a free slot */
+        if (!node_shown(t, i))
+            continue;
         char n[160];
         put(o, "pgstay_node_writer{node=\"%s\"} %d\n", esc(t->nodes[i].name, n, sizeof(n)),
             &t->nodes[i] == t->writer);
     }
     help(o, "pgstay_node_timeline", "gauge", "The node's timeline, as its last probe said");
     for (int i = 0; i < t->n_nodes; i++) {
-        if (!node_listed(&t->nodes[i]))
-            continue; /* a free slot */
+        if (!node_shown(t, i))
+            continue;
         char n[160];
         put(o, "pgstay_node_timeline{node=\"%s\"} %u\n", esc(t->nodes[i].name, n, sizeof(n)),
             t->nodes[i].timeline);
     }
     help(o, "pgstay_node_lag_bytes", "gauge", "Replay lag of the node behind the writer");
     for (int i = 0; i < t->n_nodes; i++) {
-        if (!node_listed(&t->nodes[i]))
-            continue; /* a free slot */
+        if (!node_shown(t, i))
+            continue;
         char n[160];
         put(o, "pgstay_node_lag_bytes{node=\"%s\"} %llu\n", esc(t->nodes[i].name, n, sizeof(n)),
             (unsigned long long)t->nodes[i].lag_bytes);
     }
     help(o, "pgstay_node_probe_latency_seconds", "gauge", "Round trip of the node's last probe");
     for (int i = 0; i < t->n_nodes; i++) {
-        if (!node_listed(&t->nodes[i]))
-            continue; /* a free slot */
+        if (!node_shown(t, i))
+            continue;
         char n[160];
         put(o, "pgstay_node_probe_latency_seconds{node=\"%s\"} %.6f\n",
             esc(t->nodes[i].name, n, sizeof(n)), (double)t->nodes[i].latency_us / 1e6);
     }
     help(o, "pgstay_node_server_connections", "gauge", "Pool connections open on the node");
     for (int i = 0; i < t->n_nodes; i++) {
-        if (!node_listed(&t->nodes[i]))
-            continue; /* a free slot */
+        if (!node_shown(t, i))
+            continue;
         char n[160];
         put(o, "pgstay_node_server_connections{node=\"%s\"} %d\n",
             esc(t->nodes[i].name, n, sizeof(n)), t->nodes[i].n_servers);

@@ -32,10 +32,13 @@
 
 /* ---- name/value lists ---- */
 
+/* Names are PostgreSQL setting names, which are case-insensitive (ASCII, as guc.c compares
+ * them): a startup TimeZone and a SET timezone are one setting, and a server's list of applied
+ * settings must hold it once or one spelling is reset under the other (test_isolation). */
 void kv_set(struct kvlist *l, const char *name, const char *value)
 {
     for (int i = 0; i < l->n; i++) {
-        if (strcmp(l->items[i].name, name) == 0) {
+        if (strcasecmp(l->items[i].name, name) == 0) {
             if (strcmp(l->items[i].value, value) != 0) {
                 char *v = strdup(value);
                 if (!v)
@@ -108,7 +111,7 @@ static const char *welcome_value(const struct client *c, const char *name, const
 const char *kv_get(const struct kvlist *l, const char *name)
 {
     for (int i = 0; i < l->n; i++)
-        if (strcmp(l->items[i].name, name) == 0)
+        if (strcasecmp(l->items[i].name, name) == 0)
             return l->items[i].value;
     return NULL;
 }
@@ -116,7 +119,7 @@ const char *kv_get(const struct kvlist *l, const char *name)
 void kv_del(struct kvlist *l, const char *name)
 {
     for (int i = 0; i < l->n; i++) {
-        if (strcmp(l->items[i].name, name) == 0) {
+        if (strcasecmp(l->items[i].name, name) == 0) {
             free(l->items[i].name);
             free(l->items[i].value);
             l->items[i] = l->items[--l->n];

@@ -79,6 +79,7 @@ struct kvlist {
     int n, cap;
 };
 
+/* Names compare case-insensitively, as PostgreSQL's setting names do. */
 void kv_set(struct kvlist *l, const char *name, const char *value);
 const char *kv_get(const struct kvlist *l, const char *name);
 void kv_clear(struct kvlist *l);

@@ -236,6 +236,19 @@ void failover_resume(struct worker *w)
     release_paused(w, NULL);
 }
 
+void failover_unpause(struct worker *w)
+{
+    struct failover *fo = w->fo;
+    if (!fo->paused)
+        return;
+    log_info("RESUME: releasing held requests after %lld ms%s",
+             (long long)(now_ms() - fo->pause_started),
+             fo->n_paused_dbs ? " (the databases paused on their own stay paused)" : "");
+    fo->paused = 0;
+    pool_kick_all(w);
+    release_paused(w, NULL);
+}
+
 void failover_pause_db(struct worker *w, const char *database)
 {
     struct failover *fo = w->fo;

@@ -81,6 +81,9 @@ void failover_note_failed_in_flight(struct worker *w, const char *sqlstate);
 void failover_note_timed_out(struct worker *w);
 void failover_pause(struct worker *w);
 void failover_resume(struct worker *w);
+/* The PAUSE of every database ends; a database's own PAUSE stays (what a planned switchover's
+ * hold ends: PAUSE db is the operator's to end). */
+void failover_unpause(struct worker *w);
 /* PAUSE db / RESUME db: one database's new transactions wait (-1 from resume: not paused). */
 void failover_pause_db(struct worker *w, const char *database);
 int failover_resume_db(struct worker *w, const char *database);

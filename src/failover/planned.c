@@ -48,7 +48,7 @@ static void end_hold(struct planned *p, const char *how)
     log_warn("planned switchover: %s: the hold ends after %lld ms", how,
              (long long)(now_ms() - p->started));
     if (p->owns_pause && w->fo->paused)
-        failover_resume(w);
+        failover_unpause(w); /* an operator's PAUSE db, given before or during, stays */
     p->owns_pause = 0;
 }
 

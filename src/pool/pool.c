@@ -236,16 +236,20 @@ static int name_ok(const char *n)
  * A startup parameter as PostgreSQL applies one: set_config() takes the value as raw text, as
  * the startup packet does, where SET name = '...' would take it as one element (a
  * search_path of 'a, b' would become the single schema "a, b"). name passed name_ok.
+ * The value is a literal that reads the same whatever standard_conforming_strings is (as
+ * sqlclass's sb_literal): the batch is read with the setting the server has when it arrives,
+ * which may be one an earlier client left (test_isolation: C:\new became C: newline ew).
  */
 static void build_param_set(struct pbuf *b, const char *name, const char *value)
 {
     static const char head[] = "SELECT pg_catalog.set_config('";
+    int bs = strchr(value, '\\') != NULL;
     pbuf_put(b, head, sizeof(head) - 1);
     pbuf_put(b, name, strlen(name));
-    pbuf_put(b, "', '", 4);
+    pbuf_put(b, bs ? "', E'" : "', '", bs ? 5 : 4);
     for (const char *v = value; *v; v++) {
-        if (*v == '\'')
-            pbuf_put_u8(b, '\'');
+        if (*v == '\'' || (bs && *v == '\\'))
+            pbuf_put_u8(b, (uint8_t)*v);
         pbuf_put_u8(b, (uint8_t)*v);
     }
     pbuf_put(b, "', false)", 9);
@@ -262,12 +266,15 @@ static int is_param_set(const char *stmt, const char *name, const char *value)
     if (strncmp(stmt, head, sizeof(head) - 1) != 0)
         return 0;
     stmt += sizeof(head) - 1;
-    if (strncmp(stmt, name, nl) != 0 || strncmp(stmt + nl, "', '", 4) != 0)
+    int bs = strchr(value, '\\') != NULL;
+    const char *open = bs ? "', E'" : "', '";
+    size_t ol = bs ? 5 : 4;
+    if (strncmp(stmt, name, nl) != 0 || strncmp(stmt + nl, open, ol) != 0)
         return 0;
-    stmt += nl + 4;
+    stmt += nl + ol;
     for (const char *v = value; *v; v++) {
-        if (*v == '\'' && *stmt++ != '\'')
-            return 0; /* a quote is written twice; a NUL in stmt stops here too */
+        if ((*v == '\'' || (bs && *v == '\\')) && *stmt++ != *v)
+            return 0; /* written twice; a NUL in stmt stops here too */
         if (*stmt++ != *v)
             return 0;
     }
@@ -302,9 +309,14 @@ static void build_setup(struct server *s, struct client *c, struct pbuf *b)
         const char *name = s->applied.items[i].name;
         if ((sets && kv_get(sets, name)) || kv_get(&c->params, name))
             continue;
-        char stmt[128];
-        snprintf(stmt, sizeof(stmt), "RESET %s;", name);
-        pbuf_put(b, stmt, strlen(stmt));
+        /* set_config(name, NULL) is RESET name (guc.c runs both the same way), but takes the
+         * name whole: RESET's name goes through the SQL scanner, which truncates each part to
+         * 63 bytes, so a long custom name a startup packet or set_config() set would be left
+         * on the server for the next client. */
+        static const char head[] = "SELECT pg_catalog.set_config('";
+        pbuf_put(b, head, sizeof(head) - 1);
+        pbuf_put(b, name, strlen(name));
+        pbuf_put(b, "', NULL, false);", 16);
         kv_del(&s->applied, name);
     }
     for (int i = 0; i < c->params.n; i++) {
@@ -614,7 +626,7 @@ void pool_release(struct server *s, int reusable)
     }
     if ((POOL_OPS(w)->reset_on_release || s->dirty) && w->cfg->server_reset_query &&
         *w->cfg->server_reset_query) {
-        kv_clear(&s->applied);
+        server_reset_settings(s, w->cfg->server_reset_query);
         plan_forget_all(s);
         s->dirty = 0;
         server_change_state(s, SV_RESETTING);

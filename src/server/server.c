@@ -567,6 +567,19 @@ int server_idle_intact(struct server *s)
     return conn_quiet(&s->conn);
 }
 
+void server_reset_settings(struct server *s, const char *q)
+{
+    if (strcasestr(q, "discard all") || strcasestr(q, "reset all")) {
+        kv_clear(&s->applied);
+        return;
+    }
+    /* Another query (DEALLOCATE ALL, SELECT 1, a function of the operator's): the settings
+     * may be left or undone. Each is kept with a statement no client's matches, so the next
+     * client's setup resets those it does not have and applies its own again. */
+    for (int i = 0; i < s->applied.n; i++)
+        s->applied.items[i].value[0] = 0;
+}
+
 void server_finish_drain(struct server *s)
 {
     if (s->txn_status != 'I') {
@@ -575,7 +588,7 @@ void server_finish_drain(struct server *s)
     }
     const char *q = s->w->cfg->server_reset_query;
     s->reset_pending = 0;
-    kv_clear(&s->applied);
+    server_reset_settings(s, q);
     plan_forget_all(s);
     s->dirty = 0;
     server_run_internal(s, q);

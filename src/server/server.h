@@ -100,6 +100,9 @@ const char *server_param(struct server *s, const char *name);
 int server_idle_intact(struct server *s);
 /* SV_RESETTING after a drain, at a ReadyForQuery with nothing more to swallow: ROLLBACK an open
  * transaction, then run the reset query, then back to the pool. */
+/* server_reset_query q runs on s now: what clients left on it (s->applied) is forgotten if q
+ * resets every setting (DISCARD ALL, RESET ALL), otherwise undone by the next client's setup. */
+void server_reset_settings(struct server *s, const char *q);
 void server_finish_drain(struct server *s);
 
 #endif

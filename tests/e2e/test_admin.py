@@ -375,6 +375,35 @@ def test_paused_request_times_out_as_paused(cluster1, make_proxy):
     c.close()
 
 
+def test_switchover_hold_keeps_database_pause(cluster1, make_proxy):
+    """An operator's PAUSE of one database outlives a SWITCHOVER hold that ends by itself (here
+    the writer does not stop within failover_timeout): the hold resumes only the PAUSE it set.
+    Before, its end ran a RESUME of everything, and the paused database's requests ran."""
+    import threading
+    p = make_proxy(cluster1, pool_mode="transaction", failover_timeout="2s")
+    app = psycopg.connect(p.dsn(dbname="app", user="app"), autocommit=True)
+    assert app.execute("select 1").fetchone() == (1,)
+    with admin_conn(p) as a:
+        assert a.execute("PAUSE app").statusmessage == "PAUSE"
+        assert a.execute("SWITCHOVER n1").statusmessage == "SWITCHOVER"
+        deadline = time.monotonic() + 10
+        while "the hold ends" not in p.log() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "the hold ends" in p.log()
+        dbs = {r["name"]: r["paused"] for r in show(a, "DATABASES")}
+        assert dbs["app"] == 1, dbs
+        done = []
+        t = threading.Thread(target=lambda: done.append(app.execute("select 2").fetchone()),
+                             daemon=True)
+        t.start()
+        time.sleep(0.7)
+        assert not done  # still held by the operator's PAUSE app
+        assert a.execute("RESUME app").statusmessage == "RESUME"
+        t.join(5)
+        assert done == [(2,)]
+    app.close()
+
+
 def test_admin_and_stats_users(cluster1, make_proxy):
     """Issue 11: admin_users run every command, stats_users SHOW only, anyone else is refused
     (PgBouncer's words); checked at every command, so a reload that takes a user out of the

@@ -432,6 +432,107 @@ def test_startup_parameters_raw_client_defaults(tenants, make_proxy):
     b.close()
 
 
+# PostgreSQL's setting names are case-insensitive: a startup parameter sent as TimeZone and a
+# SET timezone (the parser lowercases it) are the same setting on the server.
+@pytest.mark.parametrize("case", ["other-set-same-value", "other-set-then-reset",
+                                  "own-reset"])
+def test_setting_name_case_does_not_leak(cluster1, make_proxy, case):
+    """One server (transaction mode). A client whose startup parameter is TimeZone=Asia/Tokyo
+    gets Asia/Tokyo whatever an earlier client did to timezone on that server under another
+    spelling: before, pgstay reset "timezone" and skipped "TimeZone" (the server still reported
+    Asia/Tokyo, or its list of applied settings still had it), and the client got the default."""
+    p = tx(make_proxy, cluster1, 1)
+    dflt = defaults(cluster1, "TimeZone")["TimeZone"]
+    assert dflt != "Asia/Tokyo"
+    tokyo = "-c TimeZone=Asia/Tokyo"
+    show = "select current_setting('TimeZone')"
+    if case == "other-set-same-value":
+        # b changes timezone to the very value a asks for at startup, then leaves the server
+        with within(15, p.connect, autocommit=True) as b:
+            within(15, b.execute, "set timezone = 'Asia/Tokyo'")
+            with within(15, p.connect, options=tokyo, autocommit=True) as a:
+                assert within(15, lambda: a.execute(show).fetchone()[0]) == "Asia/Tokyo"
+                assert within(15, lambda: b.execute(show).fetchone()[0]) == "Asia/Tokyo"
+                assert within(15, lambda: a.execute(show).fetchone()[0]) == "Asia/Tokyo"
+    elif case == "other-set-then-reset":
+        # b has TimeZone=Asia/Tokyo at startup and resets it as timezone: the server is back
+        # at its default, which the next client with TimeZone=Asia/Tokyo must not inherit
+        with within(15, p.connect, options=tokyo, autocommit=True) as b:
+            assert within(15, lambda: b.execute(show).fetchone()[0]) == "Asia/Tokyo"
+            within(15, b.execute, "reset timezone")
+            with within(15, p.connect, options=tokyo, autocommit=True) as a:
+                assert within(15, lambda: a.execute(show).fetchone()[0]) == "Asia/Tokyo"
+    else:
+        # PostgreSQL: RESET goes back to the value the session started with
+        with within(15, p.connect, options=tokyo, autocommit=True) as a:
+            within(15, a.execute, "set timezone = 'Europe/Paris'")
+            within(15, a.execute, "reset timezone")
+            assert within(15, lambda: a.execute(show).fetchone()[0]) == "Asia/Tokyo"
+    with within(15, p.connect, autocommit=True) as c:
+        assert within(15, lambda: c.execute(show).fetchone()[0]) == dflt
+
+
+@pytest.mark.parametrize("length", [70, 130])
+def test_long_custom_parameter_does_not_leak(cluster1, make_proxy, length):
+    """A startup parameter with a long custom name (PostgreSQL takes it whole from the startup
+    packet and from set_config) is undone before the next client gets the server. Before,
+    pgstay undid it with RESET name, whose name the SQL scanner truncates to 63 bytes (and
+    pgstay itself to 120): another setting was reset and the next client read this one's
+    value."""
+    p = tx(make_proxy, cluster1, 1)
+    name = "tenant." + "k" * length
+    get = "select coalesce(current_setting('%s', true), '<unset>')" % name
+    a = Client(p.port, extra={name: "secret-of-a"})
+    assert rows(a.query(get)) == [["secret-of-a"]]
+    b = Client(p.port)
+    got = rows(b.query(get))
+    assert got != [["secret-of-a"]], got
+    assert rows(b.query("select 1")) == [["1"]]
+    assert rows(a.query(get)) == [["secret-of-a"]]
+    a.close()
+    b.close()
+
+
+@pytest.mark.parametrize("first", ["startup", "set"])
+def test_backslash_value_after_nonstandard_strings(cluster1, make_proxy, first):
+    """A client that turned standard_conforming_strings off (at startup or by SET) leaves the
+    server; the next client's startup parameter with a backslash is applied as it was sent.
+    Before, the next client's setup statements were read with the first client's setting:
+    C:\\new came out as C: + newline + ew."""
+    p = tx(make_proxy, cluster1, 1)
+    if first == "startup":
+        a = within(15, p.connect, options="-c standard_conforming_strings=off")
+    else:
+        a = within(15, p.connect)
+        within(15, a.execute, "set standard_conforming_strings = off")
+    assert within(15, lambda: a.execute("show standard_conforming_strings").fetchone()[0]) == "off"
+    value = "C:\\new\\tab\\x"
+    with within(15, p.connect, application_name=value) as b:
+        got = within(15, lambda: b.execute("select current_setting('application_name'), "
+                                           "current_setting('standard_conforming_strings')")
+                     .fetchone())
+    assert got == (value, "on"), got
+    assert within(15, lambda: a.execute("show standard_conforming_strings").fetchone()[0]) == "off"
+    a.close()
+
+
+@pytest.mark.parametrize("reset", ["DEALLOCATE ALL", "SELECT 1"])
+def test_startup_parameters_undone_after_partial_reset_query(cluster1, make_proxy, reset):
+    """Session mode with a server_reset_query that leaves settings alone: a client's startup
+    parameters are still undone before the next client gets the server (before, pgstay forgot
+    them at the reset, as if it had been DISCARD ALL, and the next client inherited them)."""
+    p = make_proxy(cluster1, pool_mode="session", pool_size=1, server_reset_query=reset,
+                   query_wait_timeout="10s")
+    dflt = defaults(cluster1, "statement_timeout")["statement_timeout"]
+    show = "select current_setting('statement_timeout')"
+    with within(15, p.connect, options="-c statement_timeout=4321") as a:
+        assert within(15, lambda: a.execute(show).fetchone()[0]) == "4321ms"
+    with within(15, p.connect) as b:
+        assert within(15, lambda: b.execute(show).fetchone()[0]) == dflt
+    with within(15, p.connect, options="-c statement_timeout=4321") as a:
+        assert within(15, lambda: a.execute(show).fetchone()[0]) == "4321ms"
+
+
 BAD_STARTUP = {
     "options statement_timeout=abc": {"options": "-c statement_timeout=abc"},
     "TimeZone parameter": {"TimeZone": "Nowhere/Bogus"},

@@ -382,3 +382,38 @@ def test_reload_each_reloadable_key(cluster1, make_proxy, reload_certs, tmp_path
         assert c.execute("select 3").fetchone()[0] == 3
     for c in (w, r, t):
         c.close()
+
+
+def test_readdressed_node_metrics_unique(lab3, proxies):
+    """A standby whose address changes by SIGHUP while a transaction is open on it is a new node
+    of the same name, the old one draining: /metrics still names each series once (Prometheus
+    rejects a whole scrape with a duplicate series), and the n3 it shows is the one in [nodes]."""
+    import urllib.request
+    from conftest import free_port
+    port = free_port()
+    p = proxies(lab3, pool_mode="session", metrics_listen="127.0.0.1:%d" % port)
+    held = []
+    for _ in range(4):
+        c = p.connect(port=p.readonly_port)
+        c.execute("begin")
+        held.append((c, server_port(c)))
+    assert [c for c, sp in held if sp == lab3.node_port(3)]
+    # n3 "moves" to an address where nothing listens: removed (draining) and added again
+    reload(p, nodes=[node(lab3, 1), node(lab3, 2), ("n3", free_port())])
+    wait_for(lambda: "added to [nodes] by a reload" in p.log(), what="the new n3")
+
+    def series():
+        with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=5) as r:
+            return [tuple(ln.rsplit(" ", 1)) for ln in r.read().decode().splitlines()
+                    if ln and not ln.startswith("#")]
+
+    got = series()
+    names = [k for k, _ in got]
+    assert not sorted({k for k in names if names.count(k) > 1})
+    assert dict(got)['pgstay_node_role{node="n3",role="removed"}'] == "0"
+    for c, _ in held:
+        c.execute("commit")
+        c.close()
+    wait_for(lambda: "node n3: drained" in p.log(), what="the old n3 drained")
+    names = [k for k, _ in series()]
+    assert not sorted({k for k in names if names.count(k) > 1})
