@@ -180,7 +180,7 @@ def test_disable_enable(proxy):
             assert db["disabled"] == 1
             with pytest.raises(psycopg.OperationalError) as e:
                 proxy.connect()
-            assert "database does not allow connections: postgres" in str(e.value)
+            assert 'database "postgres" is disabled' in str(e.value)
             assert kept.execute("select 1").fetchone() == (1,)  # who is in stays in
             a.execute("ENABLE postgres")
             with proxy.connect() as c:
