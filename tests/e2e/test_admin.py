@@ -154,6 +154,10 @@ def test_stats_averages(cluster1, make_proxy):
             n += 1
     avg = [r for r in p.admin_rows("SHOW STATS_AVERAGES") if r["database"] == "postgres"]
     assert avg and int(avg[0]["query_count"]) > 0 and int(avg[0]["query_time"]) > 0, avg
+    # SHOW TOTALS: PgBouncer's process-wide rows, the averages among them
+    tot = {r["name"]: int(r["value"]) for r in p.admin_rows("SHOW TOTALS")}
+    assert tot["total_query_count"] >= n and tot["avg_query_count"] > 0, tot
+    assert tot["avg_query_time"] > 0 and tot["avg_client_bytes"] > 0, tot
 
 
 def test_set_key(proxy):
