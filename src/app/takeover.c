@@ -55,6 +55,7 @@ struct takeover {
     struct event *ready_ev; /* new side: asks for the clients once the writer is known */
     int64_t ready_at;       /* ms: ask anyway from then on */
     uint8_t unix_kept;      /* new side: bit per endpoint whose unix socket it took over */
+    int listeners_sent;     /* old side: the new process has them, and has not said 'R' yet */
     uint8_t *buf;           /* REC_MAX bytes, for reading records */
 };
 
@@ -218,6 +219,7 @@ static void hand_listeners(struct worker *w, struct takeover *t)
         return;
     }
     pbuf_free(&b);
+    t->listeners_sent = 1;
     /* Until the new process says it is up, this one keeps accepting too: if the new one fails
      * to start, nothing was lost. */
     log_info("takeover: listening sockets sent to the new process; waiting for it to start");
@@ -231,6 +233,8 @@ static void begin_handing_over(struct worker *w, uint8_t kept)
     for (int role = 0; role < 2; role++)
         if (kept & (1u << role))
             worker_unix_handed_over(w, role);
+    /* From here the files it did not keep are this process's to remove. */
+    w->tko->listeners_sent = 0;
     /* The sockets live on in the new process: closing ours stops accepting here only. A unix
      * socket it did not take (another unix_socket_dir) is removed, as at any exit. */
     worker_stop_listening(w);
@@ -265,6 +269,7 @@ static void old_peer_cb(evutil_socket_t fd, short what, void *arg)
                 w->shutting_down = 1;
                 worker_schedule_reap(w);
             } else {
+                t->listeners_sent = 0; /* its sockets are this process's alone again */
                 log_info("takeover: the new process left before it started: running on");
                 takeover_listen(w);
             }
@@ -381,6 +386,18 @@ int takeover_listen(struct worker *w)
 fail:
     log_warn("takeover_socket %s: %s: no takeover for this process", t->path, strerror(errno));
     return 0;
+}
+
+void takeover_keep_unix_files(struct worker *w)
+{
+    struct takeover *t = w->tko;
+    if (!t || t->new_side || !t->listeners_sent || t->peer_fd < 0)
+        return;
+    /* Stopping (SIGTERM, SIGINT, SHUTDOWN) after the new process was sent the unix sockets and
+     * before it said which it keeps: it may listen on them, so their files stay. If it does
+     * not, a file left is stale, and the next pgstay to listen there replaces it. */
+    for (int role = 0; role < 2; role++)
+        worker_unix_handed_over(w, role);
 }
 
 int takeover_sweep(struct worker *w)
@@ -588,11 +605,9 @@ static void ready_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct worker *w = arg;
     struct takeover *t = w->tko;
-    if (t->peer_fd < 0)
-        return;
     /* Clients handed over before this process knows the writer would have their next request
      * held meanwhile: the old process, which knows it, keeps serving them until then. */
-    if (!w->topo->writer && now_ms() < t->ready_at) {
+    if (t->peer_fd >= 0 && !w->topo->writer && now_ms() < t->ready_at) {
         struct timeval tv = {0, 20 * 1000};
         evtimer_add(t->ready_ev, &tv);
         return;
@@ -603,6 +618,12 @@ static void ready_cb(evutil_socket_t fd, short what, void *arg)
             evconnlistener_enable(w->listeners[i]);
         if (w->unix_listeners[i])
             evconnlistener_enable(w->unix_listeners[i]);
+    }
+    if (t->peer_fd < 0) {
+        /* The old process stopped (SIGTERM, a crash) before this one was ready: nobody else
+         * accepts on these sockets now. */
+        log_info("takeover: the old process left before this one was ready: accepting");
+        return;
     }
     uint8_t r[2] = {'R', t->unix_kept};
     if (send_rec(t->peer_fd, r, sizeof(r), NULL, 0) < 0) {

@@ -556,6 +556,7 @@ void worker_unix_handed_over(struct worker *w, int role)
 
 void worker_stop_listening(struct worker *w)
 {
+    takeover_keep_unix_files(w);
     for (int i = 0; i < 2; i++) {
         if (w->listeners[i]) {
             evconnlistener_free(w->listeners[i]);

@@ -359,3 +359,46 @@ def test_unix_socket_dir_changed_across_takeover(cluster1, make_proxy, tmp_path)
     finally:
         shutil.rmtree(d1, ignore_errors=True)
         shutil.rmtree(d2, ignore_errors=True)
+
+
+def test_old_process_stopped_mid_takeover_leaves_the_unix_socket(cluster1, make_proxy, tmp_path):
+    """The old process is stopped (SIGTERM) after it sent its sockets and before the new one
+    said it is up (here: the new configuration's node does not answer, so the new process waits
+    for its probes): the unix socket file stays, the new process serves it, and removes it when
+    it stops."""
+    import signal
+
+    d = tempfile.mkdtemp(prefix="pgs-", dir="/tmp")
+    new = None
+    try:
+        p = make_proxy(cluster1, pool_mode="transaction", unix_socket_dir=d,
+                       takeover_socket=str(tmp_path / "takeover.sock"))
+        wpath = os.path.join(d, ".s.PGSQL.%d" % p.port)
+        conf = str(tmp_path / "new.ini")
+        with open(p.conf_path) as f:
+            text = f.read()
+        i = text.index("[nodes]\n")
+        with open(conf, "w") as f:  # a node that never answers: no writer for READY_WAIT_MS
+            f.write(text[:i] + "[nodes]\nn1 = host=127.0.0.1 port=1\n")
+        new = subprocess.Popen([os.path.join(build_dir(), "pgstay"), "-R", conf],
+                               stdout=p.logf, stderr=subprocess.STDOUT)
+        deadline = time.time() + 10
+        while "listening sockets sent to the new process" not in p.log():
+            assert time.time() < deadline and new.poll() is None, p.log()[-3000:]
+            time.sleep(0.02)
+        old = p.proc
+        old.send_signal(signal.SIGTERM)
+        assert wait_exit(old, 10) == 0, p.log()[-3000:]
+        assert "asking the old process for its clients" not in p.log()  # stopped before
+        assert os.path.exists(wpath)
+        dsn = "host=%s port=%d dbname=pgstay user=postgres connect_timeout=10" % (d, p.port)
+        with psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as a:
+            assert a.execute("SHOW VERSION").fetchone()  # the new process answers there
+        new.send_signal(signal.SIGINT)
+        assert wait_exit(new, 10) == 0
+        assert not os.path.exists(wpath)
+    finally:
+        if new and new.poll() is None:
+            new.kill()
+            new.wait()
+        shutil.rmtree(d, ignore_errors=True)
