@@ -27,7 +27,8 @@ static void usage(FILE *f)
     fprintf(f,
             "usage: pgstay [-v] [-R] CONFIG_FILE\n"
             "       -R: take over from the running pgstay (takeover_socket): its listening\n"
-            "           sockets and idle clients move here, it finishes the rest and exits\n"
+            "           sockets (TCP and unix) and idle clients move here, it finishes the\n"
+            "           rest and exits\n"
             "       pgstay --check-config CONFIG_FILE\n"
             "       pgstay --from-pgbouncer PGBOUNCER_INI   (prints an equivalent pgstay.ini)\n"
             "       pgstay --version\n"
@@ -191,13 +192,6 @@ int main(int argc, char **argv)
         return 1;
     }
     logsys_config(cfg.syslog, cfg.syslog_ident, cfg.syslog_facility);
-    if (takeover && cfg.unix_socket_dir && *cfg.unix_socket_dir) {
-        /* The old process's unix sockets are not handed over (yet): binding new ones over
-         * its live files would be refused, and its exit would remove the new process's. */
-        log_error("pgstay -R: unix_socket_dir is set, and taking over unix sockets is not "
-                  "supported: restart without -R (or clear unix_socket_dir)");
-        return 1;
-    }
     static struct worker w;
     /* -R: the listening sockets come from the running pgstay before anything is bound here;
      * the pidfile is claimed, and the old process told to hand over, once everything started

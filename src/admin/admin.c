@@ -915,6 +915,24 @@ static void show_totals(struct client *c)
     struct worker_stats *st = &c->w->stats;
     struct pool_stats t;
     admin_db_totals(c->w, NULL, &t);
+    /* PgBouncer's process averages over the last stats_period, from the databases': rates add
+     * up, times per transaction and per request are weighted by how many there were. */
+    struct admin_db_avg avg;
+    memset(&avg, 0, sizeof(avg));
+    const struct admin *ad = c->w->admin;
+    uint64_t xact_us = 0, query_us = 0;
+    for (int i = 0; i < ad->n_avgs; i++) {
+        const struct admin_db_avg *e = &ad->avgs[i];
+        avg.xact_count += e->xact_count;
+        avg.query_count += e->query_count;
+        avg.recv += e->recv;
+        avg.sent += e->sent;
+        avg.wait_time += e->wait_time;
+        xact_us += e->xact_time * e->xact_count;
+        query_us += e->query_time * e->query_count;
+    }
+    avg.xact_time = per(xact_us, avg.xact_count);
+    avg.query_time = per(query_us, avg.query_count);
     const struct {
         const char *name;
         uint64_t v;
@@ -926,6 +944,14 @@ static void show_totals(struct client *c)
         {"total_xact_time", t.xact_us},
         {"total_query_time", t.query_us},
         {"total_wait_time", t.wait_us},
+        {"avg_xact_count", avg.xact_count},
+        {"avg_query_count", avg.query_count},
+        {"avg_client_bytes", avg.recv},
+        {"avg_server_bytes", avg.sent},
+        {"avg_xact_time", avg.xact_time},
+        {"avg_query_time", avg.query_time},
+        {"avg_wait_time", avg.wait_time},
+        /* pgstay's */
         {"clients_accepted", st->clients_accepted},
         {"clients_rejected", st->clients_rejected},
         {"servers_opened", st->servers_opened},

@@ -2,9 +2,12 @@
  * SOCK_SEQPACKET socket: one datagram per record, a descriptor travelling with its record.
  *
  *   new -> old  'H' version                    hello; the old process answers with
- *   old -> new  'L' n, role[n] + n fds         its listening sockets (it goes on accepting)
- *   new -> old  'R'                            the new process is up: the old one stops
- *                                              accepting and hands over
+ *   old -> new  'L' n, role[n] + n fds         its listening sockets, TCP and unix (it goes
+ *                                              on accepting)
+ *   new -> old  'R' kept                       the new process is up: the old one stops
+ *                                              accepting and hands over; kept: a bit per unix
+ *                                              endpoint whose socket file the new process
+ *                                              now owns (the old one must not remove it)
  *   old -> new  'C' client record + its fd     each client as soon as it is idle (client_movable)
  *   new -> old  'X' pid key                    a cancel request for a client still on the old one
  *
@@ -34,9 +37,11 @@
 
 /* The largest record read (a client record is bounded by handover.c below this). */
 #define REC_MAX 65536
-/* Listening sockets: writer, reader, metrics. */
-#define MAX_LISTEN_FDS 3
+/* Listening sockets: writer, reader, metrics, and the writer's and reader's unix sockets
+ * (ROLE_UNIX + endpoint role). A new process that does not know a role refuses the takeover. */
+#define MAX_LISTEN_FDS 5
 #define ROLE_METRICS   2
+#define ROLE_UNIX      3
 
 struct takeover {
     char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
@@ -49,6 +54,8 @@ struct takeover {
     int done;               /* old side: the exit was decided (said once) */
     struct event *ready_ev; /* new side: asks for the clients once the writer is known */
     int64_t ready_at;       /* ms: ask anyway from then on */
+    uint8_t unix_kept;      /* new side: bit per endpoint whose unix socket it took over */
+    int listeners_sent;     /* old side: the new process has them, and has not said 'R' yet */
     uint8_t *buf;           /* REC_MAX bytes, for reading records */
 };
 
@@ -187,6 +194,15 @@ static void hand_listeners(struct worker *w, struct takeover *t)
         fds[n] = metrics_fd(w);
         roles[n++] = ROLE_METRICS;
     }
+    /* The unix sockets too, as PgBouncer's -R hands them over: their files stay in place, so
+     * a client connecting by path never finds nobody listening. */
+    for (int role = 0; role < 2; role++) {
+        int fd = worker_unix_listener_fd(w, role);
+        if (fd >= 0) {
+            fds[n] = fd;
+            roles[n++] = (uint8_t)(ROLE_UNIX + role);
+        }
+    }
     struct pbuf b;
     pbuf_init(&b);
     pbuf_put_u8(&b, 'L');
@@ -203,15 +219,24 @@ static void hand_listeners(struct worker *w, struct takeover *t)
         return;
     }
     pbuf_free(&b);
+    t->listeners_sent = 1;
     /* Until the new process says it is up, this one keeps accepting too: if the new one fails
      * to start, nothing was lost. */
     log_info("takeover: listening sockets sent to the new process; waiting for it to start");
 }
 
-/* The new process is up: stop accepting, hand over the clients. */
-static void begin_handing_over(struct worker *w)
+/* The new process is up: stop accepting, hand over the clients. kept: the unix endpoints whose
+ * socket the new process listens on. */
+static void begin_handing_over(struct worker *w, uint8_t kept)
 {
-    /* The sockets live on in the new process: closing ours stops accepting here only. */
+    /* Their files are the new process's now: closing our descriptors must not remove them. */
+    for (int role = 0; role < 2; role++)
+        if (kept & (1u << role))
+            worker_unix_handed_over(w, role);
+    /* From here the files it did not keep are this process's to remove. */
+    w->tko->listeners_sent = 0;
+    /* The sockets live on in the new process: closing ours stops accepting here only. A unix
+     * socket it did not take (another unix_socket_dir) is removed, as at any exit. */
     worker_stop_listening(w);
     metrics_stop(w);
     w->handing_over = 1;
@@ -244,6 +269,7 @@ static void old_peer_cb(evutil_socket_t fd, short what, void *arg)
                 w->shutting_down = 1;
                 worker_schedule_reap(w);
             } else {
+                t->listeners_sent = 0; /* its sockets are this process's alone again */
                 log_info("takeover: the new process left before it started: running on");
                 takeover_listen(w);
             }
@@ -266,7 +292,8 @@ static void old_peer_cb(evutil_socket_t fd, short what, void *arg)
             if (t->peer_fd < 0)
                 return;
         } else if (type == 'R' && !w->handing_over && !w->shutting_down) {
-            begin_handing_over(w);
+            /* A pgstay that hands over no unix socket sends a bare 'R'. */
+            begin_handing_over(w, n > 1 ? t->buf[1] : 0);
         } else if (type == 'X') {
             uint32_t pid = mr_u32(&r), key = mr_u32(&r);
             if (!r.bad)
@@ -359,6 +386,18 @@ int takeover_listen(struct worker *w)
 fail:
     log_warn("takeover_socket %s: %s: no takeover for this process", t->path, strerror(errno));
     return 0;
+}
+
+void takeover_keep_unix_files(struct worker *w)
+{
+    struct takeover *t = w->tko;
+    if (!t || t->new_side || !t->listeners_sent || t->peer_fd < 0)
+        return;
+    /* Stopping (SIGTERM, SIGINT, SHUTDOWN) after the new process was sent the unix sockets and
+     * before it said which it keeps: it may listen on them, so their files stay. If it does
+     * not, a file left is stale, and the next pgstay to listen there replaces it. */
+    for (int role = 0; role < 2; role++)
+        worker_unix_handed_over(w, role);
 }
 
 int takeover_sweep(struct worker *w)
@@ -522,11 +561,19 @@ int takeover_receive(struct worker *w)
     const uint8_t *roles = mr_bytes(&r, count);
     int ok = !r.bad && roles && count == (uint32_t)nfds;
     for (int i = 0; i < nfds; i++) {
-        if (!ok)
+        if (!ok) {
             close(fds[i]);
-        else if (roles[i] == ROLE_METRICS)
+        } else if (roles[i] == ROLE_METRICS) {
             ok = metrics_start_fd(w, fds[i]) == 0;
-        else if ((ok = worker_listen_fd(w, fds[i], roles[i]) == 0))
+        } else if (roles[i] >= ROLE_UNIX) {
+            int role = roles[i] - ROLE_UNIX, got = worker_listen_unix_fd(w, fds[i], role);
+            ok = got >= 0;
+            if (got == 0) {
+                t->unix_kept |= (uint8_t)(1u << role);
+                /* As for TCP below: the old process accepts until this one is ready. */
+                evconnlistener_disable(w->unix_listeners[role]);
+            }
+        } else if ((ok = worker_listen_fd(w, fds[i], roles[i]) == 0))
             /* The old process, which knows the writer, goes on accepting until this one is
              * ready (takeover_ready): a new client is not held meanwhile. */
             evconnlistener_disable(w->listeners[roles[i]]);
@@ -558,21 +605,28 @@ static void ready_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct worker *w = arg;
     struct takeover *t = w->tko;
-    if (t->peer_fd < 0)
-        return;
     /* Clients handed over before this process knows the writer would have their next request
      * held meanwhile: the old process, which knows it, keeps serving them until then. */
-    if (!w->topo->writer && now_ms() < t->ready_at) {
+    if (t->peer_fd >= 0 && !w->topo->writer && now_ms() < t->ready_at) {
         struct timeval tv = {0, 20 * 1000};
         evtimer_add(t->ready_ev, &tv);
         return;
     }
     /* Accepting here from now on (the old process stops as it reads this). */
-    for (int i = 0; i < 2; i++)
+    for (int i = 0; i < 2; i++) {
         if (w->listeners[i])
             evconnlistener_enable(w->listeners[i]);
-    uint8_t r = 'R';
-    if (send_rec(t->peer_fd, &r, 1, NULL, 0) < 0) {
+        if (w->unix_listeners[i])
+            evconnlistener_enable(w->unix_listeners[i]);
+    }
+    if (t->peer_fd < 0) {
+        /* The old process stopped (SIGTERM, a crash) before this one was ready: nobody else
+         * accepts on these sockets now. */
+        log_info("takeover: the old process left before this one was ready: accepting");
+        return;
+    }
+    uint8_t r[2] = {'R', t->unix_kept};
+    if (send_rec(t->peer_fd, r, sizeof(r), NULL, 0) < 0) {
         log_error("takeover: cannot tell the old process to hand over (%s): both processes "
                   "accept, the old one keeps its clients",
                   strerror(errno));

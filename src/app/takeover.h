@@ -19,6 +19,9 @@ int takeover_ready(struct worker *w);
 /* The old process, from its reaper: hand over each client that can move now; returns 1 once
  * every client is gone (or shutdown_timeout passed) and the process can exit. */
 int takeover_sweep(struct worker *w);
+/* The old process stops listening: the unix socket files a new process may be listening on
+ * (sent, and no 'R' yet) are left in place rather than removed. */
+void takeover_keep_unix_files(struct worker *w);
 void takeover_free(struct worker *w);
 
 #endif

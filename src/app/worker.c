@@ -350,18 +350,48 @@ static struct evconnlistener *listen_on(struct worker *w, const char *addr, int 
     return l;
 }
 
-/* An endpoint as the unix socket dir/.s.PGSQL.port, where libpq looks for it (psql -h dir -p
- * port). A socket file left by a process that died is replaced; one that answers is not. */
-static int listen_on_unix(struct worker *w, const char *dir, int port, int role)
+/* unix_socket_mode and unix_socket_group on a socket file: who may connect at all (0777 by
+ * default, as in PgBouncer: then auth_type decides). 0, or -1 (logged) when the group cannot be
+ * set. */
+static int unix_perms(struct worker *w, const char *path)
 {
-    struct sockaddr_un sun;
-    memset(&sun, 0, sizeof(sun));
-    sun.sun_family = AF_UNIX;
-    int n = snprintf(sun.sun_path, sizeof(sun.sun_path), "%s/.s.PGSQL.%d", dir, port);
-    if (n < 0 || (size_t)n >= sizeof(sun.sun_path)) {
-        log_error("unix_socket_dir \"%s\": the socket path is too long", dir);
+    const char *group = w->cfg->unix_socket_group;
+    if (group && *group) {
+        struct group *gr = getgrnam(group);
+        if (!gr || chown(path, (uid_t)-1, gr->gr_gid) < 0) {
+            log_error("unix_socket_group \"%s\": %s", group,
+                      gr ? strerror(errno) : "no such group");
+            return -1;
+        }
+    }
+    if (chmod(path, (mode_t)config_unix_mode(w->cfg)) < 0)
+        log_warn("unix_socket_mode: chmod %s: %s", path, strerror(errno));
+    return 0;
+}
+
+/* Where libpq looks for an endpoint's unix socket: dir/.s.PGSQL.port. 0, or -1 (logged) when
+ * the path does not fit a sockaddr_un. */
+static int unix_path(const struct config *cfg, int role, struct sockaddr_un *sun)
+{
+    memset(sun, 0, sizeof(*sun));
+    sun->sun_family = AF_UNIX;
+    int port = role == ROLE_WRITER ? cfg->listen_port : cfg->readonly_port;
+    int n = snprintf(sun->sun_path, sizeof(sun->sun_path), "%s/.s.PGSQL.%d", cfg->unix_socket_dir,
+                     port);
+    if (n < 0 || (size_t)n >= sizeof(sun->sun_path)) {
+        log_error("unix_socket_dir \"%s\": the socket path is too long", cfg->unix_socket_dir);
         return -1;
     }
+    return 0;
+}
+
+/* An endpoint as the unix socket dir/.s.PGSQL.port, where libpq looks for it (psql -h dir -p
+ * port). A socket file left by a process that died is replaced; one that answers is not. */
+static int listen_on_unix(struct worker *w, int role)
+{
+    struct sockaddr_un sun;
+    if (unix_path(w->cfg, role, &sun) < 0)
+        return -1;
     int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (probe >= 0) {
         int live = connect(probe, (struct sockaddr *)&sun, sizeof(sun)) == 0;
@@ -382,21 +412,11 @@ static int listen_on_unix(struct worker *w, const char *dir, int port, int role)
         return -1;
     }
     evconnlistener_set_error_cb(l, accept_error_cb); /* out of descriptors: as the TCP ones */
-    /* unix_socket_mode and unix_socket_group: who may connect at all (0777 by default, as in
-     * PgBouncer: then auth_type decides). */
-    const char *group = w->cfg->unix_socket_group;
-    if (group && *group) {
-        struct group *gr = getgrnam(group);
-        if (!gr || chown(sun.sun_path, (uid_t)-1, gr->gr_gid) < 0) {
-            log_error("unix_socket_group \"%s\": %s", group,
-                      gr ? strerror(errno) : "no such group");
-            evconnlistener_free(l);
-            unlink(sun.sun_path);
-            return -1;
-        }
+    if (unix_perms(w, sun.sun_path) < 0) {
+        evconnlistener_free(l);
+        unlink(sun.sun_path);
+        return -1;
     }
-    if (chmod(sun.sun_path, (mode_t)config_unix_mode(w->cfg)) < 0)
-        log_warn("unix_socket_mode: chmod %s: %s", sun.sun_path, strerror(errno));
     w->unix_listeners[role] = l;
     w->unix_paths[role] = strdup(sun.sun_path);
     log_info("listening on %s (%s endpoint)", sun.sun_path,
@@ -424,9 +444,11 @@ static int listen_unix(struct worker *w)
     const char *dir = w->cfg->unix_socket_dir;
     if (!dir || !*dir)
         return 0;
-    if (listen_on_unix(w, dir, w->cfg->listen_port, ROLE_WRITER) < 0)
+    /* What was taken over from an old process (worker_listen_unix_fd) is not bound again. */
+    if (!w->unix_listeners[ROLE_WRITER] && listen_on_unix(w, ROLE_WRITER) < 0)
         return -1;
-    if (w->cfg->readonly_port > 0 && listen_on_unix(w, dir, w->cfg->readonly_port, ROLE_READER) < 0)
+    if (w->cfg->readonly_port > 0 && !w->unix_listeners[ROLE_READER] &&
+        listen_on_unix(w, ROLE_READER) < 0)
         return -1;
     return 0;
 }
@@ -483,8 +505,67 @@ int worker_listener_fd(struct worker *w, int role)
     return w->listeners[role] ? (int)evconnlistener_get_fd(w->listeners[role]) : -1;
 }
 
+int worker_listen_unix_fd(struct worker *w, int fd, int role)
+{
+    struct sockaddr_un got, want;
+    socklen_t len = sizeof(got);
+    memset(&got, 0, sizeof(got));
+    const char *dir = w->cfg->unix_socket_dir;
+    if (role < 0 || role > 1 || w->unix_listeners[role]) {
+        close(fd);
+        return -1;
+    }
+    /* The old process's socket serves here only where this configuration puts that endpoint
+     * (unix_socket_dir or the port may have changed): otherwise it is let go, its file left
+     * to the old process, and worker_listen binds the new path. */
+    if (!dir || !*dir || (role == ROLE_READER && w->cfg->readonly_port <= 0) ||
+        getsockname(fd, (struct sockaddr *)&got, &len) < 0 || got.sun_family != AF_UNIX ||
+        unix_path(w->cfg, role, &want) < 0 || strcmp(got.sun_path, want.sun_path) != 0) {
+        log_info("the old process's unix socket %s is not this configuration's: not taken over",
+                 got.sun_family == AF_UNIX && got.sun_path[0] ? got.sun_path : "(unknown)");
+        close(fd);
+        return 1;
+    }
+    evutil_make_socket_nonblocking(fd);
+    w->listen_ctx[role].w = w;
+    w->listen_ctx[role].role = role;
+    struct evconnlistener *l =
+        evconnlistener_new(w->base, client_accept, &w->listen_ctx[role],
+                           LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, 0, fd);
+    if (!l) {
+        log_error("cannot take over the unix socket %s: %s", want.sun_path, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    evconnlistener_set_error_cb(l, accept_error_cb);
+    /* The file stays where it is (clients connect to it all along); this configuration's mode
+     * and group apply to it as to a socket bound here. */
+    if (unix_perms(w, want.sun_path) < 0) {
+        evconnlistener_free(l);
+        return -1;
+    }
+    w->unix_listeners[role] = l;
+    w->unix_paths[role] = strdup(want.sun_path);
+    log_info("listening on %s (%s endpoint), taken over from the old process", want.sun_path,
+             role == ROLE_WRITER ? "writer" : "reader");
+    return 0;
+}
+
+int worker_unix_listener_fd(struct worker *w, int role)
+{
+    return w->unix_listeners[role] ? (int)evconnlistener_get_fd(w->unix_listeners[role]) : -1;
+}
+
+void worker_unix_handed_over(struct worker *w, int role)
+{
+    /* The new process listens on it and removes it at its own exit: not unlinked here. */
+    free(w->unix_paths[role]);
+    w->unix_paths[role] = NULL;
+}
+
 void worker_stop_listening(struct worker *w)
 {
+    takeover_keep_unix_files(w);
     for (int i = 0; i < 2; i++) {
         if (w->listeners[i]) {
             evconnlistener_free(w->listeners[i]);

@@ -25,6 +25,15 @@ int worker_listen(struct worker *w);
 int worker_listen_fd(struct worker *w, int fd, int role);
 /* The listening socket of that endpoint, -1 if none: what is handed to pgstay -R. */
 int worker_listener_fd(struct worker *w, int role);
+/* The same for a unix socket (role: the endpoint it serves): 0 taken, 1 not this configuration's
+ * socket (another unix_socket_dir or port: closed, left to the old process, and worker_listen
+ * binds this configuration's), -1 failure. */
+int worker_listen_unix_fd(struct worker *w, int fd, int role);
+/* The unix listening socket of that endpoint, -1 if none. */
+int worker_unix_listener_fd(struct worker *w, int role);
+/* That endpoint's unix socket file now belongs to the process that took it over: closing the
+ * listener here no longer removes it. */
+void worker_unix_handed_over(struct worker *w, int role);
 void worker_stop_listening(struct worker *w);
 /* SIGTERM: stop accepting, let clients finish up to shutdown_timeout. */
 void worker_begin_shutdown(struct worker *w);

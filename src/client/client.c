@@ -824,9 +824,9 @@ static void handle_startup(struct client *c, const uint8_t *pkt, uint32_t len)
         return;
     }
     if (!c->is_admin && c->w->session->db_disabled(c->w, c->database)) {
-        /* DISABLE db: PgBouncer's words and SQLSTATE. */
+        /* DISABLE db: PgBouncer 1.18's words and SQLSTATE (as a live one answers). */
         char msg[160];
-        snprintf(msg, sizeof(msg), "database does not allow connections: %s", c->database);
+        snprintf(msg, sizeof(msg), "database \"%s\" is disabled", c->database);
         client_close(c, SQLSTATE_PROTOCOL_VIOLATION, msg);
         return;
     }
@@ -1885,7 +1885,9 @@ void client_check_timeouts(struct worker *w, int64_t now)
              * statement_timeout being the server's own) ends both connections. */
             if (w->cfg->query_timeout > 0 && s->query_start &&
                 now_u - s->query_start > (int64_t)w->cfg->query_timeout * 1000) {
-                client_close(c, SQLSTATE_QUERY_CANCELED, "query_timeout: the request ran too long");
+                /* PgBouncer's words first (what log alerts match), PostgreSQL's SQLSTATE. */
+                client_close(c, SQLSTATE_QUERY_CANCELED,
+                             "query timeout: the request ran longer than query_timeout");
                 if (s->state != SV_CLOSING)
                     server_close(s, "query_timeout"); /* not drained: its query may run on */
                 continue;
@@ -1907,7 +1909,8 @@ void client_check_timeouts(struct worker *w, int64_t now)
                 int64_t since = c->last_active * 1000 > s->ready_at ? c->last_active * 1000 : s->ready_at;
                 if (now_u - since > (int64_t)w->cfg->idle_transaction_timeout * 1000)
                     client_close(c, SQLSTATE_IDLE_IN_TXN_TIMEOUT,
-                                 "terminating connection due to idle_transaction_timeout");
+                                 "idle transaction timeout: idle in a transaction longer than "
+                                 "idle_transaction_timeout");
             }
         }
     }

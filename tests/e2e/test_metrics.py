@@ -286,3 +286,64 @@ def test_metrics_under_pgbench(cluster1, make_proxy, mode):
     assert int(stats["total_query_count"]) == val(after, "pgstay_queries_total", **POOL)
     assert int(stats["total_received"]) == \
         val(after, "pgstay_client_received_bytes_total", **POOL)
+
+
+def psql_rows(p, sql):
+    """An admin command through psql itself (-A -F '|'): rows as dicts by column name."""
+    out = subprocess.run(["psql", "-X", "-A", "-F", "|", "-P", "footer=off", "-h", "127.0.0.1",
+                          "-p", str(p.port), "-U", "postgres", "-d", "pgstay", "-c", sql],
+                         capture_output=True, text=True, timeout=20)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    cols = lines[0].split("|")
+    return [dict(zip(cols, ln.split("|"))) for ln in lines[1:]], out.stdout
+
+
+def test_psql_shows_the_failover_and_metrics_agree(cluster2, make_proxy):
+    """After a lab failover with a request held through it, psql's SHOW FAILOVERS has the event
+    with its phases in order, SHOW NODES the new roles, and /metrics the same event."""
+    p = metrics_proxy(make_proxy, cluster2, pool_mode="transaction", failover_timeout="20s",
+                      health_check_timeout="500ms")
+    c = p.connect()
+    assert c.execute("select pg_is_in_recovery()").fetchone() == (False,)
+    fo = threading.Thread(target=cluster2.failover, kwargs={"delay_ms": 1000})
+    fo.start()
+    deadline = time.time() + 15
+    while not p.admin("SHOW FAILOVERS"):  # the writer is lost: the next request is held
+        assert time.time() < deadline, p.log()[-3000:]
+        time.sleep(0.02)
+    t0 = time.time()
+    assert c.execute("select pg_is_in_recovery()").fetchone() == (False,)
+    assert time.time() - t0 > 0.3  # it waited for the promotion
+    fo.join(30)
+    rows, text = psql_rows(p, "SHOW FAILOVERS")
+    print(text)
+    assert len(rows) == 1, text
+    ev = rows[0]
+    assert ev["old_writer"] == "n1" and ev["new_writer"] == "n2", ev
+    phases = [ev[k] for k in ("writer_lost", "hold_started", "new_writer_seen", "first_served",
+                              "hold_ended")]
+    assert all(phases), ev
+    # (the hold may start a moment before the writer is declared lost: while it is suspect)
+    assert max(ev["writer_lost"], ev["hold_started"]) <= ev["new_writer_seen"], ev
+    assert ev["new_writer_seen"] <= ev["first_served"] and ev["new_writer_seen"] <= \
+        ev["hold_ended"], ev
+    assert int(ev["hold_ms"]) >= 500 and int(ev["clients_held"]) >= 1, ev
+    assert ev["timed_out"] == "0", ev
+    nodes, text = psql_rows(p, "SHOW NODES")
+    print(text)
+    nodes = {r["name"]: r for r in nodes}
+    assert nodes["n2"]["role"] == "primary" and nodes["n2"]["writer"] == "yes", nodes
+    assert nodes["n2"]["timeline"] == "2", nodes
+    assert nodes["n1"]["writer"] == "no" and nodes["n1"]["role"] != "primary", nodes
+    m = scrape(p)
+    assert val(m, "pgstay_failovers_total") == 1
+    assert val(m, "pgstay_failover_hold_seconds_count") == 1
+    assert val(m, "pgstay_failover_hold_seconds_sum") * 1000 >= int(ev["hold_ms"]) - 1
+    assert val(m, "pgstay_clients_held_total") >= 1
+    assert val(m, "pgstay_node_writer", node="n2") == 1
+    with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % p.metrics_port) as r:
+        print("\n".join(ln for ln in r.read().decode().splitlines()
+                        if ln.startswith(("pgstay_failover", "pgstay_clients_held",
+                                          "pgstay_node_writer", "pgstay_node_role{node=\"n2\""))))
+    c.close()

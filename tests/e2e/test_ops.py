@@ -435,3 +435,48 @@ def test_application_name_add_host_login_needs_no_server(cluster1, make_proxy):
     assert c.info.parameter_status("application_name") == own
     first.close()
     c.close()
+
+
+def test_max_user_connections(cluster1, make_proxy):
+    """PgBouncer's max_user_connections: the servers of every pool of one user (every database)
+    stay within it; a client of a new pool of that user waits, and is served once a server of
+    another pool of the user is idle (closed to make room), then past query_wait_timeout the
+    waiting one gets PgBouncer's query_wait_timeout (08P01). The limit is each user's: another
+    user has its own."""
+    p = make_proxy(cluster1, pool_mode="transaction", pool_size=5, max_user_connections=2,
+                   query_wait_timeout="2s")
+    a1 = p.connect(user="app", dbname="app", autocommit=False)
+    a2 = p.connect(user="app", dbname="app", autocommit=False)
+    a1.execute("select 1")
+    a2.execute("select 1")  # two servers of user app, both in transactions: the limit
+    # another user has a limit of its own: app's two servers do not count against it
+    others = [p.connect(autocommit=False) for _ in range(2)]
+    for o in others:
+        o.execute("select 1")
+    assert len(pids(cluster1, usename="postgres", datname="postgres")) >= 2
+    got = []
+
+    def other_pool():  # user app, database postgres: a pool of its own, same user
+        with p.connect(user="app", dbname="postgres") as other:
+            got.append(other.execute("select 3").fetchone()[0])
+
+    th = threading.Thread(target=other_pool, daemon=True)
+    th.start()
+    th.join(1.0)
+    assert got == [], "a third server was opened for user app"
+    assert len(pids(cluster1, usename="app")) == 2
+    a1.commit()  # idle in the app pool: closed for the postgres pool of the same user
+    th.join(10)
+    assert got == [3]
+    assert len(pids(cluster1, usename="app")) <= 2
+    # At the limit again, a waiting client gets query_wait_timeout, as from PgBouncer.
+    a1.execute("select 1")
+    late = p.connect(user="app", dbname="postgres")
+    t0 = time.time()
+    with pytest.raises(psycopg.Error) as e:
+        late.execute("select 4")
+    assert e.value.sqlstate == "08P01" and "query_wait_timeout" in str(e.value)
+    assert 1.5 < time.time() - t0 < 6
+    for c in [a1, a2, late] + others:
+        c.rollback()
+        c.close()

@@ -247,20 +247,158 @@ def test_failed_new_process_loses_nothing(cluster1, make_proxy, tmp_path):
     c.close()
 
 
-def test_unix_socket_dir_refused(cluster1, make_proxy, tmp_path):
-    """Unix sockets are not handed over: -R with unix_socket_dir set says so and exits, and
-    the running process is untouched."""
+def unix_dsn(d, port, **extra):
+    dsn = "host=%s port=%d dbname=postgres user=postgres password=postgres" % (d, port)
+    return dsn + "".join(" %s=%s" % kv for kv in extra.items())
+
+
+def test_unix_sockets_taken_over(cluster1, make_proxy, tmp_path):
+    """unix_socket_dir set (PgBouncer's online restart needs it): pgstay -R takes the unix
+    listening sockets too. Idle clients over TCP and over the unix socket survive with their
+    SET; new unix-socket clients connect before, during and after the takeover without a
+    refusal; pgbench over the unix socket sees no error; the socket files are the same ones
+    (never unlinked by the old process's exit) and the new process removes them at its own."""
+    import threading
+
     d = tempfile.mkdtemp(prefix="pgs-", dir="/tmp")  # short: a socket path is 107 bytes at most
+    try:
+        sock = str(tmp_path / "takeover.sock")
+        p = make_proxy(cluster1, pool_mode="transaction", pool_size=8, unix_socket_dir=d,
+                       takeover_socket=sock, shutdown_timeout="15s")
+        wpath, rpath = (os.path.join(d, ".s.PGSQL.%d" % port)
+                        for port in (p.port, p.readonly_port))
+        inodes = (os.stat(wpath).st_ino, os.stat(rpath).st_ino)
+        out = subprocess.run(["pgbench", "-i", "-s", "1", "-q", cluster1.dsn(1)],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        idle = []
+        for i in range(40):
+            # half over TCP, half over the unix socket (the reader endpoint's among them)
+            if i % 2 == 0:
+                c = p.connect()
+            else:
+                port = p.readonly_port if i % 4 == 1 else p.port
+                c = psycopg.connect(unix_dsn(d, port), autocommit=True)
+            c.execute("SET application_name = 'idle%d'" % i)
+            idle.append(c)
+        # New unix-socket clients all along: not one refused while the sockets change hands.
+        stop = threading.Event()
+        fresh = {"ok": 0, "errors": []}
+
+        def connect_loop():
+            while not stop.is_set():
+                try:
+                    with psycopg.connect(unix_dsn(d, p.port, connect_timeout=5)) as f:
+                        assert f.execute("SELECT 1").fetchone() == (1,)
+                    fresh["ok"] += 1
+                except Exception as e:  # reported below
+                    fresh["errors"].append(repr(e))
+                time.sleep(0.02)
+
+        th = threading.Thread(target=connect_loop)
+        th.start()
+        bench = subprocess.Popen(["pgbench", "-n", "-S", "-c", "4", "-j", "2", "-T", "8",
+                                  unix_dsn(d, p.port)],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(2)
+        before = fresh["ok"]
+        old = takeover(p)
+        assert wait_exit(old, 10) == 0, p.log()[-3000:]
+        during = fresh["ok"] - before
+        time.sleep(0.5)  # and after: the new process alone
+        stop.set()
+        th.join(10)
+        assert fresh["errors"] == [], fresh["errors"][:3]
+        assert during > 0 and fresh["ok"] > before + during, fresh
+        # The same socket files, left in place by the old process's exit.
+        assert (os.stat(wpath).st_ino, os.stat(rpath).st_ino) == inodes
+        log = p.log()
+        for path, what in ((wpath, "writer"), (rpath, "reader")):
+            assert "listening on %s (%s endpoint), taken over" % (path, what) in log, log[-3000:]
+        for i, c in enumerate(idle):
+            assert c.execute("SELECT 1").fetchone() == (1,)
+            assert c.execute("SHOW application_name").fetchone() == ("idle%d" % i,)
+        with psycopg.connect(unix_dsn(d, p.port)) as c:
+            assert c.execute("SELECT 4").fetchone() == (4,)
+        with psycopg.connect(unix_dsn(d, p.readonly_port)) as c:
+            assert c.execute("SELECT 5").fetchone() == (5,)
+        stdout, stderr = bench.communicate(timeout=30)
+        assert bench.returncode == 0, stdout + stderr
+        assert "error" not in stderr.lower(), stderr
+        assert "takeover: the old process is done" in log
+        for c in idle:
+            c.close()
+        # The new process owns the files: they go when it stops.
+        p.stop()
+        assert not os.path.exists(wpath) and not os.path.exists(rpath)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_unix_socket_dir_changed_across_takeover(cluster1, make_proxy, tmp_path):
+    """A new configuration with another unix_socket_dir: the new process binds the new path,
+    the old socket is not taken over and its file goes with the old process; a unix client
+    connected to the old path still moves."""
+    d1 = tempfile.mkdtemp(prefix="pgs-", dir="/tmp")
+    d2 = tempfile.mkdtemp(prefix="pgs-", dir="/tmp")
+    try:
+        p = make_proxy(cluster1, pool_mode="transaction", unix_socket_dir=d1,
+                       takeover_socket=str(tmp_path / "takeover.sock"), shutdown_timeout="15s")
+        c = psycopg.connect(unix_dsn(d1, p.port), autocommit=True)
+        c.execute("SET application_name = 'moves'")
+        p.settings["unix_socket_dir"] = d2
+        p.write_config()
+        old = takeover(p)
+        assert wait_exit(old, 10) == 0, p.log()[-3000:]
+        assert not os.path.exists(os.path.join(d1, ".s.PGSQL.%d" % p.port))
+        with psycopg.connect(unix_dsn(d2, p.port)) as f:
+            assert f.execute("SELECT 1").fetchone() == (1,)
+        assert c.execute("SHOW application_name").fetchone() == ("moves",)
+        assert "is not this configuration's: not taken over" in p.log()
+        c.close()
+    finally:
+        shutil.rmtree(d1, ignore_errors=True)
+        shutil.rmtree(d2, ignore_errors=True)
+
+
+def test_old_process_stopped_mid_takeover_leaves_the_unix_socket(cluster1, make_proxy, tmp_path):
+    """The old process is stopped (SIGTERM) after it sent its sockets and before the new one
+    said it is up (here: the new configuration's node does not answer, so the new process waits
+    for its probes): the unix socket file stays, the new process serves it, and removes it when
+    it stops."""
+    import signal
+
+    d = tempfile.mkdtemp(prefix="pgs-", dir="/tmp")
+    new = None
     try:
         p = make_proxy(cluster1, pool_mode="transaction", unix_socket_dir=d,
                        takeover_socket=str(tmp_path / "takeover.sock"))
-        c = p.connect()
-        new = subprocess.run([os.path.join(build_dir(), "pgstay"), "-R", p.conf_path],
-                             capture_output=True, text=True, timeout=20)
-        assert new.returncode == 1
-        assert "unix_socket_dir" in new.stdout + new.stderr
-        assert c.execute("SELECT 1").fetchone() == (1,)
-        assert p.proc.poll() is None
-        c.close()
+        wpath = os.path.join(d, ".s.PGSQL.%d" % p.port)
+        conf = str(tmp_path / "new.ini")
+        with open(p.conf_path) as f:
+            text = f.read()
+        i = text.index("[nodes]\n")
+        with open(conf, "w") as f:  # a node that never answers: no writer for READY_WAIT_MS
+            f.write(text[:i] + "[nodes]\nn1 = host=127.0.0.1 port=1\n")
+        new = subprocess.Popen([os.path.join(build_dir(), "pgstay"), "-R", conf],
+                               stdout=p.logf, stderr=subprocess.STDOUT)
+        deadline = time.time() + 10
+        while "listening sockets sent to the new process" not in p.log():
+            assert time.time() < deadline and new.poll() is None, p.log()[-3000:]
+            time.sleep(0.02)
+        old = p.proc
+        old.send_signal(signal.SIGTERM)
+        assert wait_exit(old, 10) == 0, p.log()[-3000:]
+        assert "asking the old process for its clients" not in p.log()  # stopped before
+        assert os.path.exists(wpath)
+        dsn = "host=%s port=%d dbname=pgstay user=postgres connect_timeout=10" % (d, p.port)
+        with psycopg.connect(dsn, autocommit=True, prepare_threshold=None) as a:
+            assert a.execute("SHOW VERSION").fetchone()  # the new process answers there
+        new.send_signal(signal.SIGINT)
+        assert wait_exit(new, 10) == 0
+        assert not os.path.exists(wpath)
     finally:
+        if new and new.poll() is None:
+            new.kill()
+            new.wait()
         shutil.rmtree(d, ignore_errors=True)
