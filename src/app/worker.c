@@ -387,6 +387,24 @@ static int unix_path(const struct config *cfg, int role, struct sockaddr_un *sun
 
 /* An endpoint as the unix socket dir/.s.PGSQL.port, where libpq looks for it (psql -h dir -p
  * port). A socket file left by a process that died is replaced; one that answers is not. */
+/* A unix listener, bound here or taken over, starts serving role: the accept error callback (out
+ * of descriptors: as the TCP ones), the configured mode and group on its file, and the path
+ * kept to remove at exit. On failure l is freed. */
+static int unix_listener_use(struct worker *w, int role, struct evconnlistener *l, const char *path,
+                             const char *how)
+{
+    evconnlistener_set_error_cb(l, accept_error_cb);
+    if (unix_perms(w, path) < 0) {
+        evconnlistener_free(l);
+        return -1;
+    }
+    w->unix_listeners[role] = l;
+    w->unix_paths[role] = strdup(path);
+    log_info("listening on %s (%s endpoint)%s", path, role == ROLE_WRITER ? "writer" : "reader",
+             how);
+    return 0;
+}
+
 static int listen_on_unix(struct worker *w, int role)
 {
     struct sockaddr_un sun;
@@ -411,16 +429,10 @@ static int listen_on_unix(struct worker *w, int role)
         log_error("cannot listen on %s: %s", sun.sun_path, strerror(errno));
         return -1;
     }
-    evconnlistener_set_error_cb(l, accept_error_cb); /* out of descriptors: as the TCP ones */
-    if (unix_perms(w, sun.sun_path) < 0) {
-        evconnlistener_free(l);
+    if (unix_listener_use(w, role, l, sun.sun_path, "") < 0) {
         unlink(sun.sun_path);
         return -1;
     }
-    w->unix_listeners[role] = l;
-    w->unix_paths[role] = strdup(sun.sun_path);
-    log_info("listening on %s (%s endpoint)", sun.sun_path,
-             role == ROLE_WRITER ? "writer" : "reader");
     return 0;
 }
 
@@ -537,18 +549,9 @@ int worker_listen_unix_fd(struct worker *w, int fd, int role)
         close(fd);
         return -1;
     }
-    evconnlistener_set_error_cb(l, accept_error_cb);
     /* The file stays where it is (clients connect to it all along); this configuration's mode
      * and group apply to it as to a socket bound here. */
-    if (unix_perms(w, want.sun_path) < 0) {
-        evconnlistener_free(l);
-        return -1;
-    }
-    w->unix_listeners[role] = l;
-    w->unix_paths[role] = strdup(want.sun_path);
-    log_info("listening on %s (%s endpoint), taken over from the old process", want.sun_path,
-             role == ROLE_WRITER ? "writer" : "reader");
-    return 0;
+    return unix_listener_use(w, role, l, want.sun_path, ", taken over from the old process");
 }
 
 int worker_unix_listener_fd(struct worker *w, int role)
