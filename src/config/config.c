@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #include "core/log.h"
 #include "core/logsys.h"
@@ -52,6 +53,8 @@ static const struct key_def keys[] = {
     /* Several stateless pgstay processes behind one port, the kernel spreading connections
      * (issue 15); off by default so that a second pgstay started by mistake fails to bind. */
     {"so_reuseport", KT_BOOL, FIELD(so_reuseport), "off", 0, NULL, 0, 0},
+    /* Event loops, one thread each (issue 14): 0 = one per online CPU; 1 = a single loop. */
+    {"workers", KT_INT, FIELD(workers), "0", 0, NULL, 0, WORKERS_MAX},
     {"pool_mode", KT_ENUM, FIELD(pool_mode), "session", 0, "session|transaction", 0, 0},
     {"pool_size", KT_INT, FIELD(pool_size), "20", 1, NULL, 1, INT_MAX},
     {"min_pool_size", KT_INT, FIELD(min_pool_size), "0", 1, NULL, 0, INT_MAX},
@@ -606,6 +609,12 @@ int config_unix_mode(const struct config *cfg)
     if (v < 0 || *end || errno || v > 0777)
         return -1;
     return (int)v;
+}
+
+int config_workers(const struct config *cfg)
+{
+    long n = cfg->workers > 0 ? cfg->workers : sysconf(_SC_NPROCESSORS_ONLN);
+    return n < 1 ? 1 : n > WORKERS_MAX ? WORKERS_MAX : (int)n;
 }
 
 int config_pool_size(const struct config *cfg, const char *database, const char *user)

@@ -15,6 +15,8 @@ enum readonly_fallback { FALLBACK_WRITER = 0, FALLBACK_ERROR = 1 };
 enum topology_source { TOPO_PROBES = 0, TOPO_PATRONI = 1 };
 
 #define CONFIG_MAX_NODES 16
+/* workers: at most this many event-loop threads. */
+#define WORKERS_MAX 64
 
 /* One entry of [nodes]: "n1 = host=127.0.0.1 port=5432" (libpq conninfo syntax, host and port). */
 struct node_conf {
@@ -39,6 +41,7 @@ struct config {
     char *unix_socket_mode;      /* octal text, as PgBouncer's (config_unix_mode) */
     char *unix_socket_group;     /* group of the socket files; "" = pgstay's own */
     int listen_backlog;
+    int workers;                 /* event-loop threads; 0 = one per online CPU (config_workers) */
     int so_reuseport;            /* bool: several pgstay processes may listen on one port */
     int pool_mode;               /* enum pool_mode */
     int pool_size;               /* server connections per (database, user) */
@@ -173,6 +176,8 @@ int config_unix_mode(const struct config *cfg);
 /* The pool_size of the pool of (database, user): the [users] entry of user, else the
  * [databases] entry of database, else pool_size. Either name may be NULL. */
 int config_pool_size(const struct config *cfg, const char *database, const char *user);
+/* workers as it applies: the setting, or the number of online CPUs for 0 (at most WORKERS_MAX). */
+int config_workers(const struct config *cfg);
 
 /* Is name (a comma-separated list member) in list? */
 int config_list_has(const char *list, const char *name);

@@ -68,6 +68,9 @@ class Pgstay:
             # PGSTAY_POOL_MODE=transaction runs every test that does not choose a mode with
             # transaction pooling (isolation holds in both).
             "pool_mode": os.environ.get("PGSTAY_POOL_MODE", "session"),
+            # PGSTAY_WORKERS=4 runs every test that does not choose its workers on 4 event
+            # loops (make check does; make asan-check keeps 1).
+            "workers": int(os.environ.get("PGSTAY_WORKERS", "1")),
             "pool_size": 10,
             "auth_type": "trust",
             "auth_file": "userlist.txt",
