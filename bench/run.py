@@ -404,7 +404,7 @@ def setup_lab(lab, scale, max_connections=1000):
     psql = [os.path.join(PGBIN, "psql"), "-XAtq", "-h", "127.0.0.1", "-p", str(node),
             "-U", "postgres", "-d", "postgres"]
     # 256 direct clients while both session pools keep up to 256 servers each (and those of
-    # the workers rows' proxies: Bench.max_connections)
+    # the workers rows' proxies: Bench.setup)
     subprocess.run(psql + ["-c", "ALTER SYSTEM SET max_connections = %d" % max_connections],
                    check=True, capture_output=True)
     lab.stop("n1")
