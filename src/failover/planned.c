@@ -98,9 +98,19 @@ void planned_pause_taken(struct worker *w)
         p->owns_pause = 0;
 }
 
+static void on_timer(struct planned *p);
+
+/* A failover step: every worker's clients are acted on, with the world stopped. */
 static void timer_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct planned *p = arg;
+    world_stop(p->w);
+    on_timer(p);
+    world_start(p->w);
+}
+
+static void on_timer(struct planned *p)
+{
     if (p->active) {
         end_hold(p, p->lost ? "no writer came within failover_timeout (the failover hold goes on)"
                             : "the writer did not stop within failover_timeout: it stays the "

@@ -84,16 +84,21 @@ static void sock_event_cb(evutil_socket_t fd, short what, void *arg)
     int flags =
         ((what & EV_READ) ? CURL_CSELECT_IN : 0) | ((what & EV_WRITE) ? CURL_CSELECT_OUT : 0);
     int running;
+    /* Patroni's answer may change the writer: every worker reads it (core/world.h). */
+    world_stop(p->t->w);
     curl_multi_socket_action(p->multi, fd, flags, &running);
     check_done(p);
+    world_start(p->t->w);
 }
 
 static void timeout_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct patroni *p = arg;
     int running;
+    world_stop(p->t->w);
     curl_multi_socket_action(p->multi, CURL_SOCKET_TIMEOUT, 0, &running);
     check_done(p);
+    world_start(p->t->w);
 }
 
 static size_t write_cb(char *data, size_t size, size_t n, void *userp)
