@@ -64,11 +64,22 @@ def free_port():
     return port
 
 
-def cpu_ms(pid):
+def cpu_ms(pid, stat="/proc/%d/stat"):
     """utime + stime of a process, in ms (fields 14 and 15 of /proc/PID/stat): all its threads."""
-    with open("/proc/%d/stat" % pid) as f:
+    with open(stat % pid) as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) * 1000.0 / CLK_TCK
+
+
+def thread_cpu_ms(pid):
+    """{tid: utime + stime in ms} of each thread of a process (pgstay's workers)."""
+    out = {}
+    for tid in os.listdir("/proc/%d/task" % pid):
+        try:
+            out[int(tid)] = cpu_ms(pid, "/proc/%%d/task/%s/stat" % tid)
+        except OSError:
+            pass  # a thread that ended between the listing and the read
+    return out
 
 
 def online_cpus():
@@ -520,6 +531,7 @@ class Bench:
             if port is None:
                 continue
             c0 = [cpu_ms(pid) for pid in proxy.pids] if proxy else None
+            t0 = thread_cpu_ms(proxy.pid) if proxy else None
             r = pgbench(port, clients, self.args.seconds, prepared, connect)
             if proxy:
                 if proxy.dead():
@@ -531,6 +543,11 @@ class Bench:
                     if len(per) > 1:
                         # how the kernel spread the clients over PgBouncer's processes
                         r["cpu_ms_per_process"] = per
+                    t1 = thread_cpu_ms(proxy.pid)
+                    busy = [t1[t] - t0.get(t, 0) for t in sorted(t1) if t1[t] > t0.get(t, 0)]
+                    if len(busy) > 1:
+                        # and pgstay's over its workers (threads that did nothing left out)
+                        r["cpu_ms_per_thread"] = busy
             say("  %-28s %-9s %s" % (label, tname, "tps %.0f, latency %.3f ms" % (
                 r["tps"], r["latency_ms"] or 0) if "tps" in r else r["error"]))
             self.raw.setdefault((label, tname), []).append(r)
