@@ -9,6 +9,12 @@
 
 #include "core/worker.h"
 
+/* How many world_stop calls this thread has not yet matched with world_start. A stop is the
+ * thread's, not the worker's: the stopper acts on other workers' objects, whose code may stop
+ * the world again naming that other worker (topology's timers name the first worker, whichever
+ * thread runs them), and must not then wait for itself. */
+static __thread int held_depth;
+
 int world_init(struct world *wd, int n)
 {
     memset(wd, 0, sizeof(*wd));
@@ -24,6 +30,11 @@ int world_init(struct world *wd, int n)
         pthread_mutex_destroy(&wd->mu);
         return -1;
     }
+    if (pthread_mutex_init(&wd->notes, NULL) != 0) {
+        pthread_cond_destroy(&wd->cv);
+        pthread_mutex_destroy(&wd->mu);
+        return -1;
+    }
     return 0;
 }
 
@@ -34,8 +45,21 @@ void world_free(struct world *wd)
         wd->counts = c->next;
         free(c);
     }
+    pthread_mutex_destroy(&wd->notes);
     pthread_cond_destroy(&wd->cv);
     pthread_mutex_destroy(&wd->mu);
+}
+
+void world_note_lock(struct worker *w)
+{
+    if (w->world && w->world->n > 1)
+        pthread_mutex_lock(&w->world->notes);
+}
+
+void world_note_unlock(struct worker *w)
+{
+    if (w->world && w->world->n > 1)
+        pthread_mutex_unlock(&w->world->notes);
 }
 
 /* Parked until the stop in progress ends; mu held. Each worker parks once per stop: it waits
@@ -54,16 +78,15 @@ void world_stop(struct worker *self)
     struct world *wd = self->world;
     if (!wd || wd->n == 1)
         return;
-    pthread_mutex_lock(&wd->mu);
-    if (wd->stopper == self->index) {
-        wd->depth++;
-        pthread_mutex_unlock(&wd->mu);
+    if (held_depth > 0) {
+        held_depth++;
         return;
     }
+    pthread_mutex_lock(&wd->mu);
     while (wd->stopper != -1)
         park_locked(wd);
     wd->stopper = self->index;
-    wd->depth = 1;
+    held_depth = 1;
     wd->parked = 0;
     /* Each other loop runs its park event at its next turn (libevent wakes it from epoll). */
     for (int i = 0; i < wd->n; i++)
@@ -79,20 +102,22 @@ void world_start(struct worker *self)
     struct world *wd = self->world;
     if (!wd || wd->n == 1)
         return;
+    if (held_depth == 0 || --held_depth > 0)
+        return;
     pthread_mutex_lock(&wd->mu);
-    if (wd->stopper == self->index && --wd->depth == 0) {
-        wd->stopper = -1;
-        wd->epoch++;
-        pthread_cond_broadcast(&wd->cv);
-    }
+    wd->stopper = -1;
+    wd->epoch++;
+    pthread_cond_broadcast(&wd->cv);
     pthread_mutex_unlock(&wd->mu);
 }
 
 void world_park(struct worker *self)
 {
     struct world *wd = self->world;
+    if (held_depth > 0)
+        return; /* this thread holds the world (cannot happen from the loop, but cheap) */
     pthread_mutex_lock(&wd->mu);
-    while (wd->stopper != -1 && wd->stopper != self->index)
+    while (wd->stopper != -1)
         park_locked(wd);
     pthread_mutex_unlock(&wd->mu);
 }
@@ -127,10 +152,7 @@ int world_held(struct worker *self)
     struct world *wd = self->world;
     if (!wd || wd->n == 1)
         return 1;
-    pthread_mutex_lock(&wd->mu);
-    int held = wd->stopper == self->index;
-    pthread_mutex_unlock(&wd->mu);
-    return held;
+    return held_depth > 0;
 }
 
 struct world_count *world_count_get(struct world *wd, const char *key)

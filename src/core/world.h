@@ -27,8 +27,11 @@ struct world {
     int n;
     pthread_mutex_t mu;
     pthread_cond_t cv;
+    /* For counters that running workers bump together (failover's notes): a plain lock, as
+     * those come from the middle of a worker's work, where parking for a stopper would not be
+     * a safe point. A stopper needs it not: every other worker is parked. */
+    pthread_mutex_t notes;
     int stopper;     /* index of the worker that stopped the world; -1: none */
-    int depth;       /* its nested world_stop calls */
     int parked;      /* workers parked for the current stop */
     int alive;       /* workers whose loop still runs (a finished one cannot park) */
     uint64_t epoch;  /* bumped at each world_start that ends a stop */
@@ -73,6 +76,9 @@ void world_poke(struct worker *w);
 /* One world of n workers (filled in by the program); 0, or -1 if the lock cannot be made. */
 int world_init(struct world *wd, int n);
 void world_free(struct world *wd);
+/* The notes lock (above); nothing with one worker. */
+void world_note_lock(struct worker *w);
+void world_note_unlock(struct worker *w);
 /* Stop every other worker at a safe point; nested calls on one worker are counted. While a
  * worker waits here for another stop to end, it parks for it (two workers stopping at once is
  * not a deadlock). */

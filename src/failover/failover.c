@@ -169,38 +169,38 @@ void failover_writer_found(struct worker *w, struct node *nd)
                  ev->id, ev->clients_held, ev->failed_in_flight, ev->timed_out);
 }
 
-/* The four notes below come from any worker's sessions: the counters they bump are the one
- * failover state of the process, changed with the world stopped (they are rare: a held, a
- * served-after-hold, a failed or a timed-out request). */
+/* The four notes below come from any worker's sessions, in the middle of their work: the
+ * counters they bump are the one failover state of the process, under the world's notes lock
+ * (a stopper, which reads or resets them, runs while every other worker is parked). */
 void failover_note_held(struct worker *w)
 {
-    world_stop(w);
+    world_note_lock(w);
     if (w->fo->current) {
         w->fo->clients_held_total++;
         w->fo->current->clients_held++;
     }
-    world_start(w);
+    world_note_unlock(w);
 }
 
 void failover_note_served(struct worker *w)
 {
-    world_stop(w);
+    world_note_lock(w);
     struct failover_event *ev = w->fo->last;
     if (ev && !ev->first_served) {
         ev->first_served = now_ms();
         log_info("failover #%d: first held request served %lld ms after the new writer was seen",
                  ev->id, (long long)(ev->first_served - ev->new_writer_seen));
     }
-    world_start(w);
+    world_note_unlock(w);
 }
 
 static void note_failed(struct worker *w, const char *sqlstate);
 
 void failover_note_failed_in_flight(struct worker *w, const char *sqlstate)
 {
-    world_stop(w);
+    world_note_lock(w);
     note_failed(w, sqlstate);
-    world_start(w);
+    world_note_unlock(w);
 }
 
 static void note_failed(struct worker *w, const char *sqlstate)
@@ -235,12 +235,12 @@ static void note_failed(struct worker *w, const char *sqlstate)
 
 void failover_note_timed_out(struct worker *w)
 {
-    world_stop(w);
+    world_note_lock(w);
     struct failover_event *ev = w->fo->current ? w->fo->current : w->fo->last;
     w->fo->timed_out_total++;
     if (ev)
         ev->timed_out++;
-    world_start(w);
+    world_note_unlock(w);
 }
 
 void failover_pause(struct worker *w)

@@ -44,7 +44,7 @@ static void end_hold(struct planned *p, const char *how)
     p->active = 0;
     p->sched_at = 0;
     w->topo->planned_from = NULL;
-    evtimer_del(p->timer);
+    event_del_noblock(p->timer);
     log_warn("planned switchover: %s: the hold ends after %lld ms", how,
              (long long)(now_ms() - p->started));
     if (p->owns_pause && w->fo->paused)
@@ -140,7 +140,7 @@ void planned_scheduled(struct worker *w, struct node *from, int64_t in_ms)
         if (p->active && p->scheduled && !p->lost && w->topo->writer == p->from)
             end_hold(p, "Patroni withdrew the scheduled switchover and the writer stays");
         else if (!p->active)
-            evtimer_del(p->timer);
+            event_del_noblock(p->timer);
         return;
     }
     int64_t at = now_ms() + in_ms;

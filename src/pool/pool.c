@@ -263,13 +263,43 @@ static int pool_cap(struct pool *p)
  * client waiting in one worker is served when a server frees in another, at the price of one
  * login; while every worker has clients waiting, pool_size splits evenly between them. */
 
+/* Other workers' bits in a count's starved mask. */
+static uint64_t others_starving(struct world_count *c, const struct worker *w)
+{
+    return atomic_load_explicit(&c->starved, memory_order_relaxed) & ~(1ull << w->index);
+}
+
+/* This worker waits (on) or no longer waits for count c. Newly waiting, it wakes the other
+ * workers, one of which may have an idle server to let go. */
+static void starve_on(struct world_count *c, struct worker *w, int on)
+{
+    uint64_t bit = 1ull << w->index;
+    if (!on) {
+        if (atomic_load_explicit(&c->starved, memory_order_relaxed) & bit)
+            atomic_fetch_and_explicit(&c->starved, ~bit, memory_order_relaxed);
+        return;
+    }
+    if (atomic_fetch_or_explicit(&c->starved, bit, memory_order_relaxed) & bit)
+        return;
+    for (int i = 0; i < w->world->n; i++)
+        if (i != w->index)
+            world_poke(w->world->workers[i]);
+}
+
 static void starve(struct pool *p, int on)
 {
-    uint64_t bit = 1ull << p->w->index;
-    if (on)
-        atomic_fetch_or_explicit(&p->share->starved, bit, memory_order_relaxed);
-    else if (atomic_load_explicit(&p->share->starved, memory_order_relaxed) & bit)
-        atomic_fetch_and_explicit(&p->share->starved, ~bit, memory_order_relaxed);
+    starve_on(p->share, p->w, on);
+}
+
+/* p waits for room in its database's or user's limit (max_db_connections, _user_). */
+static void starve_shared(struct pool *p)
+{
+    const struct config *cfg = p->w->cfg;
+    if (cfg->max_db_connections > 0 && world_count_read(p->db_share) >= cfg->max_db_connections)
+        starve_on(p->db_share, p->w, 1);
+    if (cfg->max_user_connections > 0 &&
+        world_count_read(p->user_share) >= cfg->max_user_connections)
+        starve_on(p->user_share, p->w, 1);
 }
 
 int pool_slot_take(struct pool *p)
@@ -290,6 +320,8 @@ int pool_slot_take(struct pool *p)
         return 0;
     }
     starve(p, 0);
+    starve_on(p->db_share, p->w, 0);
+    starve_on(p->user_share, p->w, 0);
     return 1;
 }
 
@@ -299,22 +331,24 @@ void pool_slot_give(struct pool *p)
     atomic_fetch_sub_explicit(&p->db_share->n, 1, memory_order_relaxed);
     atomic_fetch_sub_explicit(&p->user_share->n, 1, memory_order_relaxed);
     struct world *wd = p->w->world;
-    uint64_t others =
-        atomic_load_explicit(&p->share->starved, memory_order_relaxed) & ~(1ull << p->w->index);
+    uint64_t others = others_starving(p->share, p->w) | others_starving(p->db_share, p->w) |
+                      others_starving(p->user_share, p->w);
     for (int i = 0; others && i < wd->n; i++)
         if (others & (1ull << i))
             world_poke(wd->workers[i]);
 }
 
-/* Should a server of p that just became idle go, for another worker's waiting clients? */
+/* Should an idle server of p go, for another worker's waiting clients? When p has none waiting
+ * and another worker waits for p's pool (pool_size) or for room in its database or user; or
+ * when p holds more than its fair part of pool_size while other workers wait for it too. */
 static int owed_elsewhere(struct pool *p)
 {
-    uint64_t others =
-        atomic_load_explicit(&p->share->starved, memory_order_relaxed) & ~(1ull << p->w->index);
+    uint64_t others = others_starving(p->share, p->w);
+    if (list_empty(&p->waiting))
+        return others || others_starving(p->db_share, p->w) ||
+               others_starving(p->user_share, p->w);
     if (!others)
         return 0;
-    if (list_empty(&p->waiting))
-        return 1;
     int k = __builtin_popcountll(others) + 1;
     int size = config_pool_size(p->w->cfg, p->database, p->user);
     return p->n_servers > (size + k - 1) / k;
@@ -326,10 +360,20 @@ void pool_poked(struct worker *w)
     list_for_each_safe(pos, tmp, &w->pools)
     {
         struct pool *p = container_of(pos, struct pool, node);
-        if (list_empty(&p->waiting))
-            starve(p, 0); /* its clients were served meanwhile: it asks for nothing more */
-        else
+        if (list_empty(&p->waiting)) {
+            /* its clients were served meanwhile: it asks for nothing more */
+            starve(p, 0);
+            starve_on(p->db_share, w, 0);
+            starve_on(p->user_share, w, 0);
+        } else {
             pool_kick(p);
+        }
+        /* An idle server another worker needs more: closing it frees its slot there (one
+         * per wake-up: the worker that takes it clears its bit, or wakes this one again). */
+        if (!list_empty(&p->idle) && owed_elsewhere(p)) {
+            struct server *s = container_of(list_first(&p->idle), struct server, pool_node);
+            server_close(s, "another worker's clients wait for a server of this pool");
+        }
     }
 }
 
@@ -638,8 +682,10 @@ static void pool_kick_loop(struct pool *p)
                p->n_connecting < w->cfg->server_connect_concurrency) {
             /* max_db_connections / max_user_connections: at the limit, an idle server of
              * another pool of the same database or user makes room, or the clients wait. */
-            if (at_shared_limit(p) && !evict_idle_for(p))
+            if (at_shared_limit(p) && !evict_idle_for(p)) {
+                starve_shared(p); /* another worker may hold the idle server to evict */
                 break;
+            }
             if (pool_servers_all(p) >= config_pool_size(w->cfg, p->database, p->user)) {
                 /* PgBouncer warns the same way: a pool living on its reserve is undersized. */
                 struct client *c = container_of(list_first(&p->waiting), struct client, pool_node);

@@ -710,7 +710,7 @@ void topology_set_fast(struct worker *w, int fast)
         return;
     world_stop(w);
     t->fast = fast;
-    evtimer_del(t->timer);
+    event_del_noblock(t->timer);
     schedule(t);
     world_start(w);
 }
@@ -771,7 +771,7 @@ static void remove_node(struct topology *t, struct node *nd)
     log_info("node %s (%s:%d): removed from [nodes] by a reload: no new connections; %d server "
              "connections drain (idle ones closed now, lent ones when released)",
              nd->name, nd->host, nd->port, nd->n_servers);
-    evtimer_del(nd->kick);
+    event_del_noblock(nd->kick);
     if (nd->probe) {
         struct server *p = nd->probe;
         nd->probe = NULL;
