@@ -3,7 +3,9 @@
 alternating so that drift on a shared machine hits all alike; medians of TPS and proxy CPU.
 
   bench/ab.py NODE_PORT BUILD[,BUILD...] [ROUNDS]
-  env: AB_MODE (transaction|session), AB_POOL (8), AB_CLIENTS (32), AB_PREPARED=1, AB_C=1 (-C)
+  env: AB_MODE (transaction|session), AB_POOL (8), AB_CLIENTS (32), AB_PREPARED=1, AB_C=1 (-C),
+       AB_WORKERS (pgstay's workers: 1 by default; "none" leaves the key out, for builds older
+       than it)
 
 NODE_PORT is a running PostgreSQL with pgbench tables (for example a pgstay-lab node after
 pgbench -i); make bench does the full, self-contained run.
@@ -26,12 +28,14 @@ def main():
     connect = os.environ.get("AB_C") == "1"
     mode = os.environ.get("AB_MODE", "transaction")
     pool = int(os.environ.get("AB_POOL", "8"))
+    w = os.environ.get("AB_WORKERS", "1")
+    workers = None if w == "none" else int(w)
     tmp = tempfile.mkdtemp()
     os.chmod(tmp, 0o755)  # PgBouncer runs as postgres
     proxies = [("pgbouncer", run.PgBouncer(tmp, node, mode, pool).start())]
     for b in builds:
         os.environ["PGSTAY_BUILD"] = b
-        p = run.Pgstay(tmp, node, mode, pool)
+        p = run.Pgstay(tmp, node, mode, pool, workers=workers)
         p.tmp = os.path.join(tmp, "pgstay-%d" % len(proxies))
         os.makedirs(p.tmp)
         proxies.append((b, p.start()))

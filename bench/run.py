@@ -26,6 +26,8 @@ PGBIN = "/usr/lib/postgresql/15/bin"
 # PGBOUNCER=path points to another PgBouncer (e.g. a newer one with prepared statements)
 PGBOUNCER = os.environ.get("PGBOUNCER", "/usr/sbin/pgbouncer")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# the client count of issue 14's rows (pgstay workers, PgBouncer with so_reuseport)
+WORKERS_CLIENTS = 256
 T_START = time.time()
 
 
@@ -62,11 +64,27 @@ def free_port():
     return port
 
 
-def cpu_ms(pid):
-    """utime + stime of a process, in ms (fields 14 and 15 of /proc/PID/stat)."""
-    with open("/proc/%d/stat" % pid) as f:
+def cpu_ms(pid, stat="/proc/%d/stat"):
+    """utime + stime of a process, in ms (fields 14 and 15 of /proc/PID/stat): all its threads."""
+    with open(stat % pid) as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) * 1000.0 / CLK_TCK
+
+
+def thread_cpu_ms(pid):
+    """{tid: utime + stime in ms} of each thread of a process (pgstay's workers)."""
+    out = {}
+    for tid in os.listdir("/proc/%d/task" % pid):
+        try:
+            out[int(tid)] = cpu_ms(pid, "/proc/%%d/task/%s/stat" % tid)
+        except OSError:
+            pass  # a thread that ended between the listing and the read
+    return out
+
+
+def online_cpus():
+    """What pgstay's workers = 0 means: one worker per online CPU."""
+    return max(1, os.sysconf("SC_NPROCESSORS_ONLN"))
 
 
 def rss_kb(pid):
@@ -75,6 +93,10 @@ def rss_kb(pid):
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     return 0
+
+
+def rss_kb_all(pids):
+    return sum(rss_kb(pid) for pid in pids)
 
 
 def raise_nofile(n=20000):
@@ -118,6 +140,14 @@ class Proxy:
     def pid(self):
         return self.proc.pid
 
+    @property
+    def pids(self):
+        """Every process of the proxy: CPU and RSS are summed over them."""
+        return [self.pid]
+
+    def dead(self):
+        return self.proc.poll() is not None
+
     def stop(self):
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
@@ -141,27 +171,32 @@ class Proxy:
 class PgBouncer(Proxy):
     name = "pgbouncer"
 
-    def start(self):
-        d = os.path.join(self.tmp, "pgbouncer-%s" % self.mode)
-        os.makedirs(d, exist_ok=True)
+    def write_ini(self, d, tag="", pool=None, extra=""):
+        """pgbouncer<tag>.ini in d (logfile pgbouncer<tag>.log), owned by postgres; its path."""
         pg = pwd.getpwnam("postgres")
         with open(os.path.join(d, "userlist.txt"), "w") as f:
             f.write('"postgres" "postgres"\n"app" "app"\n')
-        self.log_path = os.path.join(d, "pgbouncer.log")
-        ini = os.path.join(d, "pgbouncer.ini")
+        log_path = os.path.join(d, "pgbouncer%s.log" % tag)
+        ini = os.path.join(d, "pgbouncer%s.ini" % tag)
         with open(ini, "w") as f:
             f.write("[databases]\n* = host=127.0.0.1 port=%d\n[pgbouncer]\n"
                     "listen_addr = 127.0.0.1\nlisten_port = %d\nunix_socket_dir =\n"
                     "auth_type = trust\nauth_file = %s/userlist.txt\npool_mode = %s\n"
                     "default_pool_size = %d\nmax_client_conn = 11000\nmax_db_connections = 0\n"
                     "logfile = %s\nlog_connections = 0\nlog_disconnections = 0\n"
-                    "stats_period = 60\nignore_startup_parameters = extra_float_digits\n"
-                    % (self.node_port, self.port, d, self.mode, self.pool, self.log_path))
+                    "stats_period = 60\nignore_startup_parameters = extra_float_digits\n%s"
+                    % (self.node_port, self.port, d, self.mode,
+                       self.pool if pool is None else pool, log_path, extra))
             if pgbouncer_version() >= (1, 21):
                 # protocol-level prepared statements in transaction mode (off by default)
                 f.write("max_prepared_statements = 200\n")
         for p in (d, ini, os.path.join(d, "userlist.txt")):
             os.chown(p, pg.pw_uid, pg.pw_gid)
+        return ini, log_path
+
+    @staticmethod
+    def spawn(ini):
+        pg = pwd.getpwnam("postgres")
 
         def drop():
             # PgBouncer refuses root; the descriptor limit is raised before giving up root
@@ -169,17 +204,86 @@ class PgBouncer(Proxy):
             os.setgid(pg.pw_gid)
             os.setuid(pg.pw_uid)
 
-        self.proc = subprocess.Popen([PGBOUNCER, ini], preexec_fn=drop,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return subprocess.Popen([PGBOUNCER, ini], preexec_fn=drop,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def start(self):
+        d = os.path.join(self.tmp, "pgbouncer-%s" % self.mode)
+        os.makedirs(d, exist_ok=True)
+        ini, self.log_path = self.write_ini(d)
+        self.proc = self.spawn(ini)
         wait_port(self.port, self.proc, "pgbouncer")
         return self
 
 
-class Pgstay(Proxy):
-    name = "pgstay"
+class PgBouncerReuseport(PgBouncer):
+    """N PgBouncer processes on one port with so_reuseport = 1 (PgBouncer's answer to its single
+    thread): the kernel spreads the connections over them. Each has its own config file and
+    logfile (no pidfile, no unix socket). In transaction mode each gets pool / N servers, so that
+    all of them together have the pool of the other rows (pgstay's pool_size holds across its
+    workers); in session mode each keeps the whole pool, as every process needs one server per
+    client it happens to get."""
+
+    def __init__(self, tmp, node_port, mode, pool, procs):
+        super().__init__(tmp, node_port, mode, pool)
+        self.nprocs = procs
+        self.name = "pgbouncer x%d" % procs
+        self.procs = []
+
+    @property
+    def pids(self):
+        return [p.pid for p in self.procs]
+
+    def dead(self):
+        return any(p.poll() is not None for p in self.procs)
 
     def start(self):
-        d = os.path.join(self.tmp, "pgstay-%s" % self.mode)
+        d = os.path.join(self.tmp, "pgbouncer-%s-x%d" % (self.mode, self.nprocs))
+        os.makedirs(d, exist_ok=True)
+        pool = self.pool if self.mode == "session" else max(1, -(-self.pool // self.nprocs))
+        for i in range(self.nprocs):
+            ini, self.log_path = self.write_ini(d, "-%d" % i, pool, "so_reuseport = 1\n")
+            self.procs.append(self.spawn(ini))
+            self.proc = self.procs[0]
+            # the port answers as soon as one process listens: wait for this one's own socket
+            self.wait_listening(self.procs[-1], self.log_path)
+        return self
+
+    def wait_listening(self, proc, log_path, timeout=15):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError("pgbouncer (so_reuseport) exited at start (exit %s)"
+                                   % proc.returncode)
+            try:
+                with open(log_path, errors="replace") as f:
+                    if "listening on 127.0.0.1:%d" % self.port in f.read():
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("pgbouncer (so_reuseport) did not listen on %d" % self.port)
+
+    def stop(self):
+        for p in self.procs:
+            self.proc = p
+            super().stop()
+        self.procs = []
+
+
+class Pgstay(Proxy):
+    """pgstay with `workers` event-loop threads (1 by default, as before issue 14, so that the
+    rows stay comparable with older results; None leaves the key out, for builds older than it)."""
+
+    name = "pgstay"
+
+    def __init__(self, tmp, node_port, mode, pool, workers=1):
+        super().__init__(tmp, node_port, mode, pool)
+        self.workers = workers
+
+    def start(self):
+        d = os.path.join(self.tmp, "pgstay-%s%s" % (
+            self.mode, "" if self.workers in (1, None) else "-w%d" % self.workers))
         os.makedirs(d, exist_ok=True)
         with open(os.path.join(d, "userlist.txt"), "w") as f:
             f.write('"postgres" "postgres"\n"app" "app"\n')
@@ -191,8 +295,10 @@ class Pgstay(Proxy):
                     "auth_file = userlist.txt\nadmin_users = postgres\n"
                     "health_check_user = postgres\nhealth_check_dbname = postgres\n"
                     "log_connections = 0\nlog_disconnections = 0\n"  # as PgBouncer's, above
-                    "[nodes]\nn1 = host=127.0.0.1 port=%d\n"
-                    % (self.port, self.mode, self.pool, self.node_port))
+                    "%s[nodes]\nn1 = host=127.0.0.1 port=%d\n"
+                    % (self.port, self.mode, self.pool,
+                       "" if self.workers is None else "workers = %d\n" % self.workers,
+                       self.node_port))
         self.logf = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             [os.path.join(build_dir(), "pgstay"), ini], stdout=self.logf,
@@ -301,16 +407,17 @@ def idle_clients(proxy, n, batch=100):
 
 # ---- the run -----------------------------------------------------------------------------------
 
-def setup_lab(lab, scale):
+def setup_lab(lab, scale, max_connections=1000):
     """Init the one-node lab, raise max_connections, load pgbench -i -s scale."""
     say("cluster: 1 node (async, --fast) in %s" % lab.dir)
     lab.init()
     node = lab.node_port(1)
     psql = [os.path.join(PGBIN, "psql"), "-XAtq", "-h", "127.0.0.1", "-p", str(node),
             "-U", "postgres", "-d", "postgres"]
-    # 256 direct clients while both session pools keep up to 256 servers each
-    subprocess.run(psql + ["-c", "ALTER SYSTEM SET max_connections = 1000"], check=True,
-                   capture_output=True)
+    # 256 direct clients while both session pools keep up to 256 servers each (and those of
+    # the workers rows' proxies: Bench.setup)
+    subprocess.run(psql + ["-c", "ALTER SYSTEM SET max_connections = %d" % max_connections],
+                   check=True, capture_output=True)
     lab.stop("n1")
     lab.start("n1")
     say("pgbench -i -s %d" % scale)
@@ -380,44 +487,91 @@ class Bench:
         self.idle = {}
         self.syscalls = {}  # proxy name -> profile.count_syscalls() result
         self.prof = None
+        self.worker_rows = []  # (config label, [target names]) of the workers table
+
+    def extra_targets(self):
+        """The workers rows' proxies besides PgBouncer and pgstay workers = 1: pgstay with each
+        other count of --workers, PgBouncer xN with so_reuseport (N = --pgbouncer-procs)."""
+        a = self.args
+        out = [("pgstay w%d" % w, Pgstay, {"workers": w}) for w in getattr(a, "workers", [])
+               if w != 1]
+        if getattr(a, "pgbouncer_procs", 1) > 1:
+            out.append(("pgbouncer x%d" % a.pgbouncer_procs, PgBouncerReuseport,
+                        {"procs": a.pgbouncer_procs}))
+        return out
 
     def setup(self):
-        setup_lab(self.lab, self.args.scale)
+        # every session-mode proxy keeps up to one server per client (256) between runs, and
+        # PgBouncer xN's processes each keep what they opened: 300 each leaves room
+        extra = len(self.extra_targets())
+        setup_lab(self.lab, self.args.scale, 1000 if not extra else 300 * (3 + extra) + 100)
 
-    def start(self, cls, mode, pool):
-        p = cls(self.tmp, self.lab.node_port(1), mode, pool)
+    def start(self, cls, mode, pool, **kw):
+        p = cls(self.tmp, self.lab.node_port(1), mode, pool, **kw)
         self.proxies.append(p)
         try:
             return p.start()
         except RuntimeError as e:
             p.stop()
             self.notes.append("%s with pool_mode = %s did not start: %s %s"
-                              % (cls.name, mode, e, p.log_tail(400)))
+                              % (p.name, mode, e, p.log_tail(400)))
             return None
+
+    def start_extra(self, mode, pool):
+        """Start the workers rows' proxies for this pool mode: [(target, port, proxy)]."""
+        out = []
+        for tname, cls, kw in self.extra_targets():
+            p = self.start(cls, mode, pool, **kw)
+            out.append((tname, p.port if p else None, p))
+        return out
 
     def measure(self, label, targets, clients, prepared=False, connect=False):
         """One pgbench run per target (interleaved, so drift hits all alike)."""
         for tname, port, proxy in targets:
             if port is None:
                 continue
-            c0 = cpu_ms(proxy.pid) if proxy else None
+            c0 = [cpu_ms(pid) for pid in proxy.pids] if proxy else None
+            t0 = thread_cpu_ms(proxy.pid) if proxy else None
             r = pgbench(port, clients, self.args.seconds, prepared, connect)
             if proxy:
-                if proxy.proc.poll() is not None:
+                if proxy.dead():
                     r = {"error": "%s died: %s" % (proxy.name, proxy.log_tail(300))}
                 else:
-                    r["cpu_ms"] = cpu_ms(proxy.pid) - c0
-                    r["rss_kb"] = rss_kb(proxy.pid)
+                    per = [cpu_ms(pid) - c for pid, c in zip(proxy.pids, c0)]
+                    r["cpu_ms"] = sum(per)
+                    r["rss_kb"] = rss_kb_all(proxy.pids)
+                    if len(per) > 1:
+                        # how the kernel spread the clients over PgBouncer's processes
+                        r["cpu_ms_per_process"] = per
+                    t1 = thread_cpu_ms(proxy.pid)
+                    busy = [t1[t] - t0.get(t, 0) for t in sorted(t1) if t1[t] > t0.get(t, 0)]
+                    if len(busy) > 1:
+                        # and pgstay's over its workers (threads that did nothing left out)
+                        r["cpu_ms_per_thread"] = busy
             say("  %-28s %-9s %s" % (label, tname, "tps %.0f, latency %.3f ms" % (
                 r["tps"], r["latency_ms"] or 0) if "tps" in r else r["error"]))
             self.raw.setdefault((label, tname), []).append(r)
+
+    def with_extra(self, label, targets, extra, clients, mode, prepared):
+        """targets, plus the workers rows' proxies at the workers rows' client count (PgBouncer
+        xN only where PgBouncer serves the protocol); remembers the row for the report."""
+        if clients != self.args.workers_clients or not extra:
+            return targets
+        more = [t for t in extra
+                if not (t[0].startswith("pgbouncer") and prepared and not pgbouncer_prepared(mode))]
+        names = ["pgbouncer"] + [t[0] for t in more if t[0].startswith("pgbouncer")] + \
+            ["pgstay"] + [t[0] for t in more if t[0].startswith("pgstay")]
+        if (label, names) not in self.worker_rows:
+            self.worker_rows.append((label, names))
+        return targets + more
 
     def run(self):
         a = self.args
         self.setup()
         node = self.lab.node_port(1)
         bouncer = self.start(PgBouncer, "session", 300)
-        stay = self.start(Pgstay, "session", 300)
+        stay = self.start(Pgstay, "session", 300, workers=1)
+        extra = self.start_extra("session", 300)
         targets = [("direct", node, None),
                    ("pgbouncer", bouncer.port if bouncer else None, bouncer),
                    ("pgstay", stay.port if stay else None, stay)]
@@ -426,18 +580,21 @@ class Bench:
             for c in a.clients:
                 configs.append(("session %s, %d clients" % (proto, c), c, proto == "prepared",
                                 False))
-        configs.append(("session simple, %d clients, -C" % a.connect_clients, a.connect_clients,
-                        False, True))
+        if not a.workers_only:
+            configs.append(("session simple, %d clients, -C" % a.connect_clients,
+                            a.connect_clients, False, True))
         for k in range(a.runs):
             say("run %d/%d: session mode, pool_size 300, %d s each" % (k + 1, a.runs, a.seconds))
             for label, c, prep, conn in configs:
-                self.measure(label, targets, c, prep, conn)
-        for p in (bouncer, stay):
+                self.measure(label, self.with_extra(label, targets, extra, c, "session", prep),
+                             c, prep, conn)
+        for p in [bouncer, stay] + [t[2] for t in extra]:
             if p:
                 p.stop()
 
         bouncer = self.start(PgBouncer, "transaction", 8)
-        stay = self.start(Pgstay, "transaction", 8)
+        stay = self.start(Pgstay, "transaction", 8, workers=1)
+        extra = self.start_extra("transaction", 8)
         if not stay:
             self.notes.append("pgstay transaction mode not available: skipped in the "
                               "transaction-mode and idle rows")
@@ -453,14 +610,24 @@ class Bench:
         tx_more = [("transaction prepared, 32 clients, pool 8", 32, True, False),
                    ("transaction simple, 256 clients, pool 8", 256, False, False),
                    ("transaction simple, 32 clients, pool 8, -C", 32, False, True)]
+        tx_rows = [(label, 32, False, False), (label_prep, 256, True, False)] + tx_more
+        if a.workers_only:
+            tx_rows = [r for r in tx_rows if r[1] == a.workers_clients and not r[3]]
         for k in range(a.runs):
             say("run %d/%d: transaction mode, pool_size 8" % (k + 1, a.runs))
-            self.measure(label, targets, 32)
-            self.measure(label_prep, targets, 256, prepared=True)
-            for l2, c2, prep2, conn2 in tx_more:
-                self.measure(l2, targets, c2, prep2, conn2)
+            for l2, c2, prep2, conn2 in tx_rows:
+                self.measure(l2, self.with_extra(l2, targets, extra, c2, "transaction", prep2),
+                             c2, prep2, conn2)
+        for p in [t[2] for t in extra]:
+            if p:
+                p.stop()
         self.tx_label = label
-        self.tx_more = [t[0] for t in tx_more]
+        self.configs = [c[0] for c in configs] + [r[0] for r in tx_rows]
+        if a.workers_only:
+            for p in (bouncer, stay):
+                if p:
+                    p.stop()
+            return
 
         # Syscalls per transaction in the same case, in a separate short run per proxy so the
         # counting (perf stat on syscall tracepoints, or strace -c -f if perf cannot) does not
@@ -491,7 +658,6 @@ class Bench:
         for p in (bouncer, stay):
             if p:
                 p.stop()
-        self.configs = [c[0] for c in configs] + [label, label_prep] + self.tx_more
 
     def cleanup(self):
         for p in self.proxies:
@@ -509,6 +675,69 @@ class Bench:
         if any("error" in r for r in rs):
             return None
         return med([r.get(key) for r in rs])
+
+    def latency_table(self, f):
+        L = ["", "Added latency at 1 client (pgbench's average latency minus direct's):", "",
+             "| protocol | direct µs | PgBouncer +µs | pgstay +µs |", "|---|---:|---:|---:|"]
+        for proto in ("simple", "prepared"):
+            label = "session %s, 1 clients" % proto
+            if label not in self.configs:
+                continue
+            d = self.m(label, "direct", "latency_ms")
+            b = self.m(label, "pgbouncer", "latency_ms")
+            s = self.m(label, "pgstay", "latency_ms")
+            L.append("| %s | %s | %s | %s |" % (
+                proto, f(d and d * 1000), f(None if b is None or d is None else (b - d) * 1000),
+                f(None if s is None or d is None else (s - d) * 1000)))
+        return L
+
+    def idle_table(self):
+        L = ["", "Memory per idle client (%d client connections logged in, pool_mode "
+             "transaction; (RSS with them − RSS without) / clients):" % self.args.idle, "",
+             "| proxy | RSS before kB | RSS with clients kB | kB per client |",
+             "|---|---:|---:|---:|"]
+        for name in ("pgbouncer", "pgstay"):
+            vals = self.idle.get(name)
+            if not vals:
+                L.append("| %s | not measured (see notes) | | |" % name)
+                continue
+            L.append("| %s | %d | %d | %.3f |" % (
+                name, med([v["rss0_kb"] for v in vals]), med([v["rss_kb"] for v in vals]),
+                med([v["per_client_kb"] for v in vals])))
+        return L
+
+    def workers_table(self, f, ratio, cpu_per_k):
+        """Issue 14's rows: at --workers-clients, PgBouncer (one process), PgBouncer xN with
+        so_reuseport, pgstay with each --workers count; ratios against PgBouncer, one process,
+        from the same interleaved runs."""
+        if not self.worker_rows:
+            return []
+        n = self.args.pgbouncer_procs
+        L = ["", "Worker threads (issue 14) at %d clients: the same interleaved runs as the table "
+             "above (its pgstay column is workers = 1). PgBouncer x%d = %d PgBouncer processes "
+             "with so_reuseport = 1 on one port (transaction mode: default_pool_size %d each, "
+             "the pool of the other rows in all; session mode: the whole pool each). CPU and RSS "
+             "are summed over the proxy's processes (pgstay's workers are threads of one "
+             "process). Ratios against PgBouncer, one process. With the proxy, PostgreSQL and "
+             "pgbench on the same %d cores, read CPU per transaction more than TPS "
+             "(bench/README.md)." % (self.args.workers_clients, n, n,
+                                     max(1, -(-8 // n)), online_cpus()), "",
+             "| pgbench -S | TPS | TPS / PgBouncer | CPU ms / 1k tx | CPU / PgBouncer | RSS kB |",
+             "|---|---:|---:|---:|---:|---:|"]
+        for label, names in self.worker_rows:
+            b, cb = self.m(label, "pgbouncer", "tps"), cpu_per_k(label, "pgbouncer")
+            for t in names:
+                if t == "pgbouncer":
+                    what = "PgBouncer"
+                elif t.startswith("pgbouncer x"):
+                    what = "PgBouncer %s so_reuseport" % t.split()[1]
+                else:
+                    what = "workers %s" % (t.split()[1][1:] if " " in t else "1")
+                tps, cpu = self.m(label, t, "tps"), cpu_per_k(label, t)
+                L.append("| %s, %s | %s | %s | %s | %s | %s |" % (
+                    label, what, f(tps), f(ratio(tps, b), "%.2f"), f(cpu, "%.1f"),
+                    f(ratio(cpu, cb), "%.2f"), f(self.m(label, t, "rss_kb"))))
+        return L
 
     def report(self, mach):
         a = self.args
@@ -551,35 +780,10 @@ class Bench:
                 f(ratio(b, d), "%.2f"), f(cpu_per_k(label, "pgbouncer"), "%.1f"),
                 f(cpu_per_k(label, "pgstay"), "%.1f"), f(self.m(label, "pgbouncer", "rss_kb")),
                 f(self.m(label, "pgstay", "rss_kb"))))
-        L.append("")
-        L.append("Added latency at 1 client (pgbench's average latency minus direct's):")
-        L.append("")
-        L.append("| protocol | direct µs | PgBouncer +µs | pgstay +µs |")
-        L.append("|---|---:|---:|---:|")
-        for proto in ("simple", "prepared"):
-            label = "session %s, 1 clients" % proto
-            if label not in self.configs:
-                continue
-            d = self.m(label, "direct", "latency_ms")
-            b = self.m(label, "pgbouncer", "latency_ms")
-            s = self.m(label, "pgstay", "latency_ms")
-            L.append("| %s | %s | %s | %s |" % (
-                proto, f(d and d * 1000), f(None if b is None or d is None else (b - d) * 1000),
-                f(None if s is None or d is None else (s - d) * 1000)))
-        L.append("")
-        L.append("Memory per idle client (%d client connections logged in, pool_mode "
-                 "transaction; (RSS with them − RSS without) / clients):" % a.idle)
-        L.append("")
-        L.append("| proxy | RSS before kB | RSS with clients kB | kB per client |")
-        L.append("|---|---:|---:|---:|")
-        for name in ("pgbouncer", "pgstay"):
-            vals = self.idle.get(name)
-            if not vals:
-                L.append("| %s | not measured (see notes) | | |" % name)
-                continue
-            L.append("| %s | %d | %d | %.3f |" % (
-                name, med([v["rss0_kb"] for v in vals]), med([v["rss_kb"] for v in vals]),
-                med([v["per_client_kb"] for v in vals])))
+        L.extend(self.workers_table(f, ratio, cpu_per_k))
+        if not a.workers_only:
+            L.extend(self.latency_table(f))
+            L.extend(self.idle_table())
         if self.syscalls:
             methods = sorted({r["method"] for r in self.syscalls.values()})
             L.append("")
@@ -594,18 +798,20 @@ class Bench:
                 if "error" in r:
                     self.notes.append("syscalls per transaction through %s not counted: %s"
                                       % (name, r["error"]))
-        L.append("")
-        L.append("Design targets: transaction mode 32 clients pool 8 pgstay ≥ 1.1 × "
-                 "PgBouncer; CPU per 1k tx ≤ 0.8 × PgBouncer; idle memory ≤ 0.6 kB per client; "
-                 "added latency ≤ PgBouncer's; syscalls per transaction ≤ PgBouncer's.")
         tl = self.tx_label
         b, s = self.m(tl, "pgbouncer", "tps"), self.m(tl, "pgstay", "tps")
         cb, cs = cpu_per_k(tl, "pgbouncer"), cpu_per_k(tl, "pgstay")
-        L.append("")
-        L.append("- transaction mode TPS pgstay / PgBouncer: %s (target ≥ 1.10)" %
-                 f(ratio(s, b), "%.2f"))
-        L.append("- transaction mode CPU per 1k tx pgstay / PgBouncer: %s (target ≤ 0.80)" %
-                 f(ratio(cs, cb), "%.2f"))
+        if tl in self.configs:
+            L.append("")
+            L.append("Design targets: transaction mode 32 clients pool 8 pgstay ≥ 1.1 × "
+                     "PgBouncer; CPU per 1k tx ≤ 0.8 × PgBouncer; idle memory ≤ 0.6 kB per "
+                     "client; added latency ≤ PgBouncer's; syscalls per transaction ≤ "
+                     "PgBouncer's.")
+            L.append("")
+            L.append("- transaction mode TPS pgstay / PgBouncer: %s (target ≥ 1.10)" %
+                     f(ratio(s, b), "%.2f"))
+            L.append("- transaction mode CPU per 1k tx pgstay / PgBouncer: %s (target ≤ 0.80)" %
+                     f(ratio(cs, cb), "%.2f"))
         sb, ss = (self.syscalls.get(n, {}).get("total_per_tx") for n in ("pgbouncer", "pgstay"))
         if sb or ss:
             L.append("- syscalls per transaction pgstay / PgBouncer: %s (%s / %s; target ≤ 1.00)"
@@ -620,6 +826,8 @@ class Bench:
             for n in self.notes:
                 L.append("- " + n.replace("\n", " ")[:600])
         errs = [(k, r["error"]) for k, rs in self.raw.items() for r in rs if "error" in r]
+        if errs and not self.notes and tl not in self.configs:
+            L.append("")
         for (label, t), e in errs[:10]:
             L.append("- %s through %s failed: %s" % (label, t, e[:300]))
         L.append("")
@@ -641,9 +849,20 @@ def main():
     ap.add_argument("--scale", type=int, default=10)
     ap.add_argument("--idle", type=int, default=10000, help="idle client connections")
     ap.add_argument("--quick", action="store_true", help="a fast smoke run")
+    ap.add_argument("--workers", default="1,2,%d" % online_cpus(),
+                    help="pgstay worker counts of the workers rows (default 1,2,online CPUs; "
+                    "1 is the pgstay column of every row)")
+    ap.add_argument("--pgbouncer-procs", type=int, default=online_cpus(),
+                    help="PgBouncer processes with so_reuseport in the workers rows (default: "
+                    "online CPUs; 1: no such row)")
+    ap.add_argument("--workers-only", action="store_true",
+                    help="only the %d-client rows with the workers rows (no latency, idle or "
+                    "syscall sections)" % WORKERS_CLIENTS)
     ap.add_argument("--out", default=os.path.join(REPO, "bench", "results", "latest.md"))
     a = ap.parse_args()
-    a.clients = [1, 32, 256]
+    a.workers = sorted({int(w) for w in a.workers.split(",") if w.strip()})
+    a.workers_clients = WORKERS_CLIENTS
+    a.clients = [1, 32, 256] if not a.workers_only else [WORKERS_CLIENTS]
     a.connect_clients = 32
     # Once: a second round in the same process reuses the memory the first one freed (malloc
     # keeps it), so it would read as ~0 kB per client.
