@@ -1058,6 +1058,9 @@ void worker_free(struct worker *w)
             peer_free(w->world->workers[i]);
             w->world->workers[i] = NULL;
         }
+    /* From here this loop is the only one: what walks every worker (a last reap running a
+     * takeover's sweep) sees it alone. */
+    w->world->n = 1;
     worker_stop_listening(w);
     takeover_free(w);
     topology_free(w);

@@ -219,6 +219,20 @@ void conn_rearm(struct conn *c)
     rearm(c);
 }
 
+int conn_move(struct conn *c, struct conn_loop *to)
+{
+    if (c->fd < 0 || c->dead || c->connecting || c->handshaking || c->queued || c->kicked ||
+        c->dns_req || c->in.data || c->out.data || (c->tls && c->tr->pending(c)))
+        return -1;
+    if (c->assigned)
+        event_del_noblock(&c->ev);
+    c->assigned = 0;
+    c->armed = 0;
+    c->loop = to;
+    rearm(c);
+    return 0;
+}
+
 /* Report a failure found outside the loop's callback for this connection (a refused connect,
  * a failed send during a flush): from the loop, as every callback is. */
 static void report_later(struct conn *c, int err)

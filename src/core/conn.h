@@ -192,6 +192,10 @@ void conn_forward(struct conn *from, struct conn *to, size_t n);
  * have the loop wait for what the connection needs (rearm). */
 int conn_flush_plain(struct conn *c);
 void conn_rearm(struct conn *c);
+/* An idle connection (nothing buffered either way, not connecting, no handshake) goes to another
+ * loop, another worker's thread (with the world stopped: core/world.h). 0, or -1 when it
+ * cannot move now. */
+int conn_move(struct conn *c, struct conn_loop *to);
 
 /* Have the owner's on_read called from the loop soon, whether bytes arrive or not (its input
  * can go on now): deferred, so nothing re-enters the caller. */

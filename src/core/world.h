@@ -48,6 +48,7 @@ struct world_count {
     struct world_count *next;
     _Atomic int n;
     _Atomic uint64_t starved;
+    _Atomic int per[WORLD_MAX]; /* n, by worker (who holds how many: balance between them) */
     char key[];
 };
 

@@ -127,6 +127,8 @@ static void learn_from_sibling(struct pool *p)
                     kv_set(&p->base, q->base.items[k].name, q->base.items[k].value);
             for (int k = 0; k < q->n_welcomes; k++)
                 pool_welcome_store(p, q->welcomes[k].key, &q->welcomes[k].params);
+            for (int k = 0; k < q->n_known; k++)
+                pool_learn_known(p, q->known[k]);
             if (q->have_client_key && !p->have_client_key) {
                 memcpy(p->client_key, q->client_key, sizeof(p->client_key));
                 p->have_client_key = 1;
@@ -319,6 +321,7 @@ int pool_slot_take(struct pool *p)
         atomic_fetch_sub_explicit(&p->db_share->n, 1, memory_order_relaxed);
         return 0;
     }
+    atomic_fetch_add_explicit(&p->share->per[p->w->index], 1, memory_order_relaxed);
     starve(p, 0);
     starve_on(p->db_share, p->w, 0);
     starve_on(p->user_share, p->w, 0);
@@ -328,6 +331,7 @@ int pool_slot_take(struct pool *p)
 void pool_slot_give(struct pool *p)
 {
     atomic_fetch_sub_explicit(&p->share->n, 1, memory_order_relaxed);
+    atomic_fetch_sub_explicit(&p->share->per[p->w->index], 1, memory_order_relaxed);
     atomic_fetch_sub_explicit(&p->db_share->n, 1, memory_order_relaxed);
     atomic_fetch_sub_explicit(&p->user_share->n, 1, memory_order_relaxed);
     struct world *wd = p->w->world;
@@ -338,20 +342,108 @@ void pool_slot_give(struct pool *p)
             world_poke(wd->workers[i]);
 }
 
-/* Should an idle server of p go, for another worker's waiting clients? When p has none waiting
- * and another worker waits for p's pool (pool_size) or for room in its database or user; or
- * when p holds more than its fair part of pool_size while other workers wait for it too. */
-static int owed_elsewhere(struct pool *p)
+static int node_fits(struct pool *p, struct node *nd);
+
+/* The same pool (database, user, endpoint) in worker x, NULL if x has none. */
+static struct pool *sibling(struct worker *x, const struct pool *p)
+{
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, &x->pools)
+    {
+        struct pool *q = container_of(pos, struct pool, node);
+        if (q->role == p->role && !strcmp(q->database, p->database) && !strcmp(q->user, p->user))
+            return q;
+    }
+    return NULL;
+}
+
+/* s moves to q (another worker's same pool), its slot with it. World stopped. */
+static int move_server(struct server *s, struct pool *q)
+{
+    struct pool *p = s->pool;
+    int from = p->w->index, to = q->w->index;
+    if (server_move(s, q) < 0)
+        return -1;
+    atomic_fetch_sub_explicit(&p->share->per[from], 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&p->share->per[to], 1, memory_order_relaxed);
+    pool_kick(q); /* runs on q's loop once the world goes on */
+    return 0;
+}
+
+/* Which starving worker should get a server of p that is idle now: one with none, or with at
+ * least two fewer than this worker (so that a balanced split does not bounce servers to and
+ * fro); any when p has no client waiting. -1: none. Read from the counts, no stop needed. */
+static int recipient(struct pool *p)
 {
     uint64_t others = others_starving(p->share, p->w);
-    if (list_empty(&p->waiting))
-        return others || others_starving(p->db_share, p->w) ||
-               others_starving(p->user_share, p->w);
     if (!others)
+        return -1;
+    int mine = atomic_load_explicit(&p->share->per[p->w->index], memory_order_relaxed);
+    int best = -1, best_n = 0;
+    for (int i = 0; i < p->w->world->n; i++) {
+        if (!(others & (1ull << i)))
+            continue;
+        int n = atomic_load_explicit(&p->share->per[i], memory_order_relaxed);
+        if (best < 0 || n < best_n) {
+            best = i;
+            best_n = n;
+        }
+    }
+    if (list_empty(&p->waiting) || best_n == 0 || mine >= best_n + 2)
+        return best;
+    return -1;
+}
+
+/* An idle server of p goes to another worker whose clients wait for this pool (instead of a
+ * close there and a login elsewhere). 1 if it went. */
+static int hand_over(struct server *s)
+{
+    struct pool *p = s->pool;
+    int to = recipient(p);
+    if (to < 0)
         return 0;
-    int k = __builtin_popcountll(others) + 1;
-    int size = config_pool_size(p->w->cfg, p->database, p->user);
-    return p->n_servers > (size + k - 1) / k;
+    struct worker *w = p->w;
+    int moved = 0;
+    world_stop(w);
+    struct pool *q = sibling(w->world->workers[to], p);
+    if (q && !list_empty(&q->waiting) && move_server(s, q) == 0)
+        moved = 1;
+    world_start(w);
+    return moved;
+}
+
+/* p has clients waiting and pool_size is reached counting every worker: take idle servers of
+ * the same pool in other workers that have no client waiting for them. The number taken. */
+static int steal_idle(struct pool *p, int want)
+{
+    struct worker *w = p->w;
+    int got = 0;
+    if (w->world->n == 1)
+        return 0;
+    world_stop(w);
+    for (int i = 0; i < w->world->n && got < want; i++) {
+        struct pool *q = i == w->index ? NULL : sibling(w->world->workers[i], p);
+        if (!q || !list_empty(&q->waiting))
+            continue;
+        struct list *pos, *tmp;
+        list_for_each_safe(pos, tmp, &q->idle)
+        {
+            struct server *s = container_of(pos, struct server, pool_node);
+            if (got < want && node_fits(p, s->nd) && move_server(s, p) == 0)
+                got++;
+        }
+    }
+    world_start(w);
+    return got;
+}
+
+/* Should an idle server of p close, for another worker's clients waiting for room in its
+ * database's or user's limit (max_db_connections, max_user_connections)? A server of another
+ * pool cannot serve them: the slot is what they need. */
+static int owed_elsewhere(struct pool *p)
+{
+    return list_empty(&p->waiting) &&
+           (others_starving(p->db_share, p->w) || others_starving(p->user_share, p->w));
 }
 
 void pool_poked(struct worker *w)
@@ -368,12 +460,14 @@ void pool_poked(struct worker *w)
         } else {
             pool_kick(p);
         }
-        /* An idle server another worker needs more: closing it frees its slot there (one
-         * per wake-up: the worker that takes it clears its bit, or wakes this one again). */
-        if (!list_empty(&p->idle) && owed_elsewhere(p)) {
-            struct server *s = container_of(list_first(&p->idle), struct server, pool_node);
-            server_close(s, "another worker's clients wait for a server of this pool");
-        }
+        /* An idle server another worker needs more: it goes there, or (another pool's limit)
+         * closes to free the slot (one per wake-up: the worker served clears its bit, or wakes
+         * this one again). */
+        if (list_empty(&p->idle))
+            continue;
+        struct server *s = container_of(list_first(&p->idle), struct server, pool_node);
+        if (!hand_over(s) && owed_elsewhere(p))
+            server_close(s, "another worker's clients wait for room in its database or user");
     }
 }
 
@@ -699,8 +793,13 @@ static void pool_kick_loop(struct pool *p)
                 break;
             want--;
         }
-        if (want > 0 && pool_servers_all(p) >= cap)
-            starve(p, 1); /* the other workers hold pool_size: one lets a server go */
+        if (want > 0 && pool_servers_all(p) >= cap) {
+            /* The other workers hold pool_size: an idle one comes here now, or the next one
+             * that frees does (hand_over). */
+            if (steal_idle(p, want) > 0)
+                continue;
+            starve(p, 1);
+        }
         return;
     }
 }
@@ -885,7 +984,7 @@ void pool_server_ready(struct server *s)
         return;
     }
     if (owed_elsewhere(p)) {
-        server_close(s, "another worker's clients wait for a server of this pool");
+        server_close(s, "another worker's clients wait for room in its database or user");
         pool_kick(p);
         return;
     }
@@ -895,6 +994,8 @@ void pool_server_ready(struct server *s)
         list_append(p->idle.next, &s->pool_node);
     else
         list_append(&p->idle, &s->pool_node);
+    if (hand_over(s))
+        return; /* another worker's clients needed it more */
     pool_kick_sharing(p);
 }
 

@@ -140,9 +140,9 @@ static int pool_knows(const struct pool *p, uint64_t h)
     return 0;
 }
 
-static void pool_learn(struct pool *p, uint64_t h)
+void pool_learn_known(struct pool *p, uint64_t h)
 {
-    if (!p || !h || pool_knows(p, h) || p->n_known >= POOL_KNOWN_MAX)
+    if (pool_knows(p, h) || p->n_known >= POOL_KNOWN_MAX)
         return;
     if (p->n_known == p->cap_known) {
         int cap = p->cap_known ? p->cap_known * 2 : 32;
@@ -153,6 +153,31 @@ static void pool_learn(struct pool *p, uint64_t h)
         p->cap_known = cap;
     }
     p->known[p->n_known++] = h;
+}
+
+/* A statement one server prepared without error is known to the same pool in every worker:
+ * a client whose thread blocks on a Parse (pgbench -M prepared) is answered at once by any
+ * worker, with no server (which its other sessions may all hold). Once per statement. */
+static void pool_learn(struct pool *p, uint64_t h)
+{
+    if (!p || !h || pool_knows(p, h))
+        return;
+    pool_learn_known(p, h);
+    struct worker *w = p->w;
+    if (w->world->n == 1)
+        return;
+    world_stop(w);
+    for (int i = 0; i < w->world->n; i++) {
+        struct list *pos, *tmp;
+        list_for_each_safe(pos, tmp, &w->world->workers[i]->pools)
+        {
+            struct pool *q = container_of(pos, struct pool, node);
+            if (q != p && q->role == p->role && !strcmp(q->database, p->database) &&
+                !strcmp(q->user, p->user))
+                pool_learn_known(q, h);
+        }
+    }
+    world_start(w);
 }
 
 int plan_answer_locally(struct client *c, const struct msg_hdr *h, const uint8_t *m)

@@ -67,6 +67,9 @@ size_t plan_client_msg(struct client *c, struct server *s, const struct msg_hdr 
 /* No server is lent: answer a Parse of a statement the pool knows (and the Sync closing such a
  * batch) here. Returns 1 if answered. */
 int plan_answer_locally(struct client *c, const struct msg_hdr *h, const uint8_t *m);
+/* The pool knows statement h (hash) to prepare without error (this worker's pool only). */
+struct pool;
+void pool_learn_known(struct pool *p, uint64_t h);
 
 /* A server message header: returns 1 if the message is to be dropped (pgstay's own). */
 int plan_server_msg(struct server *s, uint8_t type);

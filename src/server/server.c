@@ -40,6 +40,25 @@ void server_change_state(struct server *s, enum server_state st)
     w->n_servers[st]++;
 }
 
+int server_move(struct server *s, struct pool *to)
+{
+    struct worker *from = s->w, *w = to->w;
+    if (s->state != SV_IDLE || s->client || s->cancels > 0 || conn_move(&s->conn, &w->loop) < 0)
+        return -1;
+    list_del(&s->pool_node);
+    list_del(&s->node);
+    from->n_servers[SV_IDLE]--;
+    s->pool->n_servers--;
+    s->w = w;
+    s->pool = to;
+    list_append(&w->servers[SV_IDLE], &s->node);
+    w->n_servers[SV_IDLE]++;
+    to->n_servers++;
+    list_append(&to->idle, &s->pool_node);
+    SLOG(debug, s, "moved from worker %d to worker %d", from->index, w->index);
+    return 0;
+}
+
 void server_send(struct server *s, const void *p, size_t n)
 {
     if (s->state != SV_CLOSING)

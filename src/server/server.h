@@ -78,6 +78,10 @@ struct server {
 };
 
 /* Open a server connection for pool p on node nd (pool NULL with probe callbacks for a probe). */
+/* An idle server of one worker's pool goes to the same pool (to) in another worker: its
+ * connection moves to that worker's loop, its slot in pool_size stays taken. With the world
+ * stopped. 0, or -1 when it cannot move now (not idle, bytes buffered). */
+int server_move(struct server *s, struct pool *to);
 struct server *server_open(struct worker *w, struct pool *p, struct node *nd, const char *user,
                            const char *database);
 void server_change_state(struct server *s, enum server_state st);

@@ -68,7 +68,9 @@ def aq(tmp_path_factory):
                             ).fetchone()[0] < 2:
                 assert time.time() < deadline, "roles not replicated"
                 time.sleep(0.05)
-        p = Pgstay(lab, str(tmp_path_factory.mktemp("aq")), auth_type="md5",
+        # One worker: these tests count the lookups and see the cache's age, and each worker
+        # keeps its own cache of fetched secrets (doc/workers.md).
+        p = Pgstay(lab, str(tmp_path_factory.mktemp("aq")), auth_type="md5", workers=1,
                    auth_user="postgres", auth_cache_ttl="60s", verbose=1,
                    server_allow_plaintext_password="on", failover_timeout="20s")
         p.start()

@@ -355,7 +355,9 @@ def test_set_local_does_not_leak(cluster1, make_proxy):
 
 def test_set_rolled_back_not_replayed(cluster1, make_proxy):
     """PostgreSQL undoes a SET whose transaction rolls back: pgstay must not replay it."""
-    p = tx_proxy(make_proxy, cluster1, 3)
+    # One worker: the proof needs the clients to take turns on the same servers, which they do
+    # within a worker (doc/workers.md; test_workers.py covers servers moving between workers).
+    p = tx_proxy(make_proxy, cluster1, 3, workers=1)
     dflt = defaults(cluster1, "work_mem")["work_mem"]
     a = p.connect(autocommit=False)
     holders = [Holder(p), Holder(p)]
@@ -411,7 +413,9 @@ SET_FORMS = {
 def test_set_forms_do_not_leak(cluster1, make_proxy, sql, setting, value):
     """Whatever SET form a client uses, it keeps its value and a client that never SET keeps
     the defaults. Three servers: one may be pinned to `a`, one held by `h`, one for `b`."""
-    p = tx_proxy(make_proxy, cluster1, 3)
+    # One worker: the proof needs the clients to take turns on the same servers, which they do
+    # within a worker (doc/workers.md; test_workers.py covers servers moving between workers).
+    p = tx_proxy(make_proxy, cluster1, 3, workers=1)
     dflt = defaults(cluster1, setting)[setting]
     a = p.connect()
     a.execute(sql)
