@@ -129,6 +129,9 @@ void world_enter(struct worker *w)
     if (wd->done[w->index]) {
         wd->done[w->index] = 0;
         wd->alive++;
+        /* A stop under way now waits for this one too: it must hear of it. */
+        if (wd->stopper != -1)
+            event_active(w->park, EV_READ, 0);
     }
     pthread_mutex_unlock(&wd->mu);
 }

@@ -988,6 +988,14 @@ void pool_server_ready(struct server *s)
         pool_kick(p);
         return;
     }
+    /* More servers than pool_size and its reserve, counting every worker's (a reload made it
+     * smaller): this one goes rather than serving again, as PgBouncer trims on release. */
+    if (pool_servers_all(p) >
+        config_pool_size(p->w->cfg, p->database, p->user) + p->w->cfg->reserve_pool_size) {
+        server_close(s, "pool_size lowered: more servers than pool_size and reserve_pool_size");
+        pool_kick(p);
+        return;
+    }
     server_change_state(s, SV_IDLE);
     s->last_used = now_ms(); /* idle from now: server_idle_timeout and server_check_delay */
     if (s->checked) /* first: it goes to the client it was checked for */
