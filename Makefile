@@ -15,7 +15,7 @@ PYTHON   ?= /usr/bin/python3
 OPT      ?= -O2
 SANITIZE ?=
 
-PKG_PROXY := libevent openssl libidn libsystemd libcurl json-c
+PKG_PROXY := libevent libevent_pthreads openssl libidn libsystemd libcurl json-c
 PKG_TOOLS := libpq
 
 CFLAGS_ALL := -std=gnu11 $(OPT) -g -Wall -Wextra -Werror -Wno-unused-parameter \

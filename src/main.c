@@ -203,6 +203,13 @@ int main(int argc, char **argv)
         pidfile_release(cfg.pidfile);
         return 1;
     }
+    if (worker_start_threads(&w) < 0) {
+        log_error("cannot start");
+        worker_stop_all(&w);
+        worker_join_threads(&w);
+        pidfile_release(cfg.pidfile);
+        return 1;
+    }
     takeover_listen(&w);
     struct event *sigs[3];
     int signums[3] = {SIGHUP, SIGTERM, SIGINT};
@@ -210,10 +217,13 @@ int main(int argc, char **argv)
         sigs[i] = evsignal_new(w.base, signums[i], on_signal, &w);
         event_add(sigs[i], NULL);
     }
-    log_info("pgstay %s started (%d nodes, pool_mode %s)", PGSTAY_VERSION, cfg.n_nodes,
-             cfg.pool_mode == POOL_SESSION ? "session" : "transaction");
+    log_info("pgstay %s started (%d nodes, pool_mode %s, %d workers)", PGSTAY_VERSION,
+             cfg.n_nodes, cfg.pool_mode == POOL_SESSION ? "session" : "transaction",
+             w.world->n);
     notify_ready(); /* every listener is open (worker_listen) */
     event_base_dispatch(w.base);
+    worker_stop_all(&w);
+    worker_join_threads(&w);
     for (int i = 0; i < 3; i++)
         event_free(sigs[i]);
     worker_free(&w);

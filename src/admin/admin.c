@@ -195,6 +195,29 @@ static int disabled_index(struct admin *a, const char *db)
     return -1;
 }
 
+/* Every worker's objects are the console's to show and act on: its commands run with the world
+ * stopped (src/app/worker.c), so it walks each worker's lists as its own. */
+#define FOR_EACH_WORKER(w, x)                                                                  \
+    for (int x##_i = 0; x##_i < (w)->world->n; x##_i++)                                        \
+        for (struct worker *x = (w)->world->workers[x##_i]; x; x = NULL)
+
+/* The process's counters: every worker's. */
+static void stats_sum(struct worker *w, struct worker_stats *out)
+{
+    memset(out, 0, sizeof(*out));
+    FOR_EACH_WORKER(w, x)
+    {
+        out->clients_accepted += x->stats.clients_accepted;
+        out->clients_rejected += x->stats.clients_rejected;
+        out->servers_opened += x->stats.servers_opened;
+        out->bytes_client_to_server += x->stats.bytes_client_to_server;
+        out->bytes_server_to_client += x->stats.bytes_server_to_client;
+        out->queries += x->stats.queries;
+        for (int i = 0; i < (int)(sizeof(out->pins) / sizeof(out->pins[0])); i++)
+            out->pins[i] += x->stats.pins[i];
+    }
+}
+
 int admin_db_disabled(struct worker *w, const char *database)
 {
     return w->admin && w->admin->n_disabled > 0 && disabled_index(w->admin, database) >= 0;
@@ -203,14 +226,17 @@ int admin_db_disabled(struct worker *w, const char *database)
 void admin_db_totals(struct worker *w, const char *database, struct pool_stats *sum)
 {
     memset(sum, 0, sizeof(*sum));
-    struct list *pos, *tmp;
-    list_for_each_safe(pos, tmp, &w->pools)
+    FOR_EACH_WORKER(w, x)
     {
-        struct pool *p = container_of(pos, struct pool, node);
-        if (!database || !strcmp(p->database, database))
-            stats_add(sum, &p->stats);
+        struct list *pos, *tmp;
+        list_for_each_safe(pos, tmp, &x->pools)
+        {
+            struct pool *p = container_of(pos, struct pool, node);
+            if (!database || !strcmp(p->database, database))
+                stats_add(sum, &p->stats);
+        }
+        stats_kept_sum(x, database, sum);
     }
-    stats_kept_sum(w, database, sum);
 }
 
 /* Distinct database (or user) names of the pools and of the counters freed pools left, in
@@ -223,11 +249,12 @@ static const char **distinct_names(struct worker *w, int users, int *n)
     if (!v)
         return NULL;
     struct list *pos, *tmp;
-    for (int pass = 0; pass < 2; pass++) {
-        list_for_each_safe(pos, tmp, pass == 0 ? &w->pools : &w->stats_kept)
+    for (int pass = 0; pass < 2 * w->world->n; pass++) {
+        struct worker *x = w->world->workers[pass / 2];
+        list_for_each_safe(pos, tmp, pass % 2 == 0 ? &x->pools : &x->stats_kept)
         {
             const char *name;
-            if (pass == 0) {
+            if (pass % 2 == 0) {
                 struct pool *p = container_of(pos, struct pool, node);
                 name = users ? p->user : p->database;
             } else {
@@ -325,15 +352,47 @@ struct pool_counts {
     int64_t maxwait_ms;
 };
 
+static int same_pool(const struct pool *p, const struct pool *q)
+{
+    return q && p->role == q->role && !strcmp(p->database, q->database) &&
+           !strcmp(p->user, q->user);
+}
+
+static void count_pool_on(struct worker *w, struct pool *p, struct pool_counts *k, int64_t now);
+
+/* A pool is one per worker: SHOW POOLS counts them all as one. */
 static void count_pool(struct worker *w, struct pool *p, struct pool_counts *k, int64_t now)
 {
     memset(k, 0, sizeof(*k));
+    FOR_EACH_WORKER(w, x)
+    {
+        count_pool_on(x, p, k, now);
+    }
+}
+
+/* p's first pool among the workers (the one whose row SHOW POOLS shows)? */
+static int first_of_key(struct worker *w, struct pool *p)
+{
+    for (int i = 0; i < w->world->n; i++) {
+        struct list *pos, *tmp;
+        list_for_each_safe(pos, tmp, &w->world->workers[i]->pools)
+        {
+            struct pool *q = container_of(pos, struct pool, node);
+            if (same_pool(p, q))
+                return q == p;
+        }
+    }
+    return 1;
+}
+
+static void count_pool_on(struct worker *w, struct pool *p, struct pool_counts *k, int64_t now)
+{
     for (int st = 0; st < CL_CLOSING; st++) {
         struct list *pos, *tmp;
         list_for_each_safe(pos, tmp, &w->clients[st])
         {
             struct client *x = container_of(pos, struct client, node);
-            if (x->pool != p || x->is_admin)
+            if (!same_pool(p, x->pool) || x->is_admin)
                 continue;
             if (x->held || x->pause_held)
                 k->cl_held++;
@@ -354,7 +413,7 @@ static void count_pool(struct worker *w, struct pool *p, struct pool_counts *k, 
         list_for_each_safe(pos, tmp, &w->servers[st])
         {
             struct server *s = container_of(pos, struct server, node);
-            if (s->pool != p)
+            if (!same_pool(p, s->pool))
                 continue;
             if (st == SV_IDLE)
                 k->sv_idle++;
@@ -396,9 +455,12 @@ static void show_pools(struct client *c)
     res_begin_typed(&r, NCOLS(cols), cols);
     struct list *pos, *tmp;
     int64_t now = now_ms();
-    list_for_each_safe(pos, tmp, &c->w->pools)
+    FOR_EACH_WORKER(c->w, ww)
+    list_for_each_safe(pos, tmp, &ww->pools)
     {
         struct pool *p = container_of(pos, struct pool, node);
+        if (!first_of_key(c->w, p))
+            continue;
         struct pool_counts k;
         count_pool(c->w, p, &k, now);
         struct cells x = {.n = 0};
@@ -510,13 +572,15 @@ static void show_clients(struct client *c)
         {"pinned", T_TEXT},
         {"role", T_TEXT},
         {"pgstay_state", T_TEXT},
+        {"worker", T_INT4},
     };
     struct result r;
     res_begin_typed(&r, NCOLS(cols), cols);
     int64_t now = now_ms();
+    FOR_EACH_WORKER(c->w, ww)
     for (int st = 0; st < CL_CLOSING; st++) {
         struct list *pos, *tmp;
-        list_for_each_safe(pos, tmp, &c->w->clients[st])
+        list_for_each_safe(pos, tmp, &ww->clients[st])
         {
             struct client *x = container_of(pos, struct client, node);
             char ip[INET6_ADDRSTRLEN] = "", laddr[INET6_ADDRSTRLEN], ct[40], rt[40], ptr[24],
@@ -559,6 +623,7 @@ static void show_clients(struct client *c)
             cell_s(&v, x->pin_reason ? pin_reason_name(x->pin_reason) : "");
             cell_s(&v, x->is_admin ? "admin" : x->role == ROLE_WRITER ? "writer" : "reader");
             cell_s(&v, pgstay_client_state(x->state));
+            cell_i(&v, ww->index);
             res_row(&r, v.v);
         }
     }
@@ -575,14 +640,16 @@ static void show_servers(struct client *c)
         {"client", T_INT8},
         {"role", T_TEXT},
         {"pgstay_state", T_TEXT},
+        {"worker", T_INT4},
     };
     struct result r;
     res_begin_typed(&r, NCOLS(cols), cols);
+    FOR_EACH_WORKER(c->w, ww)
     for (int st = 0; st < SV_CLOSING; st++) {
         if (st == SV_PROBE)
             continue; /* topology's own connections: SHOW NODES */
         struct list *pos, *tmp;
-        list_for_each_safe(pos, tmp, &c->w->servers[st])
+        list_for_each_safe(pos, tmp, &ww->servers[st])
         {
             struct server *s = container_of(pos, struct server, node);
             char laddr[INET6_ADDRSTRLEN], ct[40], rt[40], ptr[24], link[24];
@@ -618,6 +685,7 @@ static void show_servers(struct client *c)
                 cell_s(&v, NULL);
             cell_s(&v, s->pool && s->pool->role == ROLE_READER ? "reader" : "writer");
             cell_s(&v, pgstay_server_state(s->state));
+            cell_i(&v, ww->index);
             res_row(&r, v.v);
         }
     }
@@ -703,16 +771,22 @@ static void show_lists(struct client *c)
     int n_db, n_users, n_pools = 0, used_clients = 0, used_servers = 0;
     free(distinct_names(w, 0, &n_db));
     free(distinct_names(w, 1, &n_users));
-    struct list *pos, *tmp;
-    list_for_each_safe(pos, tmp, &w->pools)
+    int login_clients = 0;
+    FOR_EACH_WORKER(w, x)
     {
-        n_pools++;
+        struct list *pos, *tmp;
+        list_for_each_safe(pos, tmp, &x->pools)
+        {
+            if (first_of_key(w, container_of(pos, struct pool, node)))
+                n_pools++;
+        }
+        for (int st = 0; st < CL_CLOSING; st++)
+            used_clients += x->n_clients[st];
+        for (int st = 0; st < SV_CLOSING; st++)
+            if (st != SV_PROBE)
+                used_servers += x->n_servers[st];
+        login_clients += x->n_clients[CL_LOGIN];
     }
-    for (int st = 0; st < CL_CLOSING; st++)
-        used_clients += w->n_clients[st];
-    for (int st = 0; st < SV_CLOSING; st++)
-        if (st != SV_PROBE)
-            used_servers += w->n_servers[st];
     /* pgstay frees what it does not use (no object caches) and resolves through libevent. */
     const struct {
         const char *name;
@@ -723,7 +797,7 @@ static void show_lists(struct client *c)
         {"pools", n_pools},
         {"free_clients", 0},
         {"used_clients", used_clients},
-        {"login_clients", w->n_clients[CL_LOGIN]},
+        {"login_clients", login_clients},
         {"free_servers", 0},
         {"used_servers", used_servers},
         {"dns_names", 0},
@@ -781,9 +855,10 @@ static void show_databases(struct client *c)
     struct node *wr = w->topo->writer;
     for (int i = 0; dbs && i < n; i++) {
         int conns = 0;
+        FOR_EACH_WORKER(w, x)
         for (int st = 0; st < SV_CLOSING; st++) {
             struct list *pos, *tmp;
-            list_for_each_safe(pos, tmp, &w->servers[st])
+            list_for_each_safe(pos, tmp, &x->servers[st])
             {
                 struct server *s = container_of(pos, struct server, node);
                 if (s->pool && !strcmp(s->pool->database, dbs[i]))
@@ -851,10 +926,13 @@ static void show_mem(struct client *c)
                                       {"free", T_INT4},
                                       {"memtotal", T_INT4}};
     struct worker *w = c->w;
-    int clients = 0, servers = 0, pools = 0, bufs = 0;
+    int clients = 0, servers = 0, pools = 0, bufs = 0, free_bufs = 0;
+    FOR_EACH_WORKER(w, ww)
+    {
+    free_bufs += ww->loop.n_free;
     for (int st = 0; st < CL_NSTATES; st++) {
         struct list *pos, *tmp;
-        list_for_each_safe(pos, tmp, &w->clients[st])
+        list_for_each_safe(pos, tmp, &ww->clients[st])
         {
             struct client *x = container_of(pos, struct client, node);
             clients++;
@@ -863,7 +941,7 @@ static void show_mem(struct client *c)
     }
     for (int st = 0; st < SV_NSTATES; st++) {
         struct list *pos, *tmp;
-        list_for_each_safe(pos, tmp, &w->servers[st])
+        list_for_each_safe(pos, tmp, &ww->servers[st])
         {
             struct server *s = container_of(pos, struct server, node);
             servers++;
@@ -871,9 +949,10 @@ static void show_mem(struct client *c)
         }
     }
     struct list *pos, *tmp;
-    list_for_each_safe(pos, tmp, &w->pools)
+    list_for_each_safe(pos, tmp, &ww->pools)
     {
         pools++;
+    }
     }
     const struct {
         const char *name;
@@ -882,7 +961,7 @@ static void show_mem(struct client *c)
         {"pool_cache", (int)sizeof(struct pool), pools, 0},
         {"server_cache", (int)sizeof(struct server), servers, 0},
         {"client_cache", (int)sizeof(struct client), clients, 0},
-        {"iobuf_cache", CONN_BLOCK, bufs, w->loop.n_free},
+        {"iobuf_cache", CONN_BLOCK, bufs, free_bufs},
     };
     struct result r;
     res_begin_typed(&r, NCOLS(cols), cols);
@@ -912,7 +991,9 @@ static void show_version(struct client *c)
 static void show_totals(struct client *c)
 {
     static const struct col cols[] = {{"name", T_TEXT}, {"value", T_NUMERIC}};
-    struct worker_stats *st = &c->w->stats;
+    struct worker_stats sum;
+    stats_sum(c->w, &sum);
+    struct worker_stats *st = &sum;
     struct pool_stats t;
     admin_db_totals(c->w, NULL, &t);
     /* PgBouncer's process averages over the last stats_period, from the databases': rates add
@@ -1059,9 +1140,11 @@ static void show_pins(struct client *c)
     static const char *const cols[] = {"reason", "count"};
     struct result r;
     res_begin(&r, 2, cols);
+    struct worker_stats sum;
+    stats_sum(c->w, &sum);
     for (int i = 1; i < PIN_NREASONS; i++) {
         char n[24];
-        const char *vals[2] = {pin_reason_name(i), I2S(n, c->w->stats.pins[i])};
+        const char *vals[2] = {pin_reason_name(i), I2S(n, sum.pins[i])};
         res_row(&r, vals);
     }
     res_end(c, &r, "SHOW");
@@ -1132,9 +1215,10 @@ static int at_end(const char *p)
 
 /* Every pool of a database (NULL: every pool): its servers close, idle ones now, the others
  * when their client is done with them (PgBouncer's RECONNECT). */
-static int reconnect(struct worker *w, const char *db)
+static int reconnect(struct worker *w0, const char *db)
 {
     int n = 0;
+    FOR_EACH_WORKER(w0, w)
     for (int st = SV_CONNECTING; st < SV_CLOSING; st++) {
         if (st == SV_PROBE)
             continue;
@@ -1156,7 +1240,17 @@ static int reconnect(struct worker *w, const char *db)
 }
 
 /* KILL db: every client and server of the database goes at once. */
+static void kill_db_on(struct worker *w, const char *db);
+
 static void kill_db(struct worker *w, const char *db)
+{
+    FOR_EACH_WORKER(w, x)
+    {
+        kill_db_on(x, db);
+    }
+}
+
+static void kill_db_on(struct worker *w, const char *db)
 {
     for (int st = 0; st < CL_CLOSING; st++) {
         struct list *pos, *tmp;
@@ -1251,7 +1345,10 @@ static void set_key(struct client *c, const char *args)
     /* What RELOAD does after its keys change: the log level, and waiting clients (a larger
      * pool_size may let them in now). */
     log_verbosity = c->w->cfg->verbose > 0 ? LOG_DEBUG : LOG_INFO;
-    pool_kick_all(c->w);
+    FOR_EACH_WORKER(c->w, x)
+    {
+        pool_kick_all(x);
+    }
     simple_ok(c, "SET");
 }
 
@@ -1512,12 +1609,15 @@ void admin_check_pause(struct worker *w)
     for (int i = 0; i < a->n_pauses;) {
         struct admin_pause *ap = &a->pauses[i];
         struct client *c = NULL;
-        struct list *pos, *tmp;
-        list_for_each_safe(pos, tmp, &w->clients[CL_IDLE])
+        FOR_EACH_WORKER(w, ww)
         {
-            struct client *x = container_of(pos, struct client, node);
-            if (x->id == ap->client && x->is_admin && x->pause_waiting)
-                c = x;
+            struct list *pos, *tmp;
+            list_for_each_safe(pos, tmp, &ww->clients[CL_IDLE])
+            {
+                struct client *x = container_of(pos, struct client, node);
+                if (x->id == ap->client && x->is_admin && x->pause_waiting)
+                    c = x;
+            }
         }
         /* Its client is gone, or this is its answer: the entry goes first (the answer may run
          * the client's next PAUSE, which adds one). */

@@ -3,6 +3,7 @@
 #include "admin/metrics.h"
 
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -127,24 +128,88 @@ static void histogram(struct out *o, const char *name, const char *labels, const
     }
 }
 
+/* A counter of struct worker_stats (at byte offset off), summed over the workers. */
+static uint64_t stat_of(struct worker *w, size_t off)
+{
+    uint64_t n = 0;
+    for (int i = 0; i < w->world->n; i++)
+        n += *(const uint64_t *)((const char *)&w->world->workers[i]->stats + off);
+    return n;
+}
+
 /* Pool counters: the live pools' and those freed pools left (so no counter ever goes down). */
 typedef void (*stat_fn)(struct out *o, const char *labels, const struct pool_stats *st);
 
+/* One series per (database, user, role): each worker has its own pool of it (and may keep the
+ * counters of a freed one), which add up here. The world is stopped (metrics_cb, or the
+ * console). */
+struct pool_key_sum {
+    const char *database, *user;
+    int role;
+    int live; /* a pool of it exists (its connection gauges are shown) */
+    struct pool_stats st;
+};
+
+static int key_add(struct pool_key_sum **v, int *n, int *cap, const char *db, const char *user,
+                   int role, int live, const struct pool_stats *st)
+{
+    for (int i = 0; i < *n; i++) {
+        struct pool_key_sum *e = &(*v)[i];
+        if (e->role == role && !strcmp(e->database, db) && !strcmp(e->user, user)) {
+            stats_add(&e->st, st);
+            e->live |= live;
+            return 0;
+        }
+    }
+    if (*n == *cap) {
+        int nc = *cap ? *cap * 2 : 16;
+        struct pool_key_sum *nv = realloc(*v, sizeof(*nv) * (size_t)nc);
+        if (!nv)
+            return -1;
+        *v = nv;
+        *cap = nc;
+    }
+    struct pool_key_sum *e = &(*v)[(*n)++];
+    memset(e, 0, sizeof(*e));
+    e->database = db;
+    e->user = user;
+    e->role = role;
+    e->live = live;
+    stats_add(&e->st, st);
+    return 0;
+}
+
+static struct pool_key_sum *pool_keys(struct worker *w, int *n)
+{
+    struct pool_key_sum *v = NULL;
+    int cap = 0;
+    *n = 0;
+    for (int i = 0; i < w->world->n; i++) {
+        struct worker *x = w->world->workers[i];
+        struct list *pos, *tmp;
+        list_for_each_safe(pos, tmp, &x->pools)
+        {
+            struct pool *p = container_of(pos, struct pool, node);
+            key_add(&v, n, &cap, p->database, p->user, p->role, 1, &p->stats);
+        }
+        list_for_each_safe(pos, tmp, &x->stats_kept)
+        {
+            struct stats_kept *k = container_of(pos, struct stats_kept, node);
+            key_add(&v, n, &cap, k->database, k->user, k->role, 0, &k->st);
+        }
+    }
+    return v;
+}
+
 static void each_pool_stats(struct worker *w, struct out *o, stat_fn fn)
 {
-    struct list *pos, *tmp;
-    list_for_each_safe(pos, tmp, &w->pools)
-    {
-        struct pool *p = container_of(pos, struct pool, node);
+    int n;
+    struct pool_key_sum *v = pool_keys(w, &n);
+    for (int i = 0; i < n; i++) {
         struct plabels l;
-        fn(o, pool_labels(&l, p->database, p->user, p->role), &p->stats);
+        fn(o, pool_labels(&l, v[i].database, v[i].user, v[i].role), &v[i].st);
     }
-    list_for_each_safe(pos, tmp, &w->stats_kept)
-    {
-        struct stats_kept *k = container_of(pos, struct stats_kept, node);
-        struct plabels l;
-        fn(o, pool_labels(&l, k->database, k->user, k->role), &k->st);
-    }
+    free(v);
 }
 
 static const char *u64s(uint64_t v, char *b, size_t cap)
@@ -194,17 +259,22 @@ static void m_wait_hist(struct out *o, const char *l, const struct pool_stats *s
               1e6, (double)st->wait_us / 1e6);
 }
 
-/* Clients (which 0) or servers (which 1) of one pool, by the state names of the metric. */
-static void count_conns(struct worker *w, struct pool *p, int which, int k[4])
+static int of_key(const struct pool *p, const struct pool_key_sum *e)
 {
-    memset(k, 0, 4 * sizeof(int));
+    return p && p->role == e->role && !strcmp(p->database, e->database) &&
+           !strcmp(p->user, e->user);
+}
+
+/* Clients (which 0) or servers (which 1) of one pool, by the state names of the metric. */
+static void count_conns(struct worker *w, const struct pool_key_sum *p, int which, int k[4])
+{
     if (which == 0) {
         for (int st = 0; st < CL_CLOSING; st++) {
             struct list *pos, *tmp;
             list_for_each_safe(pos, tmp, &w->clients[st])
             {
                 struct client *c = container_of(pos, struct client, node);
-                if (c->pool != p || c->is_admin)
+                if (!of_key(c->pool, p) || c->is_admin)
                     continue;
                 if (c->held || c->pause_held)
                     k[3]++;
@@ -218,7 +288,7 @@ static void count_conns(struct worker *w, struct pool *p, int which, int k[4])
         list_for_each_safe(pos, tmp, &w->servers[st])
         {
             struct server *s = container_of(pos, struct server, node);
-            if (s->pool != p)
+            if (!of_key(s->pool, p))
                 continue;
             k[st == SV_IDLE ? 1 : st == SV_RESETTING ? 2 : st <= SV_LOGIN ? 3 : 0]++;
         }
@@ -238,17 +308,21 @@ static void pools_section(struct worker *w, struct out *o)
     /* One family at a time: the exposition format wants each family's samples together. */
     for (int which = 0; which < 2; which++) {
         help(o, names[which], "gauge", helps[which]);
-        struct list *pos, *tmp;
-        list_for_each_safe(pos, tmp, &w->pools)
-        {
-            struct pool *p = container_of(pos, struct pool, node);
-            int k[4];
-            count_conns(w, p, which, k);
+        int n;
+        struct pool_key_sum *v = pool_keys(w, &n);
+        for (int e = 0; e < n; e++) {
+            const struct pool_key_sum *p = &v[e];
+            if (!p->live)
+                continue;
+            int k[4] = {0, 0, 0, 0};
+            for (int i = 0; i < w->world->n; i++)
+                count_conns(w->world->workers[i], p, which, k);
             struct plabels l;
             pool_labels(&l, p->database, p->user, p->role);
             for (int i = 0; i < 4; i++)
                 put(o, "%s{%s,state=\"%s\"} %d\n", names[which], l.s, states[which][i], k[i]);
         }
+        free(v);
     }
     help(o, "pgstay_transactions_total", "counter",
          "Transactions completed (a statement outside a transaction block counts as one)");
@@ -373,14 +447,17 @@ static void failover_section(struct worker *w, struct out *o)
     histogram(o, "pgstay_failover_hold_seconds", NULL, fo->hold_hist, failover_hold_bucket_ms,
               FAILOVER_HOLD_BUCKETS, 1e3, (double)fo->hold_ms_sum / 1e3);
     int held = 0;
-    struct list *pos, *tmp;
-    list_for_each_safe(pos, tmp, &w->clients[CL_WAITING])
-    {
-        held += container_of(pos, struct client, node)->held;
-    }
-    list_for_each_safe(pos, tmp, &w->clients[CL_ACTIVE])
-    {
-        held += container_of(pos, struct client, node)->pause_held;
+    for (int i = 0; i < w->world->n; i++) {
+        struct worker *x = w->world->workers[i];
+        struct list *pos, *tmp;
+        list_for_each_safe(pos, tmp, &x->clients[CL_WAITING])
+        {
+            held += container_of(pos, struct client, node)->held;
+        }
+        list_for_each_safe(pos, tmp, &x->clients[CL_ACTIVE])
+        {
+            held += container_of(pos, struct client, node)->pause_held;
+        }
     }
     help(o, "pgstay_clients_held", "gauge",
          "Clients whose request is held now (no writer, or PAUSE)");
@@ -401,7 +478,8 @@ static void failover_section(struct worker *w, struct out *o)
          "Sessions pinned to their server (transaction mode), by reason");
     for (int i = 1; i < PIN_NREASONS; i++)
         put(o, "pgstay_pins_total{reason=\"%s\"} %llu\n", pin_reason_name(i),
-            (unsigned long long)w->stats.pins[i]);
+            (unsigned long long)stat_of(w, offsetof(struct worker_stats, pins) +
+                                        (size_t)i * sizeof(uint64_t)));
 }
 
 char *metrics_render(struct worker *w, size_t *len)
@@ -414,13 +492,13 @@ char *metrics_render(struct worker *w, size_t *len)
     put(&o, "pgstay_info{version=\"%s\",pool_mode=\"%s\"} 1\n", PGSTAY_VERSION,
         w->cfg->pool_mode == POOL_SESSION ? "session" : "transaction");
     help(&o, "pgstay_clients_accepted_total", "counter", "Client connections accepted");
-    put(&o, "pgstay_clients_accepted_total %llu\n", (unsigned long long)w->stats.clients_accepted);
+    put(&o, "pgstay_clients_accepted_total %llu\n", (unsigned long long)stat_of(w, offsetof(struct worker_stats, clients_accepted)));
     help(&o, "pgstay_clients_rejected_total", "counter", "Client connections refused");
-    put(&o, "pgstay_clients_rejected_total %llu\n", (unsigned long long)w->stats.clients_rejected);
+    put(&o, "pgstay_clients_rejected_total %llu\n", (unsigned long long)stat_of(w, offsetof(struct worker_stats, clients_rejected)));
     help(&o, "pgstay_server_connections_opened_total", "counter",
          "Server connections opened (probes included)");
     put(&o, "pgstay_server_connections_opened_total %llu\n",
-        (unsigned long long)w->stats.servers_opened);
+        (unsigned long long)stat_of(w, offsetof(struct worker_stats, servers_opened)));
     pools_section(w, &o);
     nodes_section(w, &o);
     failover_section(w, &o);
@@ -441,7 +519,10 @@ static void metrics_cb(struct evhttp_request *req, void *arg)
         return;
     }
     size_t len;
+    /* Every worker's pools and clients are read: with the world stopped (core/world.h). */
+    world_stop(w);
     char *text = metrics_render(w, &len);
+    world_start(w);
     if (!text) {
         evhttp_send_error(req, 500, "out of memory");
         return;

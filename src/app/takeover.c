@@ -239,15 +239,22 @@ static void begin_handing_over(struct worker *w, uint8_t kept)
      * socket it did not take (another unix_socket_dir) is removed, as at any exit. */
     worker_stop_listening(w);
     metrics_stop(w);
-    w->handing_over = 1;
-    w->shutdown_deadline = now_ms() + w->cfg->shutdown_timeout;
+    /* Every worker hands over (its clients as they become idle); the world is stopped so that
+     * none sees the change half made. */
+    world_stop(w);
     int live = 0;
-    for (int i = 0; i < CL_CLOSING; i++)
-        live += w->n_clients[i];
+    for (int k = 0; k < w->world->n; k++) {
+        struct worker *x = w->world->workers[k];
+        x->handing_over = 1;
+        x->shutdown_deadline = now_ms() + x->cfg->shutdown_timeout;
+        for (int i = 0; i < CL_CLOSING; i++)
+            live += x->n_clients[i];
+        worker_schedule_reap(x);
+    }
+    world_start(w);
     log_info("takeover: the new process is up and accepting; handing over idle clients, "
              "finishing the others (%d clients, up to %d ms)",
              live, w->cfg->shutdown_timeout);
-    worker_schedule_reap(w);
 }
 
 static void old_peer_cb(evutil_socket_t fd, short what, void *arg)
@@ -400,9 +407,36 @@ void takeover_keep_unix_files(struct worker *w)
         worker_unix_handed_over(w, role);
 }
 
+static int sweep_worker(struct worker *w, struct takeover *t, int *live, int *admins);
+
+/* Worker 0, the world stopped: every worker's idle clients go. */
 int takeover_sweep(struct worker *w)
 {
     struct takeover *t = w->tko;
+    int live = 0, admins = 0;
+    for (int k = 0; k < w->world->n; k++)
+        if (sweep_worker(w->world->workers[k], t, &live, &admins))
+            return 1;
+    /* Admin console sessions do not move (their state is this process's): they end with it. */
+    if (live - admins == 0) {
+        log_info("takeover: %d clients handed over, none left here: exiting", t ? t->moved : 0);
+        if (t)
+            t->done = 1;
+        return 1;
+    }
+    if (now_ms() >= w->shutdown_deadline) {
+        log_info("takeover: shutdown_timeout: %d clients handed over, %d still here are closed",
+                 t ? t->moved : 0, live);
+        if (t)
+            t->done = 1;
+        return 1;
+    }
+    return 0;
+}
+
+/* One worker's share of the sweep: 1 when the takeover is over; counts what is left. */
+static int sweep_worker(struct worker *w, struct takeover *t, int *live, int *admins)
+{
     struct list *pos, *tmp;
     if (t && t->peer_fd >= 0 && !t->new_side) {
         /* Session mode: clients between transactions let their servers go, then move. */
@@ -434,7 +468,8 @@ int takeover_sweep(struct worker *w)
                           "and this process exits",
                           (unsigned long long)c->id, strerror(err));
                 close_peer(t);
-                w->shutting_down = 1;
+                for (int k = 0; k < w->world->n; k++)
+                    w->world->workers[k]->shutting_down = 1;
                 break;
             }
             t->moved++;
@@ -446,27 +481,12 @@ int takeover_sweep(struct worker *w)
     }
     if (t && t->done)
         return 1;
-    int live = 0, admins = 0;
     for (int i = 0; i < CL_CLOSING; i++)
-        live += w->n_clients[i];
+        *live += w->n_clients[i];
     list_for_each_safe(pos, tmp, &w->clients[CL_IDLE])
     {
         if (container_of(pos, struct client, node)->is_admin)
-            admins++;
-    }
-    /* Admin console sessions do not move (their state is this process's): they end with it. */
-    if (live - admins == 0) {
-        log_info("takeover: %d clients handed over, none left here: exiting", t ? t->moved : 0);
-        if (t)
-            t->done = 1;
-        return 1;
-    }
-    if (now_ms() >= w->shutdown_deadline) {
-        log_info("takeover: shutdown_timeout: %d clients handed over, %d still here are closed",
-                 t ? t->moved : 0, live);
-        if (t)
-            t->done = 1;
-        return 1;
+            (*admins)++;
     }
     return 0;
 }

@@ -17,6 +17,9 @@
 #include <unistd.h>
 
 #include <event2/dns.h>
+#include <event2/thread.h>
+#include <pthread.h>
+#include <signal.h>
 
 #include "admin/admin.h"
 #include "admin/metrics.h"
@@ -40,6 +43,50 @@
 #include "server/server.h"
 #include "topology/topology.h"
 
+/* The admin console reads and drives every worker (SHOW CLIENTS lists them all, PAUSE holds
+ * them all): its commands run with the world stopped (core/world.h). */
+static void admin_welcome_stopped(struct client *c)
+{
+    struct worker *w = c->w;
+    world_stop(w);
+    admin_welcome(c);
+    world_start(w);
+}
+
+static void admin_process_stopped(struct client *c)
+{
+    struct worker *w = c->w;
+    world_stop(w);
+    admin_process(c);
+    world_start(w);
+}
+
+/* Topology's verdicts act on every worker's pools; topology calls these with the world
+ * stopped (its callbacks stop it). */
+static void kick_all_workers(struct worker *w)
+{
+    for (int i = 0; i < w->world->n; i++)
+        pool_kick_all(w->world->workers[i]);
+}
+
+static void drop_node_all(struct worker *w, struct node *nd, const char *why)
+{
+    for (int i = 0; i < w->world->n; i++)
+        pool_drop_node(w->world->workers[i], nd, why);
+}
+
+static void drain_node_all(struct worker *w, struct node *nd, const char *why)
+{
+    for (int i = 0; i < w->world->n; i++)
+        pool_drain_node(w->world->workers[i], nd, why);
+}
+
+static void backoff_due_all(struct worker *w)
+{
+    for (int i = 0; i < w->world->n; i++)
+        login_backoff_due(w->world->workers[i]);
+}
+
 /* The upward calls of the layers below, wired here because the program is the one place that
  * knows every layer (see tools/layers.py). Static: the same for every loop. */
 static const struct session_hooks session_hooks = {
@@ -49,8 +96,8 @@ static const struct session_hooks session_hooks = {
     .note_served = failover_note_served,
     .note_failed_in_flight = failover_note_failed_in_flight,
     .note_timed_out = failover_note_timed_out,
-    .admin_welcome = admin_welcome,
-    .admin_process = admin_process,
+    .admin_welcome = admin_welcome_stopped,
+    .admin_process = admin_process_stopped,
     .db_disabled = admin_db_disabled,
 };
 
@@ -59,10 +106,10 @@ static const struct topology_hooks topology_hooks = {
     .writer_found = planned_writer_found,
     .switchover_scheduled = planned_scheduled,
     .open_ahead = failover_open_ahead,
-    .kick_all = pool_kick_all,
-    .node_dropped = pool_drop_node,
-    .node_drain = pool_drain_node,
-    .backoff_due = login_backoff_due,
+    .kick_all = kick_all_workers,
+    .node_dropped = drop_node_all,
+    .node_drain = drain_node_all,
+    .backoff_due = backoff_due_all,
     .backoff_free = login_backoff_free,
     .probe_open = probe_open,
     .probe_idle = probe_idle,
@@ -70,6 +117,47 @@ static const struct topology_hooks topology_hooks = {
     .probe_close = probe_close,
     .probe_detach = probe_detach,
 };
+
+/* Every loop ends: the process exits once the main thread's loop has returned and the other
+ * threads are joined (src/main.c). */
+static void exit_all(struct worker *w)
+{
+    for (int i = 0; i < w->world->n; i++)
+        event_base_loopexit(w->world->workers[i]->base, NULL);
+}
+
+/* Clients of every worker, but those closing; the world is stopped. */
+static int live_clients(struct worker *w)
+{
+    int live = 0;
+    for (int k = 0; k < w->world->n; k++)
+        for (int i = 0; i < CL_CLOSING; i++)
+            live += w->world->workers[k]->n_clients[i];
+    return live;
+}
+
+/* Draining (SIGTERM) or handing over (pgstay -R): the main thread's worker decides for all,
+ * with the world stopped, when the process exits; the others only tell it to look again. */
+static void drain_check(struct worker *w)
+{
+    if (w->index != 0) {
+        worker_schedule_reap(w->world->workers[0]);
+        return;
+    }
+    world_stop(w);
+    if (w->handing_over && !w->shutting_down) {
+        /* pgstay -R: idle clients go to the new process as they become idle. */
+        if (takeover_sweep(w))
+            exit_all(w);
+    } else {
+        int live = live_clients(w);
+        if (live == 0 || now_ms() >= w->shutdown_deadline) {
+            log_info("shutdown: %d clients left, exiting", live);
+            exit_all(w);
+        }
+    }
+    world_start(w);
+}
 
 static void reap_cb(evutil_socket_t fd, short what, void *arg)
 {
@@ -83,21 +171,18 @@ static void reap_cb(evutil_socket_t fd, short what, void *arg)
     {
         server_free(container_of(pos, struct server, node));
     }
-    if (w->handing_over && !w->shutting_down) {
-        /* pgstay -R: idle clients go to the new process as they become idle. */
-        if (takeover_sweep(w))
-            event_base_loopexit(w->base, NULL);
-        return;
-    }
-    if (w->shutting_down) {
-        int live = 0;
-        for (int i = 0; i < CL_CLOSING; i++)
-            live += w->n_clients[i];
-        if (live == 0 || now_ms() >= w->shutdown_deadline) {
-            log_info("shutdown: %d clients left, exiting", live);
-            event_base_loopexit(w->base, NULL);
-        }
-    }
+    if (w->handing_over || w->shutting_down)
+        drain_check(w);
+}
+
+static void park_cb(evutil_socket_t fd, short what, void *arg)
+{
+    world_park(arg);
+}
+
+static void poke_cb(evutil_socket_t fd, short what, void *arg)
+{
+    pool_poked(arg);
 }
 
 static void tick_cb(evutil_socket_t fd, short what, void *arg)
@@ -106,7 +191,12 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
     int64_t now = now_ms();
     client_check_timeouts(w, now);
     pool_gc(w);
-    admin_check_pause(w);
+    if (w->index == 0) {
+        /* PAUSE is done when no worker's client is inside a transaction any more. */
+        world_stop(w);
+        admin_check_pause(w);
+        world_start(w);
+    }
     /* A server finishing what a departed client left running gets this long, then is closed. */
     {
         struct list *pos, *tmp;
@@ -134,7 +224,7 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
                 server_close(s, "server_idle_timeout");
             else if (w->cfg->server_lifetime > 0 && now - s->connected_at > w->cfg->server_lifetime)
                 server_close(s, "server_lifetime");
-            else if (p->n_servers >
+            else if (pool_servers_all(p) >
                      config_pool_size(w->cfg, p->database, p->user) + w->cfg->reserve_pool_size)
                 server_close(
                     s, "pool_size lowered: more servers than pool_size and reserve_pool_size");
@@ -199,9 +289,9 @@ int worker_tls_build(const struct config *cfg, tls_ctx **client, tls_ctx **serve
     return 0;
 }
 
-int worker_init(struct worker *w, struct config *cfg)
+/* What every loop has of its own: lists, event base, buffers, deferred work, timers. */
+static int loop_init(struct worker *w, struct config *cfg)
 {
-    memset(w, 0, sizeof(*w));
     w->spare_fd = -1;
     w->cfg = cfg;
     w->session = &session_hooks;
@@ -227,9 +317,58 @@ int worker_init(struct worker *w, struct config *cfg)
     w->loop.defer = &w->defer;
     w->reaper = event_new(w->base, -1, 0, reap_cb, w);
     w->tick = event_new(w->base, -1, EV_PERSIST, tick_cb, w);
+    w->park = event_new(w->base, -1, 0, park_cb, w);
+    w->poke = event_new(w->base, -1, 0, poke_cb, w);
+    if (!w->reaper || !w->tick || !w->park || !w->poke)
+        return -1;
     struct timeval tv = {0, 100 * 1000};
     event_add(w->tick, &tv);
     w->next_cancel_pid = (uint32_t)(now_ms() & 0x3fffffff) | 1;
+    return 0;
+}
+
+/* A worker of another thread shares what there is one of: the configuration, auth file, hba,
+ * TLS contexts (OpenSSL's are safe to share), topology, failover and admin state. Called
+ * again after a reload replaced some of them. */
+static void share_with(struct worker *w, const struct worker *w0)
+{
+    w->cfg = w0->cfg;
+    w->users = w0->users;
+    w->hba = w0->hba;
+    w->client_tls = w0->client_tls;
+    w->server_tls = w0->server_tls;
+    w->topo = w0->topo;
+    w->fo = w0->fo;
+    w->admin = w0->admin;
+}
+
+static void share_all(struct worker *w0)
+{
+    for (int i = 1; i < w0->world->n; i++)
+        share_with(w0->world->workers[i], w0);
+}
+
+int worker_init(struct worker *w, struct config *cfg)
+{
+    memset(w, 0, sizeof(*w));
+    int n = config_workers(cfg);
+    /* libevent's locks, so that another thread may wake a loop (event_active); not needed,
+     * and not paid for, with one worker. */
+    if (n > 1 && evthread_use_pthreads() < 0) {
+        log_error("workers = %d: libevent has no thread support", n);
+        return -1;
+    }
+    /* The process's workers; index 0 is the caller's (the main thread's). */
+    struct world *wd = calloc(1, sizeof(*wd));
+    if (!wd || world_init(wd, n) < 0) {
+        free(wd);
+        return -1;
+    }
+    wd->workers[0] = w;
+    w->world = wd;
+    w->index = 0;
+    if (loop_init(w, cfg) < 0)
+        return -1;
     w->users = calloc(1, sizeof(*w->users));
     if (!w->users)
         return -1;
@@ -252,7 +391,67 @@ int worker_init(struct worker *w, struct config *cfg)
     if (failover_init(w) < 0 || planned_init(w) < 0 || admin_init(w) < 0 ||
         topology_init(w, &topology_hooks) < 0)
         return -1;
+    for (int i = 1; i < n; i++) {
+        struct worker *p = calloc(1, sizeof(*p));
+        if (!p)
+            return -1;
+        wd->workers[i] = p;
+        p->world = wd;
+        p->index = i;
+        if (loop_init(p, cfg) < 0)
+            return -1;
+        share_with(p, w);
+    }
     return 0;
+}
+
+/* A worker's thread: its loop until the process stops. Signals go to the main thread. */
+static void *thread_main(void *arg)
+{
+    struct worker *w = arg;
+    event_base_dispatch(w->base);
+    world_leave(w);
+    sql_classify_drop_cache(); /* this thread's (its parser memory goes with the thread) */
+    return NULL;
+}
+
+int worker_start_threads(struct worker *w)
+{
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    int r = 0;
+    for (int i = 1; i < w->world->n; i++) {
+        struct worker *p = w->world->workers[i];
+        world_enter(p);
+        if (pthread_create(&p->thread, NULL, thread_main, p) != 0) {
+            log_error("cannot start worker %d: %s", i, strerror(errno));
+            world_leave(p);
+            r = -1;
+            break;
+        }
+        p->started = 1;
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (w->world->n > 1 && r == 0)
+        log_info("%d workers (event loops, one thread each)", w->world->n);
+    return r;
+}
+
+void worker_stop_all(struct worker *w)
+{
+    for (int i = 1; i < w->world->n; i++)
+        event_base_loopbreak(w->world->workers[i]->base);
+}
+
+void worker_join_threads(struct worker *w)
+{
+    world_leave(w);
+    for (int i = 1; i < w->world->n; i++) {
+        struct worker *p = w->world->workers[i];
+        if (p->started)
+            pthread_join(p->thread, NULL);
+    }
 }
 
 /* Accepting again after a pause for want of file descriptors; the spare one is taken back
@@ -465,6 +664,67 @@ static int listen_unix(struct worker *w)
     return 0;
 }
 
+/* The other workers accept on the same sockets: each loop watches a duplicate of each listening
+ * descriptor, and the loop that wakes first accepts. One socket for all rather than one
+ * SO_REUSEPORT socket per worker, because pgstay -R hands a listening socket over with its
+ * queue of connections: with a socket per worker, what was queued on those not handed over
+ * would be reset. */
+static struct evconnlistener *listen_dup(struct worker *p, struct evconnlistener *l, int role)
+{
+    int fd = fcntl((int)evconnlistener_get_fd(l), F_DUPFD_CLOEXEC, 0);
+    if (fd < 0)
+        return NULL;
+    p->listen_ctx[role].w = p;
+    p->listen_ctx[role].role = role;
+    struct evconnlistener *d =
+        evconnlistener_new(p->base, client_accept, &p->listen_ctx[role],
+                           LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, 0, fd);
+    if (!d) {
+        close(fd);
+        return NULL;
+    }
+    evconnlistener_set_error_cb(d, accept_error_cb);
+    return d;
+}
+
+static void peer_unlisten(struct worker *p)
+{
+    for (int i = 0; i < 2; i++) {
+        if (p->listeners[i])
+            evconnlistener_free(p->listeners[i]);
+        if (p->unix_listeners[i])
+            evconnlistener_free(p->unix_listeners[i]);
+        p->listeners[i] = p->unix_listeners[i] = NULL;
+    }
+    if (p->accept_resume)
+        event_free(p->accept_resume);
+    p->accept_resume = NULL;
+    if (p->spare_fd >= 0)
+        close(p->spare_fd);
+    p->spare_fd = -1;
+}
+
+/* The other workers listen on what w (the first) listens on now; before their threads start,
+ * or with the world stopped. */
+static int peers_listen(struct worker *w)
+{
+    for (int i = 1; i < w->world->n; i++) {
+        struct worker *p = w->world->workers[i];
+        peer_unlisten(p);
+        p->accept_resume = evtimer_new(p->base, accept_resume_cb, p);
+        p->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        for (int role = 0; role < 2; role++) {
+            if (w->listeners[role] &&
+                !(p->listeners[role] = listen_dup(p, w->listeners[role], role)))
+                return -1;
+            if (w->unix_listeners[role] &&
+                !(p->unix_listeners[role] = listen_dup(p, w->unix_listeners[role], role)))
+                return -1;
+        }
+    }
+    return 0;
+}
+
 int worker_listen(struct worker *w)
 {
     if (!w->accept_resume) {
@@ -482,7 +742,7 @@ int worker_listen(struct worker *w)
         if (!w->listeners[1])
             return -1;
     }
-    if (listen_unix(w) < 0)
+    if (listen_unix(w) < 0 || peers_listen(w) < 0)
         return -1;
     return metrics_fd(w) >= 0 ? 0 : metrics_start(w);
 }
@@ -568,6 +828,9 @@ void worker_unix_handed_over(struct worker *w, int role)
 
 void worker_stop_listening(struct worker *w)
 {
+    for (int i = 1; i < w->world->n && w->index == 0; i++)
+        if (w->world->workers[i])
+            peer_unlisten(w->world->workers[i]);
     takeover_keep_unix_files(w);
     for (int i = 0; i < 2; i++) {
         if (w->listeners[i]) {
@@ -585,27 +848,32 @@ void worker_stop_listening(struct worker *w)
     w->spare_fd = -1;
 }
 
-void worker_begin_shutdown(struct worker *w)
+/* SIGTERM or SHUTDOWN: every worker stops accepting and drains (the world stopped, from any
+ * worker). */
+void worker_begin_shutdown(struct worker *caller)
 {
+    struct worker *w = caller->world->workers[0];
     if (w->shutting_down)
         return;
-    w->shutting_down = 1;
+    world_stop(caller);
     notify_stopping();
-    w->shutdown_deadline = now_ms() + w->cfg->shutdown_timeout;
     worker_stop_listening(w);
-    int live = 0;
-    for (int i = 0; i < CL_CLOSING; i++)
-        live += w->n_clients[i];
     log_info("shutdown requested: no new connections, waiting up to %d ms for %d clients",
-             w->cfg->shutdown_timeout, live);
-    /* Clients still logging in have nothing to finish. */
-    struct list *pos, *tmp;
-    list_for_each_safe(pos, tmp, &w->clients[CL_LOGIN])
-    {
-        client_close(container_of(pos, struct client, node), SQLSTATE_ADMIN_SHUTDOWN,
-                     "pgstay is shutting down");
+             w->cfg->shutdown_timeout, live_clients(w));
+    for (int k = 0; k < w->world->n; k++) {
+        struct worker *x = w->world->workers[k];
+        x->shutting_down = 1;
+        x->shutdown_deadline = now_ms() + x->cfg->shutdown_timeout;
+        /* Clients still logging in have nothing to finish. */
+        struct list *pos, *tmp;
+        list_for_each_safe(pos, tmp, &x->clients[CL_LOGIN])
+        {
+            client_close(container_of(pos, struct client, node), SQLSTATE_ADMIN_SHUTDOWN,
+                         "pgstay is shutting down");
+        }
+        worker_schedule_reap(x);
     }
-    worker_schedule_reap(w);
+    world_start(caller);
 }
 
 static int reload(struct worker *w);
@@ -642,12 +910,17 @@ void worker_hba_free(struct hba *h)
     }
 }
 
-int worker_reload(struct worker *w)
+/* SIGHUP or RELOAD, from any worker: the new configuration is read and checked first, then
+ * applied with the world stopped, so that every worker switches to it between two of its
+ * callbacks (a safe point) and none sees it half applied. */
+int worker_reload(struct worker *caller)
 {
     /* systemd hears of the reload whether it succeeds or not: the running config stays in
      * place on failure, and pgstay is ready again either way. */
     notify_reloading();
-    int r = reload(w);
+    world_stop(caller);
+    int r = reload(caller->world->workers[0]);
+    world_start(caller);
     notify_ready();
     return r;
 }
@@ -716,6 +989,8 @@ static int reload(struct worker *w)
             log_error("unix_socket_dir \"%s\": not listening on unix sockets until the next "
                       "reload",
                       w->cfg->unix_socket_dir);
+        if (peers_listen(w) < 0)
+            log_error("reload: the other workers cannot listen on the new sockets");
     }
     userlist_keep_mock(&ul, w->users);
     userlist_free(w->users);
@@ -730,13 +1005,59 @@ static int reload(struct worker *w)
     if (log_to_file(w->cfg->logfile, lerr, sizeof(lerr)) < 0)
         log_error("%s: keeping the current log", lerr);
     logsys_config(w->cfg->syslog, w->cfg->syslog_ident, w->cfg->syslog_facility);
+    share_all(w);
     log_info("configuration reloaded from %s", w->cfg->path);
-    pool_kick_all(w);
+    kick_all_workers(w);
     return 0;
+}
+
+/* A worker of another thread, once joined: its own objects only (the shared ones are w0's). */
+static void peer_free(struct worker *w)
+{
+    peer_unlisten(w);
+    for (int st = 0; st < CL_NSTATES; st++) {
+        struct list *pos, *tmp;
+        list_for_each_safe(pos, tmp, &w->clients[st])
+        {
+            client_free(container_of(pos, struct client, node));
+        }
+    }
+    for (int st = 0; st < SV_NSTATES; st++) {
+        struct list *pos, *tmp;
+        list_for_each_safe(pos, tmp, &w->servers[st])
+        {
+            server_free(container_of(pos, struct server, node));
+        }
+    }
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, &w->pools)
+    {
+        pool_free(container_of(pos, struct pool, node));
+    }
+    stats_free_kept(w);
+    cancel_free_all(w);
+    authq_free(w);
+    event_base_loop(w->base, EVLOOP_NONBLOCK);
+    conn_loop_free(&w->loop);
+    defer_free(&w->defer);
+    event_free(w->reaper);
+    event_free(w->tick);
+    event_free(w->park);
+    event_free(w->poke);
+    if (w->dns)
+        evdns_base_free(w->dns, 0);
+    event_base_free(w->base);
+    free(w);
 }
 
 void worker_free(struct worker *w)
 {
+    /* The other workers first: their servers and pools point into the shared topology. */
+    for (int i = 1; i < w->world->n; i++)
+        if (w->world->workers[i]) {
+            peer_free(w->world->workers[i]);
+            w->world->workers[i] = NULL;
+        }
     worker_stop_listening(w);
     takeover_free(w);
     topology_free(w);
@@ -781,7 +1102,12 @@ void worker_free(struct worker *w)
     defer_free(&w->defer);
     event_free(w->reaper);
     event_free(w->tick);
+    event_free(w->park);
+    event_free(w->poke);
     if (w->dns)
         evdns_base_free(w->dns, 0);
     event_base_free(w->base);
+    world_free(w->world);
+    free(w->world);
+    w->world = NULL;
 }

@@ -8,7 +8,14 @@ struct config;
 struct hba;
 
 int worker_init(struct worker *w, struct config *cfg);
+/* w is worker 0 (the main thread's): the other workers go with it. */
 void worker_free(struct worker *w);
+/* workers > 1: start the other workers' threads (after worker_listen; signals stay with the
+ * main thread). */
+int worker_start_threads(struct worker *w);
+/* Break every other worker's loop (SIGINT), then wait for their threads. */
+void worker_stop_all(struct worker *w);
+void worker_join_threads(struct worker *w);
 /* The TLS contexts cfg asks for (NULL where that side has TLS off): 0, or -1 with err set.
  * Also what --check-config runs, so that a certificate that cannot be read is found then. */
 int worker_tls_build(const struct config *cfg, tls_ctx **client, tls_ctx **server, char *err,

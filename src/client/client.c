@@ -4,6 +4,7 @@
 #include <arpa/inet.h>
 #include <sys/socket.h>
 #include <ctype.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -343,6 +344,8 @@ void client_change_state(struct client *c, enum client_state st)
     struct worker *w = c->w;
     list_del(&c->node);
     w->n_clients[c->state]--;
+    if (st == CL_CLOSING && c->state != CL_CLOSING && w->world)
+        atomic_fetch_sub_explicit(&w->world->n_clients, 1, memory_order_relaxed);
     c->state = st;
     list_append(&w->clients[st], &c->node);
     w->n_clients[st]++;
@@ -409,6 +412,8 @@ void client_free(struct client *c)
     conn_close_after_send(&c->conn);
     list_del(&c->node);
     c->w->n_clients[c->state]--;
+    if (c->state != CL_CLOSING && c->w->world)
+        atomic_fetch_sub_explicit(&c->w->world->n_clients, 1, memory_order_relaxed);
     if (c->pool)
         c->pool->n_clients--;
     if (!c->names_shared) {
@@ -558,17 +563,16 @@ void client_accept_fd(struct listen_ctx *ctx, int fd, struct sockaddr *sa, int s
 {
     struct worker *w = ctx->w;
     int role = ctx->role;
-    int live = 0;
-    for (int i = 0; i < CL_CLOSING; i++)
-        live += w->n_clients[i];
     struct client *c = calloc(1, sizeof(*c));
     if (!c) {
         evutil_closesocket(fd);
         return;
     }
+    /* Every worker's clients count against max_client_conn (those closing do not). */
+    int live = atomic_fetch_add_explicit(&w->world->n_clients, 1, memory_order_relaxed);
     net_tune_client(fd);
     c->w = w;
-    c->id = ++w->next_id;
+    c->id = worker_new_id(w);
     c->connect_s = (uint32_t)(now_ms() / 1000);
     c->role = role;
     c->txn_status = 'I';
@@ -931,7 +935,7 @@ void client_logged_in(struct client *c)
     pbuf_init(&b);
     proto_build_auth(&b, AUTH_REQ_OK, NULL, 0);
     client_send_pbuf(c, &b);
-    c->cancel_pid = c->w->next_cancel_pid++;
+    c->cancel_pid = worker_cancel_pid(c->w);
     c->cancel_key = next_cancel_key(c->w);
     if (c->is_admin) {
         client_change_state(c, CL_IDLE);

@@ -201,7 +201,8 @@ struct client *client_import(struct worker *w, int fd, const uint8_t *p, size_t 
     uint64_t old_id = (uint64_t)mr_u32(&r) << 32;
     old_id |= mr_u32(&r);
     c->w = w;
-    c->id = ++w->next_id;
+    c->id = worker_new_id(w);
+    atomic_fetch_add_explicit(&w->world->n_clients, 1, memory_order_relaxed);
     c->role = mr_u8(&r);
     c->addr_family = mr_u8(&r);
     c->addr_port = mr_u16(&r);

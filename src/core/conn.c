@@ -199,7 +199,10 @@ static void rearm(struct conn *c)
     }
     if (want != c->armed) {
         if (c->assigned)
-            event_del(&c->ev); /* pending or merely activated */
+            /* _noblock: with several workers another thread may do this while this conn's
+             * own loop is parked inside its callback (core/world.h); event_del would wait for
+             * that callback to end, which waits for the other thread: a deadlock. */
+            event_del_noblock(&c->ev); /* pending or merely activated */
         c->armed = want;
         c->assigned = 1;
         event_assign(&c->ev, c->loop->base, c->fd, want | EV_PERSIST, conn_cb, c);
@@ -225,7 +228,7 @@ static void report_later(struct conn *c, int err)
     c->err = err;
     c->dead = 1;
     if (c->assigned)
-        event_del(&c->ev); /* pending or merely activated (conn_kick) */
+        event_del_noblock(&c->ev); /* pending or merely activated (conn_kick) */
     c->armed = 0;
     c->assigned = 1;
     event_assign(&c->ev, c->loop->base, -1, 0, conn_cb, c);
@@ -558,7 +561,7 @@ void conn_close(struct conn *c)
     }
     dequeue(c);
     if (c->assigned)
-        event_del(&c->ev);
+        event_del_noblock(&c->ev);
     c->armed = 0;
     if (c->fd >= 0)
         c->tr->close(c);

@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <pthread.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
@@ -110,17 +111,22 @@ static int bio_create(BIO *b)
     return 1;
 }
 
+static void make_bio_method(void)
+{
+    bio_method = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "pgstay socket");
+    if (!bio_method)
+        return;
+    BIO_meth_set_read(bio_method, bio_read);
+    BIO_meth_set_write(bio_method, bio_write);
+    BIO_meth_set_ctrl(bio_method, bio_ctrl);
+    BIO_meth_set_create(bio_method, bio_create);
+}
+
+/* Made once for the process, whichever worker's thread first needs it. */
 static BIO_METHOD *get_bio_method(void)
 {
-    if (!bio_method) {
-        bio_method = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "pgstay socket");
-        if (!bio_method)
-            return NULL;
-        BIO_meth_set_read(bio_method, bio_read);
-        BIO_meth_set_write(bio_method, bio_write);
-        BIO_meth_set_ctrl(bio_method, bio_ctrl);
-        BIO_meth_set_create(bio_method, bio_create);
-    }
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, make_bio_method);
     return bio_method;
 }
 

@@ -14,6 +14,7 @@
 #include "core/defer.h"
 #include "core/list.h"
 #include "core/tls.h"
+#include "core/world.h"
 
 struct config;
 struct userlist;
@@ -66,6 +67,15 @@ struct listen_ctx {
 };
 
 struct worker {
+    /* Its place among the process's workers (core/world.h): index 0 runs on the main thread
+     * and owns what there is one of (topology probes, failover timers, the takeover socket,
+     * /metrics, signals); the others run a loop each on their own thread. */
+    int index;
+    struct world *world;
+    struct event *park; /* activated by a worker stopping the world (core/world.c) */
+    struct event *poke; /* activated by another worker: a server it shares a limit with freed */
+    pthread_t thread;
+    int started; /* its thread runs (index > 0) */
     struct event_base *base;
     struct evdns_base *dns;
     struct conn_loop loop; /* the connection layer's buffers, flush queue and clock */
@@ -125,6 +135,32 @@ struct worker {
     int (*reload)(struct worker *w);
     void (*begin_shutdown)(struct worker *w);
 };
+
+/* A new client or server id, unique in the process: worker i of n numbers i, n + i, 2n + i... */
+static inline uint64_t worker_new_id(struct worker *w)
+{
+    uint64_t n = ++w->next_id;
+    return w->world && w->world->n > 1 ? n * (uint64_t)w->world->n + (uint64_t)w->index : n;
+}
+
+/* The worker whose client holds cancel key pid (see worker_cancel_pid). */
+static inline struct worker *worker_of_cancel_pid(struct worker *w, uint32_t pid)
+{
+    if (!w->world || w->world->n == 1)
+        return w;
+    uint32_t i = pid % WORLD_MAX;
+    return i < (uint32_t)w->world->n ? w->world->workers[i] : w;
+}
+
+/* A client's BackendKeyData pid: with several workers its low 6 bits name the worker, so that
+ * a CancelRequest accepted by any worker reaches the right one. Positive, as a pid is. */
+static inline uint32_t worker_cancel_pid(struct worker *w)
+{
+    uint32_t n = w->next_cancel_pid++;
+    if (!w->world || w->world->n == 1)
+        return n;
+    return ((n & 0x00ffffffu) * WORLD_MAX + (uint32_t)w->index) & 0x7fffffffu;
+}
 
 /* Arrange for closing objects to be freed once the current callbacks return. The reaper event
  * and what it frees belong to the program (src/app/worker.c); core only activates it. */

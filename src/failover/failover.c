@@ -81,12 +81,14 @@ void failover_writer_lost(struct worker *w, struct node *old, const char *why)
         ev->hold_started = w->topo->suspect && w->topo->suspect_since ? w->topo->suspect_since : now;
         /* and those clients count in this event: they were held while the writer was only
          * suspect, before there was an event to count them in (failover_note_held). */
-        struct list *pos, *tmp;
-        list_for_each_safe(pos, tmp, &w->clients[CL_WAITING])
-        {
-            struct client *c = container_of(pos, struct client, node);
-            if (c->held)
-                ev->clients_held++;
+        for (int i = 0; i < w->world->n; i++) {
+            struct list *pos, *tmp;
+            list_for_each_safe(pos, tmp, &w->world->workers[i]->clients[CL_WAITING])
+            {
+                struct client *c = container_of(pos, struct client, node);
+                if (c->held)
+                    ev->clients_held++;
+            }
         }
         if (fo->pending_failed && w->topo->suspect && fo->pending_since == w->topo->suspect_since)
             ev->failed_in_flight += fo->pending_failed;
@@ -96,12 +98,12 @@ void failover_writer_lost(struct worker *w, struct node *old, const char *why)
                  "is seen",
                  ev->id, ev->old_writer, why);
     }
-    if (old)
-        drop_servers_on(w, old, "the writer was lost");
+    for (int i = 0; old && i < w->world->n; i++)
+        drop_servers_on(w->world->workers[i], old, "the writer was lost");
 }
 
 /* Clients whose transaction PAUSE held and that may go now (database NULL: all of them). */
-static void release_paused(struct worker *w, const char *database)
+static void release_paused_on(struct worker *w, const char *database)
 {
     struct list *pos, *tmp;
     list_for_each_safe(pos, tmp, &w->clients[CL_ACTIVE])
@@ -114,6 +116,21 @@ static void release_paused(struct worker *w, const char *database)
             client_process(c);
         }
     }
+}
+
+/* Held requests go on, in every worker: its pools lend again, PAUSE-held clients proceed. The
+ * world is stopped (this runs from topology or the admin console), so all workers switch in
+ * the same step. */
+static void release_paused(struct worker *w, const char *database)
+{
+    for (int i = 0; i < w->world->n; i++)
+        release_paused_on(w->world->workers[i], database);
+}
+
+static void kick_everywhere(struct worker *w)
+{
+    for (int i = 0; i < w->world->n; i++)
+        pool_kick_all(w->world->workers[i]);
 }
 
 void failover_writer_found(struct worker *w, struct node *nd)
@@ -141,7 +158,7 @@ void failover_writer_found(struct worker *w, struct node *nd)
         fo->last = ev;
     }
     if (!fo->paused) {
-        pool_kick_all(w);
+        kick_everywhere(w);
         release_paused(w, NULL);
     } else {
         failover_open_ahead(w); /* RESUME finds the new writer's servers logged in */
@@ -152,25 +169,41 @@ void failover_writer_found(struct worker *w, struct node *nd)
                  ev->id, ev->clients_held, ev->failed_in_flight, ev->timed_out);
 }
 
+/* The four notes below come from any worker's sessions, in the middle of their work: the
+ * counters they bump are the one failover state of the process, under the world's notes lock
+ * (a stopper, which reads or resets them, runs while every other worker is parked). */
 void failover_note_held(struct worker *w)
 {
+    world_note_lock(w);
     if (w->fo->current) {
         w->fo->clients_held_total++;
         w->fo->current->clients_held++;
     }
+    world_note_unlock(w);
 }
 
 void failover_note_served(struct worker *w)
 {
+    world_note_lock(w);
     struct failover_event *ev = w->fo->last;
     if (ev && !ev->first_served) {
         ev->first_served = now_ms();
         log_info("failover #%d: first held request served %lld ms after the new writer was seen",
                  ev->id, (long long)(ev->first_served - ev->new_writer_seen));
     }
+    world_note_unlock(w);
 }
 
+static void note_failed(struct worker *w, const char *sqlstate);
+
 void failover_note_failed_in_flight(struct worker *w, const char *sqlstate)
+{
+    world_note_lock(w);
+    note_failed(w, sqlstate);
+    world_note_unlock(w);
+}
+
+static void note_failed(struct worker *w, const char *sqlstate)
 {
     struct failover *fo = w->fo;
     struct topology *t = w->topo;
@@ -202,10 +235,12 @@ void failover_note_failed_in_flight(struct worker *w, const char *sqlstate)
 
 void failover_note_timed_out(struct worker *w)
 {
+    world_note_lock(w);
     struct failover_event *ev = w->fo->current ? w->fo->current : w->fo->last;
     w->fo->timed_out_total++;
     if (ev)
         ev->timed_out++;
+    world_note_unlock(w);
 }
 
 void failover_pause(struct worker *w)
@@ -232,7 +267,7 @@ void failover_resume(struct worker *w)
     else
         log_info("RESUME: releasing the held requests of paused databases");
     fo->paused = 0;
-    pool_kick_all(w);
+    kick_everywhere(w);
     release_paused(w, NULL);
 }
 
@@ -245,7 +280,7 @@ void failover_unpause(struct worker *w)
              (long long)(now_ms() - fo->pause_started),
              fo->n_paused_dbs ? " (the databases paused on their own stay paused)" : "");
     fo->paused = 0;
-    pool_kick_all(w);
+    kick_everywhere(w);
     release_paused(w, NULL);
 }
 
@@ -273,12 +308,22 @@ int failover_resume_db(struct worker *w, const char *database)
     free(fo->paused_dbs[i]);
     fo->paused_dbs[i] = fo->paused_dbs[--fo->n_paused_dbs];
     log_info("RESUME %s: releasing its held requests", database);
-    pool_kick_all(w);
+    kick_everywhere(w);
     release_paused(w, database);
     return 0;
 }
 
+static int pause_done_on(struct worker *w, const char *database);
+
 int failover_pause_done(struct worker *w, const char *database)
+{
+    for (int i = 0; i < w->world->n; i++)
+        if (!pause_done_on(w->world->workers[i], database))
+            return 0;
+    return 1;
+}
+
+static int pause_done_on(struct worker *w, const char *database)
 {
     /* Paused when no writer-endpoint client (of the database) is inside a transaction or a
      * request. */
@@ -337,7 +382,15 @@ static int paused_without_server(struct worker *w, struct pool *p)
  * standby carries on, writable, once that standby is promoted. While PAUSE holds (a planned
  * switchover): the same, and once the new writer is seen, to it, as many as RESUME will need.
  */
+static void open_ahead_on(struct worker *w);
+
 void failover_open_ahead(struct worker *w)
+{
+    for (int i = 0; i < w->world->n; i++)
+        open_ahead_on(w->world->workers[i]);
+}
+
+static void open_ahead_on(struct worker *w)
 {
     struct topology *t = w->topo;
     struct failover *fo = w->fo;
@@ -367,7 +420,7 @@ void failover_open_ahead(struct worker *w)
             int logging_in;
             for (int have = servers_of(w, p, nd, &logging_in);
                  have < want && logging_in < w->cfg->server_connect_concurrency &&
-                 p->n_servers < config_pool_size(w->cfg, p->database, p->user);
+                 pool_servers_all(p) < config_pool_size(w->cfg, p->database, p->user);
                  have++, logging_in++)
                 if (!server_open(w, p, nd, p->user, p->database))
                     break;

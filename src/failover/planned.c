@@ -44,7 +44,7 @@ static void end_hold(struct planned *p, const char *how)
     p->active = 0;
     p->sched_at = 0;
     w->topo->planned_from = NULL;
-    evtimer_del(p->timer);
+    event_del_noblock(p->timer);
     log_warn("planned switchover: %s: the hold ends after %lld ms", how,
              (long long)(now_ms() - p->started));
     if (p->owns_pause && w->fo->paused)
@@ -98,9 +98,19 @@ void planned_pause_taken(struct worker *w)
         p->owns_pause = 0;
 }
 
+static void on_timer(struct planned *p);
+
+/* A failover step: every worker's clients are acted on, with the world stopped. */
 static void timer_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct planned *p = arg;
+    world_stop(p->w);
+    on_timer(p);
+    world_start(p->w);
+}
+
+static void on_timer(struct planned *p)
+{
     if (p->active) {
         end_hold(p, p->lost ? "no writer came within failover_timeout (the failover hold goes on)"
                             : "the writer did not stop within failover_timeout: it stays the "
@@ -130,7 +140,7 @@ void planned_scheduled(struct worker *w, struct node *from, int64_t in_ms)
         if (p->active && p->scheduled && !p->lost && w->topo->writer == p->from)
             end_hold(p, "Patroni withdrew the scheduled switchover and the writer stays");
         else if (!p->active)
-            evtimer_del(p->timer);
+            event_del_noblock(p->timer);
         return;
     }
     int64_t at = now_ms() + in_ms;

@@ -16,7 +16,7 @@
 
 static struct login_backoff *find(struct pool *p, struct node *nd, int create)
 {
-    for (struct login_backoff *b = nd->backoffs; b; b = b->next)
+    for (struct login_backoff *b = nd->backoffs[p->w->index]; b; b = b->next)
         if (b->pool == p)
             return b;
     if (!create)
@@ -25,8 +25,8 @@ static struct login_backoff *find(struct pool *p, struct node *nd, int create)
     if (!b)
         return NULL;
     b->pool = p;
-    b->next = nd->backoffs;
-    nd->backoffs = b;
+    b->next = nd->backoffs[p->w->index];
+    nd->backoffs[p->w->index] = b;
     return b;
 }
 
@@ -76,7 +76,7 @@ void login_backoff_ok(struct pool *p, struct node *nd)
 {
     if (!p || !nd)
         return;
-    struct login_backoff **pp = &nd->backoffs;
+    struct login_backoff **pp = &nd->backoffs[p->w->index];
     while (*pp) {
         struct login_backoff *b = *pp;
         if (b->pool == p) {
@@ -126,7 +126,7 @@ void login_backoff_due(struct worker *w)
     struct topology *t = w->topo;
     int64_t now = now_ms();
     for (int i = 0; i < t->n_nodes; i++) {
-        for (struct login_backoff *b = t->nodes[i].backoffs; b; b = b->next) {
+        for (struct login_backoff *b = t->nodes[i].backoffs[w->index]; b; b = b->next) {
             if (!b->kicked && now >= b->until) {
                 b->kicked = 1;
                 pool_kick(b->pool);
@@ -137,9 +137,11 @@ void login_backoff_due(struct worker *w)
 
 void login_backoff_free(struct node *nd)
 {
-    while (nd->backoffs) {
-        struct login_backoff *b = nd->backoffs;
-        nd->backoffs = b->next;
-        free(b);
+    for (int i = 0; i < WORLD_MAX; i++) {
+        while (nd->backoffs[i]) {
+            struct login_backoff *b = nd->backoffs[i];
+            nd->backoffs[i] = b->next;
+            free(b);
+        }
     }
 }

@@ -61,7 +61,7 @@ static void forget_backoffs(struct pool *p)
 {
     struct topology *t = p->w->topo;
     for (int i = 0; t && i < t->n_nodes; i++) {
-        struct login_backoff **pp = &t->nodes[i].backoffs;
+        struct login_backoff **pp = &t->nodes[i].backoffs[p->w->index];
         while (*pp) {
             if ((*pp)->pool == p) {
                 struct login_backoff *b = *pp;
@@ -102,6 +102,40 @@ void pool_gc(struct worker *w)
 
 static void kick_run(struct deferred *d);
 
+/* A pool made in one worker learns what the same pool in another worker knows of its servers:
+ * their parameters (a client is welcomed at once, with no server, as it would be there) and a
+ * SCRAM ClientKey. Pools are made once per worker and key, so stopping the world here is rare. */
+static void learn_from_sibling(struct pool *p)
+{
+    struct worker *w = p->w;
+    if (w->world->n == 1)
+        return;
+    world_stop(w);
+    for (int i = 0; i < w->world->n; i++) {
+        struct worker *x = w->world->workers[i];
+        if (x == w)
+            continue;
+        struct list *pos, *tmp;
+        list_for_each_safe(pos, tmp, &x->pools)
+        {
+            struct pool *q = container_of(pos, struct pool, node);
+            if (q->role != p->role || strcmp(q->database, p->database) ||
+                strcmp(q->user, p->user))
+                continue;
+            if (p->base.n == 0)
+                for (int k = 0; k < q->base.n; k++)
+                    kv_set(&p->base, q->base.items[k].name, q->base.items[k].value);
+            for (int k = 0; k < q->n_welcomes; k++)
+                pool_welcome_store(p, q->welcomes[k].key, &q->welcomes[k].params);
+            if (q->have_client_key && !p->have_client_key) {
+                memcpy(p->client_key, q->client_key, sizeof(p->client_key));
+                p->have_client_key = 1;
+            }
+        }
+    }
+    world_start(w);
+}
+
 struct pool *pool_get(struct worker *w, const char *database, const char *user, int role)
 {
     struct list *pos, *tmp;
@@ -124,12 +158,26 @@ struct pool *pool_get(struct worker *w, const char *database, const char *user, 
         free(p);
         return NULL;
     }
+    char key[600];
+    snprintf(key, sizeof(key), "pool %d %s\n%s", role, database, user);
+    p->share = world_count_get(w->world, key);
+    snprintf(key, sizeof(key), "database %s", database);
+    p->db_share = world_count_get(w->world, key);
+    snprintf(key, sizeof(key), "user %s", user);
+    p->user_share = world_count_get(w->world, key);
+    if (!p->share || !p->db_share || !p->user_share) {
+        free(p->database);
+        free(p->user);
+        free(p);
+        return NULL;
+    }
     list_init(&p->idle);
     list_init(&p->waiting);
     list_init(&p->kick.node);
     p->kick.run = kick_run;
     list_append(&w->pools, &p->node);
     stats_adopt(p);
+    learn_from_sibling(p);
     return p;
 }
 
@@ -145,18 +193,10 @@ static struct node *target_node(struct pool *p)
     return nd;
 }
 
-/* Servers of every pool with p's database (db) or user (!db). */
+/* Servers of every pool with p's database (db) or user (!db), in every worker. */
 static int shared_servers(struct pool *p, int db)
 {
-    int n = 0;
-    struct list *pos, *tmp;
-    list_for_each_safe(pos, tmp, &p->w->pools)
-    {
-        struct pool *q = container_of(pos, struct pool, node);
-        if (!strcmp(db ? q->database : q->user, db ? p->database : p->user))
-            n += q->n_servers;
-    }
-    return n;
+    return world_count_read(db ? p->db_share : p->user_share);
 }
 
 static int at_shared_limit(struct pool *p)
@@ -211,6 +251,130 @@ static int pool_cap(struct pool *p)
 {
     int cap = config_pool_size(p->w->cfg, p->database, p->user);
     return reserve_due(p) ? cap + p->w->cfg->reserve_pool_size : cap;
+}
+
+/* ---- Limits across workers: each worker has its own pools, their servers count together ----
+ *
+ * A worker opens a server only after taking a slot of the pool's shared count (pool_size), and
+ * of its database's and user's when those are limited; a close gives them back. A worker that
+ * found no slot while its clients wait sets its bit in the pool's `starved` mask; a worker with
+ * a server becoming idle then lets it go (closes it) when it has no client waiting, or holds
+ * more than its fair part of pool_size, and wakes the starving workers, which open one. So a
+ * client waiting in one worker is served when a server frees in another, at the price of one
+ * login; while every worker has clients waiting, pool_size splits evenly between them. */
+
+/* Other workers' bits in a count's starved mask. */
+static uint64_t others_starving(struct world_count *c, const struct worker *w)
+{
+    return atomic_load_explicit(&c->starved, memory_order_relaxed) & ~(1ull << w->index);
+}
+
+/* This worker waits (on) or no longer waits for count c. Newly waiting, it wakes the other
+ * workers, one of which may have an idle server to let go. */
+static void starve_on(struct world_count *c, struct worker *w, int on)
+{
+    uint64_t bit = 1ull << w->index;
+    if (!on) {
+        if (atomic_load_explicit(&c->starved, memory_order_relaxed) & bit)
+            atomic_fetch_and_explicit(&c->starved, ~bit, memory_order_relaxed);
+        return;
+    }
+    if (atomic_fetch_or_explicit(&c->starved, bit, memory_order_relaxed) & bit)
+        return;
+    for (int i = 0; i < w->world->n; i++)
+        if (i != w->index)
+            world_poke(w->world->workers[i]);
+}
+
+static void starve(struct pool *p, int on)
+{
+    starve_on(p->share, p->w, on);
+}
+
+/* p waits for room in its database's or user's limit (max_db_connections, _user_). */
+static void starve_shared(struct pool *p)
+{
+    const struct config *cfg = p->w->cfg;
+    if (cfg->max_db_connections > 0 && world_count_read(p->db_share) >= cfg->max_db_connections)
+        starve_on(p->db_share, p->w, 1);
+    if (cfg->max_user_connections > 0 &&
+        world_count_read(p->user_share) >= cfg->max_user_connections)
+        starve_on(p->user_share, p->w, 1);
+}
+
+int pool_slot_take(struct pool *p)
+{
+    const struct config *cfg = p->w->cfg;
+    if (!world_count_take(p->share, pool_cap(p))) {
+        if (!list_empty(&p->waiting))
+            starve(p, 1);
+        return 0;
+    }
+    if (!world_count_take(p->db_share, cfg->max_db_connections)) {
+        atomic_fetch_sub_explicit(&p->share->n, 1, memory_order_relaxed);
+        return 0;
+    }
+    if (!world_count_take(p->user_share, cfg->max_user_connections)) {
+        atomic_fetch_sub_explicit(&p->share->n, 1, memory_order_relaxed);
+        atomic_fetch_sub_explicit(&p->db_share->n, 1, memory_order_relaxed);
+        return 0;
+    }
+    starve(p, 0);
+    starve_on(p->db_share, p->w, 0);
+    starve_on(p->user_share, p->w, 0);
+    return 1;
+}
+
+void pool_slot_give(struct pool *p)
+{
+    atomic_fetch_sub_explicit(&p->share->n, 1, memory_order_relaxed);
+    atomic_fetch_sub_explicit(&p->db_share->n, 1, memory_order_relaxed);
+    atomic_fetch_sub_explicit(&p->user_share->n, 1, memory_order_relaxed);
+    struct world *wd = p->w->world;
+    uint64_t others = others_starving(p->share, p->w) | others_starving(p->db_share, p->w) |
+                      others_starving(p->user_share, p->w);
+    for (int i = 0; others && i < wd->n; i++)
+        if (others & (1ull << i))
+            world_poke(wd->workers[i]);
+}
+
+/* Should an idle server of p go, for another worker's waiting clients? When p has none waiting
+ * and another worker waits for p's pool (pool_size) or for room in its database or user; or
+ * when p holds more than its fair part of pool_size while other workers wait for it too. */
+static int owed_elsewhere(struct pool *p)
+{
+    uint64_t others = others_starving(p->share, p->w);
+    if (list_empty(&p->waiting))
+        return others || others_starving(p->db_share, p->w) ||
+               others_starving(p->user_share, p->w);
+    if (!others)
+        return 0;
+    int k = __builtin_popcountll(others) + 1;
+    int size = config_pool_size(p->w->cfg, p->database, p->user);
+    return p->n_servers > (size + k - 1) / k;
+}
+
+void pool_poked(struct worker *w)
+{
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, &w->pools)
+    {
+        struct pool *p = container_of(pos, struct pool, node);
+        if (list_empty(&p->waiting)) {
+            /* its clients were served meanwhile: it asks for nothing more */
+            starve(p, 0);
+            starve_on(p->db_share, w, 0);
+            starve_on(p->user_share, w, 0);
+        } else {
+            pool_kick(p);
+        }
+        /* An idle server another worker needs more: closing it frees its slot there (one
+         * per wake-up: the worker that takes it clears its bit, or wakes this one again). */
+        if (!list_empty(&p->idle) && owed_elsewhere(p)) {
+            struct server *s = container_of(list_first(&p->idle), struct server, pool_node);
+            server_close(s, "another worker's clients wait for a server of this pool");
+        }
+    }
 }
 
 /* May a server on nd serve this pool now? (A demoted or fenced node no longer may.) */
@@ -514,13 +678,15 @@ static void pool_kick_loop(struct pool *p)
         /* Open as many as are waiting, within pool_size and the concurrent-login bound. */
         int want = p->n_waiting - p->n_connecting - p->n_checking;
         int cap = pool_cap(p);
-        while (want > 0 && p->n_servers < cap &&
+        while (want > 0 && pool_servers_all(p) < cap &&
                p->n_connecting < w->cfg->server_connect_concurrency) {
             /* max_db_connections / max_user_connections: at the limit, an idle server of
              * another pool of the same database or user makes room, or the clients wait. */
-            if (at_shared_limit(p) && !evict_idle_for(p))
+            if (at_shared_limit(p) && !evict_idle_for(p)) {
+                starve_shared(p); /* another worker may hold the idle server to evict */
                 break;
-            if (p->n_servers >= config_pool_size(w->cfg, p->database, p->user)) {
+            }
+            if (pool_servers_all(p) >= config_pool_size(w->cfg, p->database, p->user)) {
                 /* PgBouncer warns the same way: a pool living on its reserve is undersized. */
                 struct client *c = container_of(list_first(&p->waiting), struct client, pool_node);
                 log_warn("C-%llu %s/%s: taking a server from reserve_pool (waited %lld ms)",
@@ -533,6 +699,8 @@ static void pool_kick_loop(struct pool *p)
                 break;
             want--;
         }
+        if (want > 0 && pool_servers_all(p) >= cap)
+            starve(p, 1); /* the other workers hold pool_size: one lets a server go */
         return;
     }
 }
@@ -553,7 +721,7 @@ void pool_keep_min(struct worker *w)
             continue;
         int size = config_pool_size(w->cfg, p->database, p->user);
         int cap = min < size ? min : size;
-        while (p->n_servers < cap && p->n_connecting < w->cfg->server_connect_concurrency)
+        while (pool_servers_all(p) < cap && p->n_connecting < w->cfg->server_connect_concurrency)
             if (!server_open(w, p, nd, p->user, p->database))
                 break;
     }
@@ -567,7 +735,7 @@ void pool_check_reserve(struct worker *w)
     list_for_each_safe(pos, tmp, &w->pools)
     {
         struct pool *p = container_of(pos, struct pool, node);
-        if (p->n_waiting > p->n_connecting + p->n_checking && p->n_servers < pool_cap(p))
+        if (p->n_waiting > p->n_connecting + p->n_checking && pool_servers_all(p) < pool_cap(p))
             pool_kick(p);
     }
 }
@@ -713,6 +881,11 @@ void pool_server_ready(struct server *s)
     struct pool *p = s->pool;
     if (s->close_needed) {
         server_close(s, "RECONNECT: closed once its client was done with it");
+        pool_kick(p);
+        return;
+    }
+    if (owed_elsewhere(p)) {
+        server_close(s, "another worker's clients wait for a server of this pool");
         pool_kick(p);
         return;
     }
@@ -875,13 +1048,25 @@ static int cancel_waiting(struct client *c)
     return 1;
 }
 
+static void cancel_on(struct worker *w, uint32_t pid, uint32_t key);
+
+/* The key's pid names the worker of its client (worker_cancel_pid), whichever worker accepted
+ * the CancelRequest: the cancel runs there, with the world stopped (with one worker, at once). */
 void cancel_forward(struct worker *w, uint32_t pid, uint32_t key)
+{
+    world_stop(w);
+    cancel_on(worker_of_cancel_pid(w, pid), pid, key);
+    world_start(w);
+}
+
+static void cancel_on(struct worker *w, uint32_t pid, uint32_t key)
 {
     struct client *c = client_find_by_cancel(w, pid, key);
     if (c && cancel_waiting(c))
         return;
-    if (!c && w->cancel_elsewhere) {
-        w->cancel_elsewhere(w, pid, key);
+    struct worker *w0 = w->world->workers[0];
+    if (!c && w0->cancel_elsewhere) {
+        w0->cancel_elsewhere(w0, pid, key); /* pgstay -R: the other process's client */
         return;
     }
     if (!c || !c->server || !c->server->nd || c->server->state != SV_ACTIVE) {

@@ -21,7 +21,10 @@ struct pool {
     struct list waiting;   /* clients waiting for a server, in arrival order */
     struct deferred kick;  /* pool_kick queued: lending runs once the current callbacks return */
     int n_clients;         /* logged-in clients that use it: an unused empty pool is freed */
-    int n_servers;         /* every server of this pool, whatever its state */
+    int n_servers;         /* every server of this pool, whatever its state (this worker's) */
+    /* The same pool's servers in every worker (pool_size holds across workers), and those of
+     * its database and its user (max_db_connections, max_user_connections): core/world.h. */
+    struct world_count *share, *db_share, *user_share;
     int n_connecting;      /* in SV_CONNECTING or SV_LOGIN */
     int n_waiting;
     int n_checking;        /* servers running server_check_query for the waiting clients */
@@ -69,6 +72,19 @@ const struct kvlist *pool_welcome_find(struct pool *p, uint64_t key);
 void pool_welcome_store(struct pool *p, uint64_t key, const struct kvlist *reported);
 
 void pool_free(struct pool *p);
+/* A server of p is about to open: 0 when pool_size (with its reserve when due), or
+ * max_db_connections / max_user_connections, is reached across every worker. */
+int pool_slot_take(struct pool *p);
+/* One of p's servers closed: its slot frees, and workers waiting for one are woken. */
+void pool_slot_give(struct pool *p);
+/* Every server of p's pool, whichever worker it is in. */
+static inline int pool_servers_all(const struct pool *p)
+{
+    return world_count_read(p->share);
+}
+/* Another worker woke this one (core/world.h world_poke): its pools with clients waiting try
+ * again. */
+void pool_poked(struct worker *w);
 /* Free pools nobody uses and that hold no server (every (database, user) ever tried would
  * otherwise keep one forever). */
 void pool_gc(struct worker *w);

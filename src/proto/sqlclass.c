@@ -15,8 +15,10 @@
 #include <pg_query.h>
 #include <pg_query/pg_query.pb-c.h>
 
-/* The parser ran at least once in this process (its memory then needs freeing at exit). */
-static int used_parser;
+/* The parser ran at least once in this thread (its memory then needs freeing at exit):
+ * libpg_query's memory is per thread, as is the cache below (each worker keeps its own, so
+ * that classifying takes no lock). */
+static __thread int used_parser;
 
 /* PostgreSQL's CURSOR_OPT_HOLD (nodes/parsenodes.h), not exported by libpg_query. */
 #define CURSOR_OPT_HOLD 0x0020
@@ -358,8 +360,8 @@ struct centry {
     struct result r;
 };
 
-static struct centry cache[CACHE_SETS][CACHE_WAYS];
-static uint64_t cache_tick;
+static __thread struct centry cache[CACHE_SETS][CACHE_WAYS];
+static __thread uint64_t cache_tick;
 
 static uint64_t hash_text(const unsigned char *p, size_t n)
 {
@@ -1080,14 +1082,19 @@ void sql_info_free(struct sql_info *info)
 
 void sql_classify_cleanup(void)
 {
+    sql_classify_drop_cache();
+    /* libpg_query frees its top memory context unchecked: only one that was made. */
+    if (used_parser)
+        pg_query_exit();
+    used_parser = 0;
+}
+
+void sql_classify_drop_cache(void)
+{
     for (int s = 0; s < CACHE_SETS; s++)
         for (int w = 0; w < CACHE_WAYS; w++) {
             free(cache[s][w].text);
             free(cache[s][w].r.stmts);
             memset(&cache[s][w], 0, sizeof(cache[s][w]));
         }
-    /* libpg_query frees its top memory context unchecked: only one that was made. */
-    if (used_parser)
-        pg_query_exit();
-    used_parser = 0;
 }

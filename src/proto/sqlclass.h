@@ -105,5 +105,8 @@ void sql_info_free(struct sql_info *info);
 
 /* Free the cache and libpg_query's memory of the calling thread (at exit; leak checkers). */
 void sql_classify_cleanup(void);
+/* This thread's cache only: a worker thread's end (libpg_query frees a thread's parser memory
+ * itself when the thread exits). */
+void sql_classify_drop_cache(void);
 
 #endif

@@ -93,6 +93,7 @@ void server_close_by(struct server *s, enum writer_evidence ev, const char *reas
     struct pool *p = s->pool;
     if (p) {
         p->n_servers--;
+        pool_slot_give(p);
         if (was == SV_CONNECTING || was == SV_LOGIN)
             p->n_connecting--;
         if (s->checking)
@@ -1078,13 +1079,18 @@ static void server_event_cb(void *arg, int what)
 struct server *server_open(struct worker *w, struct pool *p, struct node *nd, const char *user,
                            const char *database)
 {
+    if (p && !pool_slot_take(p))
+        return NULL; /* pool_size or a shared limit reached, counting every worker's servers */
     struct server *s = calloc(1, sizeof(*s));
-    if (!s)
+    if (!s) {
+        if (p)
+            pool_slot_give(p);
         return NULL;
+    }
     s->w = w;
     s->pool = p;
     s->nd = nd;
-    s->id = ++w->next_id;
+    s->id = worker_new_id(w);
     /* Copies: a reload frees the configuration strings a probe's identity comes from. */
     s->user = strdup(user);
     s->database = strdup(database);

@@ -54,7 +54,7 @@ static int sock_cb(CURL *e, curl_socket_t s, int what, void *userp, void *socket
     short kind = EV_PERSIST | ((what & CURL_POLL_IN) ? EV_READ : 0) |
                  ((what & CURL_POLL_OUT) ? EV_WRITE : 0);
     if (ev) {
-        event_del(ev);
+        event_del_noblock(ev);
         event_assign(ev, p->t->w->base, s, kind, sock_event_cb, p);
     } else {
         ev = event_new(p->t->w->base, s, kind, sock_event_cb, p);
@@ -70,7 +70,7 @@ static int timer_cb(CURLM *m, long ms, void *userp)
 {
     struct patroni *p = userp;
     if (ms < 0) {
-        evtimer_del(p->timeout);
+        event_del_noblock(p->timeout);
         return 0;
     }
     struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
@@ -84,16 +84,21 @@ static void sock_event_cb(evutil_socket_t fd, short what, void *arg)
     int flags =
         ((what & EV_READ) ? CURL_CSELECT_IN : 0) | ((what & EV_WRITE) ? CURL_CSELECT_OUT : 0);
     int running;
+    /* Patroni's answer may change the writer: every worker reads it (core/world.h). */
+    world_stop(p->t->w);
     curl_multi_socket_action(p->multi, fd, flags, &running);
     check_done(p);
+    world_start(p->t->w);
 }
 
 static void timeout_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct patroni *p = arg;
     int running;
+    world_stop(p->t->w);
     curl_multi_socket_action(p->multi, CURL_SOCKET_TIMEOUT, 0, &running);
     check_done(p);
+    world_start(p->t->w);
 }
 
 static size_t write_cb(char *data, size_t size, size_t n, void *userp)

@@ -489,9 +489,20 @@ static void node_answered(struct topology *t, struct node *nd)
         t->hooks->kick_all(t->w);
 }
 
+static void on_ready(struct node *nd);
+
+/* What a probe's answer (or end) changes, every worker reads while it runs (the writer, a
+ * node's role and generation): it is changed with the world stopped (core/world.h). */
 static void probe_on_ready(void *arg)
 {
     struct node *nd = arg;
+    world_stop(nd->topo->w);
+    on_ready(nd);
+    world_start(nd->topo->w);
+}
+
+static void on_ready(struct node *nd)
+{
     struct topology *t = nd->topo;
     if (!nd->probe_sent) {
         /* Just logged in: probe at once. */
@@ -508,9 +519,18 @@ static void probe_on_ready(void *arg)
     node_answered(t, nd);
 }
 
+static void on_fail(struct server *p, struct node *nd, const char *why);
+
 static void probe_on_fail(struct server *p, void *arg, const char *why)
 {
     struct node *nd = arg;
+    world_stop(nd->topo->w);
+    on_fail(p, nd, why);
+    world_start(nd->topo->w);
+}
+
+static void on_fail(struct server *p, struct node *nd, const char *why)
+{
     struct topology *t = nd->topo;
     if (nd->probe != p)
         return;
@@ -589,12 +609,14 @@ static void drain_removed(struct topology *t);
 static void timer_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct topology *t = arg;
+    world_stop(t->w);
     drain_removed(t);
     probe_all(t);
     patroni_poll(t);
     t->hooks->backoff_due(t->w);
     t->hooks->open_ahead(t->w);
     schedule(t);
+    world_start(t->w);
 }
 
 static void kick_cb(evutil_socket_t fd, short what, void *arg)
@@ -603,10 +625,12 @@ static void kick_cb(evutil_socket_t fd, short what, void *arg)
     struct topology *t = nd->topo;
     if (nd->role == NODE_REMOVED || !node_listed(nd))
         return;
+    world_stop(t->w);
     if (!nd->probe)
         open_probe(t, nd);
     else
         send_probe(t, nd);
+    world_start(t->w);
 }
 
 static void schedule(struct topology *t)
@@ -617,7 +641,17 @@ static void schedule(struct topology *t)
     evtimer_add(t->timer, &tv);
 }
 
+static void probe_now(struct worker *w, enum writer_evidence ev, const char *why);
+
+/* Called by any worker (a server connection's evidence): the world is stopped around it. */
 void topology_probe_now(struct worker *w, enum writer_evidence ev, const char *why)
+{
+    world_stop(w);
+    probe_now(w, ev, why);
+    world_start(w);
+}
+
+static void probe_now(struct worker *w, enum writer_evidence ev, const char *why)
 {
     struct topology *t = w->topo;
     struct node *wr = t->writer;
@@ -674,9 +708,11 @@ void topology_set_fast(struct worker *w, int fast)
     struct topology *t = w->topo;
     if (t->fast == fast)
         return;
+    world_stop(w);
     t->fast = fast;
-    evtimer_del(t->timer);
+    event_del_noblock(t->timer);
     schedule(t);
+    world_start(w);
 }
 
 struct node *topology_pick_reader(struct worker *w)
@@ -689,7 +725,8 @@ struct node *topology_pick_reader(struct worker *w)
             continue;
         if ((long)nd->lag_bytes > w->cfg->max_replica_lag)
             continue;
-        if (!best || nd->n_servers < best->n_servers)
+        if (!best || atomic_load_explicit(&nd->n_servers, memory_order_relaxed) <
+                         atomic_load_explicit(&best->n_servers, memory_order_relaxed))
             best = nd;
     }
     return best;
@@ -734,7 +771,7 @@ static void remove_node(struct topology *t, struct node *nd)
     log_info("node %s (%s:%d): removed from [nodes] by a reload: no new connections; %d server "
              "connections drain (idle ones closed now, lent ones when released)",
              nd->name, nd->host, nd->port, nd->n_servers);
-    evtimer_del(nd->kick);
+    event_del_noblock(nd->kick);
     if (nd->probe) {
         struct server *p = nd->probe;
         nd->probe = NULL;

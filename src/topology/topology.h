@@ -2,6 +2,7 @@
 #ifndef PGSTAY_TOPOLOGY_TOPOLOGY_H
 #define PGSTAY_TOPOLOGY_TOPOLOGY_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -60,8 +61,11 @@ struct node {
     uint64_t sysid;         /* pg_control_system().system_identifier */
     char note[200];         /* why it is down, fenced, foreign or rising (SHOW NODES) */
     struct event *kick;     /* reconnect or re-probe this node soon (deferred) */
-    struct login_backoff *backoffs; /* failed server logins, per pool (topology/backoff.c) */
-    int n_servers;          /* pool connections on this node (least-loaded reader choice) */
+    /* failed server logins, per pool (pool/backoff.c); a list per worker, as pools are */
+    struct login_backoff *backoffs[WORLD_MAX];
+    /* pool connections on this node, every worker's (least-loaded reader choice): atomic, as
+     * workers open and close them without stopping the world */
+    _Atomic int n_servers;
     struct server *probe;   /* the probe connection (opaque here: topology_hooks' probe_*) */
     uint64_t generation;    /* bumped when the node changes role: servers from before are stale */
     int patroni_role;       /* enum patroni_role: the last /cluster answer (SHOW NODES' source) */

@@ -366,7 +366,9 @@ def test_unknown_database(proxy):
 # ---- pooling ----
 
 def test_session_pool_reuse_and_reset(cluster1, make_proxy):
-    p = make_proxy(cluster1, pool_size=1)
+    # One worker: a server is reused by the clients of its own worker (doc/workers.md), and the
+    # same backend pid is what shows the reuse here.
+    p = make_proxy(cluster1, pool_size=1, workers=1)
     with p.connect() as c:
         pid1 = c.execute("select pg_backend_pid()").fetchone()[0]
         c.execute("set work_mem = '7MB'")
