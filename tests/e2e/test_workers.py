@@ -384,6 +384,9 @@ def test_reload_applies_to_every_worker(cluster1, make_proxy, own_db):
         watch.start()
         assert run_clients(conns, load) == [None] * 16
         after = watch.stop()
+        # Fails intermittently on a2b5fb6 (3 to 5 at once): the servers opened under
+        # pool_size = 8 in several workers are still lent after the reload (passes alone at
+        # times, and always with workers = 1).
         assert 1 <= after <= 2, "%d queries at once after RELOAD to pool_size = 2" % after
 
         with psycopg.connect(cluster1.dsn(1), autocommit=True) as mon:
@@ -401,16 +404,20 @@ def test_reload_applies_to_every_worker(cluster1, make_proxy, own_db):
 def test_waiting_client_served_from_another_worker(cluster1, make_proxy, own_db):
     """Transaction mode, pool_size = 1 (one server for all 4 workers), 8 clients on several
     workers each running BEGIN; pg_sleep(0.2); COMMIT five times at once: every transaction
-    succeeds, none waits past query_wait_timeout (20 s), the node sees 1 backend at most."""
+    succeeds, none waits past query_wait_timeout (20 s), the node sees 1 backend at most, and
+    that server goes from worker to worker rather than being closed and logged in again for
+    the next one (at most 2 backend pids over the 40 transactions)."""
     p = wproxy(make_proxy, cluster1, pool_mode="transaction", pool_size=1,
                query_wait_timeout="20s")
     conns = connect_many(p, 8, dbname=own_db, autocommit=False)
     try:
         assert_spread(p, own_db, 8)
 
+        pids = set()
+
         def txns(c, i):
             for _ in range(5):
-                c.execute("select pg_sleep(0.2)")
+                pids.add(c.execute("select pg_backend_pid(), pg_sleep(0.2)").fetchone()[0])
                 c.commit()
 
         watch = BackendWatch(cluster1, own_db)
@@ -419,5 +426,9 @@ def test_waiting_client_served_from_another_worker(cluster1, make_proxy, own_db)
         peak = watch.stop()
         assert errors == [None] * 8, errors
         assert peak == 1, "the node saw %d backends of a pool of 1" % peak
+        # Fails on de8836d..a2b5fb6 (40 transactions, up to 40 logins): a worker that needs the
+        # server another worker holds idle gets it by that worker closing it and itself opening
+        # a new one (9611b29), not by the connection moving; see test_transaction's test_pin.
+        assert len(pids) <= 2, "%d logins for 40 transactions on a pool of 1" % len(pids)
     finally:
         close_all(conns)
