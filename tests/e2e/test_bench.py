@@ -1,11 +1,12 @@
 """End-to-end: one short pgstay-bench failover run (crash) against direct and pgstay-session."""
+import glob
 import json
 import os
 import shutil
 import subprocess
 import tempfile
 
-from conftest import build_dir
+from conftest import assert_no_sanitizer_report, build_dir
 from lab import free_port_base
 
 
@@ -20,7 +21,14 @@ def test_bench_failover_crash():
             "--clients", "2", "--out", out]
     try:
         p = subprocess.run(argv, capture_output=True, text=True, timeout=90)
+        # the pgstay the bench started: no sanitizer report in its stdout / stderr (first: a
+        # report is also why the run would fail)
+        logs = glob.glob(os.path.join(out, "work", "*", "pgstay.log"))
+        for path in logs:
+            with open(path, errors="replace") as f:
+                assert_no_sanitizer_report(f.read())
         assert p.returncode == 0, p.stdout + p.stderr
+        assert logs
         for name in ("report.md", "report.json", "report.html"):
             assert os.path.getsize(os.path.join(out, name)) > 0, name
         assert "| pgstay-session |" in p.stdout

@@ -7,7 +7,7 @@ import time
 
 import psycopg
 
-from conftest import build_dir, free_port
+from conftest import assert_no_sanitizer_report, build_dir, free_port
 
 
 def convert(tmp_path, text, name="pgbouncer.ini"):
@@ -207,3 +207,4 @@ default_pool_size = 3
         proc.terminate()
         proc.wait(10)
         log.close()
+    assert_no_sanitizer_report(open(str(tmp_path / "pgstay.log")).read(), proc.returncode)

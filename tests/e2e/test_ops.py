@@ -13,7 +13,7 @@ import time
 import psycopg
 import pytest
 
-from conftest import build_dir
+from conftest import assert_no_sanitizer_report, build_dir
 from wire import Raw
 
 
@@ -370,8 +370,7 @@ def test_syslog(cluster1, make_proxy, short_dir):
         proc.wait(10)
         logf.close()
         sink.close()
-    log = p.log()
-    assert "ERROR: AddressSanitizer" not in log and "runtime error:" not in log, log[-4000:]
+    assert_no_sanitizer_report(p.log(), proc.returncode)
 
 
 def test_systemd_notify(cluster1, make_proxy, short_dir):

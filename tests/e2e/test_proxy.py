@@ -13,7 +13,7 @@ import asyncpg
 import psycopg
 import pytest
 
-from conftest import build_dir, hwm_kb, rss_kb
+from conftest import assert_no_sanitizer_report, build_dir, hwm_kb, rss_kb
 from wire import Raw, error_fields, msg, startup_packet
 
 PGBIN = "/usr/lib/postgresql/15/bin"
@@ -558,6 +558,7 @@ def test_pidfile_and_logfile(cluster1, make_proxy, tmp_path):
     second = subprocess.run([os.path.join(build_dir(), "pgstay"), p.conf_path],
                             capture_output=True, text=True, timeout=20)
     assert second.returncode != 0
+    assert_no_sanitizer_report(second.stderr, second.returncode)
     assert "already running as pid %d" % p.proc.pid in open(logfile).read() + second.stderr
     os.rename(logfile, logfile + ".1")
     p.signal(signal.SIGHUP)
