@@ -380,7 +380,10 @@ static int recipient(struct pool *p)
         return -1;
     int mine = atomic_load_explicit(&p->share->per[p->w->index], memory_order_relaxed);
     int best = -1, best_n = 0;
-    for (int i = 0; i < p->w->world->n; i++) {
+    /* From the next worker on, round the ring: among equals the nearest wins, so that with
+     * fewer servers than workers waiting, the server goes round them all in turn. */
+    for (int k = 1; k < p->w->world->n; k++) {
+        int i = (p->w->index + k) % p->w->world->n;
         if (!(others & (1ull << i)))
             continue;
         int n = atomic_load_explicit(&p->share->per[i], memory_order_relaxed);
@@ -395,7 +398,9 @@ static int recipient(struct pool *p)
 }
 
 /* An idle server of p goes to another worker whose clients wait for this pool (instead of a
- * close there and a login elsewhere). 1 if it went. */
+ * close there and a login elsewhere). 1 if it went; 0 if no worker needs it; -1 if one does
+ * but the server cannot move yet (its connection is inside its own callback, the bytes just
+ * read not yet consumed): the poke at this loop's next turn moves it (pool_poked). */
 static int hand_over(struct server *s)
 {
     struct pool *p = s->pool;
@@ -403,13 +408,15 @@ static int hand_over(struct server *s)
     if (to < 0)
         return 0;
     struct worker *w = p->w;
-    int moved = 0;
+    int r = 0;
     world_stop(w);
     struct pool *q = sibling(w->world->workers[to], p);
-    if (q && !list_empty(&q->waiting) && move_server(s, q) == 0)
-        moved = 1;
+    if (q && !list_empty(&q->waiting))
+        r = move_server(s, q) == 0 ? 1 : -1;
     world_start(w);
-    return moved;
+    if (r < 0)
+        world_poke(w);
+    return r;
 }
 
 /* p has clients waiting and pool_size is reached counting every worker: take idle servers of
@@ -466,7 +473,7 @@ void pool_poked(struct worker *w)
         if (list_empty(&p->idle))
             continue;
         struct server *s = container_of(list_first(&p->idle), struct server, pool_node);
-        if (!hand_over(s) && owed_elsewhere(p))
+        if (hand_over(s) == 0 && owed_elsewhere(p))
             server_close(s, "another worker's clients wait for room in its database or user");
     }
 }
@@ -743,6 +750,12 @@ static void pool_kick_loop(struct pool *p)
                 server_close(s, "its node no longer has the role this pool needs");
                 continue;
             }
+            if (pool_servers_all(p) > config_pool_size(w->cfg, p->database, p->user) +
+                                          w->cfg->reserve_pool_size) {
+                server_close(s, "pool_size lowered: more servers than pool_size and "
+                                "reserve_pool_size");
+                continue;
+            }
             if (!server_idle_intact(s)) {
                 /* Terminated while idle: its FATAL is waiting to be read. Another server
                  * serves the client, which never hears of it. */
@@ -1002,8 +1015,8 @@ void pool_server_ready(struct server *s)
         list_append(p->idle.next, &s->pool_node);
     else
         list_append(&p->idle, &s->pool_node);
-    if (hand_over(s))
-        return; /* another worker's clients needed it more */
+    if (hand_over(s) != 0)
+        return; /* another worker's clients need it more: it went, or goes at the next turn */
     pool_kick_sharing(p);
 }
 
