@@ -1011,10 +1011,9 @@ static int reload(struct worker *w)
     return 0;
 }
 
-/* A worker of another thread, once joined: its own objects only (the shared ones are w0's). */
-static void peer_free(struct worker *w)
+/* What every worker has of its own at exit: clients, servers, pools, kept counters. */
+static void free_sessions(struct worker *w)
 {
-    peer_unlisten(w);
     for (int st = 0; st < CL_NSTATES; st++) {
         struct list *pos, *tmp;
         list_for_each_safe(pos, tmp, &w->clients[st])
@@ -1035,8 +1034,12 @@ static void peer_free(struct worker *w)
         pool_free(container_of(pos, struct pool, node));
     }
     stats_free_kept(w);
-    cancel_free_all(w);
-    authq_free(w);
+}
+
+/* The loop itself, once its objects are gone (loop_init's counterpart). Bufferevents with
+ * deferred callbacks finish freeing themselves in the last turn. */
+static void free_loop(struct worker *w)
+{
     event_base_loop(w->base, EVLOOP_NONBLOCK);
     conn_loop_free(&w->loop);
     defer_free(&w->defer);
@@ -1047,6 +1050,16 @@ static void peer_free(struct worker *w)
     if (w->dns)
         evdns_base_free(w->dns, 0);
     event_base_free(w->base);
+}
+
+/* A worker of another thread, once joined: its own objects only (the shared ones are w0's). */
+static void peer_free(struct worker *w)
+{
+    peer_unlisten(w);
+    free_sessions(w);
+    cancel_free_all(w);
+    authq_free(w);
+    free_loop(w);
     free(w);
 }
 
@@ -1064,26 +1077,7 @@ void worker_free(struct worker *w)
     worker_stop_listening(w);
     takeover_free(w);
     topology_free(w);
-    for (int st = 0; st < CL_NSTATES; st++) {
-        struct list *pos, *tmp;
-        list_for_each_safe(pos, tmp, &w->clients[st])
-        {
-            client_free(container_of(pos, struct client, node));
-        }
-    }
-    for (int st = 0; st < SV_NSTATES; st++) {
-        struct list *pos, *tmp;
-        list_for_each_safe(pos, tmp, &w->servers[st])
-        {
-            server_free(container_of(pos, struct server, node));
-        }
-    }
-    struct list *pos, *tmp;
-    list_for_each_safe(pos, tmp, &w->pools)
-    {
-        pool_free(container_of(pos, struct pool, node));
-    }
-    stats_free_kept(w);
+    free_sessions(w);
     metrics_stop(w);
     admin_free(w);
     planned_free(w);
@@ -1099,17 +1093,7 @@ void worker_free(struct worker *w)
     authq_free(w);
     tls_ctx_free(w->client_tls);
     tls_ctx_free(w->server_tls);
-    /* Bufferevents with deferred callbacks finish freeing themselves in the loop. */
-    event_base_loop(w->base, EVLOOP_NONBLOCK);
-    conn_loop_free(&w->loop);
-    defer_free(&w->defer);
-    event_free(w->reaper);
-    event_free(w->tick);
-    event_free(w->park);
-    event_free(w->poke);
-    if (w->dns)
-        evdns_base_free(w->dns, 0);
-    event_base_free(w->base);
+    free_loop(w);
     world_free(w->world);
     free(w->world);
     w->world = NULL;
