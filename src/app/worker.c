@@ -190,7 +190,7 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
     struct worker *w = arg;
     int64_t now = now_ms();
     client_check_timeouts(w, now);
-    pool_gc(w);
+    pool_gc(w, now);
     if (w->index == 0) {
         /* PAUSE is done when no worker's client is inside a transaction any more. */
         world_stop(w);

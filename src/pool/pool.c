@@ -89,13 +89,27 @@ void pool_free(struct pool *p)
     free(p);
 }
 
-void pool_gc(struct worker *w)
+/* How long an unused pool that has welcomed clients is kept: the next client of the same
+ * database and user is then welcomed at once from what it learned (as PgBouncer, which keeps
+ * its pools), with no server to log in. Without this a client arriving just after the pool's
+ * last server was closed (idle timeout, another pool's max_user_connections) would wait for a
+ * server at login. Pools that never welcomed anyone (failed logins, unknown users) go at once:
+ * they are what a stream of bad logins would pile up. */
+#define POOL_KEEP_MS (10 * 60 * 1000)
+
+void pool_gc(struct worker *w, int64_t now)
 {
     struct list *pos, *tmp;
     list_for_each_safe(pos, tmp, &w->pools)
     {
         struct pool *p = container_of(pos, struct pool, node);
-        if (p->n_clients == 0 && p->n_servers == 0 && list_empty(&p->waiting))
+        if (p->n_clients || p->n_servers || !list_empty(&p->waiting)) {
+            p->empty_since = 0;
+            continue;
+        }
+        if (!p->empty_since)
+            p->empty_since = now;
+        if (p->n_welcomes == 0 || now - p->empty_since >= POOL_KEEP_MS)
             pool_free(p);
     }
 }

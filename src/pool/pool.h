@@ -21,6 +21,7 @@ struct pool {
     struct list waiting;   /* clients waiting for a server, in arrival order */
     struct deferred kick;  /* pool_kick queued: lending runs once the current callbacks return */
     int n_clients;         /* logged-in clients that use it: an unused empty pool is freed */
+    int64_t empty_since;   /* when it last became unused and empty (0: in use): pool_gc */
     int n_servers;         /* every server of this pool, whatever its state (this worker's) */
     /* The same pool's servers in every worker (pool_size holds across workers), and those of
      * its database and its user (max_db_connections, max_user_connections): core/world.h. */
@@ -87,7 +88,7 @@ static inline int pool_servers_all(const struct pool *p)
 void pool_poked(struct worker *w);
 /* Free pools nobody uses and that hold no server (every (database, user) ever tried would
  * otherwise keep one forever). */
-void pool_gc(struct worker *w);
+void pool_gc(struct worker *w, int64_t now);
 
 /* Bring the client's own server back in line with its settings, ahead of its next request
  * (a RESET returned a startup parameter to the server's default). */

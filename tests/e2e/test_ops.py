@@ -436,6 +436,30 @@ def test_application_name_add_host_login_needs_no_server(cluster1, make_proxy):
     c.close()
 
 
+def test_unused_pool_still_welcomes_without_server(cluster1, make_proxy):
+    """A pool whose clients and servers are all gone keeps what it learned (as PgBouncer keeps
+    its pools): the next client of that database and user logs in at once, with no server,
+    even when none can be had; only its first statement waits. Here user app's only server is
+    taken by another of its pools (max_user_connections = 1) and the unused pool has gone
+    through pgstay's housekeeping ticks (which once freed it, so the login itself waited for a
+    server and failed with query_wait_timeout)."""
+    p = make_proxy(cluster1, pool_mode="transaction", max_user_connections=1,
+                   query_wait_timeout="2s")
+    with p.connect(user="app", dbname="postgres") as first:
+        first.execute("select 1")
+    busy = p.connect(user="app", dbname="app", autocommit=False)
+    busy.execute("select 1")  # closes app/postgres's idle server to make room: the user's only one
+    time.sleep(2.5)  # several housekeeping ticks with app/postgres unused and empty
+    assert len(pids(cluster1, usename="app")) == 1
+    late = p.connect(user="app", dbname="postgres")  # welcomed from the pool, no server needed
+    with pytest.raises(psycopg.Error) as e:
+        late.execute("select 4")
+    assert e.value.sqlstate == "08P01" and "query_wait_timeout" in str(e.value)
+    busy.rollback()
+    busy.close()
+    late.close()
+
+
 def test_max_user_connections(cluster1, make_proxy):
     """PgBouncer's max_user_connections: the servers of every pool of one user (every database)
     stay within it; a client of a new pool of that user waits, and is served once a server of
