@@ -36,6 +36,14 @@ static inline struct list *list_first(struct list *head)
 {
     return list_empty(head) ? NULL : head->next;
 }
+/* Walks the list: for short lists only (a pool's idle servers). */
+static inline int list_count(const struct list *head)
+{
+    int n = 0;
+    for (const struct list *i = head->next; i != head; i = i->next)
+        n++;
+    return n;
+}
 
 #define list_for_each_safe(pos, tmp, head)                                                         \
     for ((pos) = (head)->next, (tmp) = (pos)->next; (pos) != (head); (pos) = (tmp), (tmp) = (pos)->next)

@@ -272,12 +272,14 @@ static int pool_cap(struct pool *p)
 /* ---- Limits across workers: each worker has its own pools, their servers count together ----
  *
  * A worker opens a server only after taking a slot of the pool's shared count (pool_size), and
- * of its database's and user's when those are limited; a close gives them back. A worker that
- * found no slot while its clients wait sets its bit in the pool's `starved` mask; a worker with
- * a server becoming idle then lets it go (closes it) when it has no client waiting, or holds
- * more than its fair part of pool_size, and wakes the starving workers, which open one. So a
- * client waiting in one worker is served when a server frees in another, at the price of one
- * login; while every worker has clients waiting, pool_size splits evenly between them. */
+ * of its database's and user's when those are limited; a close gives them back. A worker whose
+ * clients wait and that finds no slot sets its bit in the pool's `starved` mask, and the first
+ * time pokes the others; the bit is cleared once nobody waits there. An idle server then moves
+ * (no new login) to a starving worker: at once if its worker has nobody waiting (pool_poked),
+ * or when it is released in a worker that holds at least two more than the starving one
+ * (hand_over). db/user limits free a slot by closing instead (a server of another pool cannot
+ * serve). So a client waiting in one worker is served when a server frees in another, and
+ * while every worker has clients waiting, pool_size splits evenly with no server moving. */
 
 /* Other workers' bits in a count's starved mask. */
 static uint64_t others_starving(struct world_count *c, const struct worker *w)
@@ -412,9 +414,10 @@ static int recipient(struct pool *p)
 }
 
 /* An idle server of p goes to another worker whose clients wait for this pool (instead of a
- * close there and a login elsewhere). 1 if it went; 0 if no worker needs it; -1 if one does
- * but the server cannot move yet (its connection is inside its own callback, the bytes just
- * read not yet consumed): the poke at this loop's next turn moves it (pool_poked). */
+ * close there and a login elsewhere), as long as that worker has more clients waiting than
+ * idle servers. 1 if it went; 0 if no worker needs it; -1 if one does but the server cannot
+ * move yet (its connection is inside its own callback, the bytes just read not yet
+ * consumed): the poke at this loop's next turn moves it (pool_poked). */
 static int hand_over(struct server *s)
 {
     struct pool *p = s->pool;
@@ -425,37 +428,23 @@ static int hand_over(struct server *s)
     int r = 0;
     world_stop(w);
     struct pool *q = sibling(w->world->workers[to], p);
-    if (q && !list_empty(&q->waiting))
+    if (q && q->n_waiting > list_count(&q->idle))
         r = move_server(s, q) == 0 ? 1 : -1;
-    world_start(w);
-    if (r < 0)
+    world_start(w); /* moved (r > 0), s is the other worker's now: not touched again here */
+    if (r < 0 && !s->move_retried) {
+        /* Once, at the next turn: the callback has consumed its bytes by then. A server that
+         * still cannot move (something unread arrived while idle) stays, and is not retried
+         * at every turn of the loop; the next release or poke tries again. */
+        s->move_retried = 1;
         world_poke(w);
-    return r;
-}
-
-/* p has clients waiting and pool_size is reached counting every worker: take idle servers of
- * the same pool in other workers that have no client waiting for them. The number taken. */
-static int steal_idle(struct pool *p, int want)
-{
-    struct worker *w = p->w;
-    int got = 0;
-    if (w->world->n == 1)
-        return 0;
-    world_stop(w);
-    for (int i = 0; i < w->world->n && got < want; i++) {
-        struct pool *q = i == w->index ? NULL : sibling(w->world->workers[i], p);
-        if (!q || !list_empty(&q->waiting))
-            continue;
-        struct list *pos, *tmp;
-        list_for_each_safe(pos, tmp, &q->idle)
-        {
-            struct server *s = container_of(pos, struct server, pool_node);
-            if (got < want && node_fits(p, s->nd) && move_server(s, p) == 0)
-                got++;
-        }
     }
-    world_start(w);
-    return got;
+    if (r > 0 && !list_empty(&p->waiting))
+        /* Its own clients still wait (it had more servers than the recipient): this worker now
+         * starves too, or the server would never come back round to them. The kick finds no
+         * slot and sets its bit (the worker that got the server may never have failed to
+         * take one, so nothing else would). */
+        pool_kick(p);
+    return r;
 }
 
 /* Should an idle server of p close, for another worker's clients waiting for room in its
@@ -481,14 +470,16 @@ void pool_poked(struct worker *w)
         } else {
             pool_kick(p);
         }
-        /* An idle server another worker needs more: it goes there, or (another pool's limit)
-         * closes to free the slot (one per wake-up: the worker served clears its bit, or wakes
-         * this one again). */
-        if (list_empty(&p->idle))
-            continue;
-        struct server *s = container_of(list_first(&p->idle), struct server, pool_node);
-        if (hand_over(s) == 0 && owed_elsewhere(p))
-            server_close(s, "another worker's clients wait for room in its database or user");
+        /* Idle servers another worker needs more go there, as many as its clients waiting want
+         * (hand_over); or, for another pool's database or user limit, one closes to free its
+         * slot (one per wake-up: the worker served clears its bit, or wakes this one again). */
+        int r = 1;
+        while (r > 0 && !list_empty(&p->idle)) {
+            struct server *s = container_of(list_first(&p->idle), struct server, pool_node);
+            r = hand_over(s);
+            if (r == 0 && owed_elsewhere(p))
+                server_close(s, "another worker's clients wait for room in its database or user");
+        }
     }
 }
 
@@ -820,15 +811,19 @@ static void pool_kick_loop(struct pool *p)
                 break;
             want--;
         }
-        if (want > 0 && pool_servers_all(p) >= cap) {
-            /* The other workers hold pool_size: an idle one comes here now, or the next one
-             * that frees does (hand_over). */
-            if (steal_idle(p, want) > 0)
-                continue;
+        if (want > 0 && pool_servers_all(p) >= cap)
+            /* The other workers hold pool_size. Newly starving, this worker pokes them: one
+             * with idle servers and nobody waiting hands them over (pool_poked), and the next
+             * server freed anywhere comes here if this worker has fewer (hand_over). No stop of
+             * the world here: this runs at every request while the pool is saturated. */
             starve(p, 1);
-        }
         return;
     }
+    /* Nobody waits here any more: the other workers stop handing servers to this one, and the
+     * next wait sets the bit anew (which is what wakes them). */
+    starve(p, 0);
+    starve_on(p->db_share, w, 0);
+    starve_on(p->user_share, w, 0);
 }
 
 void pool_keep_min(struct worker *w)
@@ -1025,6 +1020,7 @@ void pool_server_ready(struct server *s)
     }
     server_change_state(s, SV_IDLE);
     s->last_used = now_ms(); /* idle from now: server_idle_timeout and server_check_delay */
+    s->move_retried = 0;
     if (s->checked) /* first: it goes to the client it was checked for */
         list_append(p->idle.next, &s->pool_node);
     else

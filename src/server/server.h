@@ -62,6 +62,7 @@ struct server {
     int close_needed;      /* RECONNECT: closed instead of going back to its pool */
     int checking;          /* SV_RESETTING for server_check_query, before being lent */
     int checked;           /* passed that check: lent next without another */
+    int move_retried;      /* a move to another worker failed and was retried once (hand_over) */
     struct kvlist applied; /* settings clients left on it: name -> the statement that made it */
     char txn_status;
     int64_t connected_at;
