@@ -191,6 +191,7 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
     int64_t now = now_ms();
     client_check_timeouts(w, now);
     pool_gc(w, now);
+    pool_starve_remind(w);
     if (w->index == 0) {
         /* PAUSE is done when no worker's client is inside a transaction any more. */
         world_stop(w);

@@ -309,6 +309,39 @@ static void starve(struct pool *p, int on)
     starve_on(p->share, p->w, on);
 }
 
+/* Nobody waits in p any more: for its pool_size, database or user. */
+static void starve_clear(struct pool *p)
+{
+    starve(p, 0);
+    starve_on(p->db_share, p->w, 0);
+    starve_on(p->user_share, p->w, 0);
+}
+
+/* Once a second (worker tick), a worker still waiting announces it again: a safety net, as a
+ * bit is otherwise announced only when newly set, and a wake-up that found nothing to hand over
+ * then is not repeated. Cheap: one poke per starving pool per second. */
+void pool_starve_remind(struct worker *w)
+{
+    if (w->world->n == 1)
+        return;
+    uint64_t bit = 1ull << w->index;
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, &w->pools)
+    {
+        struct pool *p = container_of(pos, struct pool, node);
+        if (list_empty(&p->waiting))
+            continue;
+        uint64_t mask = atomic_load_explicit(&p->share->starved, memory_order_relaxed) |
+                        atomic_load_explicit(&p->db_share->starved, memory_order_relaxed) |
+                        atomic_load_explicit(&p->user_share->starved, memory_order_relaxed);
+        if (!(mask & bit))
+            continue;
+        for (int i = 0; i < w->world->n; i++)
+            if (i != w->index)
+                world_poke(w->world->workers[i]);
+    }
+}
+
 /* p waits for room in its database's or user's limit (max_db_connections, _user_). */
 static void starve_shared(struct pool *p)
 {
@@ -338,9 +371,7 @@ int pool_slot_take(struct pool *p)
         return 0;
     }
     atomic_fetch_add_explicit(&p->share->per[p->w->index], 1, memory_order_relaxed);
-    starve(p, 0);
-    starve_on(p->db_share, p->w, 0);
-    starve_on(p->user_share, p->w, 0);
+    starve_clear(p);
     return 1;
 }
 
@@ -416,8 +447,9 @@ static int recipient(struct pool *p)
 /* An idle server of p goes to another worker whose clients wait for this pool (instead of a
  * close there and a login elsewhere), as long as that worker has more clients waiting than
  * idle servers. 1 if it went; 0 if no worker needs it; -1 if one does but the server cannot
- * move yet (its connection is inside its own callback, the bytes just read not yet
- * consumed): the poke at this loop's next turn moves it (pool_poked). */
+ * move yet (unread bytes): retried once at the next turn. Only from pool_poked, an event of
+ * its own: never from inside a connection's callback, whose caller would go on reading or
+ * writing a connection that another thread now owns. */
 static int hand_over(struct server *s)
 {
     struct pool *p = s->pool;
@@ -464,9 +496,7 @@ void pool_poked(struct worker *w)
         struct pool *p = container_of(pos, struct pool, node);
         if (list_empty(&p->waiting)) {
             /* its clients were served meanwhile: it asks for nothing more */
-            starve(p, 0);
-            starve_on(p->db_share, w, 0);
-            starve_on(p->user_share, w, 0);
+            starve_clear(p);
         } else {
             pool_kick(p);
         }
@@ -480,6 +510,8 @@ void pool_poked(struct worker *w)
             if (r == 0 && owed_elsewhere(p))
                 server_close(s, "another worker's clients wait for room in its database or user");
         }
+        if (!list_empty(&p->idle))
+            pool_kick_sharing(p); /* what a release here skipped to let the server move */
     }
 }
 
@@ -821,9 +853,7 @@ static void pool_kick_loop(struct pool *p)
     }
     /* Nobody waits here any more: the other workers stop handing servers to this one, and the
      * next wait sets the bit anew (which is what wakes them). */
-    starve(p, 0);
-    starve_on(p->db_share, w, 0);
-    starve_on(p->user_share, w, 0);
+    starve_clear(p);
 }
 
 void pool_keep_min(struct worker *w)
@@ -889,6 +919,11 @@ void pool_cancel_wait(struct client *c)
     list_del(&c->pool_node);
     p->n_waiting--;
     c->held = 0;
+    if (list_empty(&p->waiting))
+        /* The last waiting client left unserved (gone, timed out): the bit must not stay set,
+         * or this worker's next wait would not wake the others (a bit is only announced when
+         * newly set). */
+        starve_clear(p);
 }
 
 void pool_release(struct server *s, int reusable)
@@ -1025,8 +1060,12 @@ void pool_server_ready(struct server *s)
         list_append(p->idle.next, &s->pool_node);
     else
         list_append(&p->idle, &s->pool_node);
-    if (hand_over(s) != 0)
-        return; /* another worker's clients need it more: it went, or goes at the next turn */
+    if (recipient(p) >= 0) {
+        /* Another worker's clients may need it more: it moves at this loop's next turn, out
+         * of the callbacks now running (pool_poked, which also kicks this pool then). */
+        world_poke(p->w);
+        return;
+    }
     pool_kick_sharing(p);
 }
 

@@ -89,6 +89,8 @@ void pool_poked(struct worker *w);
 /* Free pools nobody uses and that hold no server (every (database, user) ever tried would
  * otherwise keep one forever). */
 void pool_gc(struct worker *w, int64_t now);
+/* Workers: pools still waiting for a server from another worker remind the others (tick). */
+void pool_starve_remind(struct worker *w);
 
 /* Bring the client's own server back in line with its settings, ahead of its next request
  * (a RESET returned a startup parameter to the server's default). */

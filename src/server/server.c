@@ -43,8 +43,11 @@ void server_change_state(struct server *s, enum server_state st)
 int server_move(struct server *s, struct pool *to)
 {
     struct worker *from = s->w, *w = to->w;
-    if (s->state != SV_IDLE || s->client || s->cancels > 0 || conn_move(&s->conn, &w->loop) < 0)
+    if (s->state != SV_IDLE || s->client || s->cancels > 0 || conn_move(&s->conn, &w->loop) < 0) {
+        SLOG(debug, s, "cannot move to worker %d yet (state %d, unread %d, unsent %d)", w->index,
+             s->state, s->conn.in.data != NULL, s->conn.out.data != NULL);
         return -1;
+    }
     list_del(&s->pool_node);
     list_del(&s->node);
     from->n_servers[SV_IDLE]--;
