@@ -365,7 +365,10 @@ def test_out_of_file_descriptors(cluster1, make_proxy, bystander):
     take get 53300 rather than a silent wait, the admin console gets in (on the descriptor
     kept spare for it), the clients it has are untouched, and it recovers when descriptors
     free."""
-    p = client_proxy(cluster1, make_proxy, start=False, pool_mode="transaction", pool_size=2)
+    # One worker: each worker keeps a spare descriptor of its own, and at the limit they race
+    # for the numbers the others free (doc/workers.md, known gaps).
+    p = client_proxy(cluster1, make_proxy, start=False, pool_mode="transaction", pool_size=2,
+                     workers=1)
     p.nofile = 64
     p.start()
     by = bystander(p, raw=True)
