@@ -122,8 +122,8 @@ static const struct topology_hooks topology_hooks = {
  * threads are joined (src/main.c). */
 static void exit_all(struct worker *w)
 {
-    for (int i = 0; i < w->world->n; i++)
-        event_base_loopexit(w->world->workers[i]->base, NULL);
+    event_base_loopexit(w->world->workers[0]->base, NULL);
+    worker_stop_all(w->world->workers[0]);
 }
 
 /* Clients of every worker, but those closing; the world is stopped. */
@@ -178,6 +178,15 @@ static void reap_cb(evutil_socket_t fd, short what, void *arg)
 static void park_cb(evutil_socket_t fd, short what, void *arg)
 {
     world_park(arg);
+}
+
+/* The loop ends (worker_stop_all). An activated event rather than event_base_loopbreak from
+ * the main thread: a break asked for before the thread entered its loop would be forgotten
+ * (event_base_loop clears it on entry), and that thread would never end. */
+static void halt_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct worker *w = arg;
+    event_base_loopbreak(w->base);
 }
 
 static void poke_cb(evutil_socket_t fd, short what, void *arg)
@@ -320,7 +329,8 @@ static int loop_init(struct worker *w, struct config *cfg)
     w->tick = event_new(w->base, -1, EV_PERSIST, tick_cb, w);
     w->park = event_new(w->base, -1, 0, park_cb, w);
     w->poke = event_new(w->base, -1, 0, poke_cb, w);
-    if (!w->reaper || !w->tick || !w->park || !w->poke)
+    w->halt = event_new(w->base, -1, 0, halt_cb, w);
+    if (!w->reaper || !w->tick || !w->park || !w->poke || !w->halt)
         return -1;
     struct timeval tv = {0, 100 * 1000};
     event_add(w->tick, &tv);
@@ -442,7 +452,7 @@ int worker_start_threads(struct worker *w)
 void worker_stop_all(struct worker *w)
 {
     for (int i = 1; i < w->world->n; i++)
-        event_base_loopbreak(w->world->workers[i]->base);
+        event_active(w->world->workers[i]->halt, EV_READ, 0);
 }
 
 void worker_join_threads(struct worker *w)
@@ -1048,6 +1058,7 @@ static void free_loop(struct worker *w)
     event_free(w->tick);
     event_free(w->park);
     event_free(w->poke);
+    event_free(w->halt);
     if (w->dns)
         evdns_base_free(w->dns, 0);
     event_base_free(w->base);

@@ -74,6 +74,7 @@ struct worker {
     struct world *world;
     struct event *park; /* activated by a worker stopping the world (core/world.c) */
     struct event *poke; /* activated by another worker: a server it shares a limit with freed */
+    struct event *halt; /* activated by the main thread at exit: this loop ends */
     pthread_t thread;
     int started; /* its thread runs (index > 0) */
     struct event_base *base;
