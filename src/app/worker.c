@@ -222,6 +222,7 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
      * beyond a pool_size (and its reserve) a reload made smaller, as PgBouncer trims them. */
     {
         struct list *pos, *tmp;
+        int trim = 0;
         list_for_each_safe(pos, tmp, &w->servers[SV_IDLE])
         {
             struct server *s = container_of(pos, struct server, node);
@@ -234,10 +235,23 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
                 server_close(s, "server_idle_timeout");
             else if (w->cfg->server_lifetime > 0 && now - s->connected_at > w->cfg->server_lifetime)
                 server_close(s, "server_lifetime");
-            else if (pool_servers_all(p) >
-                     config_pool_size(w->cfg, p->database, p->user) + w->cfg->reserve_pool_size)
-                server_close(
-                    s, "pool_size lowered: more servers than pool_size and reserve_pool_size");
+            else if (pool_over_size(p))
+                trim = 1;
+        }
+        if (trim) {
+            /* Decided with the other workers parked (two trimming at once would each count
+             * the other's server and close one too many), and the stop taken outside the walk:
+             * waiting for another worker's stop inside it could let that one close the next
+             * server of the list. */
+            world_stop(w);
+            list_for_each_safe(pos, tmp, &w->servers[SV_IDLE])
+            {
+                struct server *s = container_of(pos, struct server, node);
+                if (s->pool && pool_over_size(s->pool))
+                    server_close(s, "pool_size lowered: more servers than pool_size and "
+                                    "reserve_pool_size");
+            }
+            world_start(w);
         }
     }
     pool_keep_min(w);

@@ -55,7 +55,7 @@ static const struct key_def keys[] = {
     {"so_reuseport", KT_BOOL, FIELD(so_reuseport), "off", 0, NULL, 0, 0},
     /* Event loops, one thread each (issue 14): 0 = one per online CPU; 1 = a single loop, the
      * default until the whole e2e suite passes on several (doc/workers.md). */
-    {"workers", KT_INT, FIELD(workers), "1", 0, NULL, 0, WORKERS_MAX},
+    {"workers", KT_INT, FIELD(workers), "0", 0, NULL, 0, WORKERS_MAX},
     {"pool_mode", KT_ENUM, FIELD(pool_mode), "session", 0, "session|transaction", 0, 0},
     {"pool_size", KT_INT, FIELD(pool_size), "20", 1, NULL, 1, INT_MAX},
     {"min_pool_size", KT_INT, FIELD(min_pool_size), "0", 1, NULL, 0, INT_MAX},

@@ -391,6 +391,30 @@ void pool_slot_give(struct pool *p)
 
 static int node_fits(struct pool *p, struct node *nd);
 
+int pool_over_size(struct pool *p)
+{
+    return pool_servers_all(p) >
+           config_pool_size(p->w->cfg, p->database, p->user) + p->w->cfg->reserve_pool_size;
+}
+
+int pool_trim(struct server *s)
+{
+    struct pool *p = s->pool;
+    if (!pool_over_size(p))
+        return 0;
+    /* Decided with the other workers parked: two workers trimming at once would each see the
+     * other's server still counted and close one too many. Rare: only after a smaller
+     * pool_size. */
+    struct worker *w = p->w;
+    world_stop(w);
+    /* (another worker's stop, waited for here, may have closed it meanwhile: gone all the same) */
+    int over = s->state == SV_CLOSING || pool_over_size(p);
+    if (over)
+        server_close(s, "pool_size lowered: more servers than pool_size and reserve_pool_size");
+    world_start(w);
+    return over;
+}
+
 /* The same pool (database, user, endpoint) in worker x, NULL if x has none. */
 static struct pool *sibling(struct worker *x, const struct pool *p)
 {
@@ -787,12 +811,8 @@ static void pool_kick_loop(struct pool *p)
                 server_close(s, "its node no longer has the role this pool needs");
                 continue;
             }
-            if (pool_servers_all(p) > config_pool_size(w->cfg, p->database, p->user) +
-                                          w->cfg->reserve_pool_size) {
-                server_close(s, "pool_size lowered: more servers than pool_size and "
-                                "reserve_pool_size");
+            if (pool_trim(s))
                 continue;
-            }
             if (!server_idle_intact(s)) {
                 /* Terminated while idle: its FATAL is waiting to be read. Another server
                  * serves the client, which never hears of it. */
@@ -1045,11 +1065,9 @@ void pool_server_ready(struct server *s)
         pool_kick(p);
         return;
     }
-    /* More servers than pool_size and its reserve, counting every worker's (a reload made it
-     * smaller): this one goes rather than serving again, as PgBouncer trims on release. */
-    if (pool_servers_all(p) >
-        config_pool_size(p->w->cfg, p->database, p->user) + p->w->cfg->reserve_pool_size) {
-        server_close(s, "pool_size lowered: more servers than pool_size and reserve_pool_size");
+    /* A reload made pool_size smaller: this one goes rather than serving again, as PgBouncer
+     * trims on release. */
+    if (pool_trim(s)) {
         pool_kick(p);
         return;
     }

@@ -78,6 +78,11 @@ void pool_free(struct pool *p);
 int pool_slot_take(struct pool *p);
 /* One of p's servers closed: its slot frees, and workers waiting for one are woken. */
 void pool_slot_give(struct pool *p);
+/* Closes s (1) if its pool has more servers than pool_size and its reserve, counting every
+ * worker's: a reload made it smaller. */
+int pool_trim(struct server *s);
+/* More servers than pool_size and its reserve, counting every worker's? */
+int pool_over_size(struct pool *p);
 /* Every server of p's pool, whichever worker it is in. */
 static inline int pool_servers_all(const struct pool *p)
 {
