@@ -247,9 +247,8 @@ static void tick_cb(evutil_socket_t fd, short what, void *arg)
             list_for_each_safe(pos, tmp, &w->servers[SV_IDLE])
             {
                 struct server *s = container_of(pos, struct server, node);
-                if (s->pool && pool_over_size(s->pool))
-                    server_close(s, "pool_size lowered: more servers than pool_size and "
-                                    "reserve_pool_size");
+                if (s->pool)
+                    pool_trim(s); /* its stop nests in this one */
             }
             world_start(w);
         }

@@ -119,6 +119,8 @@ static void kick_run(struct deferred *d);
 /* A pool made in one worker learns what the same pool in another worker knows of its servers:
  * their parameters (a client is welcomed at once, with no server, as it would be there) and a
  * SCRAM ClientKey. Pools are made once per worker and key, so stopping the world here is rare. */
+static struct pool *sibling(struct worker *x, const struct pool *p);
+
 static void learn_from_sibling(struct pool *p)
 {
     struct worker *w = p->w;
@@ -129,24 +131,19 @@ static void learn_from_sibling(struct pool *p)
         struct worker *x = w->world->workers[i];
         if (x == w)
             continue;
-        struct list *pos, *tmp;
-        list_for_each_safe(pos, tmp, &x->pools)
-        {
-            struct pool *q = container_of(pos, struct pool, node);
-            if (q->role != p->role || strcmp(q->database, p->database) ||
-                strcmp(q->user, p->user))
-                continue;
-            if (p->base.n == 0)
-                for (int k = 0; k < q->base.n; k++)
-                    kv_set(&p->base, q->base.items[k].name, q->base.items[k].value);
-            for (int k = 0; k < q->n_welcomes; k++)
-                pool_welcome_store(p, q->welcomes[k].key, &q->welcomes[k].params);
-            for (int k = 0; k < q->n_known; k++)
-                pool_learn_known(p, q->known[k]);
-            if (q->have_client_key && !p->have_client_key) {
-                memcpy(p->client_key, q->client_key, sizeof(p->client_key));
-                p->have_client_key = 1;
-            }
+        struct pool *q = sibling(x, p);
+        if (!q)
+            continue;
+        if (p->base.n == 0)
+            for (int k = 0; k < q->base.n; k++)
+                kv_set(&p->base, q->base.items[k].name, q->base.items[k].value);
+        for (int k = 0; k < q->n_welcomes; k++)
+            pool_welcome_store(p, q->welcomes[k].key, &q->welcomes[k].params);
+        for (int k = 0; k < q->n_known; k++)
+            pool_learn_known(p, q->known[k]);
+        if (q->have_client_key && !p->have_client_key) {
+            memcpy(p->client_key, q->client_key, sizeof(p->client_key));
+            p->have_client_key = 1;
         }
     }
     world_start(w);
